@@ -1,0 +1,5 @@
+import sys
+
+from authd.cli import main
+
+sys.exit(main())

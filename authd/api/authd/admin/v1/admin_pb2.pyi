@@ -1,0 +1,105 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ShowCARequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ShowCAResponse(_message.Message):
+    __slots__ = ("trust_domain", "authorities", "bundle_sequence", "upstream")
+    TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    AUTHORITIES_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_FIELD_NUMBER: _ClassVar[int]
+    trust_domain: str
+    authorities: _containers.RepeatedCompositeFieldContainer[Authority]
+    bundle_sequence: int
+    upstream: bool
+    def __init__(self, trust_domain: _Optional[str] = ..., authorities: _Optional[_Iterable[_Union[Authority, _Mapping]]] = ..., bundle_sequence: _Optional[int] = ..., upstream: _Optional[bool] = ...) -> None: ...
+
+class Authority(_message.Message):
+    __slots__ = ("authority_id", "kind", "state", "key_type", "not_before", "not_after", "certificate_der", "subject", "tainted", "revoked")
+    AUTHORITY_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_DER_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    TAINTED_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    authority_id: str
+    kind: str
+    state: str
+    key_type: str
+    not_before: int
+    not_after: int
+    certificate_der: bytes
+    subject: str
+    tainted: bool
+    revoked: bool
+    def __init__(self, authority_id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., key_type: _Optional[str] = ..., not_before: _Optional[int] = ..., not_after: _Optional[int] = ..., certificate_der: _Optional[bytes] = ..., subject: _Optional[str] = ..., tainted: _Optional[bool] = ..., revoked: _Optional[bool] = ...) -> None: ...
+
+class MintX509SVIDRequest(_message.Message):
+    __slots__ = ("spiffe_id", "dns_names", "ttl_seconds", "csr")
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CSR_FIELD_NUMBER: _ClassVar[int]
+    spiffe_id: str
+    dns_names: _containers.RepeatedScalarFieldContainer[str]
+    ttl_seconds: int
+    csr: bytes
+    def __init__(self, spiffe_id: _Optional[str] = ..., dns_names: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., csr: _Optional[bytes] = ...) -> None: ...
+
+class MintX509SVIDResponse(_message.Message):
+    __slots__ = ("cert_chain", "bundle", "expires_at", "serial")
+    CERT_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    cert_chain: _containers.RepeatedScalarFieldContainer[bytes]
+    bundle: _containers.RepeatedScalarFieldContainer[bytes]
+    expires_at: int
+    serial: str
+    def __init__(self, cert_chain: _Optional[_Iterable[bytes]] = ..., bundle: _Optional[_Iterable[bytes]] = ..., expires_at: _Optional[int] = ..., serial: _Optional[str] = ...) -> None: ...
+
+class MintJWTSVIDRequest(_message.Message):
+    __slots__ = ("spiffe_id", "audience", "ttl_seconds")
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    spiffe_id: str
+    audience: _containers.RepeatedScalarFieldContainer[str]
+    ttl_seconds: int
+    def __init__(self, spiffe_id: _Optional[str] = ..., audience: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class MintJWTSVIDResponse(_message.Message):
+    __slots__ = ("token", "expires_at")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    expires_at: int
+    def __init__(self, token: _Optional[str] = ..., expires_at: _Optional[int] = ...) -> None: ...
+
+class GetBundleRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetBundleResponse(_message.Message):
+    __slots__ = ("spiffe_jwks", "pem", "sequence", "refresh_hint_seconds")
+    SPIFFE_JWKS_FIELD_NUMBER: _ClassVar[int]
+    PEM_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    REFRESH_HINT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    spiffe_jwks: str
+    pem: str
+    sequence: int
+    refresh_hint_seconds: int
+    def __init__(self, spiffe_jwks: _Optional[str] = ..., pem: _Optional[str] = ..., sequence: _Optional[int] = ..., refresh_hint_seconds: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,214 @@
+"""The Check pipeline: CheckContext → identities → policy decision → Outcome.
+
+Transport-free: the gRPC and HTTP adapters build the CheckContext and turn the Outcome into
+their own response. This is where the rules that hold for every policy engine live:
+
+- a credential that was presented and did not verify denies with 401 (``revoked`` when it
+  was revoked), whatever the policy would have said;
+- a policy deny for a caller with no verified identity is 401 ``missing_credentials``
+  (with WWW-Authenticate); for a known caller it is 403;
+- on allow, the verified identities go upstream in configured headers, client-sent copies of
+  those headers and the consumed credential headers are removed;
+- dry-run answers allow but logs and counts what would have been denied.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from authd.authz.decision_log import DecisionLog
+from authd.authz.input_document import input_document
+from authd.authz.metrics import AuthzMetrics
+from authd.authz.model import CheckContext, Decision, Identities, Reason
+from authd.policy.base import Policy
+
+UNAUTHENTICATED = 401
+FORBIDDEN = 403
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzSettings:
+    caller_header: str = "x-authd-caller"  # verified caller SPIFFE ID, to the upstream
+    subject_header: str = "x-authd-subject"  # verified end-user subject, to the upstream
+    decision_id_header: str = "x-authd-decision-id"
+    # Inbound credential headers stripped from the upstream request on allow.
+    remove_headers: tuple[str, ...] = ("authorization", "x-api-key")
+    realm: str = "authd"
+    dry_run: bool = False
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A decided check: what the adapters answer and what the decision log records."""
+
+    decision: Decision
+    identities: Identities
+    decision_id: str
+    status: int  # the HTTP status the client sees on deny (200 on allow)
+    allowed: bool  # what Envoy is told (dry-run turns a deny into an allow)
+    upstream_headers: dict[str, str] = field(default_factory=dict)
+    remove_headers: list[str] = field(default_factory=list)
+    deny_headers: dict[str, str] = field(default_factory=dict)
+    deny_body: str = ""
+    dynamic_metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class _LazyInput:
+    """Builds the OPA-Envoy input document on first use only, then keeps it."""
+
+    __slots__ = ("_ctx", "_doc", "_identities")
+
+    def __init__(self, ctx: CheckContext, identities: Identities) -> None:
+        self._ctx = ctx
+        self._identities = identities
+        self._doc: dict[str, Any] | None = None
+
+    def __call__(self) -> dict[str, Any]:
+        if self._doc is None:
+            self._doc = input_document(self._ctx)
+            self._doc["authd"] = identity_document(self._identities)
+        return self._doc
+
+
+def identity_document(identities: Identities) -> dict[str, Any]:
+    """``input.authd``: the verified identities, for Rego policies."""
+    user = identities.user
+    return {
+        "caller": str(identities.caller) if identities.caller else None,
+        "peer": str(identities.peer) if identities.peer else None,
+        "peer_serial": identities.peer_serial,
+        "workload": str(identities.workload) if identities.workload else None,
+        "user": None
+        if user is None
+        else {"issuer": user.issuer, "subject": user.subject, "claims": dict(user.claims)},
+        "api_key": identities.api_key,
+        "authenticated": identities.authenticated,
+    }
+
+
+class Resolver:
+    """What the pipeline needs of the identity resolver (authd.authz.identity)."""
+
+    async def resolve(self, ctx: CheckContext) -> Identities:
+        raise NotImplementedError
+
+
+class Authorizer:
+    def __init__(
+        self,
+        *,
+        resolver: Resolver,
+        policy: Callable[[], Policy],
+        settings: AuthzSettings | None = None,
+        decision_log: DecisionLog | None = None,
+        metrics: AuthzMetrics | None = None,
+    ) -> None:
+        self._resolver = resolver
+        self._policy = policy
+        self.settings = settings or AuthzSettings()
+        self._log = decision_log
+        self._metrics = metrics
+        s = self.settings
+        self._identity_headers = [s.caller_header, s.subject_header, s.decision_id_header]
+        self._strip = [*self._identity_headers, *s.remove_headers]
+        self._prefix = os.urandom(4).hex()
+        self._counter = 0
+
+    def _new_decision_id(self) -> str:
+        self._counter += 1
+        return f"{self._prefix}-{self._counter:x}"
+
+    async def check(self, ctx: CheckContext) -> Outcome:
+        started = time.perf_counter()
+        identities = await self._resolver.resolve(ctx)
+        policy = self._policy()
+        if identities.problems:
+            problem = identities.problems[0]
+            reason = Reason.REVOKED if problem.revoked else Reason.INVALID_CREDENTIALS
+            decision = Decision(allowed=False, reason=reason, rule=problem.kind)
+        else:
+            decision = await policy.evaluate(ctx, identities, _LazyInput(ctx, identities))
+        outcome = self._outcome(decision, identities)
+        elapsed = time.perf_counter() - started
+        if self._metrics is not None:
+            self._metrics.observe(ctx.transport, outcome, elapsed)
+        if self._log is not None:
+            self._log.write(ctx, outcome, policy.name, elapsed, dry_run=self.settings.dry_run)
+        return outcome
+
+    def _outcome(self, decision: Decision, identities: Identities) -> Outcome:
+        s = self.settings
+        decision_id = self._new_decision_id()
+        metadata: dict[str, Any] = {"decision_id": decision_id, "reason": str(decision.reason)}
+        if decision.rule:
+            metadata["rule"] = decision.rule
+        metadata.update(decision.dynamic_metadata)
+        if decision.allowed:
+            return self._allow(decision, identities, decision_id, metadata)
+        status = decision.http_status
+        if not identities.authenticated and decision.reason not in (
+            Reason.INVALID_CREDENTIALS,
+            Reason.REVOKED,
+        ):
+            decision.reason = Reason.MISSING_CREDENTIALS
+            metadata["reason"] = str(decision.reason)
+        if not status:
+            status = FORBIDDEN if identities.authenticated else UNAUTHENTICATED
+        headers = {"content-type": "application/json", **decision.headers}
+        if status == UNAUTHENTICATED:
+            missing = decision.reason == Reason.MISSING_CREDENTIALS
+            error = "" if missing else ', error="invalid_token"'
+            headers.setdefault("www-authenticate", f'Bearer realm="{s.realm}"{error}')
+        body = decision.body or (
+            '{"error":"%s","decision_id":"%s"}' % (decision.reason, decision_id)  # noqa: UP031
+        )
+        if s.dry_run:
+            metadata["dry_run_would_deny"] = True
+            outcome = self._allow(decision, identities, decision_id, metadata)
+            outcome.status = status
+            return outcome
+        return Outcome(
+            decision=decision,
+            identities=identities,
+            decision_id=decision_id,
+            status=status,
+            allowed=False,
+            deny_headers=headers,
+            deny_body=body,
+            dynamic_metadata=metadata,
+        )
+
+    def _allow(
+        self,
+        decision: Decision,
+        identities: Identities,
+        decision_id: str,
+        metadata: dict[str, Any],
+    ) -> Outcome:
+        s = self.settings
+        # Client-sent copies of the identity headers never reach the upstream: they are
+        # removed, then set again from what was verified.
+        headers = {s.decision_id_header: decision_id}
+        caller = identities.caller
+        if caller is not None:
+            headers[s.caller_header] = str(caller)
+            metadata["caller"] = headers[s.caller_header]
+        if identities.user is not None:
+            headers[s.subject_header] = identities.user.subject
+        headers.update(decision.headers)
+        remove = [h for h in self._strip if h not in headers]
+        remove.extend(decision.request_headers_to_remove)
+        return Outcome(
+            decision=decision,
+            identities=identities,
+            decision_id=decision_id,
+            status=decision.http_status or 200,
+            allowed=True,
+            upstream_headers=headers,
+            remove_headers=remove,
+            dynamic_metadata=metadata,
+        )

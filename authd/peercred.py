@@ -1,0 +1,351 @@
+"""Binding gRPC calls to the kernel credentials of their Unix-socket connection.
+
+grpcio does not show a servicer the SO_PEERCRED of its connection: on a Unix socket
+``context.peer()`` is just ``unix:`` for an unbound client. It does report the client's
+*bound* address, ``unix:<path>``. So a :class:`PeerCredGateway` listens on the public socket
+and, for each connection it accepts:
+
+1. reads SO_PEERCRED (pid, uid, gid) of the accepted socket;
+2. opens a socket bound to a fresh path ``<private_dir>/p<n>-<token>`` and connects it to the
+   internal gRPC server socket, which lives in the same private directory;
+3. records path -> credentials, then splices bytes both ways until both sides are done;
+4. on close, forgets the mapping and unlinks the path.
+
+A servicer asks ``gateway.peer_credentials(context)``; None means "not a connection the
+gateway made", and the servicer must deny.
+
+Why this is sound:
+
+- The private directory is mode 0700 and owned by the daemon, so only the daemon can reach
+  the internal socket: every connection the gRPC server sees came through the gateway.
+- The mapping key is a filesystem path in that directory, so only the daemon can bind a
+  socket to it; a caller cannot name a path it could make the server report.
+- The kernel fills SO_PEERCRED when the caller connects, from the caller's own credentials;
+  nothing the caller sends can change it, and a connection's credentials never change.
+- There is one mapping per connection, made before any of its bytes reach the server and
+  removed when it closes. Paths are never reused within a process (a counter) nor across
+  restarts (a random token), so a late lookup finds nothing rather than someone else.
+
+The pid is the one piece that can go stale: once the caller exits, the kernel may give its
+pid to another process. The pid is recorded with the connection and is only meaningful
+while that connection is open; a caller that derives more from it (e.g. ``/proc/<pid>/exe``)
+must read that during the call it is authorising.
+
+The gateway decides nothing about *who* may connect: the public socket's mode (0o660 for
+an admin socket with a group, 0o666 for a socket every local user may reach) only says who
+can try, and the servicer decides from the credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import logging
+import os
+import re
+import secrets
+import socket
+import stat
+import struct
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self
+
+__all__ = [
+    "GatewayError",
+    "PeerCredGateway",
+    "PeerCredentials",
+    "read_peer_credentials",
+]
+
+log = logging.getLogger(__name__)
+
+_UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
+_MAX_UNIX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating NUL
+_BOUND_NAME = re.compile(r"p[0-9a-f]+-[A-Za-z0-9_-]{16}")
+_LONGEST_BOUND_NAME = 1 + 16 + 1 + 16  # "p" + counter in hex + "-" + token
+_PROBE_TIMEOUT = 1.0
+_ACCEPT_RETRY_DELAY = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
+    """What the kernel recorded about the process that connected: pid, uid and gid."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+class GatewayError(Exception):
+    """The gateway cannot start: its socket is in use or its directory is not safe."""
+
+
+class _HasPeer(Protocol):
+    def peer(self) -> str: ...
+
+
+def read_peer_credentials(sock: socket.socket) -> PeerCredentials:
+    """SO_PEERCRED of a connected AF_UNIX socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return PeerCredentials(pid=pid, uid=uid, gid=gid)
+
+
+class PeerCredGateway:
+    """Listens on ``public_path`` and hands connections to the gRPC server at
+    :attr:`internal_address`, remembering each one's peer credentials.
+
+    Start the gateway first (it creates ``private_dir``), then bind the gRPC server to
+    :attr:`internal_address`; close the gateway after stopping the server.
+    """
+
+    INTERNAL_SOCKET_NAME = "grpc.sock"
+
+    def __init__(
+        self,
+        public_path: str | os.PathLike[str],
+        private_dir: str | os.PathLike[str],
+        *,
+        public_mode: int = 0o660,
+        public_gid: int | None = None,
+        chunk_size: int = 64 * 1024,
+    ) -> None:
+        self.public_path = Path(public_path).absolute()
+        self.private_dir = Path(private_dir).absolute()
+        self.internal_path = self.private_dir / self.INTERNAL_SOCKET_NAME
+        self._public_mode = public_mode
+        self._public_gid = public_gid
+        self._chunk_size = chunk_size
+        for path in (self.public_path, self.private_dir / ("x" * _LONGEST_BOUND_NAME)):
+            if len(os.fsencode(path)) > _MAX_UNIX_SOCKET_PATH:
+                raise ValueError(f"{path} is too long for a Unix socket path")
+
+        self._peers: dict[str, PeerCredentials] = {}
+        self._counter = itertools.count()
+        self._listener: socket.socket | None = None
+        self._listener_inode: tuple[int, int] | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def internal_address(self) -> str:
+        """The gRPC target for the internal server: ``server.add_insecure_port(this)``."""
+        return f"unix:{self.internal_path}"
+
+    @property
+    def connection_count(self) -> int:
+        """Connections currently spliced (and so mappings currently held)."""
+        return len(self._peers)
+
+    def credentials_for(self, peer: str) -> PeerCredentials | None:
+        """The credentials behind a gRPC ``context.peer()`` string, or None if unknown."""
+        if not peer.startswith("unix:"):
+            return None
+        return self._peers.get(peer.removeprefix("unix:"))
+
+    def peer_credentials(self, context: _HasPeer) -> PeerCredentials | None:
+        """The credentials of the caller of a gRPC call (sync or aio context); None: deny."""
+        return self.credentials_for(context.peer())
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._listener is not None:
+            raise RuntimeError("gateway already started")
+        self._prepare_private_dir()
+        await self._clear_stale_public_socket()
+        self._remove_stale_bound_sockets()
+        self._listener = self._listen()
+        self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop())
+
+    async def close(self) -> None:
+        """Stop accepting, drop every spliced connection, and remove the public socket."""
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._accept_task
+            self._accept_task = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            self._unlink_public_socket()
+        connections = list(self._connections)
+        for task in connections:
+            task.cancel()
+        await asyncio.gather(*connections, return_exceptions=True)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _prepare_private_dir(self) -> None:
+        try:
+            self.private_dir.mkdir(mode=0o700, parents=True)
+            os.chmod(self.private_dir, 0o700)  # mkdir's mode is filtered by the umask
+        except FileExistsError:
+            pass
+        st = os.lstat(self.private_dir)
+        if not stat.S_ISDIR(st.st_mode):
+            raise GatewayError(f"{self.private_dir} is not a directory")
+        if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+            raise GatewayError(
+                f"{self.private_dir} must be owned by uid {os.geteuid()} with mode 0700 "
+                f"(it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})"
+            )
+
+    async def _clear_stale_public_socket(self) -> None:
+        """Remove a socket file nobody answers on; refuse to touch anything else."""
+        path = self.public_path
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise GatewayError(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.setblocking(False)
+        try:
+            async with asyncio.timeout(_PROBE_TIMEOUT):
+                await asyncio.get_running_loop().sock_connect(probe, str(path))
+        except ConnectionRefusedError:
+            log.info("removing stale socket %s", path)
+            path.unlink(missing_ok=True)
+            return
+        except TimeoutError:
+            pass  # a full backlog: somebody is listening
+        except OSError as exc:
+            raise GatewayError(f"cannot check {path}: {exc.strerror}") from None
+        finally:
+            probe.close()
+        raise GatewayError(f"another process is serving on {path}")
+
+    def _remove_stale_bound_sockets(self) -> None:
+        """Drop the bound paths a previous run left behind when it died."""
+        for entry in os.scandir(self.private_dir):
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if _BOUND_NAME.fullmatch(entry.name) and stat.S_ISSOCK(mode):
+                with suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+    def _listen(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(self.public_path))
+            # Nobody can connect before listen(), so fixing the mode here leaves no window.
+            if self._public_gid is not None:
+                os.chown(self.public_path, -1, self._public_gid)
+            os.chmod(self.public_path, self._public_mode)
+            st = os.stat(self.public_path)
+            self._listener_inode = (st.st_dev, st.st_ino)
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            self._unlink_public_socket()
+            raise
+        return sock
+
+    def _unlink_public_socket(self) -> None:
+        """Unlink the public socket, unless another process has since replaced it."""
+        if self._listener_inode is None:
+            return
+        with suppress(FileNotFoundError):
+            st = os.stat(self.public_path)
+            if (st.st_dev, st.st_ino) == self._listener_inode:
+                self.public_path.unlink()
+        self._listener_inode = None
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._listener is not None
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self._listener)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("cannot accept on %s: %s", self.public_path, exc.strerror)
+                    await asyncio.sleep(_ACCEPT_RETRY_DELAY)
+                    continue
+                if exc.errno == errno.ECONNABORTED:
+                    continue
+                log.exception("accept on %s failed; no longer accepting", self.public_path)
+                return
+            task = loop.create_task(self._serve(conn))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    def _new_bound_path(self) -> str:
+        name = f"p{next(self._counter):x}-{secrets.token_urlsafe(12)}"
+        return str(self.private_dir / name)
+
+    async def _serve(self, client: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        upstream: socket.socket | None = None
+        bound: str | None = None
+        writers: list[asyncio.StreamWriter] = []
+        finished = False
+        try:
+            creds = read_peer_credentials(client)
+            client.setblocking(False)
+            bound = self._new_bound_path()
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.setblocking(False)
+            upstream.bind(bound)
+            try:
+                await loop.sock_connect(upstream, str(self.internal_path))
+            except OSError as exc:
+                log.warning("cannot reach %s: %s", self.internal_path, exc.strerror)
+                return
+            self._peers[bound] = creds
+
+            client_reader, client_writer = await asyncio.open_unix_connection(sock=client)
+            writers.append(client_writer)
+            server_reader, server_writer = await asyncio.open_unix_connection(sock=upstream)
+            writers.append(server_writer)
+            try:
+                async with asyncio.TaskGroup() as pumps:
+                    pumps.create_task(self._pump(client_reader, server_writer))
+                    pumps.create_task(self._pump(server_reader, client_writer))
+            except* OSError as group:
+                log.debug("connection from pid %d dropped: %s", creds.pid, group.exceptions[0])
+            else:
+                finished = True
+        except Exception:
+            log.exception("peer-credential gateway: connection failed")
+        finally:
+            if bound is not None:
+                self._peers.pop(bound, None)
+                with suppress(FileNotFoundError):
+                    os.unlink(bound)
+            for writer in writers:
+                if finished:
+                    writer.close()  # flushes what is still buffered
+                else:
+                    writer.transport.abort()
+            # Sockets not yet handed to a transport are still ours to close.
+            if len(writers) < 1:
+                client.close()
+            if len(writers) < 2 and upstream is not None:
+                upstream.close()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Copy one direction until EOF, then pass the EOF on (half-close)."""
+        while data := await reader.read(self._chunk_size):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()

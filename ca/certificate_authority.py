@@ -1,0 +1,330 @@
+"""The certificate authority of one trust domain: authorities, issuance, the bundle.
+
+It joins the pieces that each do one thing: the key store holds keys, the store persists the
+authority timeline and the issuance log, ``ca.rotation`` decides when to rotate, the
+templates say what a certificate contains. Time always comes from the injected clock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca import rotation
+from ca.authority import JwtAuthority, X509Authority
+from ca.bundle import TrustBundle
+from ca.clock import Clock
+from ca.errors import InvalidRequest
+from ca.issuance_log import IssuanceLog
+from ca.jwtsvid import JwtSvid, mint_jwt_svid, verify_jwt_svid
+from ca.keys import KeyStore, KeyType, PrivateKey, key_type_of, signature_hash
+from ca.spiffe_id import SpiffeId, TrustDomain
+from ca.store import AuthorityRecord, IssuanceRecord, Store
+from ca.templates import authority_key_id_of, signing_certificate
+from ca.x509svid import X509Svid, issue_x509_svid_from_csr, random_serial, verify_x509_svid
+
+BUNDLE_SEQUENCE = "bundle"
+DEFAULT_SUBJECT = x509.Name.from_rfc4514_string("O=authd")
+
+
+@dataclass(frozen=True, slots=True)
+class CASettings:
+    """The knobs of the CA; defaults follow SPIRE (CA 24h, X.509-SVID 1h, JWT-SVID 5m)."""
+
+    key_type: KeyType = KeyType.EC_P256
+    jwt_key_type: KeyType = KeyType.EC_P256
+    ca_ttl: int = 24 * 3600
+    x509_svid_ttl: int = 3600
+    jwt_svid_ttl: int = 300
+    subject: x509.Name = DEFAULT_SUBJECT
+    refresh_hint: int = 300
+
+    @property
+    def max_svid_ttl(self) -> int:
+        """An SVID may live at most half an authority's life, so rotation can outrun it."""
+        return self.ca_ttl // 2
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAuthority:
+    """An upstream CA that signs our X.509 authorities as intermediates."""
+
+    certificate: x509.Certificate
+    key: PrivateKey
+    roots: tuple[x509.Certificate, ...]
+
+    @property
+    def chain(self) -> tuple[x509.Certificate, ...]:
+        """Certificates between our authority and a root: the upstream cert unless it is a root."""
+        return () if self.certificate in self.roots else (self.certificate,)
+
+
+class CertificateAuthority:
+    def __init__(
+        self,
+        *,
+        trust_domain: TrustDomain,
+        store: Store,
+        keystore: KeyStore,
+        clock: Clock,
+        settings: CASettings | None = None,
+        upstream: UpstreamAuthority | None = None,
+    ) -> None:
+        self.trust_domain = trust_domain
+        self.store = store
+        self.keystore = keystore
+        self.clock = clock
+        self.settings = settings or CASettings()
+        self.upstream = upstream
+        self._lock = threading.RLock()
+        self._x509: X509Authority | None = None
+        self._jwt: JwtAuthority | None = None
+        self._bundle = TrustBundle(trust_domain)
+        self.issuance_log = IssuanceLog(store)
+        self.rotate()
+
+    def close(self) -> None:
+        """Write out the issuance log; the store stays open (it belongs to the caller)."""
+        self.issuance_log.close()
+
+    # --- the timeline -------------------------------------------------------------------
+
+    def rotate(self) -> bool:
+        """Bring both timelines up to date with the clock; True if anything changed."""
+        with self._lock:
+            now = self.clock.now()
+            changed = False
+            for kind in ("x509", "jwt"):
+                plan = rotation.plan_rotation(self.store.list_authorities(kind), now)
+                if not plan.is_empty:
+                    self._apply(kind, plan, now)
+                    changed = True
+                    if plan.changes_bundle:
+                        self.store.next_sequence(BUNDLE_SEQUENCE)
+            if changed or self._x509 is None:
+                self._load()
+            return changed
+
+    def _apply(self, kind: str, plan: rotation.RotationPlan, now: float) -> None:
+        records = {r.authority_id: r for r in self.store.list_authorities(kind)}
+        updates: list[AuthorityRecord] = []
+        if plan.create_active or plan.prepare:
+            state = rotation.ACTIVE if plan.create_active else rotation.PREPARED
+            updates.append(self._new_authority(kind, state, now))
+        if plan.activate:
+            updates.append(replace(records[plan.activate], state=rotation.ACTIVE))
+        updates.extend(replace(records[a], state=rotation.RETIRED) for a in plan.retire)
+        self.store.save_authorities(updates)
+        for record in updates:
+            self._audit(f"authority.{record.state}", record)
+        for authority_id in plan.prune:
+            record = records[authority_id]
+            self.store.delete_authority(authority_id)
+            self.keystore.delete(record.key_ref)
+            self._audit("authority.pruned", record)
+
+    def _audit(self, action: str, record: AuthorityRecord) -> None:
+        self.store.append_audit(
+            time=int(self.clock.now()),
+            actor="authd",
+            action=action,
+            subject=record.authority_id,
+            details={"kind": record.kind, "not_after": record.not_after},
+        )
+
+    def _new_authority(self, kind: str, state: str, now: float) -> AuthorityRecord:
+        key_type = self.settings.key_type if kind == "x509" else self.settings.jwt_key_type
+        key_ref, key = self.keystore.create(key_type, prefix=kind)
+        public_key = key.public_key()
+        spki = public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        not_before = int(now)
+        not_after = not_before + self.settings.ca_ttl
+        certificate_der = b""
+        chain: tuple[bytes, ...] = ()
+        if kind == "x509":
+            certificate = self._sign_authority_certificate(key, not_before, not_after)
+            not_after = int(certificate.not_valid_after_utc.timestamp())
+            certificate_der = certificate.public_bytes(serialization.Encoding.DER)
+            if self.upstream is not None:
+                chain = tuple(
+                    c.public_bytes(serialization.Encoding.DER) for c in self.upstream.chain
+                )
+        ski = x509.SubjectKeyIdentifier.from_public_key(public_key).digest.hex()
+        return AuthorityRecord(
+            authority_id=ski,
+            kind=kind,
+            state=state,
+            key_type=key_type_of(key),
+            key_ref=key_ref,
+            public_key_der=spki,
+            certificate_der=certificate_der,
+            upstream_chain_der=chain,
+            not_before=not_before,
+            not_after=not_after,
+            created_at=not_before,
+        )
+
+    def _sign_authority_certificate(
+        self, key: PrivateKey, not_before: int, not_after: int
+    ) -> x509.Certificate:
+        upstream = self.upstream
+        if upstream is not None:
+            not_after = min(not_after, int(upstream.certificate.not_valid_after_utc.timestamp()))
+        builder = signing_certificate(
+            trust_domain=self.trust_domain,
+            subject=self.settings.subject,
+            public_key=key.public_key(),
+            issuer=None if upstream is None else upstream.certificate.subject,
+            issuer_key_id=None if upstream is None else authority_key_id_of(upstream.certificate),
+            serial=random_serial(),
+            not_before=not_before,
+            not_after=not_after,
+        )
+        signer = key if upstream is None else upstream.key
+        return builder.sign(signer, signature_hash(signer))
+
+    def _load(self) -> None:
+        """Rebuild the in-memory signers and bundle from the persisted timeline."""
+        x509_records = self.store.list_authorities("x509")
+        jwt_records = self.store.list_authorities("jwt")
+        roots: list[x509.Certificate] = []
+        for record in x509_records:
+            certificate = x509.load_der_x509_certificate(record.certificate_der)
+            if record.state == rotation.ACTIVE:
+                self._x509 = X509Authority(
+                    record,
+                    self.keystore.load(record.key_ref),
+                    certificate,
+                    tuple(x509.load_der_x509_certificate(d) for d in record.upstream_chain_der),
+                )
+            if not record.revoked:
+                roots.append(certificate)
+        jwt_keys = {}
+        for record in jwt_records:
+            if record.state == rotation.ACTIVE:
+                self._jwt = JwtAuthority(record, self.keystore.load(record.key_ref))
+            if not record.revoked:
+                key = serialization.load_der_public_key(record.public_key_der)
+                jwt_keys[record.authority_id] = key
+        if self.upstream is not None:
+            roots = list(self.upstream.roots)
+        self._bundle = TrustBundle(
+            self.trust_domain,
+            tuple(roots),
+            jwt_keys,  # type: ignore[arg-type]
+            self.store.current_sequence(BUNDLE_SEQUENCE),
+            self.settings.refresh_hint,
+        )
+
+    # --- what the CA serves ---------------------------------------------------------------
+
+    @property
+    def bundle(self) -> TrustBundle:
+        return self._bundle
+
+    @property
+    def x509_authority(self) -> X509Authority:
+        assert self._x509 is not None
+        return self._x509
+
+    @property
+    def jwt_authority(self) -> JwtAuthority:
+        assert self._jwt is not None
+        return self._jwt
+
+    def authorities(self) -> list[AuthorityRecord]:
+        return self.store.list_authorities()
+
+    def _check_identity(self, spiffe_id: SpiffeId) -> None:
+        if not spiffe_id.member_of(self.trust_domain):
+            raise InvalidRequest(
+                f"{spiffe_id} is not in this CA's trust domain {self.trust_domain}"
+            )
+
+    def _ttl(self, requested: float | None, default: int) -> float:
+        if requested is None or requested == 0:
+            return default
+        if requested < 0:
+            raise InvalidRequest(f"TTL must be positive, got {requested}")
+        if requested > self.settings.max_svid_ttl:
+            raise InvalidRequest(
+                f"TTL {int(requested)}s exceeds the CA's limit of {self.settings.max_svid_ttl}s"
+            )
+        return requested
+
+    def issue_x509_svid(
+        self,
+        csr: bytes,
+        *,
+        spiffe_id: SpiffeId,
+        dns_names: Sequence[str] = (),
+        ttl: float | None = None,
+        requester: str,
+    ) -> X509Svid:
+        """Issue an X.509-SVID for the key in ``csr`` and record it in the issuance log."""
+        self._check_identity(spiffe_id)
+        authority = self.x509_authority
+        now = self.clock.now()
+        svid = issue_x509_svid_from_csr(
+            authority,
+            csr,
+            spiffe_id=spiffe_id,
+            dns_names=dns_names,
+            now=now,
+            ttl=self._ttl(ttl, self.settings.x509_svid_ttl),
+        )
+        leaf = svid.leaf
+        self.issuance_log.append(
+            IssuanceRecord(
+                serial=svid.serial,
+                kind="x509",
+                spiffe_id=str(spiffe_id),
+                authority_id=authority.authority_id,
+                not_before=int(leaf.not_valid_before_utc.timestamp()),
+                not_after=svid.expires_at,
+                requester=requester,
+                issued_at=int(now),
+            )
+        )
+        return svid
+
+    def mint_jwt_svid(
+        self,
+        *,
+        spiffe_id: SpiffeId,
+        audience: Sequence[str],
+        ttl: float | None = None,
+    ) -> JwtSvid:
+        self._check_identity(spiffe_id)
+        return mint_jwt_svid(
+            self.jwt_authority,
+            spiffe_id=spiffe_id,
+            audience=audience,
+            now=self.clock.now(),
+            ttl=self._ttl(ttl, self.settings.jwt_svid_ttl),
+        )
+
+    def verify_x509_svid(self, chain: Sequence[x509.Certificate]) -> SpiffeId:
+        """Verify a peer's chain against this CA's own bundle."""
+        bundle = self._bundle
+        return verify_x509_svid(
+            chain,
+            trust_domain=self.trust_domain,
+            roots=bundle.x509_authorities,
+            now=self.clock.now(),
+        )
+
+    def verify_jwt_svid(self, token: str, audience: Sequence[str]) -> JwtSvid:
+        return verify_jwt_svid(
+            token,
+            trust_domain=self.trust_domain,
+            keys=self._bundle.jwt_authorities,
+            audience=audience,
+            now=self.clock.now(),
+        )

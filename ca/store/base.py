@@ -1,0 +1,210 @@
+"""The one store interface every backend implements, and the errors it raises.
+
+Backends are synchronous and safe to share between threads. They keep what they are given and
+nothing more: changing an entry does not append audit, rotating does not revoke; callers do.
+A backend raises only ``StoreError`` and its subclasses, never its driver's exceptions.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from ca.store.records import (
+    AuditRecord,
+    AuthorityRecord,
+    IssuanceRecord,
+    RegistrationEntry,
+    Revocation,
+    Selector,
+)
+
+
+class StoreError(Exception):
+    """The store could not do what was asked (and changed nothing)."""
+
+
+class NotFound(StoreError):
+    """The named record does not exist."""
+
+
+class AlreadyExists(StoreError):
+    """A record with the same identity (or, for entries, the same selectors) exists."""
+
+
+class Conflict(StoreError):
+    """An update was based on a revision that is no longer the stored one."""
+
+
+class SchemaError(StoreError):
+    """The stored data was written by a newer schema than this code knows."""
+
+
+class Store(abc.ABC):
+    """Persistent CA state: authorities, counters, issuances, entries, revocations, audit."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the backend; closing twice is harmless, any other call afterwards fails."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """The version of the stored schema."""
+
+    # -- authorities ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get_authority(self, authority_id: str) -> AuthorityRecord:
+        """The authority ``authority_id``; ``NotFound`` if there is none."""
+
+    @abc.abstractmethod
+    def list_authorities(self, kind: str | None = None) -> list[AuthorityRecord]:
+        """Authorities (of ``kind`` if given), ordered by ``not_before`` then ``created_at``."""
+
+    @abc.abstractmethod
+    def save_authorities(self, records: Sequence[AuthorityRecord]) -> None:
+        """Insert or replace all of ``records`` in one transaction: all are saved or none is.
+
+        Rotation depends on this: the prepared authority becomes active in the same write that
+        retires the old one, so no reader ever sees two active authorities or none.
+        """
+
+    @abc.abstractmethod
+    def delete_authority(self, authority_id: str) -> None:
+        """Forget the authority ``authority_id``; ``NotFound`` if there is none."""
+
+    # -- counters ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def next_sequence(self, name: str) -> int:
+        """Atomically increment the persistent counter ``name`` and return it (first is 1)."""
+
+    @abc.abstractmethod
+    def current_sequence(self, name: str) -> int:
+        """The last value ``next_sequence(name)`` returned, or 0 if it never ran."""
+
+    # -- issuance log --------------------------------------------------------------------
+
+    def record_issuance(self, record: IssuanceRecord) -> None:
+        """Log one signed SVID; ``AlreadyExists`` if its serial is already logged."""
+        self.record_issuances((record,))
+
+    @abc.abstractmethod
+    def record_issuances(self, records: Sequence[IssuanceRecord]) -> None:
+        """Log signed SVIDs atomically (all or none); ``AlreadyExists`` on a logged serial."""
+
+    @abc.abstractmethod
+    def get_issuance(self, serial: str) -> IssuanceRecord:
+        """The issuance with ``serial``; ``NotFound`` if there is none."""
+
+    @abc.abstractmethod
+    def list_issuances(
+        self,
+        *,
+        spiffe_id: str | None = None,
+        authority_id: str | None = None,
+        kind: str | None = None,
+        limit: int | None = None,
+    ) -> list[IssuanceRecord]:
+        """Issuances matching every given filter, newest ``issued_at`` first (ties: newest
+        recorded first), at most ``limit`` of them."""
+
+    # -- registration entries ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_entry(self, entry: RegistrationEntry) -> RegistrationEntry:
+        """Store a new entry with revision 0 and return it as stored.
+
+        ``AlreadyExists`` if ``entry_id`` is taken, or if another entry has the same
+        ``spiffe_id``, ``parent_id`` and set of selectors (the message names that entry).
+        """
+
+    @abc.abstractmethod
+    def get_entry(self, entry_id: str) -> RegistrationEntry:
+        """The entry ``entry_id``; ``NotFound`` if there is none."""
+
+    @abc.abstractmethod
+    def list_entries(
+        self,
+        *,
+        spiffe_id: str | None = None,
+        parent_id: str | None = None,
+        selector: Selector | None = None,
+    ) -> list[RegistrationEntry]:
+        """Entries matching every given filter (``selector``: entries that have it), ordered by
+        ``created_at`` then ``entry_id``."""
+
+    @abc.abstractmethod
+    def update_entry(
+        self, entry: RegistrationEntry, *, expected_revision: int
+    ) -> RegistrationEntry:
+        """Replace entry ``entry.entry_id`` if its stored revision is ``expected_revision``.
+
+        Returns the stored value: revision incremented, ``created_at`` kept from the original.
+        ``NotFound`` if there is no such entry, ``Conflict`` if the revision moved on,
+        ``AlreadyExists`` if the new selectors duplicate another entry's.
+        """
+
+    @abc.abstractmethod
+    def delete_entry(self, entry_id: str) -> None:
+        """Delete the entry ``entry_id``; ``NotFound`` if there is none."""
+
+    # -- revocations ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_revocation(self, revocation: Revocation) -> None:
+        """Record a revocation; ``AlreadyExists`` if that target is already revoked."""
+
+    @abc.abstractmethod
+    def get_revocation(self, target_kind: str, target: str) -> Revocation:
+        """The revocation of ``target``; ``NotFound`` if it is not revoked."""
+
+    @abc.abstractmethod
+    def remove_revocation(self, target_kind: str, target: str) -> None:
+        """Lift the revocation of ``target``; ``NotFound`` if it is not revoked."""
+
+    @abc.abstractmethod
+    def list_revocations(self, target_kind: str | None = None) -> list[Revocation]:
+        """Revocations (of ``target_kind`` if given), oldest ``revoked_at`` first."""
+
+    # -- audit ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def append_audit(
+        self,
+        *,
+        time: int,
+        actor: str,
+        action: str,
+        subject: str,
+        details: Mapping[str, Any],
+    ) -> AuditRecord:
+        """Append one record to the audit chain and return it with its ``seq`` and hashes.
+
+        ``details`` is stored as canonical JSON, so the returned ``details`` is its JSON
+        round trip (tuples become lists); ``StoreError`` if it is not JSON-serialisable.
+        """
+
+    @abc.abstractmethod
+    def list_audit(
+        self,
+        *,
+        since: int | None = None,
+        subject: str | None = None,
+        after_seq: int | None = None,
+    ) -> list[AuditRecord]:
+        """Audit records with ``time >= since``, this ``subject`` and ``seq > after_seq``
+        (each filter only if given), ascending by ``seq``."""
