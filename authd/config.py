@@ -117,7 +117,7 @@ class IssuerConfig:
     audiences: tuple[str, ...] = ()
     algorithms: tuple[str, ...] = ("RS256", "ES256")
     header: str = "authorization"
-    leeway: int = 0
+    leeway: int = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,9 +296,11 @@ def _parse_trust_domain(value: object) -> str:
 def _parse_subject(value: object) -> str:
     text = _parse_str(value)
     try:
-        x509.Name.from_rfc4514_string(text)
+        name = x509.Name.from_rfc4514_string(text)
     except ValueError as exc:
         raise ValueError(f"must be an RFC 4514 name like 'O=authd,C=US': {exc}") from None
+    if len(name) == 0:  # RFC 5280: a CA certificate's subject (our issuer name) is non-empty
+        raise ValueError("must not be empty")
     return text
 
 
@@ -413,7 +415,10 @@ def _parse_issuers(value: object) -> tuple[IssuerConfig, ...]:
             if alg not in _ISSUER_ALGORITHMS:
                 allowed = ", ".join(_ISSUER_ALGORITHMS)
                 raise ValueError(f"{where}: algorithm {alg!r} is not allowed; use {allowed}")
-        leeway = item.get("leeway", 0)
+        audiences = _parse_str_list(item.get("audiences", []))
+        if not audiences:
+            raise ValueError(f"{where}: 'audiences' is required (a token for any app would do)")
+        leeway = item.get("leeway", 60)
         if isinstance(leeway, bool) or not isinstance(leeway, int) or leeway < 0:
             raise ValueError(f"{where}: leeway must be a non-negative number of seconds")
         issuers.append(
@@ -421,7 +426,7 @@ def _parse_issuers(value: object) -> tuple[IssuerConfig, ...]:
                 name=item["name"],
                 issuer=item["issuer"],
                 jwks_uri=item["jwks_uri"],
-                audiences=_parse_str_list(item.get("audiences", [])),
+                audiences=audiences,
                 algorithms=algorithms,
                 header=_parse_header_name(item.get("header", "authorization")),
                 leeway=leeway,

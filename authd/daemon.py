@@ -1,8 +1,9 @@
 """``authd run``: the one process that hosts the CA and its APIs.
 
 Start-up order: data directory (0711) → store → key store → CA (authorities created on first
-start) → admin API behind the peer-credential gateway → rotation loop. Shutdown reverses it
-and writes out the issuance log.
+start) → admin API behind the peer-credential gateway → policy → ext_authz listeners (gRPC,
+HTTP service mode) and metrics → rotation and policy-reload loops. Shutdown reverses it and
+writes out the issuance and decision logs.
 """
 
 from __future__ import annotations
@@ -13,19 +14,29 @@ import logging
 import os
 import signal
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
 
 from authd.admin_service import AdminService
 from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
+from authd.authz import service as authz_service
+from authd.authz.decision_log import DecisionLog
+from authd.authz.grpc_service import ExtAuthzService
+from authd.authz.http_service import HttpAuthzServer
+from authd.authz.metrics import AuthzMetrics
 from authd.config import Config
 from authd.peercred import PeerCredGateway
+from authd.policy.base import PolicyError
+from authd.policy.reload import PolicyHolder
 from ca.certificate_authority import CASettings, CertificateAuthority, UpstreamAuthority
 from ca.clock import Clock, SystemClock
 from ca.keys import KeyStore, KeyType
@@ -35,6 +46,7 @@ from ca.store import Store, open_store
 log = logging.getLogger("authd")
 
 ADMIN_SERVICE = "authd.admin.v1.Admin"
+EXT_AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 
 
 class StartupError(Exception):
@@ -82,6 +94,15 @@ class Daemon:
         self._ca: CertificateAuthority | None = None
         self._gateway: PeerCredGateway | None = None
         self._admin_server: grpc.aio.Server | None = None
+        self._authz_server: grpc.aio.Server | None = None
+        self._http_server: HttpAuthzServer | None = None
+        self._metrics_server: WSGIServer | None = None
+        self._decision_log: DecisionLog | None = None
+        self._policy: PolicyHolder | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.metrics = AuthzMetrics()
+        self.registry = CollectorRegistry()
+        self.registry.register(self.metrics)
         self._health = health_aio.HealthServicer()
 
     @property
@@ -96,7 +117,7 @@ class Daemon:
             # 0711: others may reach the admin socket by name (the API checks their uid) but
             # not list the directory; keys/ and private/ are 0700, the store files 0600.
             data_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
-            os.chmod(data_dir, 0o711)
+            os.chmod(data_dir, 0o711)  # noqa: S103 - deliberate, see above
         except OSError as exc:
             raise StartupError(f"cannot use data directory {data_dir}: {exc}") from None
         upstream = load_upstream(config)
@@ -110,8 +131,10 @@ class Daemon:
             upstream=upstream,
         )
         await self._start_admin(data_dir / "private")
+        await self._start_authz()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(ADMIN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(EXT_AUTHZ_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "authd serving trust domain %s; admin API on %s; data in %s",
             self.ca.trust_domain,
@@ -141,12 +164,119 @@ class Daemon:
         await server.start()
         self._admin_server = server
 
+    async def _start_authz(self) -> None:
+        config = self.config
+        authz = config.authz
+        source = authz_service.policy_source(config)
+        try:
+            self._policy = PolicyHolder(source.load, source.files)
+            resolver = authz_service.build_resolver(
+                config, bundle=lambda: self.ca.bundle, clock=self.clock
+            )
+        except (PolicyError, ValueError) as exc:
+            raise StartupError(f"cannot load the policy: {exc}") from None
+        self.metrics.add_source(
+            "authd_identity_cache",
+            "identity cache lookups by outcome",
+            lambda: {
+                "peer_hit": resolver.peer_cache.hits,
+                "peer_miss": resolver.peer_cache.misses,
+                "token_hit": resolver.token_cache.hits,
+                "token_miss": resolver.token_cache.misses,
+            },
+        )
+        if authz.decision_log:
+            target = authz.decision_log
+            if target != "-":
+                target = str(config.resolve_path(target))
+            self._decision_log = DecisionLog.open(target)
+        holder = self._policy
+        authorizer = authz_service.build_authorizer(
+            config,
+            resolver=resolver,
+            policy=lambda: holder.current,
+            metrics=self.metrics,
+            decision_log=self._decision_log,
+        )
+        if authz.grpc_address or authz.grpc_socket:
+            server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+                ExtAuthzService(authorizer, self.metrics), server
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            reflection.enable_server_reflection(
+                (
+                    external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
+                    health.SERVICE_NAME,
+                    reflection.SERVICE_NAME,
+                ),
+                server,
+            )
+            for address in (authz.grpc_address, authz.grpc_socket):
+                if not address:
+                    continue
+                target = address if address == authz.grpc_address else f"unix:{address}"
+                try:
+                    server.add_insecure_port(target)
+                except RuntimeError as exc:
+                    raise StartupError(f"cannot listen for ext_authz on {address}: {exc}") from None
+            await server.start()
+            self._authz_server = server
+        if authz.http_address:
+            host, _, port = authz.http_address.rpartition(":")
+            http_server = HttpAuthzServer(
+                authorizer,
+                host=host.strip("[]"),
+                port=int(port),
+                path_prefix=authz.http_path_prefix,
+                peer_uri_header=authz.peer_uri_header,
+                peer_cert_header=authz.peer_cert_header,
+                metrics=self.metrics,
+            )
+            try:
+                await http_server.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen for ext_authz HTTP on {authz.http_address}: {exc.strerror}"
+                ) from None
+            self._http_server = http_server
+        if authz.metrics_address:
+            host, _, port = authz.metrics_address.rpartition(":")
+            try:
+                self._metrics_server, _ = start_http_server(
+                    int(port), addr=host.strip("[]"), registry=self.registry
+                )
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot serve metrics on {authz.metrics_address}: {exc.strerror}"
+                ) from None
+        self._tasks.append(asyncio.create_task(holder.run()))
+        if self._decision_log is not None:
+            self._tasks.append(asyncio.create_task(self._flush_decision_log()))
+        log.info(
+            "ext_authz: gRPC on %s, HTTP service mode on %s, metrics on %s, policy %s%s",
+            authz.grpc_address or authz.grpc_socket or "-",
+            authz.http_address or "-",
+            authz.metrics_address or "-",
+            holder.current.name,
+            " (dry run)" if authz.dry_run else "",
+        )
+
+    async def _flush_decision_log(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            assert self._decision_log is not None
+            self._decision_log.flush()
+
     async def run_until_stopped(self) -> None:
         """Rotate authorities on schedule until ``stop()`` or SIGTERM/SIGINT."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stopping.set)
+        if self._policy is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGHUP, self._policy.reload_now)
         interval = self.config.ca.rotation_check_interval
         while not self._stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
@@ -166,6 +296,17 @@ class Daemon:
 
     async def close(self) -> None:
         await self._health.enter_graceful_shutdown()
+        for task in self._tasks:
+            task.cancel()
+        if self._http_server is not None:
+            await self._http_server.close()
+        if self._authz_server is not None:
+            await self._authz_server.stop(grace=2)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        if self._decision_log is not None:
+            self._decision_log.close()
         if self._admin_server is not None:
             await self._admin_server.stop(grace=2)
         if self._gateway is not None:

@@ -88,6 +88,8 @@ class TrustBundle:
         for index, jwk in enumerate(document["keys"]):
             if not isinstance(jwk, dict) or "kty" not in jwk or "use" not in jwk:
                 raise VerificationError("bundle/key", f"key {index} lacks 'kty' or 'use'")
+            if jwk["kty"] not in ("EC", "RSA"):
+                continue  # unknown key types are ignored, not fatal
             if jwk["use"] == "x509-svid":
                 roots.append(_x509_authority(jwk, index))
             elif jwk["use"] == "jwt-svid":

@@ -79,6 +79,8 @@ class CertificateAuthority:
         self.keystore = keystore
         self.clock = clock
         self.settings = settings or CASettings()
+        if len(self.settings.subject) == 0:
+            raise InvalidRequest("the CA subject must not be empty (RFC 5280 issuer name)")
         self.upstream = upstream
         self._lock = threading.RLock()
         self._x509: X509Authority | None = None

@@ -46,8 +46,9 @@ def bit_string(value: bytes, unused_bits: int = 0) -> bytes:
 
 def oid(dotted: str) -> bytes:
     arcs = [int(a) for a in dotted.split(".")]
-    body = bytearray((40 * arcs[0] + arcs[1],))
-    for arc in arcs[2:]:
+    body = bytearray()
+    # The first two arcs share one sub-identifier (X.690 8.19.4), base-128 like the rest.
+    for arc in (40 * arcs[0] + arcs[1], *arcs[2:]):
         chunk = [arc & 0x7F]
         arc >>= 7
         while arc:

@@ -9,10 +9,11 @@ of the last ``max_delay`` seconds (the SVIDs themselves remain valid and verifia
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
-from ca.store import IssuanceRecord, Store
+from ca.store import AlreadyExists, IssuanceRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,19 @@ class IssuanceLog:
         with self._write_lock:
             with self._cond:
                 batch, self._pending = self._pending, []
-            if batch:
+            if not batch:
+                return
+            try:
                 self._store.record_issuances(batch)
+            except AlreadyExists:
+                # One duplicate must not block the rest: write them one by one.
+                for record in batch:
+                    with contextlib.suppress(AlreadyExists):
+                        self._store.record_issuance(record)
+            except BaseException:
+                with self._cond:  # keep them, in order, for the next attempt
+                    self._pending[:0] = batch
+                raise
 
     def close(self) -> None:
         with self._cond:
@@ -64,4 +76,6 @@ class IssuanceLog:
             try:
                 self.flush()
             except Exception:
-                log.exception("issuance log: writing a batch failed; records were dropped")
+                log.exception("issuance log: writing a batch failed; retrying in 1s")
+                with self._cond:
+                    self._cond.wait(1.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -151,6 +152,12 @@ def _verify_signature(key: PublicKey, alg: str, data: bytes, signature: bytes) -
         key.verify(signature, data, padding.PKCS1v15(), digest)
 
 
+def _short(value: object) -> str:
+    """An attacker-chosen value, shown in an error message without flooding the logs."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _json_object(part: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(b64url_decode(part))
@@ -180,14 +187,15 @@ def verify_jwt_svid(
     extra = set(header) - ALLOWED_HEADER_FIELDS
     if extra:
         raise VerificationError(
-            "jwt-svid/header", f"header may only hold alg, kid and typ; found {sorted(extra)}"
+            "jwt-svid/header",
+            f"header may only hold alg, kid and typ; found {_short(sorted(extra))}",
         )
     alg = header.get("alg")
     if alg not in ALLOWED_ALGORITHMS:
-        raise VerificationError("jwt-svid/alg", f"algorithm {alg!r} is not allowed")
+        raise VerificationError("jwt-svid/alg", f"algorithm {_short(alg)} is not allowed")
     typ = header.get("typ")
     if typ is not None and typ not in ALLOWED_TYP:
-        raise VerificationError("jwt-svid/typ", f"typ {typ!r} is not JWT or JOSE")
+        raise VerificationError("jwt-svid/typ", f"typ {_short(typ)} is not JWT or JOSE")
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise VerificationError("jwt-svid/kid", "header has no kid")
@@ -205,7 +213,7 @@ def verify_jwt_svid(
     key = keys.get(kid)
     if key is None:
         raise VerificationError(
-            "jwt-svid/kid", f"kid {kid!r} is not in the bundle of {trust_domain}"
+            "jwt-svid/kid", f"kid {_short(kid)} is not in the bundle of {trust_domain}"
         )
     try:
         signature = b64url_decode(parts[2])
@@ -225,11 +233,17 @@ def verify_jwt_svid(
             "jwt-svid/aud", f"token audience {token_audience} does not include {missing or '?'}"
         )
     expiry = claims.get("exp")
-    if isinstance(expiry, bool) or not isinstance(expiry, int | float):
+    if isinstance(expiry, bool) or not isinstance(expiry, int | float) or not math.isfinite(expiry):
         raise VerificationError("jwt-svid/exp", "exp claim is missing or not a number")
     if now >= expiry:
         raise VerificationError("jwt-svid/exp", "token has expired")
     not_before = claims.get("nbf")
-    if isinstance(not_before, int | float) and now < not_before:
+    if not_before is not None and (
+        isinstance(not_before, bool)
+        or not isinstance(not_before, int | float)
+        or not math.isfinite(not_before)
+    ):
+        raise VerificationError("jwt-svid/nbf", "nbf claim is not a number")
+    if not_before is not None and now < not_before:
         raise VerificationError("jwt-svid/nbf", "token is not valid yet")
     return JwtSvid(token, spiffe_id, tuple(token_audience), int(expiry), claims, kid)

@@ -62,6 +62,8 @@ class SpiffeId:
 
     @staticmethod
     def parse(text: str) -> SpiffeId:
+        if not isinstance(text, str):  # also keeps unhashable values out of the cache
+            raise InvalidSpiffeId(f"a SPIFFE ID must be a string, not {type(text).__name__}")
         return _parse_cached(text)
 
     def member_of(self, trust_domain: TrustDomain) -> bool:
@@ -78,10 +80,8 @@ class SpiffeId:
 
 @lru_cache(maxsize=4096)
 def _parse_cached(text: str) -> SpiffeId:
-    if not isinstance(text, str):
-        raise InvalidSpiffeId(f"a SPIFFE ID must be a string, not {type(text).__name__}")
     match = _VALID_ID.fullmatch(text)
-    if match is None or len(text.encode()) > MAX_ID_BYTES:
+    if match is None or len(text) > MAX_ID_BYTES:  # valid IDs are ASCII: chars == bytes
         raise InvalidSpiffeId(_diagnose(text))
     if len(match.group(1)) > MAX_TRUST_DOMAIN_BYTES:
         raise InvalidSpiffeId(
@@ -94,6 +94,11 @@ def _parse_cached(text: str) -> SpiffeId:
     return SpiffeId(TrustDomain(match.group(1)), path)
 
 
+def _utf8(text: str) -> bytes:
+    # surrogatepass: a lone surrogate (JSON can carry one) is measured, then refused below.
+    return text.encode("utf-8", "surrogatepass")
+
+
 def _show(text: str) -> str:
     return repr(text if len(text) <= 80 else text[:77] + "...")
 
@@ -103,7 +108,7 @@ def _diagnose(text: str) -> str:
     shown = _show(text)
     if not text:
         return "SPIFFE ID is empty"
-    if len(text.encode()) > MAX_ID_BYTES:
+    if len(_utf8(text)) > MAX_ID_BYTES:
         return f"{shown}: SPIFFE ID is longer than {MAX_ID_BYTES} bytes"
     scheme, sep, rest = text.partition("://")
     if not sep:
@@ -142,7 +147,7 @@ def _check_trust_domain(name: str, text: str) -> None:
         raise InvalidSpiffeId(f"{shown}: trust domain must not contain userinfo ('@')")
     if ":" in name:
         raise InvalidSpiffeId(f"{shown}: trust domain must not contain a port (':')")
-    if len(name.encode()) > MAX_TRUST_DOMAIN_BYTES:
+    if len(_utf8(name)) > MAX_TRUST_DOMAIN_BYTES:
         raise InvalidSpiffeId(
             f"{shown}: trust domain is longer than {MAX_TRUST_DOMAIN_BYTES} bytes"
         )

@@ -20,6 +20,8 @@ from ca import der
 from ca.keys import PrivateKey, PublicKey
 from ca.spiffe_id import SpiffeId, TrustDomain
 
+MAX_COMMON_NAME = 64  # RFC 5280 ub-common-name; longer DNS names stay in the SAN only
+
 # Backdate notBefore so a peer whose clock runs a little behind still accepts a fresh SVID.
 BACKDATE_SECONDS = 10
 
@@ -109,7 +111,7 @@ def leaf_svid_tbs(
     any, as CN.
     """
     subject_der = issuer_der
-    if dns_names:
+    if dns_names and len(dns_names[0]) <= MAX_COMMON_NAME:
         cn = x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])
         subject_der = x509.Name([*issuer, cn]).public_bytes()
     names = der.implicit(6, str(spiffe_id).encode("ascii")) + b"".join(

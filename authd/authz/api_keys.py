@@ -89,7 +89,7 @@ class ApiKeyStore:
         resistance). The loop is chosen because key lists are short (~0.1 µs per entry)
         and it leaves nothing to argue about.
         """
-        digest = hashlib.sha256(presented.encode()).digest()
+        digest = hashlib.sha256(presented.encode(errors="surrogatepass")).digest()
         found: str | None = None
         for stored, name in self._entries:
             if hmac.compare_digest(stored, digest):

@@ -104,8 +104,8 @@ def attributes_from_check_request(request: Any) -> dict[str, Any]:
         doc["destination"] = _peer(attributes.destination)
     if attributes.context_extensions:
         doc["contextExtensions"] = dict(attributes.context_extensions)
-    metadata = _metadata(attributes.metadata_context)
-    doc["metadataContext"] = metadata
+    if attributes.HasField("metadata_context"):  # Envoy always sets it, often empty
+        doc["metadataContext"] = _metadata(attributes.metadata_context)
     if attributes.HasField("route_metadata_context"):
         doc["routeMetadataContext"] = _metadata(attributes.route_metadata_context)
     if attributes.HasField("tls_session") and attributes.tls_session.sni:

@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from authd.authz.decision_log import DecisionLog
 from authd.authz.input_document import input_document
@@ -90,11 +90,10 @@ def identity_document(identities: Identities) -> dict[str, Any]:
     }
 
 
-class Resolver:
+class Resolver(Protocol):
     """What the pipeline needs of the identity resolver (authd.authz.identity)."""
 
-    async def resolve(self, ctx: CheckContext) -> Identities:
-        raise NotImplementedError
+    async def resolve(self, ctx: CheckContext) -> Identities: ...
 
 
 class Authorizer:
@@ -150,14 +149,14 @@ class Authorizer:
         if decision.allowed:
             return self._allow(decision, identities, decision_id, metadata)
         status = decision.http_status
-        if not identities.authenticated and decision.reason not in (
-            Reason.INVALID_CREDENTIALS,
-            Reason.REVOKED,
-        ):
+        bad_credentials = decision.reason in (Reason.INVALID_CREDENTIALS, Reason.REVOKED)
+        if not identities.authenticated and not bad_credentials:
             decision.reason = Reason.MISSING_CREDENTIALS
             metadata["reason"] = str(decision.reason)
         if not status:
-            status = FORBIDDEN if identities.authenticated else UNAUTHENTICATED
+            status = (
+                UNAUTHENTICATED if bad_credentials or not identities.authenticated else FORBIDDEN
+            )
         headers = {"content-type": "application/json", **decision.headers}
         if status == UNAUTHENTICATED:
             missing = decision.reason == Reason.MISSING_CREDENTIALS

@@ -308,7 +308,10 @@ class SQLiteStore(Store):
                 conn.executemany(_INSERT_ISSUANCE, rows)
             except sqlite3.IntegrityError as exc:
                 if exc.sqlite_errorname in _DUPLICATE_KEY_ERRORS:
-                    raise AlreadyExists(f"issuance already recorded: {exc}") from exc
+                    serials = ", ".join(repr(r.serial) for r in records[:3])
+                    raise AlreadyExists(
+                        f"issuance with serial {serials} already recorded (batch of {len(records)})"
+                    ) from exc
                 raise
 
     def get_issuance(self, serial: str) -> IssuanceRecord:

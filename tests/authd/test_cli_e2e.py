@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,14 +38,28 @@ def authd(*args: str, data_dir: Path, check: bool = True) -> subprocess.Complete
     return result
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class Daemon:
-    def __init__(self, data_dir: Path, config: Path | None = None) -> None:
+    """``authd run`` on its defaults, but for the data directory and free ports."""
+
+    def __init__(self, data_dir: Path, config_text: str = "") -> None:
         self.data_dir = data_dir
-        self.config = config
+        self.config = data_dir.parent / "authd.toml"
+        self.config.write_text(
+            f"{config_text}\n[authz]\n"
+            f'grpc_address = "127.0.0.1:{free_port()}"\n'
+            f'http_address = "127.0.0.1:{free_port()}"\n'
+            f'metrics_address = "127.0.0.1:{free_port()}"\n'
+        )
         self.process: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        extra = ["--config", str(self.config)] if self.config else []
+        extra = ["--config", str(self.config)]
         self.log = open(self.data_dir.parent / "daemon.log", "a")  # noqa: SIM115
         self.process = subprocess.Popen(
             [*AUTHD, "run", "--data-dir", str(self.data_dir), *extra],
@@ -233,9 +248,7 @@ def test_admin_api_refuses_non_admin_uid(daemon: Daemon) -> None:
 
 
 def test_admin_api_admits_configured_admin_uid(workdir: Path) -> None:
-    config = workdir / "authd.toml"
-    config.write_text(f"[admin]\nallowed_uids = [{NOBODY}]\n")
-    running = Daemon(workdir / "data", config)
+    running = Daemon(workdir / "data", f"[admin]\nallowed_uids = [{NOBODY}]\n")
     running.start()
     try:
         result = _as_uid(NOBODY, ["ca", "show", "--json"], running.data_dir)

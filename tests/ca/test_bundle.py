@@ -299,8 +299,12 @@ def test_parse_skips_keys_with_an_unknown_use(ca: CertificateAuthority) -> None:
 
 def test_parse_skips_jwt_svid_keys_with_an_unknown_kty(ca: CertificateAuthority) -> None:
     document = ca.bundle.to_jwks()
-    document["keys"].append({"kty": "OKP", "crv": "Ed25519", "x": "AA", "kid": "k", "use": "jwt-svid"})
-    document["keys"].append({"kty": "EC", "crv": "P-192", "x": "AA", "kid": "k2", "use": "jwt-svid"})
+    document["keys"].append(
+        {"kty": "OKP", "crv": "Ed25519", "x": "AA", "kid": "k", "use": "jwt-svid"}
+    )
+    document["keys"].append(
+        {"kty": "EC", "crv": "P-192", "x": "AA", "kid": "k2", "use": "jwt-svid"}
+    )
     parsed = TrustBundle.parse(json.dumps(document), EXAMPLE)
     assert parsed.jwt_authorities == ca.bundle.jwt_authorities
 
@@ -308,7 +312,7 @@ def test_parse_skips_jwt_svid_keys_with_an_unknown_kty(ca: CertificateAuthority)
 def test_parse_skips_x509_svid_keys_with_an_unknown_kty(ca: CertificateAuthority) -> None:
     # "Clients encountering an unknown key type MUST ignore the entire JWK element."
     document = ca.bundle.to_jwks()
-    other = copy.deepcopy([k for k in document["keys"] if k["use"] == "x509-svid"][0])
+    other = copy.deepcopy(next(k for k in document["keys"] if k["use"] == "x509-svid"))
     other["kty"] = "future-kty"
     document["keys"].append(other)
     document["keys"] = [k for k in document["keys"] if k["use"] != "x509-svid" or k is other]

@@ -7,6 +7,7 @@ path validation at the fake clock's time (``-attime``).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Sequence
@@ -57,9 +58,7 @@ def test_py_spiffe_parses_our_x509_svid_from_pem(
     ca = open_ca(tmp_path, clock=clock, settings=CASettings(key_type=ca_key))
     private_key = key(leaf_key)
     ours = issue(ca, private_key, make_csr, dns_names=["web.example.org"])
-    theirs = spiffe.X509Svid.parse(
-        ours.chain_pem(), pkcs8(private_key, serialization.Encoding.PEM)
-    )
+    theirs = spiffe.X509Svid.parse(ours.chain_pem(), pkcs8(private_key, serialization.Encoding.PEM))
     assert str(theirs.spiffe_id) == str(WORKLOAD)
     assert theirs.leaf == ours.leaf
     assert list(theirs.cert_chain) == list(ours.chain)
@@ -87,9 +86,7 @@ def test_py_spiffe_bundle_of_our_authorities_validates_our_svid(
     assert bundle.x509_authorities == set(ca.bundle.x509_authorities)
     der_bundle = spiffe.X509Bundle.parse_raw(
         PY_SPIFFE_TD,
-        b"".join(
-            c.public_bytes(serialization.Encoding.DER) for c in ca.bundle.x509_authorities
-        ),
+        b"".join(c.public_bytes(serialization.Encoding.DER) for c in ca.bundle.x509_authorities),
     )
     assert der_bundle.x509_authorities == bundle.x509_authorities
     (authority,) = bundle.x509_authorities
@@ -116,9 +113,7 @@ def test_py_spiffe_parses_our_upstream_mode_svid(
     )
     private_key = key("P-256")
     ours = issue(ca, private_key, make_csr)
-    theirs = spiffe.X509Svid.parse(
-        ours.chain_pem(), pkcs8(private_key, serialization.Encoding.PEM)
-    )
+    theirs = spiffe.X509Svid.parse(ours.chain_pem(), pkcs8(private_key, serialization.Encoding.PEM))
     assert len(theirs.cert_chain) == 2  # py-spiffe checked the intermediate is a CA too
     bundle = spiffe.X509Bundle.parse(PY_SPIFFE_TD, ca.bundle.to_pem())
     assert bundle.x509_authorities == {root}
@@ -147,10 +142,12 @@ def test_py_spiffe_rejects_our_jwt_svid_against_a_foreign_jwt_bundle(
     clock = FakeClock(start=float(int(time.time())))
     ours = open_ca(tmp_path / "ours", clock=clock)
     foreign = open_ca(tmp_path / "foreign", clock=clock)
-    token = ours.mint_jwt_svid(spiffe_id=WORKLOAD, audience=["db"]).token
-    bundle = spiffe.JwtBundle.parse(PY_SPIFFE_TD, foreign.bundle.jwt_jwks_json().encode())
+    svid = ours.mint_jwt_svid(spiffe_id=WORKLOAD, audience=["db"])
+    foreign_jwks = json.loads(foreign.bundle.jwt_jwks_json())
+    foreign_jwks["keys"][0]["kid"] = svid.kid  # a foreign key under our kid
+    bundle = spiffe.JwtBundle.parse(PY_SPIFFE_TD, json.dumps(foreign_jwks).encode())
     with pytest.raises(spiffe.svid.errors.InvalidTokenError):
-        spiffe.JwtSvid.parse_and_validate(token, bundle, {"db"})
+        spiffe.JwtSvid.parse_and_validate(svid.token, bundle, {"db"})
 
 
 # --- openssl verify -----------------------------------------------------------------------
@@ -167,9 +164,7 @@ def openssl_verify(
 ) -> subprocess.CompletedProcess[str]:
     def write(name: str, certificates: Sequence[x509.Certificate]) -> str:
         path = directory / name
-        path.write_bytes(
-            b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
-        )
+        path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates))
         return str(path)
 
     command = ["openssl", "verify", "-attime", str(int(at)), *options]

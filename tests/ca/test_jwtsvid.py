@@ -126,7 +126,12 @@ def test_minted_token_claims_are_sub_aud_exp_iat(
     svid = ca.mint_jwt_svid(spiffe_id=WORKLOAD, audience=[AUDIENCE, "other"], ttl=120)
     claims = decode_part(svid.token.split(".")[1])
     now = int(clock.now())
-    assert claims == {"sub": str(WORKLOAD), "aud": [AUDIENCE, "other"], "exp": now + 120, "iat": now}
+    assert claims == {
+        "sub": str(WORKLOAD),
+        "aud": [AUDIENCE, "other"],
+        "exp": now + 120,
+        "iat": now,
+    }
     assert svid.expiry == now + 120
     assert svid.audience == (AUDIENCE, "other")
 
@@ -458,9 +463,7 @@ def test_pyjwt_verifies_our_tokens_with_the_bundle_key(
     assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
 
 
-def test_pyjwt_rejects_our_token_against_a_foreign_bundle_key(
-    open_ca: Any, tmp_path: Path
-) -> None:
+def test_pyjwt_rejects_our_token_against_a_foreign_bundle_key(open_ca: Any, tmp_path: Path) -> None:
     clock = FakeClock(start=float(int(time.time())))
     ours = open_ca(tmp_path / "ours", clock=clock)
     foreign = open_ca(tmp_path / "foreign", clock=clock)

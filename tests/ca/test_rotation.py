@@ -275,7 +275,9 @@ def test_upstream_mode_bundle_holds_the_upstream_root(
 ) -> None:
     root, root_key = upstream_root
     ca = open_ca(
-        tmp_path, clock=clock, upstream=UpstreamAuthority(certificate=root, key=root_key, roots=(root,))
+        tmp_path,
+        clock=clock,
+        upstream=UpstreamAuthority(certificate=root, key=root_key, roots=(root,)),
     )
     assert ca.bundle.x509_authorities == (root,)
 
@@ -290,7 +292,9 @@ def test_upstream_mode_svid_chain_is_leaf_then_intermediate_and_verifies(
 ) -> None:
     root, root_key = upstream_root
     ca = open_ca(
-        tmp_path, clock=clock, upstream=UpstreamAuthority(certificate=root, key=root_key, roots=(root,))
+        tmp_path,
+        clock=clock,
+        upstream=UpstreamAuthority(certificate=root, key=root_key, roots=(root,)),
     )
     svid = ca.issue_x509_svid(make_csr(key("P-256")), spiffe_id=WORKLOAD, requester="t")
     assert svid.chain == (svid.leaf, ca.x509_authority.certificate)

@@ -203,7 +203,9 @@ def test_signing_certificate_is_self_signed_with_matching_key_identifiers(
     ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     assert aki.key_identifier == ski.digest
-    assert ski == x509.SubjectKeyIdentifier.from_public_key(matrix_ca.x509_authority.key.public_key())
+    assert ski == x509.SubjectKeyIdentifier.from_public_key(
+        matrix_ca.x509_authority.key.public_key()
+    )
 
 
 def test_serials_are_distinct_across_issuances(
@@ -236,6 +238,19 @@ def test_leaf_not_after_is_capped_by_the_authority_not_after(
     assert svid.leaf.not_valid_after_utc == authority.certificate.not_valid_after_utc
 
 
+def test_leaf_issued_just_before_the_authority_expires_ends_with_the_authority(
+    ca: CertificateAuthority, clock: FakeClock, key: Any, make_csr: Any
+) -> None:
+    authority = ca.x509_authority
+    clock.set(authority.not_after - 100)  # no rotate(): the same authority still signs
+    svid = ca.issue_x509_svid(make_csr(key("P-256")), spiffe_id=WORKLOAD, requester="t")
+    assert svid.leaf.not_valid_after_utc == utc(authority.not_after)
+    assert ca.verify_x509_svid(svid.chain) == WORKLOAD
+    clock.set(authority.not_after)
+    with pytest.raises(InvalidRequest, match="has expired"):
+        ca.issue_x509_svid(make_csr(key("P-256")), spiffe_id=WORKLOAD, requester="t")
+
+
 def test_leaf_default_ttl_is_the_configured_x509_svid_ttl(
     open_ca: Any, tmp_path: Path, clock: FakeClock, key: Any, make_csr: Any
 ) -> None:
@@ -260,13 +275,34 @@ def test_leaf_without_dns_names_has_no_dns_san_and_a_non_empty_subject(
     assert not san.critical
 
 
-def test_leaf_with_empty_subject_gets_a_critical_san(
-    open_ca: Any, tmp_path: Path, clock: FakeClock, key: Any, make_csr: Any
+def test_leaf_template_with_empty_subject_makes_the_san_critical(
+    ca: CertificateAuthority, key: Any
 ) -> None:
-    ca = open_ca(tmp_path, clock=clock, settings=CASettings(subject=x509.Name([])))
-    leaf = ca.issue_x509_svid(make_csr(key("P-256")), spiffe_id=WORKLOAD, requester="t").leaf
+    from ca import templates
+
+    authority = ca.x509_authority
+    empty = x509.Name([])
+    tbs = templates.leaf_svid_tbs(
+        spiffe_id=WORKLOAD,
+        dns_names=(),
+        public_key=key("P-256").public_key(),
+        issuer=empty,
+        issuer_der=empty.public_bytes(),
+        authority_key_id=authority.leaf_key_id,
+        signature_algorithm=authority.signature_algorithm,
+        serial=7,
+        not_before=1_790_000_000,
+        not_after=1_790_003_600,
+    )
+    der = templates.certificate(tbs, authority.signature_algorithm, authority.sign(tbs))
+    leaf = x509.load_der_x509_certificate(der)
     assert len(leaf.subject) == 0
     assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical
+
+
+def test_ca_refuses_an_empty_subject(open_ca: Any, tmp_path: Path, clock: FakeClock) -> None:
+    with pytest.raises(InvalidRequest, match="subject must not be empty"):
+        open_ca(tmp_path, clock=clock, settings=CASettings(subject=x509.Name([])))
 
 
 def test_issued_svids_are_recorded_in_the_issuance_log(
@@ -296,7 +332,10 @@ _LEAF_USAGE: dict[str, bool] = {
     "encipher_only": False,
     "decipher_only": False,
 }
-_DEFAULT = object()
+_LEAF_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
+_GARBAGE_PEM = (
+    b"-----BEGIN CERTIFICATE REQUEST-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE REQUEST-----\n"
+)
 
 
 def forge_leaf(
@@ -308,7 +347,7 @@ def forge_leaf(
     include_san: bool = True,
     san_critical: bool = False,
     subject: x509.Name | None = None,
-    basic_constraints: x509.BasicConstraints | None = x509.BasicConstraints(False, None),
+    basic_constraints: x509.BasicConstraints | None = _LEAF_CONSTRAINTS,
     key_usage: dict[str, bool] | None = _LEAF_USAGE,
     key_usage_critical: bool = True,
     not_before: float | None = None,
@@ -320,9 +359,7 @@ def forge_leaf(
     now = ca.clock.now()
     builder = (
         x509.CertificateBuilder()
-        .subject_name(
-            subject if subject is not None else x509.Name.from_rfc4514_string("O=forged")
-        )
+        .subject_name(subject if subject is not None else x509.Name.from_rfc4514_string("O=forged"))
         .issuer_name(issuer_cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
@@ -591,10 +628,7 @@ def _issue(ca: CertificateAuthority, csr: bytes, **kwargs: Any) -> X509Svid:
     [
         (b"", "CSR is empty"),
         (b"\x00\x01\x02garbage that is not DER", "not a valid PKCS#10"),
-        (
-            b"-----BEGIN CERTIFICATE REQUEST-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE REQUEST-----\n",
-            "not a valid PKCS#10",
-        ),
+        (_GARBAGE_PEM, "not a valid PKCS#10"),
         (b"-----BEGIN CERTIFICATE REQUEST-----\n", "not a valid PKCS#10"),
     ],
     ids=["empty", "garbage", "pem-with-garbage", "pem-unterminated"],
@@ -632,8 +666,10 @@ def test_csr_for_another_key_fails_proof_of_possession(
     # A CSR whose public key is swapped for someone else's: the signature no longer matches.
     victim = make_csr(key("P-256"), encoding=serialization.Encoding.DER)
     attacker = make_csr(key.fresh("P-256"), encoding=serialization.Encoding.DER)
-    victim_spki = key("P-256").public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    victim_spki = (
+        key("P-256")
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     attacker_key = x509.load_der_x509_csr(attacker).public_key()
     attacker_spki = attacker_key.public_bytes(
@@ -678,9 +714,20 @@ def test_label_longer_than_63_characters_is_rejected(
         _issue(ca, make_csr(key("P-256")), dns_names=["a" * 64 + ".example.org"])
 
 
-def test_too_many_dns_names_are_rejected(
-    ca: CertificateAuthority, key: Any, make_csr: Any
+@pytest.mark.parametrize("length", [64, 65, 200, 253])
+def test_valid_dns_name_up_to_253_characters_is_issued_in_the_san(
+    ca: CertificateAuthority, key: Any, make_csr: Any, length: int
 ) -> None:
+    # Labels of at most 63 characters: a valid hostname, but longer than a CN may be (64).
+    name = (("a" * 62 + ".") * 5)[:length]
+    name = name[:-1] + "b" if name.endswith(".") else name
+    assert len(name) == length
+    leaf = _issue(ca, make_csr(key("P-256")), dns_names=[name]).leaf
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == [name]
+
+
+def test_too_many_dns_names_are_rejected(ca: CertificateAuthority, key: Any, make_csr: Any) -> None:
     names = [f"h{i}.example.org" for i in range(MAX_DNS_NAMES + 1)]
     with pytest.raises(InvalidRequest, match=f"at most {MAX_DNS_NAMES} DNS names"):
         _issue(ca, make_csr(key("P-256")), dns_names=names)
@@ -704,7 +751,7 @@ def test_spiffe_id_of_another_trust_domain_is_rejected(
     ca: CertificateAuthority, key: Any, make_csr: Any
 ) -> None:
     other = SpiffeId.parse("spiffe://example.com/w")
-    with pytest.raises(InvalidRequest, match="not in this CA's trust domain example.org"):
+    with pytest.raises(InvalidRequest, match=r"not in this CA's trust domain example\.org"):
         _issue(ca, make_csr(key("P-256")), spiffe_id=other)
 
 

@@ -1,0 +1,525 @@
+"""Who is calling: the identities a CheckContext proves, each verified here.
+
+Nothing is taken on the caller's word. The mTLS peer's certificate is checked against the
+CA's current bundle, a JWT-SVID against its JWT authorities, an end-user JWT against its
+issuer's JWKS, an API key against the stored hashes. A credential that is presented and
+fails becomes a ``CredentialProblem`` (the pipeline denies on it); an absent credential is
+simply absent.
+
+Verification results, good and bad, are cached (``TtlCache``), so a credential seen again
+costs a hash and a dict lookup. Cache keys hold everything the result depends on: the
+credential's SHA-256, the audience, the bundle's ``sequence`` (so a CA rotation or a
+revoked authority invalidates at once) and the issuers' JWKS generation. Successes live
+until the credential expires, failures only ``failure_ttl`` (5 s), enough to blunt a flood.
+Revocation is *not* cached: ``is_revoked`` is asked on every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import jwt
+from cryptography import x509
+
+from authd.authz.api_keys import ApiKeyStore
+from authd.authz.jwks import (
+    DEFAULT_TTL,
+    FETCH_TIMEOUT,
+    MIN_REFRESH_INTERVAL,
+    JwksCache,
+    JwksError,
+)
+from authd.authz.model import CheckContext, CredentialProblem, Identities, UserIdentity
+from authd.authz.token_cache import TtlCache
+from ca.bundle import TrustBundle
+from ca.clock import Clock
+from ca.errors import InvalidSpiffeId, VerificationError
+from ca.jwtsvid import ALLOWED_ALGORITHMS, b64url_decode, verify_jwt_svid
+from ca.spiffe_id import SpiffeId, TrustDomain
+from ca.x509svid import verify_x509_svid
+
+log = logging.getLogger(__name__)
+
+PEER = "peer_certificate"
+JWT_SVID = "jwt_svid"
+USER_JWT = "user_jwt"
+API_KEY = "api_key"
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationQuery:
+    """What a revocation check is asked about one verified credential."""
+
+    serial: str | None = None  # an X.509-SVID's serial, lowercase hex
+    spiffe_id: str | None = None
+    jti: str | None = None  # a JWT-SVID's token id
+
+
+def never_revoked(query: RevocationQuery) -> bool:
+    """The revocation hook until a revocation list is plugged in."""
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerSettings:
+    """An external issuer of end-user JWTs (an OIDC provider), trusted for ``audiences``."""
+
+    name: str
+    issuer: str  # the tokens' ``iss``
+    jwks_uri: str
+    audiences: tuple[str, ...]  # a token's ``aud`` must hold at least one of these
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    header: str = "authorization"  # "authorization" means the Bearer scheme; else raw value
+    leeway: float = 60.0  # seconds of clock skew allowed on exp, nbf and iat
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.issuer:
+            raise ValueError("an issuer needs a name and an issuer (iss) value")
+        if urlsplit(self.jwks_uri).scheme not in ("http", "https"):
+            raise ValueError(f"issuer {self.name}: jwks_uri must be an http or https URL")
+        if not self.audiences or not all(self.audiences):
+            # Without an audience any token of the issuer, minted for any application,
+            # would do.
+            raise ValueError(f"issuer {self.name}: at least one audience is required")
+        bad = [a for a in self.algorithms if a not in ALLOWED_ALGORITHMS]
+        if bad or not self.algorithms:
+            raise ValueError(
+                f"issuer {self.name}: algorithms must be chosen from "
+                f"{sorted(ALLOWED_ALGORITHMS)} (never none or HMAC); got {bad or 'none'}"
+            )
+        if self.leeway < 0:
+            raise ValueError(f"issuer {self.name}: leeway must not be negative")
+        object.__setattr__(self, "header", self.header.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class IdentitySettings:
+    """How credentials are found in a request and which ones are trusted.
+
+    ``jwt_svid_audiences``: every one of them must be in a JWT-SVID's ``aud`` (the rule of
+    ``ca.jwtsvid.verify_jwt_svid``); a route's ``context_extensions["audience"]`` replaces
+    them. ``trust_principal_without_certificate``: when Envoy sends the mTLS peer's
+    ``source.principal`` but not its certificate (``include_peer_certificate`` off), the
+    principal is accepted as the peer, because Envoy itself validated the chain against the
+    trust bundle we give it over SDS. The price: that trust extends to whatever bundle
+    Envoy was configured with, a revoked or foreign authority in a stale static bundle
+    included, and there is no serial to check against revocation. Turn it off (and
+    ``include_peer_certificate`` on) to have authd verify every chain itself; a principal
+    alone is then ignored, leaving the peer unauthenticated.
+    """
+
+    jwt_svid_header: str = "authorization"  # "authorization": the Bearer scheme; else raw
+    jwt_svid_audiences: tuple[str, ...] = ()
+    issuers: tuple[IssuerSettings, ...] = ()
+    api_key_header: str = "x-api-key"
+    trust_principal_without_certificate: bool = True
+    allowed_foreign_trust_domains: tuple[str, ...] = ()  # for principals without a cert
+    cache_size: int = 10_000  # per cache: peer certificates, tokens
+    failure_ttl: float = 5.0
+    jwks_ttl: float = DEFAULT_TTL
+    jwks_min_refresh_interval: float = MIN_REFRESH_INTERVAL
+    jwks_timeout: float = FETCH_TIMEOUT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "jwt_svid_header", self.jwt_svid_header.lower())
+        object.__setattr__(self, "api_key_header", self.api_key_header.lower())
+        for name in self.allowed_foreign_trust_domains:
+            TrustDomain.parse(name)  # raises InvalidSpiffeId naming what is wrong
+        names = [i.name for i in self.issuers]
+        if len(set(names)) != len(names):
+            raise ValueError("issuer names must be unique")
+        slots = [(i.header, i.issuer) for i in self.issuers]
+        if len(set(slots)) != len(slots):
+            raise ValueError("two issuers share an iss value and a header")
+
+
+@dataclass(frozen=True, slots=True)
+class _VerifiedPeer:
+    spiffe_id: SpiffeId
+    text: str  # str(spiffe_id), compared with the principal on every request
+    serial: str
+
+
+@dataclass(frozen=True, slots=True)
+class _VerifiedWorkload:
+    spiffe_id: SpiffeId
+    text: str
+    jti: str | None
+
+
+_PeerResult = _VerifiedPeer | CredentialProblem
+_TokenResult = _VerifiedWorkload | UserIdentity | CredentialProblem
+# (sha256 of the token, header, audience, bundle.sequence, JWKS generation)
+_TokenKey = tuple[bytes, str, tuple[str, ...], int, int]
+
+
+@dataclass(slots=True)
+class _Found:
+    peer: SpiffeId | None = None
+    peer_serial: str | None = None
+    workload: SpiffeId | None = None
+    jti: str | None = None
+    user: UserIdentity | None = None
+    api_key: str | None = None
+    problems: list[CredentialProblem] = field(default_factory=list)
+
+
+class IdentityResolver:
+    """Turns a CheckContext into verified ``Identities``; one per daemon (it owns the caches)."""
+
+    def __init__(
+        self,
+        *,
+        trust_domain: TrustDomain,
+        bundle: Callable[[], TrustBundle],
+        clock: Clock,
+        settings: IdentitySettings | None = None,
+        api_keys: ApiKeyStore | None = None,
+        is_revoked: Callable[[RevocationQuery], bool] = never_revoked,
+    ) -> None:
+        self.trust_domain = trust_domain
+        self.settings = s = settings or IdentitySettings()
+        self._bundle = bundle
+        self._clock = clock
+        self._api_keys = api_keys
+        self._is_revoked = is_revoked
+        self._foreign = frozenset(TrustDomain.parse(n) for n in s.allowed_foreign_trust_domains)
+        self._issuers: dict[str, dict[str, IssuerSettings]] = {}
+        for issuer in s.issuers:
+            self._issuers.setdefault(issuer.header, {})[issuer.issuer] = issuer
+        self._token_headers = tuple(dict.fromkeys([s.jwt_svid_header, *self._issuers]))
+        self._jwks = {
+            issuer.name: JwksCache(
+                issuer.jwks_uri,
+                clock=clock,
+                issuer_name=issuer.name,
+                default_ttl=s.jwks_ttl,
+                min_refresh_interval=s.jwks_min_refresh_interval,
+                timeout=s.jwks_timeout,
+            )
+            for issuer in s.issuers
+        }
+        self.peer_cache: TtlCache[tuple[bytes, int], _PeerResult] = TtlCache(
+            clock, max_entries=s.cache_size
+        )
+        self.token_cache: TtlCache[_TokenKey, _TokenResult] = TtlCache(
+            clock, max_entries=s.cache_size
+        )
+
+    def jwks(self, issuer_name: str) -> JwksCache:
+        """The JWKS cache of a configured issuer (for metrics and tests)."""
+        return self._jwks[issuer_name]
+
+    async def resolve(self, ctx: CheckContext) -> Identities:
+        bundle = self._bundle()  # one snapshot for the whole request
+        found = _Found()
+        if ctx.source_certificate:
+            self._peer_from_certificate(ctx, bundle, found)
+        elif ctx.source_principal and self.settings.trust_principal_without_certificate:
+            self._peer_from_principal(ctx.source_principal, found)
+        for header in self._token_headers:
+            value = ctx.headers.get(header)
+            if value is not None:
+                await self._from_token_header(ctx, header, value, bundle, found)
+        if self._api_keys is not None:
+            presented = ctx.headers.get(self.settings.api_key_header)
+            if presented is not None:
+                found.api_key = self._api_keys.lookup(presented)
+                if found.api_key is None:
+                    found.problems.append(CredentialProblem(API_KEY, "unknown API key"))
+        return Identities(
+            peer=found.peer,
+            peer_serial=found.peer_serial,
+            workload=found.workload,
+            workload_token_id=found.jti,
+            user=found.user,
+            api_key=found.api_key,
+            problems=tuple(found.problems),
+        )
+
+    # --- the mTLS peer ------------------------------------------------------------------
+
+    def _peer_from_certificate(self, ctx: CheckContext, bundle: TrustBundle, found: _Found) -> None:
+        result = self._verified_certificate(ctx.source_certificate, bundle)
+        if isinstance(result, CredentialProblem):
+            found.problems.append(result)
+            return
+        if ctx.source_principal and ctx.source_principal != result.text:
+            found.problems.append(
+                CredentialProblem(
+                    PEER,
+                    "peer/principal: source principal is not the certificate's SPIFFE ID",
+                )
+            )
+            return
+        if self._is_revoked(RevocationQuery(serial=result.serial, spiffe_id=result.text)):
+            found.problems.append(
+                CredentialProblem(PEER, "revoked peer certificate or SPIFFE ID", revoked=True)
+            )
+            return
+        found.peer, found.peer_serial = result.spiffe_id, result.serial
+
+    def _verified_certificate(self, encoded: str, bundle: TrustBundle) -> _PeerResult:
+        """Verify (or recall verifying) the URL-encoded PEM chain Envoy sent."""
+        key = (_sha256(encoded), bundle.sequence)
+        cached = self.peer_cache.get(key)
+        if cached is not None:
+            return cached
+        now = self._clock.now()
+        result: _PeerResult
+        try:
+            chain = x509.load_pem_x509_certificates(unquote(encoded).encode(errors="surrogatepass"))
+            spiffe_id = verify_x509_svid(
+                chain, trust_domain=self.trust_domain, roots=bundle.x509_authorities, now=now
+            )
+        except VerificationError as exc:
+            result, expires_at = CredentialProblem(PEER, str(exc)), now + self.settings.failure_ttl
+        except ValueError:
+            result = CredentialProblem(PEER, "x509-svid/pem: peer certificate is not PEM")
+            expires_at = now + self.settings.failure_ttl
+        else:
+            serial = format(chain[0].serial_number, "x")
+            result = _VerifiedPeer(spiffe_id, str(spiffe_id), serial)
+            # Valid until the first certificate of the chain expires; a bundle change
+            # (rotation, a revoked authority) changes the key instead.
+            expires_at = min(c.not_valid_after_utc.timestamp() for c in chain)
+        self.peer_cache.put(key, result, expires_at=expires_at)
+        return result
+
+    def _peer_from_principal(self, principal: str, found: _Found) -> None:
+        """Accept Envoy's ``source.principal`` alone (see IdentitySettings for the trade-off)."""
+        try:
+            spiffe_id = SpiffeId.parse(principal)
+        except InvalidSpiffeId as exc:
+            found.problems.append(CredentialProblem(PEER, f"peer/spiffe-id: {exc}"))
+            return
+        if not spiffe_id.is_workload:
+            found.problems.append(
+                CredentialProblem(PEER, f"peer/spiffe-id: {spiffe_id} has no path")
+            )
+            return
+        if not spiffe_id.member_of(self.trust_domain) and (
+            spiffe_id.trust_domain not in self._foreign
+        ):
+            found.problems.append(
+                CredentialProblem(
+                    PEER, f"peer/trust-domain: {spiffe_id.trust_domain} is not trusted"
+                )
+            )
+            return
+        if self._is_revoked(RevocationQuery(spiffe_id=principal)):
+            found.problems.append(CredentialProblem(PEER, "revoked SPIFFE ID", revoked=True))
+            return
+        found.peer = spiffe_id
+
+    # --- tokens -------------------------------------------------------------------------
+
+    async def _from_token_header(
+        self, ctx: CheckContext, header: str, value: str, bundle: TrustBundle, found: _Found
+    ) -> None:
+        if header == "authorization":
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() != "bearer":
+                return  # Basic and other schemes are not ours to judge
+            token = token.strip()
+        else:
+            token = value.strip()
+        if not token:
+            found.problems.append(
+                CredentialProblem(self._kind_for(header), "jwt/empty: token is empty")
+            )
+            return
+        audience_override = ctx.context_extensions.get("audience")
+        audience = (audience_override,) if audience_override else self.settings.jwt_svid_audiences
+        result = await self._token(header, token, audience, bundle)
+        if isinstance(result, CredentialProblem):
+            found.problems.append(result)
+        elif isinstance(result, _VerifiedWorkload):
+            query = RevocationQuery(spiffe_id=result.text, jti=result.jti)
+            if self._is_revoked(query):
+                found.problems.append(
+                    CredentialProblem(JWT_SVID, "revoked JWT-SVID or SPIFFE ID", revoked=True)
+                )
+            elif found.workload is None:
+                found.workload, found.jti = result.spiffe_id, result.jti
+        elif found.user is None:
+            found.user = result
+
+    async def _token(
+        self, header: str, token: str, audience: tuple[str, ...], bundle: TrustBundle
+    ) -> _TokenResult:
+        digest = _sha256(token)
+        cached = self.token_cache.get(
+            (digest, header, audience, bundle.sequence, self._jwks_generation())
+        )
+        if cached is not None:
+            return cached
+        result, expires_at = await self._verify_token(header, token, audience, bundle)
+        # The generation is read again: a refetch during verification (unknown kid) gave
+        # the keys this result was verified with.
+        self.token_cache.put(
+            (digest, header, audience, bundle.sequence, self._jwks_generation()),
+            result,
+            expires_at=expires_at,
+        )
+        return result
+
+    def _jwks_generation(self) -> int:
+        # A sum of counters that only grow changes whenever any of them does.
+        return sum(cache.generation for cache in self._jwks.values())
+
+    def _kind_for(self, header: str) -> str:
+        """The kind of an unclassifiable token: a JWT-SVID if only SVIDs are expected there."""
+        only_svids = header == self.settings.jwt_svid_header and header not in self._issuers
+        return JWT_SVID if only_svids else USER_JWT
+
+    async def _verify_token(
+        self, header: str, token: str, audience: tuple[str, ...], bundle: TrustBundle
+    ) -> tuple[_TokenResult, float]:
+        """Verify ``token``; returns the result and until when it may be cached."""
+        failed_until = self._clock.now() + self.settings.failure_ttl
+        claims = _unverified_claims(token)
+        if claims is None:
+            return CredentialProblem(self._kind_for(header), "jwt/compact: not a JWT"), failed_until
+        sub, iss = claims.get("sub"), claims.get("iss")
+        if header == self.settings.jwt_svid_header and (
+            isinstance(sub, str) and sub.startswith("spiffe://")
+        ):
+            return self._verify_jwt_svid(token, audience, bundle)
+        issuer = self._issuers.get(header, {}).get(iss) if isinstance(iss, str) else None
+        if issuer is None:
+            untrusted = CredentialProblem(USER_JWT, "user-jwt/iss: token issuer not trusted")
+            return untrusted, failed_until
+        return await self._verify_user_jwt(token, issuer, failed_until)
+
+    def _verify_jwt_svid(
+        self, token: str, audience: tuple[str, ...], bundle: TrustBundle
+    ) -> tuple[_TokenResult, float]:
+        now = self._clock.now()
+        failed_until = now + self.settings.failure_ttl
+        if not audience:
+            return CredentialProblem(JWT_SVID, "jwt-svid/aud: no audience configured"), failed_until
+        try:
+            svid = verify_jwt_svid(
+                token,
+                trust_domain=self.trust_domain,
+                keys=bundle.jwt_authorities,
+                audience=audience,
+                now=now,
+            )
+        except VerificationError as exc:
+            return CredentialProblem(JWT_SVID, str(exc)), failed_until
+        jti = svid.claims.get("jti")
+        verified = _VerifiedWorkload(
+            svid.spiffe_id, str(svid.spiffe_id), jti if isinstance(jti, str) and jti else None
+        )
+        return verified, float(svid.expiry)
+
+    async def _verify_user_jwt(
+        self, token: str, issuer: IssuerSettings, failed_until: float
+    ) -> tuple[_TokenResult, float]:
+        def problem(reason: str) -> tuple[_TokenResult, float]:
+            return CredentialProblem(USER_JWT, reason), failed_until
+
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            return problem("user-jwt/compact: not a compact JWS")
+        alg, kid = header.get("alg"), header.get("kid")
+        if alg not in issuer.algorithms:
+            return problem(
+                f"user-jwt/alg: algorithm {_short(alg)} is not allowed for issuer {issuer.name}"
+            )
+        if kid is not None and not isinstance(kid, str):
+            return problem("user-jwt/kid: kid is not a string")
+        try:
+            key = await self._jwks[issuer.name].key(kid)
+        except JwksError as exc:
+            return problem(str(exc))
+        if not key.can_verify(alg):
+            return problem(f"user-jwt/alg: the issuer's key {_short(kid)} cannot verify {alg}")
+        try:
+            # PyJWT reads the real time, so exp/nbf/iat are checked below against our clock.
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.public_key,
+                algorithms=[alg],
+                audience=list(issuer.audiences),
+                issuer=issuer.issuer,
+                options={
+                    "require": ["exp", "iss", "aud", "sub"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
+            )
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            return problem(_pyjwt_reason(exc, issuer))
+        now = self._clock.now()
+        exp, nbf, iat = claims["exp"], claims.get("nbf"), claims.get("iat")
+        if not _is_time(exp) or any(t is not None and not _is_time(t) for t in (nbf, iat)):
+            return problem("user-jwt/claims: exp, nbf and iat must be numbers")
+        if now >= exp + issuer.leeway:
+            return problem("user-jwt/exp: token has expired")
+        if nbf is not None and now + issuer.leeway < nbf:
+            return problem("user-jwt/nbf: token is not valid yet")
+        if iat is not None and now + issuer.leeway < iat:
+            return problem("user-jwt/iat: token is issued in the future")
+        sub = claims["sub"]
+        if not isinstance(sub, str) or not sub:
+            return problem("user-jwt/sub: sub must be a non-empty string")
+        user = UserIdentity(issuer.issuer, sub, MappingProxyType(claims))
+        return user, float(exp + issuer.leeway)
+
+
+def _sha256(text: str) -> bytes:
+    # surrogatepass: header values are whatever the adapter decoded; hashing must not fail.
+    return hashlib.sha256(text.encode(errors="surrogatepass")).digest()
+
+
+def _unverified_claims(token: str) -> Mapping[str, Any] | None:
+    """The payload of a compact JWS, unverified: only to route it to the right verifier."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(b64url_decode(parts[1]))
+    except ValueError:  # binascii.Error, JSONDecodeError and UnicodeDecodeError included
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def _is_time(value: object) -> bool:
+    # JSON allows NaN and Infinity; a NaN exp would compare as never expired.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value: object) -> str:
+    """A header value fit for a message: attacker-chosen, so bounded."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _pyjwt_reason(exc: Exception, issuer: IssuerSettings) -> str:
+    # PyJWT's own messages can quote token content; ours name the rule and the issuer only.
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "user-jwt/signature: signature does not verify"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return f"user-jwt/aud: token audience is not one of issuer {issuer.name}'s audiences"
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return f"user-jwt/iss: iss is not {issuer.issuer}"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"user-jwt/claims: token has no {exc.claim} claim"
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return "user-jwt/alg: algorithm not allowed"
+    if isinstance(exc, jwt.DecodeError):
+        return "user-jwt/compact: token is not a valid JWS"
+    return "user-jwt/claims: token claims are invalid"

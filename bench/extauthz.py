@@ -1,0 +1,568 @@
+"""ext_authz throughput and latency through a real Envoy, against Envoy without authd.
+
+Run on purpose, never as a timed test (it installs h2load with apt-get if it is missing):
+
+    python bench/extauthz.py [--seconds N] [--scenario mtls|jwt|rego ...]
+
+One Envoy (``--concurrency 1``) serves four listeners that all answer with a
+``direct_response`` 200 (no upstream process to share the CPU with):
+
+    none   no authorization
+    rbac   Envoy's native RBAC doing the same check (plus jwt_authn for bearer tokens)
+    grpc   ext_authz gRPC → authd (the filter and cluster of deploy/envoy/*-grpc.yaml)
+    http   ext_authz HTTP service mode → authd (the same from deploy/envoy/*-http.yaml)
+
+Scenarios (the check is always: the caller is a workload under spiffe://example.org/ns/prod/
+and the path is below /orders/):
+
+    mtls   the caller's X.509-SVID over mTLS, declarative rules. h2load cannot present a
+           client certificate, so a second Envoy (egress, --concurrency 1) takes h2c from
+           h2load and originates mTLS with an authd-minted SVID, for all four listeners alike
+           (the sidecar shape of deploy/envoy/sidecar-*.yaml).
+    jwt    a JWT-SVID bearer token (h2load -H), declarative rules; RBAC gets jwt_authn with
+           authd's JWT keys as a local JWKS.
+    rego   like jwt, but authd runs deploy/policy/authz.rego (policy_engine = "rego").
+
+Per listener: h2load with 8 connections (-m 1) for req/s and p50/p99 (from --log-file), then
+1 connection for the unloaded p50. authd's CPU per check is the utime+stime delta of its
+process over ``authd_checks_total`` done in the 8-connection run. Everything shares the
+machine's cores (h2load, the Envoys and authd), as it would on a small node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.envoy.harness import (  # noqa: E402
+    HOST,
+    Authd,
+    Envoy,
+    authd_config,
+    start_authd,
+    start_envoy,
+)
+
+CALLER = "spiffe://example.org/ns/prod/web"
+PATH = "/orders/42"
+AUDIENCE = "gateway"
+LISTENERS = ("none", "rbac", "grpc", "http")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+RULES = """\
+version: 1
+default_rule_set: bench
+rule_sets:
+  bench:
+    rules:
+      - name: prod-reads-orders
+        effect: allow
+        paths: ["/orders/*"]
+        callers: ["spiffe://example.org/ns/prod/*"]
+"""
+
+TARGETS = {  # (scenario, listener): minimum ratio to "none"
+    ("mtls", "http"): 0.28,
+    ("mtls", "grpc"): 0.12,
+    ("jwt", "http"): 0.25,
+    ("jwt", "grpc"): 0.10,
+    ("rego", "grpc"): 0.07,
+}
+HTTP_P99_TARGET_MS = 1.5  # HTTP mode at 8 connections
+GRPC_P50_TARGET_MS = 0.7  # gRPC at 1 connection
+
+
+# --- h2load ---------------------------------------------------------------------------------
+
+
+def ensure_h2load() -> str:
+    found = shutil.which("h2load")
+    if found:
+        return found
+    print("h2load is missing; installing Debian's nghttp2-client:")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "nghttp2-client"]):
+        print("  $", " ".join(command), flush=True)
+        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    found = shutil.which("h2load")
+    if not found:
+        sys.exit("h2load is still missing after installing nghttp2-client")
+    return found
+
+
+@dataclass
+class Load:
+    requests: int
+    ok: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def h2load(
+    h2load_bin: str,
+    url: str,
+    *,
+    connections: int,
+    seconds: float,
+    headers: dict[str, str],
+    log_file: Path,
+) -> Load:
+    command = [h2load_bin, "-c", str(connections), "-m", "1", "-t", "1"]
+    command += ["-D", str(seconds), "--warm-up-time", "1", "--log-file", str(log_file)]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    command.append(url)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds + 60, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"h2load failed: {done.stdout}\n{done.stderr}")
+    latencies, ok = [], 0
+    for line in log_file.read_text().splitlines():
+        _, status, micros = line.split("\t")[:3]
+        latencies.append(int(micros))
+        ok += status == "200"
+    if not latencies:
+        raise RuntimeError(f"h2load logged no request:\n{done.stdout}")
+    rps = _rps(done.stdout)
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return Load(len(latencies), ok, rps, cuts[49] / 1000, cuts[98] / 1000)
+
+
+def _rps(output: str) -> float:
+    # "finished in 8.00s, 51234.50 req/s, 1.23MB/s"
+    for line in output.splitlines():
+        if line.startswith("finished in"):
+            return float(line.split(",")[1].split()[0])
+    raise RuntimeError(f"no req/s in h2load output:\n{output}")
+
+
+# --- Envoy configurations -------------------------------------------------------------------
+
+
+def deploy_authz(template: str, authz_port: int, cluster: str) -> tuple[dict[str, Any], ...]:
+    """The ext_authz filter, per-route config and authz cluster of a deploy/envoy template."""
+    text = (REPO / "deploy" / "envoy" / template).read_text()
+    values = {
+        "ADMIN_PORT": 0,
+        "LISTEN_ADDRESS": HOST,
+        "LISTEN_PORT": 0,
+        "INBOUND_ADDRESS": HOST,
+        "INBOUND_PORT": 0,
+        "OUTBOUND_PORT": 0,
+        "UPSTREAM_ADDRESS": HOST,
+        "UPSTREAM_PORT": 1,
+        "APP_ADDRESS": HOST,
+        "APP_PORT": 1,
+        "PEER_ADDRESS": HOST,
+        "PEER_PORT": 1,
+        "PEER_SPIFFE_ID": CALLER,
+        "CERT_DIR": "/nonexistent",
+        "TRUST_DOMAIN": "example.org",
+        "AUTHZ_ADDRESS": HOST,
+        "AUTHZ_PORT": authz_port,
+        "AUTHZ_PATH_PREFIX": "",
+        "POLICY": "bench",
+        "JWT_AUDIENCE": AUDIENCE,
+        "ACCESS_LOG": "/dev/null",
+    }
+    doc = yaml.safe_load(string.Template(text).substitute(values))
+    listener = doc["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    authz_filter = copy.deepcopy(hcm["http_filters"][0])
+    assert authz_filter["name"] == "envoy.filters.http.ext_authz"
+    route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
+    per_route = copy.deepcopy(route.get("typed_per_filter_config", {}))
+    (authz_cluster,) = [
+        c for c in doc["static_resources"]["clusters"] if c["name"] == "authd_ext_authz"
+    ]
+    authz_cluster = copy.deepcopy(authz_cluster)
+    authz_cluster["name"] = cluster
+    authz_cluster["load_assignment"]["cluster_name"] = cluster
+    config = authz_filter["typed_config"]
+    if "grpc_service" in config:
+        config["grpc_service"]["envoy_grpc"]["cluster_name"] = cluster
+    else:
+        config["http_service"]["server_uri"]["cluster"] = cluster
+    return authz_filter, per_route, authz_cluster
+
+
+def rbac_filters(scenario: str, jwks: str) -> list[dict[str, Any]]:
+    path = {"url_path": {"path": {"prefix": "/orders/"}}}
+    prefix = {"prefix": "spiffe://example.org/ns/prod/"}
+    filters: list[dict[str, Any]] = []
+    if scenario == "mtls":
+        principal: dict[str, Any] = {"authenticated": {"principal_name": prefix}}
+    else:
+        filters.append(
+            {
+                "name": "envoy.filters.http.jwt_authn",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                    "providers": {
+                        "authd": {
+                            "audiences": [AUDIENCE],
+                            "local_jwks": {"inline_string": jwks},
+                            "payload_in_metadata": "jwt_payload",
+                        }
+                    },
+                    "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "authd"}}],
+                },
+            }
+        )
+        principal = {
+            "metadata": {
+                "filter": "envoy.filters.http.jwt_authn",
+                "path": [{"key": "jwt_payload"}, {"key": "sub"}],
+                "value": {"string_match": prefix},
+            }
+        }
+    filters.append(
+        {
+            "name": "envoy.filters.http.rbac",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                "rules": {
+                    "action": "ALLOW",
+                    "policies": {
+                        "prod-reads-orders": {"permissions": [path], "principals": [principal]}
+                    },
+                },
+            },
+        }
+    )
+    return filters
+
+
+def server_tls(cert_dir: Path) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": True,
+            "common_tls_context": {
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": str(cert_dir / "svid.pem")},
+                        "private_key": {"filename": str(cert_dir / "svid.key")},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(cert_dir / "bundle.pem")},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"prefix": "spiffe://example.org/"}}
+                    ],
+                },
+            },
+        },
+    }
+
+
+def hcm_listener(
+    name: str,
+    filters: list[dict[str, Any]],
+    per_route: dict[str, Any],
+    route_action: dict[str, Any],
+    transport_socket: dict[str, Any] | None = None,
+    address: str = HOST,
+) -> dict[str, Any]:
+    route: dict[str, Any] = {"match": {"prefix": "/"}, **route_action}
+    if per_route:
+        route["typed_per_filter_config"] = per_route
+    chain: dict[str, Any] = {
+        "filters": [
+            {
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": name,
+                    "codec_type": "AUTO",
+                    "route_config": {
+                        "virtual_hosts": [{"name": name, "domains": ["*"], "routes": [route]}]
+                    },
+                    "http_filters": [
+                        *filters,
+                        {
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                            },
+                        },
+                    ],
+                },
+            }
+        ]
+    }
+    if transport_socket is not None:
+        chain["transport_socket"] = transport_socket
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": address, "port_value": 0}},
+        "filter_chains": [chain],
+    }
+
+
+def server_config(scenario: str, authd: Authd, cert_dir: Path | None, jwks: str) -> str:
+    shape = "sidecar" if scenario == "mtls" else "gateway"
+    grpc_filter, grpc_route, grpc_cluster = deploy_authz(
+        f"{shape}-grpc.yaml", authd.grpc_port, "authd_grpc"
+    )
+    http_filter, _, http_cluster = deploy_authz(f"{shape}-http.yaml", authd.http_port, "authd_http")
+    direct = {"direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
+    tls = server_tls(cert_dir) if cert_dir is not None else None
+    listeners = [
+        hcm_listener("none", [], {}, direct, tls),
+        hcm_listener("rbac", rbac_filters(scenario, jwks), {}, direct, tls),
+        hcm_listener("grpc", [grpc_filter], grpc_route, direct, tls),
+        hcm_listener("http", [http_filter], {}, direct, tls),
+    ]
+    config = {
+        "admin": {"address": {"socket_address": {"address": HOST, "port_value": 0}}},
+        "static_resources": {"listeners": listeners, "clusters": [grpc_cluster, http_cluster]},
+    }
+    return json.dumps(config, indent=1)
+
+
+def egress_config(cert_dir: Path, server_ports: dict[str, int]) -> str:
+    """h2c in from h2load, mTLS out with the caller's SVID: one listener per server listener."""
+    listeners, clusters = [], []
+    for name, port in server_ports.items():
+        listeners.append(hcm_listener(name, [], {}, {"route": {"cluster": name}}))
+        clusters.append(
+            {
+                "name": name,
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                        "common_tls_context": {
+                            "tls_certificates": [
+                                {
+                                    "certificate_chain": {"filename": str(cert_dir / "svid.pem")},
+                                    "private_key": {"filename": str(cert_dir / "svid.key")},
+                                }
+                            ],
+                            "validation_context": {
+                                "trusted_ca": {"filename": str(cert_dir / "bundle.pem")}
+                            },
+                        },
+                    },
+                },
+                "load_assignment": {
+                    "cluster_name": name,
+                    "endpoints": [
+                        {
+                            "lb_endpoints": [
+                                {
+                                    "endpoint": {
+                                        "address": {
+                                            "socket_address": {"address": HOST, "port_value": port}
+                                        }
+                                    }
+                                }
+                            ]
+                        }
+                    ],
+                },
+            }
+        )
+    config = {
+        "admin": {"address": {"socket_address": {"address": HOST, "port_value": 0}}},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }
+    return json.dumps(config, indent=1)
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+@dataclass
+class Row:
+    scenario: str
+    listener: str
+    loaded: Load
+    single: Load
+    authd_us_per_check: float | None
+    envoy_us_per_request: float
+
+
+@contextmanager
+def running_authd(tmp: Path, scenario: str) -> Iterator[Authd]:
+    if scenario == "rego":
+        files = {"authz.rego": (REPO / "deploy" / "policy" / "authz.rego").read_text()}
+        extra = f'rego_files = ["authz.rego"]\njwt_svid_audiences = ["{AUDIENCE}"]'
+        config = authd_config(decision_log="", extra=extra).replace(
+            'policy_engine = "rules"', 'policy_engine = "rego"'
+        )
+        config = config.replace('policy_file = "policy.yaml"\n', "")
+    else:
+        files = {"policy.yaml": RULES}
+        config = authd_config(decision_log="", extra=f'jwt_svid_audiences = ["{AUDIENCE}"]')
+    config = config.replace('decision_log = ""\n', "")
+    authd = start_authd(tmp / f"d-{scenario}", config, files=files)
+    try:
+        yield authd
+    finally:
+        authd.stop()
+
+
+def jwt_jwks(authd: Authd) -> str:
+    keys = json.loads(authd.cli("bundle", "show").stdout)["keys"]
+    return json.dumps({"keys": [k for k in keys if k.get("use") == "jwt-svid"]})
+
+
+def run_scenario(scenario: str, seconds: float, h2load_bin: str, tmp: Path) -> list[Row]:
+    rows = []
+    with ExitStack() as stack:
+        authd = stack.enter_context(running_authd(tmp, scenario))
+        headers: dict[str, str] = {}
+        cert_dir: Path | None = None
+        if scenario == "mtls":
+            cert_dir = authd.mint_x509(CALLER, tmp / f"svid-{scenario}")
+        else:
+            headers["authorization"] = f"Bearer {authd.mint_jwt(CALLER, AUDIENCE)}"
+        server = start_envoy(
+            server_config(scenario, authd, cert_dir, jwt_jwks(authd)), tmp, f"server-{scenario}"
+        )
+        stack.callback(server.stop)
+        ports = {name: server.listener_port(name) for name in LISTENERS}
+        egress: Envoy | None = None
+        if cert_dir is not None:
+            egress = start_envoy(egress_config(cert_dir, ports), tmp, f"egress-{scenario}")
+            stack.callback(egress.stop)
+            ports = {name: egress.listener_port(name) for name in LISTENERS}
+        for name in LISTENERS:
+            url = f"http://{HOST}:{ports[name]}{PATH}"
+            # A warm-up and a correctness check in one: every request must be allowed.
+            probe = h2load(
+                h2load_bin, url, connections=1, seconds=1, headers=headers, log_file=tmp / "p.log"
+            )
+            if probe.ok != probe.requests:
+                raise RuntimeError(f"{scenario}/{name}: {probe.requests - probe.ok} not 200")
+            cpu0, checks0 = cpu_seconds(authd.process.pid), authd.checks_total()
+            envoy0 = cpu_seconds(server.process.pid)
+            loaded = h2load(
+                h2load_bin,
+                url,
+                connections=8,
+                seconds=seconds,
+                headers=headers,
+                log_file=tmp / f"{scenario}-{name}-c8.log",
+            )
+            cpu1, checks1 = cpu_seconds(authd.process.pid), authd.checks_total()
+            envoy1 = cpu_seconds(server.process.pid)
+            single = h2load(
+                h2load_bin,
+                url,
+                connections=1,
+                seconds=max(seconds / 2, 2),
+                headers=headers,
+                log_file=tmp / f"{scenario}-{name}-c1.log",
+            )
+            for load in (loaded, single):
+                if load.ok != load.requests:
+                    raise RuntimeError(f"{scenario}/{name}: {load.requests - load.ok} not 200")
+            checks = checks1 - checks0
+            # h2load's warm-up second is not in `loaded.requests`; the CPU delta covers it.
+            rows.append(
+                Row(
+                    scenario,
+                    name,
+                    loaded,
+                    single,
+                    (cpu1 - cpu0) * 1e6 / checks if checks else None,
+                    (envoy1 - envoy0) * 1e6 / max(loaded.requests, 1),
+                )
+            )
+            print(f"  {scenario:<5} {name:<5} {loaded.rps:>9.0f} req/s", flush=True)
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    header = (
+        f"{'scenario':<8} {'listener':<8} {'req/s':>8} {'ratio':>6} {'target':>7} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'p50@1c':>7} {'authd µs/check':>15} {'envoy µs/req':>13}"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    base = {r.scenario: r.loaded.rps for r in rows if r.listener == "none"}
+    misses = []
+    for r in rows:
+        ratio = r.loaded.rps / base[r.scenario]
+        target = TARGETS.get((r.scenario, r.listener))
+        target_text = f"≥{target:.2f}" if target else ""
+        if target and ratio < target:
+            misses.append(f"{r.scenario}/{r.listener} ratio {ratio:.3f} < {target}")
+            target_text += "!"
+        if r.listener == "http" and r.loaded.p99_ms > HTTP_P99_TARGET_MS:
+            misses.append(f"{r.scenario}/http p99 {r.loaded.p99_ms:.2f} ms > {HTTP_P99_TARGET_MS}")
+        if r.listener == "grpc" and r.single.p50_ms > GRPC_P50_TARGET_MS:
+            misses.append(
+                f"{r.scenario}/grpc p50@1c {r.single.p50_ms:.2f} ms > {GRPC_P50_TARGET_MS}"
+            )
+        cpu = f"{r.authd_us_per_check:.0f}" if r.authd_us_per_check is not None else "-"
+        print(
+            f"{r.scenario:<8} {r.listener:<8} {r.loaded.rps:>8.0f} {ratio:>6.3f} "
+            f"{target_text:>7} {r.loaded.p50_ms:>7.3f} {r.loaded.p99_ms:>7.3f} "
+            f"{r.single.p50_ms:>7.3f} {cpu:>15} {r.envoy_us_per_request:>13.0f}"
+        )
+    print(
+        f"\ntargets: ratios as shown; HTTP p99 ≤ {HTTP_P99_TARGET_MS} ms at 8 connections; "
+        f"gRPC p50 ≤ {GRPC_P50_TARGET_MS} ms at 1 connection"
+    )
+    print("missed: " + ("; ".join(misses) if misses else "none"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=8, help="per 8-connection run")
+    parser.add_argument(
+        "--scenario", action="append", choices=["mtls", "jwt", "rego"], help="repeatable"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    args = parser.parse_args()
+    h2load_bin = ensure_h2load()
+    tmp = Path(tempfile.mkdtemp(prefix="authd-"))
+    rows: list[Row] = []
+    try:
+        for scenario in args.scenario or ["mtls", "jwt", "rego"]:
+            print(f"scenario {scenario}:", flush=True)
+            rows += run_scenario(scenario, args.seconds, h2load_bin, tmp)
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

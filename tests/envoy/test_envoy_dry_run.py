@@ -1,0 +1,115 @@
+"""Dry run behind a real Envoy: would-be denials get through, and the decision log says so.
+
+A second authd, with ``dry_run = true`` and its decision log in a file, behind the gateway
+configs of deploy/envoy in both ext_authz modes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.envoy.harness import (
+    ADMIN,
+    HOST,
+    WEB,
+    Authd,
+    EchoUpstream,
+    authd_config,
+    policy_yaml,
+    render,
+    request,
+    short_tmpdir,
+    start_authd,
+    start_envoy,
+    tampered,
+)
+
+
+@pytest.fixture(scope="module")
+def tmp() -> Iterator[Path]:
+    path = short_tmpdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def authd(tmp: Path) -> Iterator[Authd]:
+    config = authd_config(
+        decision_log="decisions.jsonl", extra='jwt_svid_audiences = ["gateway"]\ndry_run = true'
+    )
+    daemon = start_authd(tmp / "d", config, files={"policy.yaml": policy_yaml("gateway")})
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[EchoUpstream]:
+    server = EchoUpstream()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module", params=["grpc", "http"])
+def gateway_port(
+    request: pytest.FixtureRequest, authd: Authd, upstream: EchoUpstream, tmp: Path
+) -> Iterator[int]:
+    mode = request.param
+    values: dict[str, object] = {
+        "ADMIN_PORT": 0,
+        "LISTEN_ADDRESS": HOST,
+        "LISTEN_PORT": 0,
+        "UPSTREAM_ADDRESS": HOST,
+        "UPSTREAM_PORT": upstream.port,
+        "AUTHZ_ADDRESS": HOST,
+        "AUTHZ_PORT": authd.grpc_port if mode == "grpc" else authd.http_port,
+        "ACCESS_LOG": tmp / f"gateway-{mode}.access.log",
+        "POLICY": "gateway",
+        "JWT_AUDIENCE": "gateway",
+        "AUTHZ_PATH_PREFIX": "/check",
+    }
+    envoy = start_envoy(render(f"gateway-{mode}.yaml", **values), tmp, name=f"gateway-{mode}")
+    yield envoy.listener_port("gateway")
+    envoy.stop()
+
+
+def test_request_that_would_be_denied_passes_and_is_logged_as_would_deny(
+    gateway_port: int, authd: Authd
+) -> None:
+    would_deny = authd.checks_total(decision="dry_run_deny")
+    reply = request(gateway_port, "/api/orders")  # no credentials: 401 if enforced
+    assert reply.status == 200, reply.body
+    decision_id = reply.upstream.one("x-authd-decision-id")
+    line = authd.decision(decision_id)
+    assert line["dry_run"] is True
+    assert (line["decision"], line["status"], line["reason"]) == (
+        "deny",
+        401,
+        "missing_credentials",
+    )
+    assert authd.checks_total(decision="dry_run_deny") == would_deny + 1
+
+
+def test_tampered_token_passes_but_never_names_a_caller(gateway_port: int, authd: Authd) -> None:
+    token = tampered(authd.mint_jwt(WEB, "gateway"), sub=ADMIN)
+    reply = request(gateway_port, "/admin/users", headers={"authorization": f"Bearer {token}"})
+    assert reply.status == 200, reply.body
+    assert reply.upstream.values("x-authd-caller") == []
+    line = authd.decision(reply.upstream.one("x-authd-decision-id"))
+    assert (line["decision"], line["reason"], line["caller"]) == (
+        "deny",
+        "invalid_credentials",
+        None,
+    )
+
+
+def test_allowed_request_is_logged_as_allowed(gateway_port: int, authd: Authd) -> None:
+    token = authd.mint_jwt(WEB, "gateway")
+    reply = request(gateway_port, "/api/orders", headers={"authorization": f"Bearer {token}"})
+    assert reply.status == 200, reply.body
+    assert reply.upstream.one("x-authd-caller") == WEB
+    line = authd.decision(reply.upstream.one("x-authd-decision-id"))
+    assert (line["decision"], line["status"], line["dry_run"]) == ("allow", 200, True)
