@@ -66,6 +66,13 @@ PATH = "/orders/42"
 AUDIENCE = "gateway"
 LISTENERS = ("none", "rbac", "grpc", "http")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+_TYPE = "type.googleapis.com/"
+JWT_AUTHN = _TYPE + "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+DOWNSTREAM_TLS = _TYPE + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+HCM = _TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = _TYPE + "envoy.extensions.filters.http.router.v3.Router"
+UPSTREAM_TLS = _TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+RBAC = _TYPE + "envoy.extensions.filters.http.rbac.v3.RBAC"
 
 RULES = """\
 version: 1
@@ -127,7 +134,7 @@ def h2load(
     log_file: Path,
 ) -> Load:
     command = [h2load_bin, "-c", str(connections), "-m", "1", "-t", "1"]
-    command += ["-D", str(seconds), "--warm-up-time", "1", "--log-file", str(log_file)]
+    command += ["-D", f"{seconds:g}", "--warm-up-time", "1", "--log-file", str(log_file)]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     command.append(url)
@@ -217,7 +224,7 @@ def rbac_filters(scenario: str, jwks: str) -> list[dict[str, Any]]:
             {
                 "name": "envoy.filters.http.jwt_authn",
                 "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                    "@type": JWT_AUTHN,
                     "providers": {
                         "authd": {
                             "audiences": [AUDIENCE],
@@ -230,17 +237,19 @@ def rbac_filters(scenario: str, jwks: str) -> list[dict[str, Any]]:
             }
         )
         principal = {
-            "metadata": {
-                "filter": "envoy.filters.http.jwt_authn",
-                "path": [{"key": "jwt_payload"}, {"key": "sub"}],
-                "value": {"string_match": prefix},
+            "sourced_metadata": {
+                "metadata_matcher": {
+                    "filter": "envoy.filters.http.jwt_authn",
+                    "path": [{"key": "jwt_payload"}, {"key": "sub"}],
+                    "value": {"string_match": prefix},
+                }
             }
         }
     filters.append(
         {
             "name": "envoy.filters.http.rbac",
             "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                "@type": RBAC,
                 "rules": {
                     "action": "ALLOW",
                     "policies": {
@@ -257,7 +266,7 @@ def server_tls(cert_dir: Path) -> dict[str, Any]:
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "@type": DOWNSTREAM_TLS,
             "require_client_certificate": True,
             "common_tls_context": {
                 "tls_certificates": [
@@ -293,7 +302,7 @@ def hcm_listener(
             {
                 "name": "envoy.filters.network.http_connection_manager",
                 "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "@type": HCM,
                     "stat_prefix": name,
                     "codec_type": "AUTO",
                     "route_config": {
@@ -303,9 +312,7 @@ def hcm_listener(
                         *filters,
                         {
                             "name": "envoy.filters.http.router",
-                            "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                            },
+                            "typed_config": {"@type": ROUTER},
                         },
                     ],
                 },
@@ -355,7 +362,7 @@ def egress_config(cert_dir: Path, server_ports: dict[str, int]) -> str:
                 "transport_socket": {
                     "name": "envoy.transport_sockets.tls",
                     "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                        "@type": UPSTREAM_TLS,
                         "common_tls_context": {
                             "tls_certificates": [
                                 {
@@ -482,7 +489,7 @@ def run_scenario(scenario: str, seconds: float, h2load_bin: str, tmp: Path) -> l
                 h2load_bin,
                 url,
                 connections=1,
-                seconds=max(seconds / 2, 2),
+                seconds=max(seconds // 2, 2),
                 headers=headers,
                 log_file=tmp / f"{scenario}-{name}-c1.log",
             )
@@ -550,6 +557,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     args = parser.parse_args()
     h2load_bin = ensure_h2load()
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"note: load average {load:.2f} before starting; other work skews the numbers")
     tmp = Path(tempfile.mkdtemp(prefix="authd-"))
     rows: list[Row] = []
     try:

@@ -417,9 +417,6 @@ class Rule:
             self.hosts is None or self.hosts.matches_host(host)
         )
 
-    def matches(self, request: _Request) -> bool:
-        return all(c.matches(request) for c in self.conditions)
-
 
 class RuleSet:
     """The rules Envoy selects by name; deny rules are tried first, then allow rules in order."""

@@ -76,8 +76,7 @@ def test_grpc_allow_carries_headers_removals_query_mutations_and_metadata() -> N
     assert headers["x-authd-caller"] == str(WEB)
     assert headers["x-from-policy"] == "yes"
     assert all(
-        o.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-        for o in ok.headers
+        o.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD for o in ok.headers
     )
     assert "authorization" in ok.headers_to_remove
     assert headers_of(ok.response_headers_to_add) == {"x-served-by": "authd"}
