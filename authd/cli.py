@@ -23,7 +23,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
-from authd.config import Config, ConfigError, load_config, parse_duration
+from authd.config import Config, ConfigError, format_duration, load_config, parse_duration
 from ca.bundle import TrustBundle
 from ca.spiffe_id import TrustDomain
 
@@ -76,13 +76,26 @@ def _call(method: Callable[..., Any], request: Any) -> Any:
         raise CommandError(f"{code.name.lower().replace('_', ' ')}: {exc.details()}") from None
 
 
-def _ttl(text: str | None) -> int:
+def _ttl(text: str | None, flag: str = "--ttl") -> int:
     if not text:
         return 0
     try:
         return parse_duration(text)
     except ValueError as exc:
-        raise CommandError(f"--ttl: {exc}") from None
+        raise CommandError(f"{flag}: {exc}") from None
+
+
+def _timestamp(text: str, flag: str) -> int:
+    """Unix seconds from digits or an RFC 3339 time with a zone (``2030-01-01T00:00:00Z``)."""
+    if text.isascii() and text.isdigit():
+        return int(text)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(f"{flag}: {text!r} is not an RFC 3339 time or Unix seconds") from None
+    if when.tzinfo is None:
+        raise CommandError(f"{flag}: {text!r} has no time zone; add 'Z' or an offset like +02:00")
+    return int(when.timestamp())
 
 
 def _when(timestamp: int) -> str:
@@ -127,6 +140,28 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     return 0
 
 
+def _authority_json(a: admin_pb2.Authority) -> dict[str, Any]:
+    return {
+        "authority_id": a.authority_id,
+        "kind": a.kind,
+        "state": a.state,
+        "key_type": a.key_type,
+        "not_before": _when(a.not_before),
+        "not_after": _when(a.not_after),
+        "subject": a.subject,
+        "tainted": a.tainted,
+        "revoked": a.revoked,
+    }
+
+
+def _authority_line(a: admin_pb2.Authority) -> str:
+    flags = "".join((" tainted" if a.tainted else "", " revoked" if a.revoked else ""))
+    return (
+        f"  {a.authority_id}  {a.state:<8}  {a.key_type:<8}  "
+        f"{_when(a.not_before)} .. {_when(a.not_after)}{flags}"
+    )
+
+
 def cmd_ca_show(args: argparse.Namespace) -> int:
     channel, admin = _admin(_config(args))
     with channel:
@@ -138,20 +173,7 @@ def cmd_ca_show(args: argparse.Namespace) -> int:
                     "trust_domain": reply.trust_domain,
                     "bundle_sequence": reply.bundle_sequence,
                     "upstream": reply.upstream,
-                    "authorities": [
-                        {
-                            "authority_id": a.authority_id,
-                            "kind": a.kind,
-                            "state": a.state,
-                            "key_type": a.key_type,
-                            "not_before": _when(a.not_before),
-                            "not_after": _when(a.not_after),
-                            "subject": a.subject,
-                            "tainted": a.tainted,
-                            "revoked": a.revoked,
-                        }
-                        for a in reply.authorities
-                    ],
+                    "authorities": [_authority_json(a) for a in reply.authorities],
                 },
                 indent=2,
             )
@@ -164,11 +186,7 @@ def cmd_ca_show(args: argparse.Namespace) -> int:
         print(f"\n{title}:")
         for a in reply.authorities:
             if a.kind == kind:
-                flags = "".join((" tainted" if a.tainted else "", " revoked" if a.revoked else ""))
-                print(
-                    f"  {a.authority_id}  {a.state:<8}  {a.key_type:<8}  "
-                    f"{_when(a.not_before)} .. {_when(a.not_after)}{flags}"
-                )
+                print(_authority_line(a))
     return 0
 
 
@@ -250,6 +268,223 @@ def cmd_bundle_show(args: argparse.Namespace) -> int:
     with channel:
         reply = _call(admin.GetBundle, admin_pb2.GetBundleRequest())
     sys.stdout.write(reply.pem if args.format == "pem" else reply.spiffe_jwks + "\n")
+    return 0
+
+
+# --- registration entries ---------------------------------------------------------------------
+
+
+def _selector(text: str) -> admin_pb2.Selector:
+    # Split only; the daemon checks the type, key and value and names the bad one.
+    type_, _, value = text.partition(":")
+    return admin_pb2.Selector(type=type_, value=value)
+
+
+def _apply_entry_flags(entry: admin_pb2.Entry, args: argparse.Namespace) -> None:
+    """Set the fields given on the command line; the others keep their value."""
+    if args.spiffe_id is not None:
+        entry.spiffe_id = args.spiffe_id
+    if args.parent_id is not None:
+        entry.parent_id = args.parent_id
+    if args.selector is not None:
+        del entry.selectors[:]
+        entry.selectors.extend(_selector(s) for s in args.selector)
+    if args.x509_svid_ttl is not None:
+        entry.x509_svid_ttl = _ttl(args.x509_svid_ttl, "--x509-svid-ttl")
+    if args.jwt_svid_ttl is not None:
+        entry.jwt_svid_ttl = _ttl(args.jwt_svid_ttl, "--jwt-svid-ttl")
+    if args.dns is not None or getattr(args, "clear_dns", False):
+        entry.dns_names[:] = args.dns or []
+    if args.federates_with is not None or getattr(args, "clear_federates_with", False):
+        entry.federates_with[:] = args.federates_with or []
+    if args.admin is not None:
+        entry.admin = args.admin
+    if args.downstream is not None:
+        entry.downstream = args.downstream
+    if args.hint is not None:
+        entry.hint = args.hint
+    if args.expires_at is not None:
+        entry.expires_at = _timestamp(args.expires_at, "--expires-at")
+
+
+def _entry_json(entry: admin_pb2.Entry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "spiffe_id": entry.spiffe_id,
+        "parent_id": entry.parent_id,
+        "selectors": [f"{s.type}:{s.value}" for s in entry.selectors],
+        "x509_svid_ttl": entry.x509_svid_ttl,
+        "jwt_svid_ttl": entry.jwt_svid_ttl,
+        "dns_names": list(entry.dns_names),
+        "federates_with": list(entry.federates_with),
+        "admin": entry.admin,
+        "downstream": entry.downstream,
+        "hint": entry.hint,
+        "expires_at": entry.expires_at,
+        "revision": entry.revision,
+        "created_at": entry.created_at,
+    }
+
+
+def _entry_lines(entry: admin_pb2.Entry) -> list[str]:
+    """The entry as ``spire-server entry show`` prints it."""
+
+    def ttl(seconds: int) -> str:
+        return format_duration(seconds) if seconds else "default"
+
+    fields = [
+        ("Entry ID", entry.id),
+        ("SPIFFE ID", entry.spiffe_id),
+        ("Parent ID", entry.parent_id),
+        ("Revision", str(entry.revision)),
+        ("X509-SVID TTL", ttl(entry.x509_svid_ttl)),
+        ("JWT-SVID TTL", ttl(entry.jwt_svid_ttl)),
+    ]
+    if entry.expires_at:
+        fields.append(("Expiration time", _when(entry.expires_at)))
+    fields += [("Selector", f"{s.type}:{s.value}") for s in entry.selectors]
+    fields += [("FederatesWith", name) for name in entry.federates_with]
+    fields += [("DNS name", name) for name in entry.dns_names]
+    if entry.admin:
+        fields.append(("Admin", "true"))
+    if entry.downstream:
+        fields.append(("Downstream", "true"))
+    if entry.hint:
+        fields.append(("Hint", entry.hint))
+    if entry.created_at:
+        fields.append(("Created at", _when(entry.created_at)))
+    return [f"{name:<16} : {value}" for name, value in fields]
+
+
+def _print_entry(entry: admin_pb2.Entry, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(_entry_json(entry), indent=2))
+    else:
+        print("\n".join(_entry_lines(entry)))
+
+
+def cmd_entry_create(args: argparse.Namespace) -> int:
+    config = _config(args)
+    entry = admin_pb2.Entry(id=args.entry_id or "")
+    _apply_entry_flags(entry, args)
+    channel, admin = _admin(config)
+    with channel:
+        reply = _call(admin.CreateEntry, admin_pb2.CreateEntryRequest(entry=entry))
+    _print_entry(reply.entry, args.json)
+    return 0
+
+
+def cmd_entry_show(args: argparse.Namespace) -> int:
+    channel, admin = _admin(_config(args))
+    with channel:
+        reply = _call(admin.GetEntry, admin_pb2.GetEntryRequest(id=args.id))
+    _print_entry(reply.entry, args.json)
+    return 0
+
+
+def cmd_entry_list(args: argparse.Namespace) -> int:
+    channel, admin = _admin(_config(args))
+    request = admin_pb2.ListEntriesRequest(
+        spiffe_id=args.spiffe_id or "", parent_id=args.parent_id or "", selector=args.selector or ""
+    )
+    with channel:
+        reply = _call(admin.ListEntries, request)
+    if args.json:
+        print(json.dumps({"entries": [_entry_json(e) for e in reply.entries]}, indent=2))
+        return 0
+    count = len(reply.entries)
+    print(f"Found {count} {'entry' if count == 1 else 'entries'}")
+    for entry in reply.entries:
+        print()
+        print("\n".join(_entry_lines(entry)))
+    return 0
+
+
+def cmd_entry_update(args: argparse.Namespace) -> int:
+    config = _config(args)
+    channel, admin = _admin(config)
+    with channel:
+        current = _call(admin.GetEntry, admin_pb2.GetEntryRequest(id=args.id)).entry
+        entry = admin_pb2.Entry()
+        entry.CopyFrom(current)
+        _apply_entry_flags(entry, args)
+        # Without --revision the update is based on what was just read, so a change made
+        # by someone else in between is refused rather than overwritten.
+        if args.revision is not None:
+            entry.revision = args.revision
+        reply = _call(admin.UpdateEntry, admin_pb2.UpdateEntryRequest(entry=entry))
+    _print_entry(reply.entry, args.json)
+    return 0
+
+
+def cmd_entry_delete(args: argparse.Namespace) -> int:
+    channel, admin = _admin(_config(args))
+    with channel:
+        _call(admin.DeleteEntry, admin_pb2.DeleteEntryRequest(id=args.id))
+    print(f"Deleted entry {args.id}")
+    return 0
+
+
+# --- operator-driven authority rotation --------------------------------------------------------
+
+
+def cmd_authority_show(args: argparse.Namespace) -> int:
+    channel, admin = _admin(_config(args))
+    with channel:
+        reply = _call(admin.ShowCA, admin_pb2.ShowCARequest())
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "bundle_sequence": reply.bundle_sequence,
+                    "authorities": [_authority_json(a) for a in reply.authorities],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"Bundle sequence: {reply.bundle_sequence}")
+    for kind, title in (("x509", "X.509 authorities"), ("jwt", "JWT authorities")):
+        print(f"\n{title}:")
+        for state in ("active", "prepared", "retired"):
+            for a in reply.authorities:
+                if a.kind == kind and a.state == state:
+                    print(_authority_line(a))
+    return 0
+
+
+def _authority_step(
+    args: argparse.Namespace, method: str, request: Any, done: str
+) -> admin_pb2.AuthorityResponse:
+    channel, admin = _admin(_config(args))
+    with channel:
+        reply: admin_pb2.AuthorityResponse = _call(getattr(admin, method), request)
+    a = reply.authority
+    print(f"{done} {a.kind} authority {a.authority_id}; bundle sequence {reply.bundle_sequence}")
+    return reply
+
+
+def cmd_authority_prepare(args: argparse.Namespace) -> int:
+    request = admin_pb2.PrepareAuthorityRequest(kind=args.kind)
+    _authority_step(args, "PrepareAuthority", request, "Prepared")
+    return 0
+
+
+def cmd_authority_activate(args: argparse.Namespace) -> int:
+    request = admin_pb2.ActivateAuthorityRequest(kind=args.kind)
+    _authority_step(args, "ActivateAuthority", request, "Activated")
+    return 0
+
+
+def cmd_authority_taint(args: argparse.Namespace) -> int:
+    request = admin_pb2.TaintAuthorityRequest(kind=args.kind, authority_id=args.id)
+    _authority_step(args, "TaintAuthority", request, "Tainted")
+    return 0
+
+
+def cmd_authority_revoke(args: argparse.Namespace) -> int:
+    request = admin_pb2.RevokeAuthorityRequest(kind=args.kind, authority_id=args.id)
+    _authority_step(args, "RevokeAuthority", request, "Revoked")
     return 0
 
 
@@ -356,6 +591,48 @@ def cmd_apikey_hash(args: argparse.Namespace) -> int:
 # --- the parser ------------------------------------------------------------------------------
 
 
+def _add_entry_flags(parser: argparse.ArgumentParser, *, update: bool) -> None:
+    parser.add_argument(
+        "--spiffe-id", required=not update, metavar="ID", help="spiffe://trust-domain/path"
+    )
+    parser.add_argument(
+        "--parent-id", metavar="ID", help="default: spiffe://<trust-domain>/authd (authd itself)"
+    )
+    parser.add_argument(
+        "--selector",
+        action="append",
+        required=not update,
+        metavar="TYPE:KEY:VALUE",
+        help="e.g. unix:uid:1000 (repeat; all must match)"
+        + ("; replaces all selectors" if update else ""),
+    )
+    parser.add_argument("--x509-svid-ttl", metavar="DURATION", help="0: the CA's default")
+    parser.add_argument("--jwt-svid-ttl", metavar="DURATION", help="0: the CA's default")
+    dns = parser.add_mutually_exclusive_group()
+    dns.add_argument("--dns", action="append", metavar="NAME", help="DNS SAN (repeat)")
+    federates = parser.add_mutually_exclusive_group()
+    federates.add_argument(
+        "--federates-with", action="append", metavar="TRUST_DOMAIN", help="(repeat)"
+    )
+    if update:
+        dns.add_argument("--clear-dns", action="store_true", help="remove every DNS name")
+        federates.add_argument(
+            "--clear-federates-with", action="store_true", help="federate with no one"
+        )
+    for flag in ("--admin", "--downstream"):
+        parser.add_argument(
+            flag,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="SPIRE's flag of that name (stored, not yet acted on)",
+        )
+    parser.add_argument("--hint", metavar="TEXT", help="tells a workload's SVIDs apart")
+    parser.add_argument(
+        "--expires-at", metavar="TIME", help="RFC 3339 (2030-01-01T00:00:00Z) or Unix seconds"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -428,6 +705,63 @@ def build_parser() -> argparse.ArgumentParser:
     bundle_show = bundle.add_parser("show", parents=[common], help="print the trust bundle")
     bundle_show.add_argument("--format", choices=["spiffe", "pem"], default="spiffe")
     bundle_show.set_defaults(func=cmd_bundle_show)
+
+    entry = commands.add_parser("entry", help="registration entries").add_subparsers(
+        dest="entry_command", metavar="<command>", required=True
+    )
+    entry_create = entry.add_parser("create", parents=[common], help="create an entry")
+    entry_create.add_argument(
+        "--entry-id", metavar="ID", help="the entry's id (default: generated)"
+    )
+    _add_entry_flags(entry_create, update=False)
+    entry_create.set_defaults(func=cmd_entry_create)
+    entry_show = entry.add_parser("show", parents=[common], help="show one entry")
+    entry_show.add_argument("id", metavar="ID")
+    entry_show.add_argument("--json", action="store_true", help="print JSON")
+    entry_show.set_defaults(func=cmd_entry_show)
+    entry_list = entry.add_parser("list", parents=[common], help="list entries")
+    entry_list.add_argument("--spiffe-id", metavar="ID", help="only entries for this SPIFFE ID")
+    entry_list.add_argument("--parent-id", metavar="ID", help="only entries under this parent")
+    entry_list.add_argument(
+        "--selector", metavar="TYPE:KEY:VALUE", help="only entries with this selector"
+    )
+    entry_list.add_argument("--json", action="store_true", help="print JSON")
+    entry_list.set_defaults(func=cmd_entry_list)
+    entry_update = entry.add_parser(
+        "update", parents=[common], help="change an entry (flags not given keep their value)"
+    )
+    entry_update.add_argument("id", metavar="ID")
+    entry_update.add_argument(
+        "--revision",
+        type=int,
+        metavar="N",
+        help="refuse the update unless the entry is at revision N (default: as just read)",
+    )
+    _add_entry_flags(entry_update, update=True)
+    entry_update.set_defaults(func=cmd_entry_update)
+    entry_delete = entry.add_parser("delete", parents=[common], help="delete an entry")
+    entry_delete.add_argument("id", metavar="ID")
+    entry_delete.set_defaults(func=cmd_entry_delete)
+
+    authority = commands.add_parser(
+        "authority", help="rotate the CA's authorities by hand"
+    ).add_subparsers(dest="authority_command", metavar="<command>", required=True)
+    authority_show = authority.add_parser(
+        "show", parents=[common], help="every X.509 and JWT authority and its state"
+    )
+    authority_show.add_argument("--json", action="store_true", help="print JSON")
+    authority_show.set_defaults(func=cmd_authority_show)
+    for name, func, text, needs_id in (
+        ("prepare", cmd_authority_prepare, "prepare the next authority (enters the bundle)", False),
+        ("activate", cmd_authority_activate, "make the prepared authority sign", False),
+        ("taint", cmd_authority_taint, "taint a retired authority (re-issue what it signed)", True),
+        ("revoke", cmd_authority_revoke, "remove a tainted authority from the bundle", True),
+    ):
+        step = authority.add_parser(name, parents=[common], help=text)
+        step.add_argument("--kind", required=True, choices=["x509", "jwt"])
+        if needs_id:
+            step.add_argument("--id", required=True, metavar="AUTHORITY_ID")
+        step.set_defaults(func=func)
 
     policy = commands.add_parser("policy", help="the authorization policy").add_subparsers(
         dest="policy_command", metavar="<command>", required=True

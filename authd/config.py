@@ -153,6 +153,15 @@ class AuthzConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkloadConfig:
+    """The SPIFFE Workload API and Envoy SDS, served together on one Unix socket."""
+
+    socket_path: str = ""  # "" means <data_dir>/workload.sock
+    enabled: bool = True
+    rotation_check_interval: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration, validated. Durations are int seconds."""
 
@@ -163,6 +172,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     authz: AuthzConfig = field(default_factory=AuthzConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
 
     def resolve_path(self, path: str | Path) -> Path:
         """``path`` made absolute against ``data_dir`` (absolute paths are returned as is)."""
@@ -171,6 +181,10 @@ class Config:
     @property
     def admin_socket_path(self) -> Path:
         return self.resolve_path(self.admin.socket_path or "admin.sock")
+
+    @property
+    def workload_socket_path(self) -> Path:
+        return self.resolve_path(self.workload.socket_path or "workload.sock")
 
     @property
     def store_url(self) -> str:
@@ -435,7 +449,7 @@ def _parse_issuers(value: object) -> tuple[IssuerConfig, ...]:
     return tuple(issuers)
 
 
-_SECTIONS = ("ca", "store", "admin", "authz")
+_SECTIONS = ("ca", "store", "admin", "authz", "workload")
 
 # Every key, "section.key" or "key", with the parser that checks and converts its value.
 _PARSERS: dict[str, Callable[[object], object]] = {
@@ -482,6 +496,9 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "authz.api_keys_file": _parse_path,
     "authz.trust_principal_without_certificate": _parse_bool,
     "authz.issuers": _parse_issuers,
+    "workload.socket_path": _parse_path,
+    "workload.enabled": _parse_bool,
+    "workload.rotation_check_interval": _parse_positive_duration,
 }
 
 
@@ -601,6 +618,7 @@ def load_config(
         store=StoreConfig(**section("store")),
         admin=AdminConfig(**section("admin")),
         authz=AuthzConfig(**section("authz")),
+        workload=WorkloadConfig(**section("workload")),
         **top,
     )
     _check(config, sources)
@@ -638,11 +656,14 @@ def _check(config: Config, sources: Mapping[str, str]) -> None:
         raise ConfigError(
             "authz.rego_files", "policy_engine 'rego' needs at least one .rego file", None
         )
-    socket_path = config.admin_socket_path
-    if len(os.fsencode(socket_path)) > _MAX_UNIX_SOCKET_PATH:
-        raise ConfigError(
-            "admin.socket_path",
-            f"{socket_path} is longer than a Unix socket path may be "
-            f"({_MAX_UNIX_SOCKET_PATH} bytes)",
-            sources.get("admin.socket_path", sources.get("data_dir")),
-        )
+    for key, socket_path in (
+        ("admin.socket_path", config.admin_socket_path),
+        ("workload.socket_path", config.workload_socket_path),
+    ):
+        if len(os.fsencode(socket_path)) > _MAX_UNIX_SOCKET_PATH:
+            raise ConfigError(
+                key,
+                f"{socket_path} is longer than a Unix socket path may be "
+                f"({_MAX_UNIX_SOCKET_PATH} bytes)",
+                sources.get(key, sources.get("data_dir")),
+            )

@@ -37,6 +37,7 @@ from authd.config import Config
 from authd.peercred import PeerCredGateway
 from authd.policy.base import PolicyError
 from authd.policy.reload import PolicyHolder
+from authd.workload.registry import EntryRegistry
 from ca.certificate_authority import CASettings, CertificateAuthority, UpstreamAuthority
 from ca.clock import Clock, SystemClock
 from ca.keys import KeyStore, KeyType
@@ -130,6 +131,7 @@ class Daemon:
             settings=ca_settings(config),
             upstream=upstream,
         )
+        self.entry_registry = EntryRegistry(self._store, self.clock)
         await self._start_admin(data_dir / "private")
         await self._start_authz()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -151,7 +153,8 @@ class Daemon:
         self._gateway = gateway
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminService(self.ca, gateway, self.config.admin.allows_uid), server
+            AdminService(self.ca, gateway, self.config.admin.allows_uid, self.entry_registry),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         service_names = (

@@ -27,9 +27,16 @@ Why this is sound:
   restarts (a random token), so a late lookup finds nothing rather than someone else.
 
 The pid is the one piece that can go stale: once the caller exits, the kernel may give its
-pid to another process. The pid is recorded with the connection and is only meaningful
-while that connection is open; a caller that derives more from it (e.g. ``/proc/<pid>/exe``)
-must read that during the call it is authorising.
+pid to another process. So the gateway also records the process's *start time* (field 22 of
+``/proc/<pid>/stat``); pid and start time together name one process, as the pids cannot wrap
+round within one clock tick. It is read at accept time, checked with a pidfd of the
+connecting process (SO_PEERPIDFD, Linux 6.5): first the stat, then a poll of the pidfd; if
+that process is still alive, it held the pid all along, so the stat was its own. If it has
+exited, the start time is None and nothing may be derived from the pid. (Kernels without
+SO_PEERPIDFD get the stat unchecked, leaving a window between the caller's connect() and the
+gateway's accept.) Whoever derives more from the pid (e.g. ``/proc/<pid>/exe``) must read it
+during the call it authorises and check the start time around it: see
+``authd.workload.attestation``.
 
 The gateway decides nothing about *who* may connect: the public socket's mode (0o660 for
 an admin socket with a group, 0o666 for a socket every local user may reach) only says who
@@ -45,6 +52,7 @@ import logging
 import os
 import re
 import secrets
+import select
 import socket
 import stat
 import struct
@@ -58,12 +66,17 @@ __all__ = [
     "GatewayError",
     "PeerCredGateway",
     "PeerCredentials",
+    "ProcessStat",
+    "parse_process_stat",
     "read_peer_credentials",
+    "read_process_stat",
 ]
 
 log = logging.getLogger(__name__)
 
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
+_SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux 6.5; Python 3.11 lacks the name
+_STAT_START_TIME = 22 - 3  # field 22 of /proc/<pid>/stat, counted from field 3 (state)
 _MAX_UNIX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating NUL
 _BOUND_NAME = re.compile(r"p[0-9a-f]+-[A-Za-z0-9_-]{16}")
 _LONGEST_BOUND_NAME = 1 + 16 + 1 + 16  # "p" + counter in hex + "-" + token
@@ -73,11 +86,67 @@ _ACCEPT_RETRY_DELAY = 0.1
 
 @dataclass(frozen=True, slots=True)
 class PeerCredentials:
-    """What the kernel recorded about the process that connected: pid, uid and gid."""
+    """What the kernel recorded about the process that connected: pid, uid and gid, and the
+    start time of that pid's process when the connection was accepted.
+
+    ``start_time`` is in clock ticks since boot (``/proc/<pid>/stat`` field 22); None when the
+    process had already exited, or its pid is not visible in this pid namespace.
+    """
 
     pid: int
     uid: int
     gid: int
+    start_time: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStat:
+    """The fields of ``/proc/<pid>/stat`` that say whether a pid is still the same process."""
+
+    state: str
+    start_time: int
+
+    @property
+    def exited(self) -> bool:
+        """A zombie or dead process: it runs nothing any more, and its pid is about to go."""
+        return self.state in ("Z", "X", "x")
+
+
+def parse_process_stat(raw: bytes) -> ProcessStat:
+    """Parse ``/proc/<pid>/stat``; raises ValueError if it is not shaped like one.
+
+    Field 2 is the command name in parentheses, and it may itself hold spaces and
+    parentheses (any process can name itself ``a) R 1 (b``), so the fields after it are
+    found after the *last* ``)``.
+    """
+    _, paren, rest = raw.rpartition(b")")
+    fields = rest.split()
+    if not paren or len(fields) <= _STAT_START_TIME:
+        raise ValueError(f"not a /proc/<pid>/stat line: {raw[:80]!r}")
+    try:
+        return ProcessStat(fields[0].decode("ascii"), int(fields[_STAT_START_TIME]))
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError(f"not a /proc/<pid>/stat line: {raw[:80]!r}") from None
+
+
+def read_process_stat(pid: int, *, dir_fd: int | None = None) -> ProcessStat | None:
+    """The stat of process ``pid``, or None if there is no such process.
+
+    With ``dir_fd`` (an open ``/proc/<pid>`` directory) the stat is that directory's
+    process's, even if the pid has since been reused: None then means it has gone.
+    """
+    path = "stat" if dir_fd is not None else f"/proc/{pid}/stat"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    try:
+        raw = os.read(fd, 4096)
+    except ProcessLookupError:
+        return None
+    finally:
+        os.close(fd)
+    return parse_process_stat(raw)
 
 
 class GatewayError(Exception):
@@ -89,10 +158,40 @@ class _HasPeer(Protocol):
 
 
 def read_peer_credentials(sock: socket.socket) -> PeerCredentials:
-    """SO_PEERCRED of a connected AF_UNIX socket."""
+    """SO_PEERCRED of a connected AF_UNIX socket, with its process's start time."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
-    return PeerCredentials(pid=pid, uid=uid, gid=gid)
+    return PeerCredentials(pid=pid, uid=uid, gid=gid, start_time=_peer_start_time(sock, pid))
+
+
+def _peer_start_time(sock: socket.socket, pid: int) -> int | None:
+    """The start time of the process that connected ``sock``; None if it has exited."""
+    if pid <= 0:  # the peer lives in a pid namespace we cannot see into
+        return None
+    try:
+        pidfd: int | None = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERPIDFD)
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:  # some kernels refuse once the peer has exited
+            return None
+        if exc.errno not in (errno.ENOPROTOOPT, errno.EINVAL):
+            raise
+        pidfd = None  # an older kernel: the stat below is read unchecked
+    try:
+        found = read_process_stat(pid)
+        # The stat first, then the pidfd: if the connecting process is alive *after* the
+        # read, it held the pid throughout, so the stat was its and not a successor's.
+        if found is None or found.exited or (pidfd is not None and _has_exited(pidfd)):
+            return None
+        return found.start_time
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _has_exited(pidfd: int) -> bool:
+    poller = select.poll()  # not select(): a busy daemon's fds can exceed FD_SETSIZE
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class PeerCredGateway:

@@ -30,7 +30,7 @@ class X509Authority:
     # Encoded once, used by every leaf this authority signs.
     issuer_der: bytes = field(init=False)
     leaf_key_id: bytes = field(init=False)  # the encoded AKI extension of its leaves
-    hash_algorithm: hashes.HashAlgorithm = field(init=False)
+    hash_algorithm: hashes.SHA256 | hashes.SHA384 | hashes.SHA512 = field(init=False)
     signature_algorithm: bytes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -58,7 +58,12 @@ class X509Authority:
 
     @property
     def chain(self) -> tuple[x509.Certificate, ...]:
-        """What follows a leaf in an SVID: this authority and any upstream intermediates."""
+        """What follows a leaf in an SVID: the intermediates up to (not including) a root.
+
+        A self-signed authority is itself a root in the bundle, so its leaves travel alone.
+        """
+        if self.is_self_signed:
+            return ()
         return (self.certificate, *self.upstream_chain)
 
     @property

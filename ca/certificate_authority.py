@@ -8,7 +8,7 @@ templates say what a certificate contains. Time always comes from the injected c
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from cryptography import x509
@@ -21,11 +21,18 @@ from ca.clock import Clock
 from ca.errors import InvalidRequest
 from ca.issuance_log import IssuanceLog
 from ca.jwtsvid import JwtSvid, mint_jwt_svid, verify_jwt_svid
-from ca.keys import KeyStore, KeyType, PrivateKey, key_type_of, signature_hash
+from ca.keys import KeyStore, KeyType, PrivateKey, PublicKey, key_type_of, signature_hash
 from ca.spiffe_id import SpiffeId, TrustDomain
-from ca.store import AuthorityRecord, IssuanceRecord, Store
+from ca.store import AuthorityRecord, IssuanceRecord, NotFound, Store
 from ca.templates import authority_key_id_of, signing_certificate
-from ca.x509svid import X509Svid, issue_x509_svid_from_csr, random_serial, verify_x509_svid
+from ca.x509svid import (
+    X509Svid,
+    check_dns_names,
+    public_key_of_csr,
+    random_serial,
+    sign_x509_svid,
+    verify_x509_svid,
+)
 
 BUNDLE_SEQUENCE = "bundle"
 DEFAULT_SUBJECT = x509.Name.from_rfc4514_string("O=authd")
@@ -84,8 +91,10 @@ class CertificateAuthority:
         self.upstream = upstream
         self._lock = threading.RLock()
         self._x509: X509Authority | None = None
+        self._x509_live: tuple[X509Authority, ...] = ()
         self._jwt: JwtAuthority | None = None
         self._bundle = TrustBundle(trust_domain)
+        self._listeners: list[Callable[[], None]] = []
         self.issuance_log = IssuanceLog(store)
         self.rotate()
 
@@ -109,7 +118,86 @@ class CertificateAuthority:
                         self.store.next_sequence(BUNDLE_SEQUENCE)
             if changed or self._x509 is None:
                 self._load()
+            if changed:
+                self._notify()
             return changed
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every change of the authorities or the bundle."""
+        self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    # --- operator-driven rotation (SPIRE's `localauthority` commands) ---------------------
+
+    def _record(self, authority_id: str) -> AuthorityRecord:
+        try:
+            return self.store.get_authority(authority_id)
+        except NotFound:
+            raise InvalidRequest(f"no authority {authority_id!r}") from None
+
+    def _changed(self, kind: str, updates: Sequence[AuthorityRecord], action: str) -> None:
+        self.store.save_authorities(updates)
+        for record in updates:
+            self._audit(f"authority.{action}" if action else f"authority.{record.state}", record)
+        self.store.next_sequence(BUNDLE_SEQUENCE)
+        self._load()
+        self._notify()
+
+    def prepare_authority(self, kind: str) -> AuthorityRecord:
+        """Prepare the next authority of ``kind`` now (it enters the bundle at once)."""
+        with self._lock:
+            if kind not in ("x509", "jwt"):
+                raise InvalidRequest(f"authority kind must be x509 or jwt, not {kind!r}")
+            if any(r.state == rotation.PREPARED for r in self.store.list_authorities(kind)):
+                raise InvalidRequest(f"a prepared {kind} authority already exists")
+            record = self._new_authority(kind, rotation.PREPARED, self.clock.now())
+            self._changed(kind, [record], "")
+            return record
+
+    def activate_authority(self, kind: str) -> AuthorityRecord:
+        """Make the prepared authority of ``kind`` sign now; the active one is retired."""
+        with self._lock:
+            records = self.store.list_authorities(kind)
+            prepared = [r for r in records if r.state == rotation.PREPARED]
+            if not prepared:
+                raise InvalidRequest(f"no prepared {kind} authority to activate; prepare one first")
+            updates = [replace(prepared[-1], state=rotation.ACTIVE)]
+            updates += [
+                replace(r, state=rotation.RETIRED) for r in records if r.state == rotation.ACTIVE
+            ]
+            self._changed(kind, updates, "")
+            return updates[0]
+
+    def taint_authority(self, authority_id: str) -> AuthorityRecord:
+        """Mark a retired authority tainted: everything it signed is re-issued at once."""
+        with self._lock:
+            record = self._record(authority_id)
+            if record.state != rotation.RETIRED:
+                raise InvalidRequest(
+                    f"only a retired authority can be tainted; {authority_id} is {record.state}"
+                    " (activate another one first)"
+                )
+            if record.tainted:
+                raise InvalidRequest(f"authority {authority_id} is already tainted")
+            tainted = replace(record, tainted=True)
+            self._changed(record.kind, [tainted], "tainted")
+            return tainted
+
+    def revoke_authority(self, authority_id: str) -> AuthorityRecord:
+        """Remove a tainted authority from the bundle: what it signed is no longer trusted."""
+        with self._lock:
+            record = self._record(authority_id)
+            if not record.tainted:
+                raise InvalidRequest(
+                    f"authority {authority_id} must be tainted before it is revoked, so that "
+                    "what it signed is re-issued first"
+                )
+            revoked = replace(record, revoked=True)
+            self._changed(record.kind, [revoked], "revoked")
+            return revoked
 
     def _apply(self, kind: str, plan: rotation.RotationPlan, now: float) -> None:
         records = {r.authority_id: r for r in self.store.list_authorities(kind)}
@@ -196,17 +284,21 @@ class CertificateAuthority:
         x509_records = self.store.list_authorities("x509")
         jwt_records = self.store.list_authorities("jwt")
         roots: list[x509.Certificate] = []
+        live: list[X509Authority] = []
         for record in x509_records:
-            certificate = x509.load_der_x509_certificate(record.certificate_der)
+            if record.revoked:
+                continue
+            authority = X509Authority(
+                record,
+                self.keystore.load(record.key_ref),
+                x509.load_der_x509_certificate(record.certificate_der),
+                tuple(x509.load_der_x509_certificate(d) for d in record.upstream_chain_der),
+            )
+            live.append(authority)
+            roots.append(authority.certificate)
             if record.state == rotation.ACTIVE:
-                self._x509 = X509Authority(
-                    record,
-                    self.keystore.load(record.key_ref),
-                    certificate,
-                    tuple(x509.load_der_x509_certificate(d) for d in record.upstream_chain_der),
-                )
-            if not record.revoked:
-                roots.append(certificate)
+                self._x509 = authority
+        self._x509_live = tuple(live)
         jwt_keys = {}
         for record in jwt_records:
             if record.state == rotation.ACTIVE:
@@ -229,6 +321,10 @@ class CertificateAuthority:
     @property
     def bundle(self) -> TrustBundle:
         return self._bundle
+
+    def live_x509_authorities(self) -> tuple[X509Authority, ...]:
+        """Every X.509 authority still in the bundle (prepared, active, retired)."""
+        return self._x509_live
 
     @property
     def x509_authority(self) -> X509Authority:
@@ -269,15 +365,37 @@ class CertificateAuthority:
         ttl: float | None = None,
         requester: str,
     ) -> X509Svid:
-        """Issue an X.509-SVID for the key in ``csr`` and record it in the issuance log."""
+        """Issue an X.509-SVID for the key in ``csr`` (after proof of possession)."""
+        return self.sign_x509_svid(
+            public_key_of_csr(csr),
+            spiffe_id=spiffe_id,
+            dns_names=dns_names,
+            ttl=ttl,
+            requester=requester,
+        )
+
+    def sign_x509_svid(
+        self,
+        public_key: PublicKey,
+        *,
+        spiffe_id: SpiffeId,
+        dns_names: Sequence[str] = (),
+        ttl: float | None = None,
+        requester: str,
+    ) -> X509Svid:
+        """Issue an X.509-SVID for ``public_key`` and record it in the issuance log.
+
+        Only for keys whose possession is established otherwise: a verified CSR, or a key
+        authd generated itself for a workload it attested.
+        """
         self._check_identity(spiffe_id)
         authority = self.x509_authority
         now = self.clock.now()
-        svid = issue_x509_svid_from_csr(
+        svid = sign_x509_svid(
             authority,
-            csr,
+            public_key=public_key,
             spiffe_id=spiffe_id,
-            dns_names=dns_names,
+            dns_names=check_dns_names(dns_names),
             now=now,
             ttl=self._ttl(ttl, self.settings.x509_svid_ttl),
         )

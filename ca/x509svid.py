@@ -120,29 +120,13 @@ def sign_x509_svid(
     return X509Svid(spiffe_id, (certificate, *authority.chain))
 
 
-def issue_x509_svid_from_csr(
-    authority: X509Authority,
-    csr: bytes,
-    *,
-    spiffe_id: SpiffeId,
-    dns_names: Sequence[str] = (),
-    now: float,
-    ttl: float,
-) -> X509Svid:
-    """Issue an X.509-SVID for the key in ``csr``; its subject and SANs are ignored."""
+def public_key_of_csr(csr: bytes) -> PublicKey:
+    """The public key of a CSR whose signature proves possession of the private key."""
     request = load_csr(csr)
     try:
-        public_key = check_public_key(request.public_key())
+        return check_public_key(request.public_key())
     except (ValueError, TypeError) as exc:  # e.g. an unsupported or malformed key
         raise InvalidRequest(f"CSR public key is not usable: {exc}") from None
-    return sign_x509_svid(
-        authority,
-        public_key=public_key,
-        spiffe_id=spiffe_id,
-        dns_names=check_dns_names(dns_names),
-        now=now,
-        ttl=ttl,
-    )
 
 
 def random_serial() -> int:

@@ -43,6 +43,7 @@ from ca.bundle import TrustBundle
 from ca.clock import Clock
 from ca.errors import InvalidSpiffeId, VerificationError
 from ca.jwtsvid import ALLOWED_ALGORITHMS, b64url_decode, verify_jwt_svid
+from ca.revocation import RevocationQuery
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.x509svid import verify_x509_svid
 
@@ -52,15 +53,6 @@ PEER = "peer_certificate"
 JWT_SVID = "jwt_svid"
 USER_JWT = "user_jwt"
 API_KEY = "api_key"
-
-
-@dataclass(frozen=True, slots=True)
-class RevocationQuery:
-    """What a revocation check is asked about one verified credential."""
-
-    serial: str | None = None  # an X.509-SVID's serial, lowercase hex
-    spiffe_id: str | None = None
-    jti: str | None = None  # a JWT-SVID's token id
 
 
 def never_revoked(query: RevocationQuery) -> bool:

@@ -17,7 +17,6 @@ from authd.authz.identity import (
     IdentityResolver,
     IdentitySettings,
     IssuerSettings,
-    RevocationQuery,
     never_revoked,
 )
 from authd.authz.metrics import AuthzMetrics
@@ -26,6 +25,7 @@ from authd.config import Config
 from authd.policy.base import Policy, PolicyError
 from ca.bundle import TrustBundle
 from ca.clock import Clock
+from ca.revocation import RevocationQuery
 from ca.spiffe_id import TrustDomain
 
 log = logging.getLogger(__name__)

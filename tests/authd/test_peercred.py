@@ -12,13 +12,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,7 +30,14 @@ import pytest
 import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from authd.peercred import GatewayError, PeerCredentials, PeerCredGateway
+from authd.peercred import (
+    GatewayError,
+    PeerCredentials,
+    PeerCredGateway,
+    ProcessStat,
+    parse_process_stat,
+    read_peer_credentials,
+)
 
 NOBODY = 65534
 T = TypeVar("T")
@@ -35,6 +45,28 @@ T = TypeVar("T")
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switches to another uid")
+
+
+def start_time_of(pid: int) -> int:
+    """Field 22 of /proc/<pid>/stat, found after the parenthesised command name."""
+    line = Path(f"/proc/{pid}/stat").read_bytes().decode()
+    match = re.fullmatch(r"\d+ \(.*\) (.*)\n?", line, re.DOTALL)
+    assert match is not None, line
+    return int(match.group(1).split()[22 - 3])
+
+
+def spawn_with_pid(pid: int, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Start ``argv`` as process ``pid`` (which must be free): set ns_last_pid to pid - 1,
+    as CRIU does, so the next process gets ``pid``."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+        proc = subprocess.Popen(argv)
+        if proc.pid == pid:
+            return proc
+        proc.kill()  # another task took the pid first: free it and try again
+        proc.wait()
+    raise AssertionError(f"could not start a process as pid {pid}")
 
 
 def run(
@@ -202,7 +234,9 @@ def test_in_process_caller_is_reported_with_its_pid_uid_gid(shared_dir: Path, lo
         async with serving(shared_dir) as (gateway, servicer):
             await check(f"unix:{gateway.public_path}", "me")
         ((_, peer, creds),) = servicer.calls
-        assert creds == PeerCredentials(pid=os.getpid(), uid=os.getuid(), gid=os.getgid())
+        assert creds == PeerCredentials(
+            pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), start_time=start_time_of(os.getpid())
+        )
         assert peer.startswith(f"unix:{gateway.private_dir}/")
 
     run(scenario(), LOOPS[loop])
@@ -213,9 +247,10 @@ def test_caller_of_another_uid_is_reported_as_that_uid(shared_dir: Path) -> None
     async def scenario() -> None:
         async with serving(shared_dir, public_mode=0o666) as (_, servicer):
             proc, pid = await start_client(shared_dir, "nobody", 3, NOBODY)
+            started = start_time_of(pid)
             await finish_client(proc)
         creds = servicer.by_label("nobody")
-        assert creds == [PeerCredentials(pid=pid, uid=NOBODY, gid=NOBODY)] * 4
+        assert creds == [PeerCredentials(pid=pid, uid=NOBODY, gid=NOBODY, start_time=started)] * 4
 
     run(scenario())
 
@@ -229,6 +264,7 @@ def test_concurrent_connections_of_different_uids_each_see_their_own(shared_dir:
             nobody, nobody_pid = await start_client(shared_dir, "nobody", calls, NOBODY)
             try:
                 root, root_pid = await start_client(shared_dir, "root", calls, 0)
+                started = {pid: start_time_of(pid) for pid in (nobody_pid, root_pid)}
             except BaseException:
                 await stop(nobody)
                 raise
@@ -250,9 +286,9 @@ def test_concurrent_connections_of_different_uids_each_see_their_own(shared_dir:
                 await asyncio.gather(finish_client(nobody), finish_client(root), here())
 
         expected = {
-            "nobody": PeerCredentials(pid=nobody_pid, uid=NOBODY, gid=NOBODY),
-            "root": PeerCredentials(pid=root_pid, uid=0, gid=0),
-            "here": PeerCredentials(pid=os.getpid(), uid=0, gid=0),
+            "nobody": PeerCredentials(nobody_pid, NOBODY, NOBODY, started[nobody_pid]),
+            "root": PeerCredentials(root_pid, 0, 0, started[root_pid]),
+            "here": PeerCredentials(os.getpid(), 0, 0, start_time_of(os.getpid())),
         }
         for label, creds in expected.items():
             assert servicer.by_label(label) == [creds] * (calls + 1), label
@@ -335,6 +371,114 @@ def test_calls_not_made_through_the_gateway_are_unknown(shared_dir: Path) -> Non
                 assert gateway.credentials_for(peer) is None
 
     run(scenario())
+
+
+# -- the start time that ties the pid to one process ---------------------------------------
+
+
+STAT_TAIL = b"S 1 2 3 0 -1 4194560 5 0 0 0 6 7 0 0 20 0 1 0 987654 1000 200"
+
+
+@pytest.mark.parametrize(
+    "comm", [b"python", b"a b", b"a) R 1 (b", b"))", b"(", b"x) S 2 3 4 5 6 7 8 9 10 11"]
+)
+def test_stat_fields_are_found_after_the_last_parenthesis(comm: bytes) -> None:
+    parsed = parse_process_stat(b"4242 (" + comm + b") " + STAT_TAIL + b"\n")
+    assert parsed == ProcessStat(state="S", start_time=987654)
+
+
+@pytest.mark.parametrize("raw", [b"", b"4242 python S 1", b"4242 (x) S 1 2 3", b"1 (x) S a b"])
+def test_a_malformed_stat_is_refused(raw: bytes) -> None:
+    with pytest.raises(ValueError, match="not a /proc/<pid>/stat line"):
+        parse_process_stat(raw)
+
+
+def test_start_time_is_recorded_for_a_caller_whose_name_has_spaces_and_parentheses(
+    shared_dir: Path,
+) -> None:
+    odd_name = "x) R 1 (y z"
+    renamed = textwrap.dedent(
+        """
+        import sys
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with open("/proc/self/comm", "w") as comm:
+            comm.write(sys.argv[2])
+        with grpc.insecure_channel(sys.argv[1]) as channel:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="odd"))
+            print("called", flush=True)
+            sys.stdin.readline()
+        """
+    )
+
+    async def scenario() -> None:
+        async with serving(shared_dir) as (gateway, servicer):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                renamed,
+                f"unix:{gateway.public_path}",
+                odd_name,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            try:
+                assert proc.stdout is not None
+                assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"called\n"
+                assert Path(f"/proc/{proc.pid}/comm").read_text() == odd_name + "\n"
+                expected = PeerCredentials(proc.pid, 0, 0, start_time_of(proc.pid))
+            finally:
+                proc.kill()
+                await proc.wait()
+        assert servicer.by_label("odd") == [expected]
+
+    run(scenario())
+
+
+# A caller that connects and exits at once; whoever accepts later finds it gone.
+CONNECT_AND_EXIT = "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])"
+
+
+@pytest.fixture
+def listener(shared_dir: Path) -> Iterator[tuple[socket.socket, str]]:
+    path = str(shared_dir / "listen.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(path)
+        sock.listen()
+        yield sock, path
+
+
+def test_caller_that_exited_before_accept_has_no_start_time(
+    listener: tuple[socket.socket, str],
+) -> None:
+    sock, path = listener
+    caller = subprocess.run([sys.executable, "-c", CONNECT_AND_EXIT, path], check=True)
+    assert caller.returncode == 0
+    conn, _ = sock.accept()
+    with conn:
+        creds = read_peer_credentials(conn)
+    assert creds.uid == os.getuid()
+    assert creds.start_time is None
+
+
+def test_pid_reused_before_accept_is_not_taken_for_the_caller(
+    listener: tuple[socket.socket, str],
+) -> None:
+    sock, path = listener
+    caller = subprocess.Popen([sys.executable, "-c", CONNECT_AND_EXIT, path])
+    assert caller.wait() == 0
+    successor = spawn_with_pid(caller.pid, ["sleep", "60"])
+    try:
+        conn, _ = sock.accept()
+        with conn:
+            creds = read_peer_credentials(conn)
+        assert creds.pid == caller.pid
+        assert start_time_of(caller.pid) > 0  # the pid is alive again, but not as the caller
+        assert creds.start_time is None
+    finally:
+        successor.kill()
+        successor.wait()
 
 
 # -- the public socket -------------------------------------------------------------------

@@ -167,8 +167,12 @@ def test_issued_leaf_is_a_v3_certificate_signed_by_the_authority(issued: Issued)
     assert issued.leaf.signature_hash_algorithm.name == expected_hash.name
 
 
-def test_issued_svid_chain_is_the_leaf_then_the_authority(issued: Issued) -> None:
-    assert issued.svid.chain == (issued.leaf, issued.ca.x509_authority.certificate)
+def test_issued_svid_chain_is_the_leaf_alone_under_a_self_signed_authority(
+    issued: Issued,
+) -> None:
+    # The authority is a root in the bundle; roots do not travel in the chain.
+    assert issued.svid.chain == (issued.leaf,)
+    assert issued.ca.x509_authority.certificate in issued.ca.bundle.x509_authorities
     pem = x509.load_pem_x509_certificates(issued.svid.chain_pem())
     assert pem == list(issued.svid.chain)
     assert [x509.load_der_x509_certificate(d) for d in issued.svid.chain_der()] == pem

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61uthd/admin/v1/admin.proto\x12\x0e\x61uthd.admin.v1\"\x0f\n\rShowCARequest\"\x81\x01\n\x0eShowCAResponse\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12.\n\x0b\x61uthorities\x18\x02 \x03(\x0b\x32\x19.authd.admin.v1.Authority\x12\x17\n\x0f\x62undle_sequence\x18\x03 \x01(\x04\x12\x10\n\x08upstream\x18\x04 \x01(\x08\"\xc3\x01\n\tAuthority\x12\x14\n\x0c\x61uthority_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x10\n\x08key_type\x18\x04 \x01(\t\x12\x12\n\nnot_before\x18\x05 \x01(\x03\x12\x11\n\tnot_after\x18\x06 \x01(\x03\x12\x17\n\x0f\x63\x65rtificate_der\x18\x07 \x01(\x0c\x12\x0f\n\x07subject\x18\x08 \x01(\t\x12\x0f\n\x07tainted\x18\t \x01(\x08\x12\x0f\n\x07revoked\x18\n \x01(\x08\"]\n\x13MintX509SVIDRequest\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x11\n\tdns_names\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\x12\x0b\n\x03\x63sr\x18\x04 \x01(\x0c\"^\n\x14MintX509SVIDResponse\x12\x12\n\ncert_chain\x18\x01 \x03(\x0c\x12\x0e\n\x06\x62undle\x18\x02 \x03(\x0c\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\x12\x0e\n\x06serial\x18\x04 \x01(\t\"N\n\x12MintJWTSVIDRequest\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"8\n\x13MintJWTSVIDResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"\x12\n\x10GetBundleRequest\"e\n\x11GetBundleResponse\x12\x13\n\x0bspiffe_jwks\x18\x01 \x01(\t\x12\x0b\n\x03pem\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x1c\n\x14refresh_hint_seconds\x18\x04 \x01(\x03\x32\xd5\x02\n\x05\x41\x64min\x12G\n\x06ShowCA\x12\x1d.authd.admin.v1.ShowCARequest\x1a\x1e.authd.admin.v1.ShowCAResponse\x12Y\n\x0cMintX509SVID\x12#.authd.admin.v1.MintX509SVIDRequest\x1a$.authd.admin.v1.MintX509SVIDResponse\x12V\n\x0bMintJWTSVID\x12\".authd.admin.v1.MintJWTSVIDRequest\x1a#.authd.admin.v1.MintJWTSVIDResponse\x12P\n\tGetBundle\x12 .authd.admin.v1.GetBundleRequest\x1a!.authd.admin.v1.GetBundleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61uthd/admin/v1/admin.proto\x12\x0e\x61uthd.admin.v1\"\x0f\n\rShowCARequest\"\x81\x01\n\x0eShowCAResponse\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12.\n\x0b\x61uthorities\x18\x02 \x03(\x0b\x32\x19.authd.admin.v1.Authority\x12\x17\n\x0f\x62undle_sequence\x18\x03 \x01(\x04\x12\x10\n\x08upstream\x18\x04 \x01(\x08\"\xc3\x01\n\tAuthority\x12\x14\n\x0c\x61uthority_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x10\n\x08key_type\x18\x04 \x01(\t\x12\x12\n\nnot_before\x18\x05 \x01(\x03\x12\x11\n\tnot_after\x18\x06 \x01(\x03\x12\x17\n\x0f\x63\x65rtificate_der\x18\x07 \x01(\x0c\x12\x0f\n\x07subject\x18\x08 \x01(\t\x12\x0f\n\x07tainted\x18\t \x01(\x08\x12\x0f\n\x07revoked\x18\n \x01(\x08\"]\n\x13MintX509SVIDRequest\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x11\n\tdns_names\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\x12\x0b\n\x03\x63sr\x18\x04 \x01(\x0c\"^\n\x14MintX509SVIDResponse\x12\x12\n\ncert_chain\x18\x01 \x03(\x0c\x12\x0e\n\x06\x62undle\x18\x02 \x03(\x0c\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\x12\x0e\n\x06serial\x18\x04 \x01(\t\"N\n\x12MintJWTSVIDRequest\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"8\n\x13MintJWTSVIDResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"\x12\n\x10GetBundleRequest\"e\n\x11GetBundleResponse\x12\x13\n\x0bspiffe_jwks\x18\x01 \x01(\t\x12\x0b\n\x03pem\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x1c\n\x14refresh_hint_seconds\x18\x04 \x01(\x03\"\'\n\x08Selector\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xa9\x02\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x11\n\tparent_id\x18\x03 \x01(\t\x12+\n\tselectors\x18\x04 \x03(\x0b\x32\x18.authd.admin.v1.Selector\x12\x15\n\rx509_svid_ttl\x18\x05 \x01(\x03\x12\x14\n\x0cjwt_svid_ttl\x18\x06 \x01(\x03\x12\x11\n\tdns_names\x18\x07 \x03(\t\x12\x16\n\x0e\x66\x65\x64\x65rates_with\x18\x08 \x03(\t\x12\r\n\x05\x61\x64min\x18\t \x01(\x08\x12\x12\n\ndownstream\x18\n \x01(\x08\x12\x0c\n\x04hint\x18\x0b \x01(\t\x12\x12\n\nexpires_at\x18\x0c \x01(\x03\x12\x10\n\x08revision\x18\r \x01(\x03\x12\x12\n\ncreated_at\x18\x0e \x01(\x03\":\n\x12\x43reateEntryRequest\x12$\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x15.authd.admin.v1.Entry\";\n\x13\x43reateEntryResponse\x12$\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x15.authd.admin.v1.Entry\"\x1d\n\x0fGetEntryRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x10GetEntryResponse\x12$\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x15.authd.admin.v1.Entry\"L\n\x12ListEntriesRequest\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x11\n\tparent_id\x18\x02 \x01(\t\x12\x10\n\x08selector\x18\x03 \x01(\t\"=\n\x13ListEntriesResponse\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.authd.admin.v1.Entry\":\n\x12UpdateEntryRequest\x12$\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x15.authd.admin.v1.Entry\";\n\x13UpdateEntryResponse\x12$\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x15.authd.admin.v1.Entry\" \n\x12\x44\x65leteEntryRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteEntryResponse\"\'\n\x17PrepareAuthorityRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\"(\n\x18\x41\x63tivateAuthorityRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\";\n\x15TaintAuthorityRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x14\n\x0c\x61uthority_id\x18\x02 \x01(\t\"<\n\x16RevokeAuthorityRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x14\n\x0c\x61uthority_id\x18\x02 \x01(\t\"Z\n\x11\x41uthorityResponse\x12,\n\tauthority\x18\x01 \x01(\x0b\x32\x19.authd.admin.v1.Authority\x12\x17\n\x0f\x62undle_sequence\x18\x02 \x01(\x04\x32\x80\t\n\x05\x41\x64min\x12G\n\x06ShowCA\x12\x1d.authd.admin.v1.ShowCARequest\x1a\x1e.authd.admin.v1.ShowCAResponse\x12Y\n\x0cMintX509SVID\x12#.authd.admin.v1.MintX509SVIDRequest\x1a$.authd.admin.v1.MintX509SVIDResponse\x12V\n\x0bMintJWTSVID\x12\".authd.admin.v1.MintJWTSVIDRequest\x1a#.authd.admin.v1.MintJWTSVIDResponse\x12P\n\tGetBundle\x12 .authd.admin.v1.GetBundleRequest\x1a!.authd.admin.v1.GetBundleResponse\x12V\n\x0b\x43reateEntry\x12\".authd.admin.v1.CreateEntryRequest\x1a#.authd.admin.v1.CreateEntryResponse\x12M\n\x08GetEntry\x12\x1f.authd.admin.v1.GetEntryRequest\x1a .authd.admin.v1.GetEntryResponse\x12V\n\x0bListEntries\x12\".authd.admin.v1.ListEntriesRequest\x1a#.authd.admin.v1.ListEntriesResponse\x12V\n\x0bUpdateEntry\x12\".authd.admin.v1.UpdateEntryRequest\x1a#.authd.admin.v1.UpdateEntryResponse\x12V\n\x0b\x44\x65leteEntry\x12\".authd.admin.v1.DeleteEntryRequest\x1a#.authd.admin.v1.DeleteEntryResponse\x12^\n\x10PrepareAuthority\x12\'.authd.admin.v1.PrepareAuthorityRequest\x1a!.authd.admin.v1.AuthorityResponse\x12`\n\x11\x41\x63tivateAuthority\x12(.authd.admin.v1.ActivateAuthorityRequest\x1a!.authd.admin.v1.AuthorityResponse\x12Z\n\x0eTaintAuthority\x12%.authd.admin.v1.TaintAuthorityRequest\x1a!.authd.admin.v1.AuthorityResponse\x12\\\n\x0fRevokeAuthority\x12&.authd.admin.v1.RevokeAuthorityRequest\x1a!.authd.admin.v1.AuthorityResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,6 +49,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETBUNDLEREQUEST']._serialized_end=740
   _globals['_GETBUNDLERESPONSE']._serialized_start=742
   _globals['_GETBUNDLERESPONSE']._serialized_end=843
-  _globals['_ADMIN']._serialized_start=846
-  _globals['_ADMIN']._serialized_end=1187
+  _globals['_SELECTOR']._serialized_start=845
+  _globals['_SELECTOR']._serialized_end=884
+  _globals['_ENTRY']._serialized_start=887
+  _globals['_ENTRY']._serialized_end=1184
+  _globals['_CREATEENTRYREQUEST']._serialized_start=1186
+  _globals['_CREATEENTRYREQUEST']._serialized_end=1244
+  _globals['_CREATEENTRYRESPONSE']._serialized_start=1246
+  _globals['_CREATEENTRYRESPONSE']._serialized_end=1305
+  _globals['_GETENTRYREQUEST']._serialized_start=1307
+  _globals['_GETENTRYREQUEST']._serialized_end=1336
+  _globals['_GETENTRYRESPONSE']._serialized_start=1338
+  _globals['_GETENTRYRESPONSE']._serialized_end=1394
+  _globals['_LISTENTRIESREQUEST']._serialized_start=1396
+  _globals['_LISTENTRIESREQUEST']._serialized_end=1472
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=1474
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=1535
+  _globals['_UPDATEENTRYREQUEST']._serialized_start=1537
+  _globals['_UPDATEENTRYREQUEST']._serialized_end=1595
+  _globals['_UPDATEENTRYRESPONSE']._serialized_start=1597
+  _globals['_UPDATEENTRYRESPONSE']._serialized_end=1656
+  _globals['_DELETEENTRYREQUEST']._serialized_start=1658
+  _globals['_DELETEENTRYREQUEST']._serialized_end=1690
+  _globals['_DELETEENTRYRESPONSE']._serialized_start=1692
+  _globals['_DELETEENTRYRESPONSE']._serialized_end=1713
+  _globals['_PREPAREAUTHORITYREQUEST']._serialized_start=1715
+  _globals['_PREPAREAUTHORITYREQUEST']._serialized_end=1754
+  _globals['_ACTIVATEAUTHORITYREQUEST']._serialized_start=1756
+  _globals['_ACTIVATEAUTHORITYREQUEST']._serialized_end=1796
+  _globals['_TAINTAUTHORITYREQUEST']._serialized_start=1798
+  _globals['_TAINTAUTHORITYREQUEST']._serialized_end=1857
+  _globals['_REVOKEAUTHORITYREQUEST']._serialized_start=1859
+  _globals['_REVOKEAUTHORITYREQUEST']._serialized_end=1919
+  _globals['_AUTHORITYRESPONSE']._serialized_start=1921
+  _globals['_AUTHORITYRESPONSE']._serialized_end=2011
+  _globals['_ADMIN']._serialized_start=2014
+  _globals['_ADMIN']._serialized_end=3166
 # @@protoc_insertion_point(module_scope)

@@ -103,3 +103,141 @@ class GetBundleResponse(_message.Message):
     sequence: int
     refresh_hint_seconds: int
     def __init__(self, spiffe_jwks: _Optional[str] = ..., pem: _Optional[str] = ..., sequence: _Optional[int] = ..., refresh_hint_seconds: _Optional[int] = ...) -> None: ...
+
+class Selector(_message.Message):
+    __slots__ = ("type", "value")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    value: str
+    def __init__(self, type: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class Entry(_message.Message):
+    __slots__ = ("id", "spiffe_id", "parent_id", "selectors", "x509_svid_ttl", "jwt_svid_ttl", "dns_names", "federates_with", "admin", "downstream", "hint", "expires_at", "revision", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SELECTORS_FIELD_NUMBER: _ClassVar[int]
+    X509_SVID_TTL_FIELD_NUMBER: _ClassVar[int]
+    JWT_SVID_TTL_FIELD_NUMBER: _ClassVar[int]
+    DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    FEDERATES_WITH_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    DOWNSTREAM_FIELD_NUMBER: _ClassVar[int]
+    HINT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    spiffe_id: str
+    parent_id: str
+    selectors: _containers.RepeatedCompositeFieldContainer[Selector]
+    x509_svid_ttl: int
+    jwt_svid_ttl: int
+    dns_names: _containers.RepeatedScalarFieldContainer[str]
+    federates_with: _containers.RepeatedScalarFieldContainer[str]
+    admin: bool
+    downstream: bool
+    hint: str
+    expires_at: int
+    revision: int
+    created_at: int
+    def __init__(self, id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[_Union[Selector, _Mapping]]] = ..., x509_svid_ttl: _Optional[int] = ..., jwt_svid_ttl: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., federates_with: _Optional[_Iterable[str]] = ..., admin: _Optional[bool] = ..., downstream: _Optional[bool] = ..., hint: _Optional[str] = ..., expires_at: _Optional[int] = ..., revision: _Optional[int] = ..., created_at: _Optional[int] = ...) -> None: ...
+
+class CreateEntryRequest(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: Entry
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ...) -> None: ...
+
+class CreateEntryResponse(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: Entry
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ...) -> None: ...
+
+class GetEntryRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class GetEntryResponse(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: Entry
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ...) -> None: ...
+
+class ListEntriesRequest(_message.Message):
+    __slots__ = ("spiffe_id", "parent_id", "selector")
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    spiffe_id: str
+    parent_id: str
+    selector: str
+    def __init__(self, spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., selector: _Optional[str] = ...) -> None: ...
+
+class ListEntriesResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[Entry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ...) -> None: ...
+
+class UpdateEntryRequest(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: Entry
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ...) -> None: ...
+
+class UpdateEntryResponse(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: Entry
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ...) -> None: ...
+
+class DeleteEntryRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class DeleteEntryResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PrepareAuthorityRequest(_message.Message):
+    __slots__ = ("kind",)
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    def __init__(self, kind: _Optional[str] = ...) -> None: ...
+
+class ActivateAuthorityRequest(_message.Message):
+    __slots__ = ("kind",)
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    def __init__(self, kind: _Optional[str] = ...) -> None: ...
+
+class TaintAuthorityRequest(_message.Message):
+    __slots__ = ("kind", "authority_id")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AUTHORITY_ID_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    authority_id: str
+    def __init__(self, kind: _Optional[str] = ..., authority_id: _Optional[str] = ...) -> None: ...
+
+class RevokeAuthorityRequest(_message.Message):
+    __slots__ = ("kind", "authority_id")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AUTHORITY_ID_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    authority_id: str
+    def __init__(self, kind: _Optional[str] = ..., authority_id: _Optional[str] = ...) -> None: ...
+
+class AuthorityResponse(_message.Message):
+    __slots__ = ("authority", "bundle_sequence")
+    AUTHORITY_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    authority: Authority
+    bundle_sequence: int
+    def __init__(self, authority: _Optional[_Union[Authority, _Mapping]] = ..., bundle_sequence: _Optional[int] = ...) -> None: ...

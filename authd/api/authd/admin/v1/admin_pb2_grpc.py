@@ -57,6 +57,51 @@ class AdminStub:
                 request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.GetBundleRequest.SerializeToString,
                 response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.GetBundleResponse.FromString,
                 _registered_method=True)
+        self.CreateEntry = channel.unary_unary(
+                '/authd.admin.v1.Admin/CreateEntry',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.CreateEntryRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.CreateEntryResponse.FromString,
+                _registered_method=True)
+        self.GetEntry = channel.unary_unary(
+                '/authd.admin.v1.Admin/GetEntry',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.GetEntryRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.GetEntryResponse.FromString,
+                _registered_method=True)
+        self.ListEntries = channel.unary_unary(
+                '/authd.admin.v1.Admin/ListEntries',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListEntriesRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListEntriesResponse.FromString,
+                _registered_method=True)
+        self.UpdateEntry = channel.unary_unary(
+                '/authd.admin.v1.Admin/UpdateEntry',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.UpdateEntryRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.UpdateEntryResponse.FromString,
+                _registered_method=True)
+        self.DeleteEntry = channel.unary_unary(
+                '/authd.admin.v1.Admin/DeleteEntry',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.DeleteEntryRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.DeleteEntryResponse.FromString,
+                _registered_method=True)
+        self.PrepareAuthority = channel.unary_unary(
+                '/authd.admin.v1.Admin/PrepareAuthority',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.PrepareAuthorityRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.AuthorityResponse.FromString,
+                _registered_method=True)
+        self.ActivateAuthority = channel.unary_unary(
+                '/authd.admin.v1.Admin/ActivateAuthority',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ActivateAuthorityRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.AuthorityResponse.FromString,
+                _registered_method=True)
+        self.TaintAuthority = channel.unary_unary(
+                '/authd.admin.v1.Admin/TaintAuthority',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.TaintAuthorityRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.AuthorityResponse.FromString,
+                _registered_method=True)
+        self.RevokeAuthority = channel.unary_unary(
+                '/authd.admin.v1.Admin/RevokeAuthority',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.RevokeAuthorityRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.AuthorityResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -93,6 +138,68 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateEntry(self, request, context):
+        """Registration entries: which SPIFFE ID a workload gets for which selectors.
+        Invalid fields are INVALID_ARGUMENT naming the field, an unknown id NOT_FOUND, a
+        duplicate (same spiffe_id, parent_id and selector set) ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEntry(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEntries(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateEntry(self, request, context):
+        """Replaces every mutable field; FAILED_PRECONDITION if the entry's revision moved on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteEntry(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareAuthority(self, request, context):
+        """Operator-driven rotation (SPIRE's `localauthority`): prepare the next authority (it
+        enters the bundle at once), activate it (the active one is retired), taint a retired
+        one (what it signed is re-issued), revoke a tainted one (it leaves the bundle).
+        A step out of order is FAILED_PRECONDITION with the reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ActivateAuthority(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TaintAuthority(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAuthority(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +222,51 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetBundle,
                     request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.GetBundleRequest.FromString,
                     response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.GetBundleResponse.SerializeToString,
+            ),
+            'CreateEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEntry,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.CreateEntryRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.CreateEntryResponse.SerializeToString,
+            ),
+            'GetEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEntry,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.GetEntryRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.GetEntryResponse.SerializeToString,
+            ),
+            'ListEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEntries,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListEntriesRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListEntriesResponse.SerializeToString,
+            ),
+            'UpdateEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateEntry,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.UpdateEntryRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.UpdateEntryResponse.SerializeToString,
+            ),
+            'DeleteEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteEntry,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.DeleteEntryRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.DeleteEntryResponse.SerializeToString,
+            ),
+            'PrepareAuthority': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareAuthority,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.PrepareAuthorityRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.AuthorityResponse.SerializeToString,
+            ),
+            'ActivateAuthority': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActivateAuthority,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ActivateAuthorityRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.AuthorityResponse.SerializeToString,
+            ),
+            'TaintAuthority': grpc.unary_unary_rpc_method_handler(
+                    servicer.TaintAuthority,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.TaintAuthorityRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.AuthorityResponse.SerializeToString,
+            ),
+            'RevokeAuthority': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAuthority,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.RevokeAuthorityRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.AuthorityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +380,249 @@ class Admin:
             '/authd.admin.v1.Admin/GetBundle',
             authd_dot_admin_dot_v1_dot_admin__pb2.GetBundleRequest.SerializeToString,
             authd_dot_admin_dot_v1_dot_admin__pb2.GetBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/CreateEntry',
+            authd_dot_admin_dot_v1_dot_admin__pb2.CreateEntryRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.CreateEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/GetEntry',
+            authd_dot_admin_dot_v1_dot_admin__pb2.GetEntryRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.GetEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/ListEntries',
+            authd_dot_admin_dot_v1_dot_admin__pb2.ListEntriesRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.ListEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/UpdateEntry',
+            authd_dot_admin_dot_v1_dot_admin__pb2.UpdateEntryRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.UpdateEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/DeleteEntry',
+            authd_dot_admin_dot_v1_dot_admin__pb2.DeleteEntryRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.DeleteEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareAuthority(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/PrepareAuthority',
+            authd_dot_admin_dot_v1_dot_admin__pb2.PrepareAuthorityRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.AuthorityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActivateAuthority(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/ActivateAuthority',
+            authd_dot_admin_dot_v1_dot_admin__pb2.ActivateAuthorityRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.AuthorityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TaintAuthority(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/TaintAuthority',
+            authd_dot_admin_dot_v1_dot_admin__pb2.TaintAuthorityRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.AuthorityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAuthority(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/RevokeAuthority',
+            authd_dot_admin_dot_v1_dot_admin__pb2.RevokeAuthorityRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.AuthorityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,416 @@
+"""Envoy SDS (``envoy.service.secret.v3.SecretDiscoveryService``) for the attested caller.
+
+Envoy connects over authd's workload socket; the kernel's credentials of that connection
+are attested into selectors, and the selectors pick the registration entries whose SVIDs
+this Envoy may have. Resource names, as SPIRE's agent spells them:
+
+- ``default``, or one of the caller's SPIFFE IDs: a ``tls_certificate`` (chain PEM, leaf
+  first, and its key PEM). ``default`` is the caller's oldest entry.
+- ``ROOTCA``, or the trust domain's ID (``spiffe://example.org``): a ``validation_context``
+  whose ``trusted_ca`` is the bundle PEM.
+- ``ALL``: a ``validation_context`` with Envoy's SPIFFE certificate validator holding the
+  bundle of every trust domain authd knows (today: its own).
+
+A caller with no matching entry that asks for a certificate is denied (PERMISSION_DENIED);
+other names authd does not know are left out of the response, which Envoy reads as
+"not there yet".
+
+The protocol is state-of-the-world xDS as Envoy speaks it. :class:`SdsStream` holds one
+stream's protocol state and decides, from plain values, when Envoy gets a response: the
+first request and any change of ``resource_names`` are answered at once; an ACK (the last
+nonce, no ``error_detail``) is not answered; a NACK is logged and not answered until
+something changes; a request carrying an older nonce is ignored. A change of the SVIDs or
+the bundle is pushed only when the secrets of *this* stream differ, which the response's
+``version_info`` (a digest of the secrets' public content) makes a string comparison.
+:class:`SecretDiscoveryService` is the thin gRPC adapter around that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2, extension_pb2
+from envoy.extensions.transport_sockets.tls.v3 import (
+    common_pb2,
+    secret_pb2,
+    tls_spiffe_validator_config_pb2,
+)
+from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.secret.v3 import sds_pb2_grpc
+from google.protobuf import any_pb2
+
+from authd.peercred import PeerCredentials, PeerCredGateway
+from authd.workload.attestation import AttestationError
+from authd.workload.svids import SvidProvider, WorkloadX509Svid
+from ca.bundle import TrustBundle
+from ca.certificate_authority import CertificateAuthority
+from ca.errors import InvalidSpiffeId
+from ca.spiffe_id import SpiffeId
+from ca.store import RegistrationEntry, Selector
+
+__all__ = [
+    "ALL_BUNDLES",
+    "DEFAULT_SVID",
+    "ROOT_BUNDLE",
+    "SECRET_TYPE_URL",
+    "NoIdentity",
+    "SdsStream",
+    "SecretDiscoveryService",
+    "requested_secrets",
+    "secrets_version",
+]
+
+log = logging.getLogger(__name__)
+
+SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"  # noqa: S105
+DEFAULT_SVID = "default"
+ROOT_BUNDLE = "ROOTCA"
+ALL_BUNDLES = "ALL"
+SPIFFE_VALIDATOR = "envoy.tls.cert_validator.spiffe"
+
+Attest = Callable[[PeerCredentials], frozenset[Selector]]
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class NoIdentity(Exception):
+    """The caller asked for a certificate, but no registration entry matches it."""
+
+
+# --- what a name resolves to (pure) --------------------------------------------------------
+
+
+def tls_certificate_secret(name: str, svid: WorkloadX509Svid) -> Any:
+    return secret_pb2.Secret(
+        name=name,
+        tls_certificate=common_pb2.TlsCertificate(
+            certificate_chain=base_pb2.DataSource(inline_bytes=svid.chain_pem),
+            private_key=base_pb2.DataSource(inline_bytes=svid.key_pem),
+        ),
+    )
+
+
+def trusted_ca_secret(name: str, bundle: TrustBundle) -> Any:
+    return secret_pb2.Secret(
+        name=name,
+        validation_context=common_pb2.CertificateValidationContext(
+            trusted_ca=base_pb2.DataSource(inline_bytes=bundle.to_pem())
+        ),
+    )
+
+
+def spiffe_validator_secret(name: str, bundles: Iterable[TrustBundle]) -> Any:
+    config = tls_spiffe_validator_config_pb2.SPIFFECertValidatorConfig(
+        trust_domains=[
+            tls_spiffe_validator_config_pb2.SPIFFECertValidatorConfig.TrustDomain(
+                name=bundle.trust_domain.name,
+                trust_bundle=base_pb2.DataSource(inline_bytes=bundle.to_pem()),
+            )
+            for bundle in bundles
+        ]
+    )
+    typed_config = any_pb2.Any()
+    typed_config.Pack(config)
+    return secret_pb2.Secret(
+        name=name,
+        validation_context=common_pb2.CertificateValidationContext(
+            custom_validator_config=extension_pb2.TypedExtensionConfig(
+                name=SPIFFE_VALIDATOR, typed_config=typed_config
+            )
+        ),
+    )
+
+
+def _workload_id(name: str) -> SpiffeId | None:
+    if not name.startswith("spiffe://"):
+        return None
+    try:
+        return SpiffeId.parse(name)
+    except InvalidSpiffeId:
+        return None
+
+
+def requested_secrets(
+    names: Iterable[str],
+    *,
+    entries: Sequence[RegistrationEntry],
+    svid_for: Callable[[RegistrationEntry], WorkloadX509Svid],
+    bundle: TrustBundle,
+) -> list[Any]:
+    """The secrets among ``names`` the caller may have, in the order asked, each once.
+
+    ``entries`` are the caller's registration entries, oldest first; ``svid_for`` gives an
+    entry's current SVID. Raises :class:`NoIdentity` when a certificate is asked for and
+    ``entries`` is empty; leaves out every other name it does not know.
+    """
+    secrets: list[Any] = []
+    for name in dict.fromkeys(names):
+        spiffe_id = _workload_id(name)
+        wants_certificate = name == DEFAULT_SVID or (spiffe_id is not None and spiffe_id.path)
+        if wants_certificate and not entries:
+            raise NoIdentity(f"no registration entry matches the caller, so no {name!r}")
+        if name == DEFAULT_SVID:
+            secrets.append(tls_certificate_secret(name, svid_for(entries[0])))
+        elif name == ROOT_BUNDLE or (spiffe_id == bundle.trust_domain.id):
+            secrets.append(trusted_ca_secret(name, bundle))
+        elif name == ALL_BUNDLES:
+            secrets.append(spiffe_validator_secret(name, [bundle]))
+        elif wants_certificate:
+            entry = next((e for e in entries if e.spiffe_id == name), None)
+            if entry is not None:
+                secrets.append(tls_certificate_secret(name, svid_for(entry)))
+    return secrets
+
+
+def secrets_version(secrets: Iterable[Any]) -> str:
+    """A digest of what the secrets say in public: equal secrets, equal version.
+
+    Private keys are left out (a key never changes without its certificate), so the
+    version Envoy shows in its config dump is not derived from key material.
+    """
+    digest = hashlib.sha256()
+    for secret in secrets:
+        public = secret_pb2.Secret()
+        public.CopyFrom(secret)
+        if public.HasField("tls_certificate"):
+            public.tls_certificate.ClearField("private_key")
+        encoded = public.SerializeToString(deterministic=True)
+        digest.update(len(encoded).to_bytes(8, "big"))
+        digest.update(encoded)
+    return digest.hexdigest()[:16]
+
+
+def discovery_response(secrets: Sequence[Any], version: str, nonce: str = "") -> Any:
+    resources = []
+    for secret in secrets:
+        resource = any_pb2.Any()
+        resource.Pack(secret)
+        resources.append(resource)
+    return discovery_pb2.DiscoveryResponse(
+        version_info=version, resources=resources, type_url=SECRET_TYPE_URL, nonce=nonce
+    )
+
+
+# --- one stream's protocol state (pure) ----------------------------------------------------
+
+
+@dataclass
+class SdsStream:
+    """What one SDS stream asked for and was sent, and whether Envoy needs a response.
+
+    ``names`` is None until the first request. ``version`` and ``nonce`` are those of the
+    last response sent. The counters are for logs and tests.
+    """
+
+    names: tuple[str, ...] | None = None
+    version: str = ""
+    nonce: str = ""
+    acks: int = 0
+    nacks: int = 0
+    stale: int = 0
+    responses: int = 0
+    provider_version: int = 0  # the provider version last looked at
+    _nonces: itertools.count[int] = field(default_factory=lambda: itertools.count(1), repr=False)
+
+    def on_request(self, request: Any) -> bool:
+        """Take in a DiscoveryRequest; True if it must be answered now."""
+        if request.response_nonce != self.nonce:
+            # Envoy answered an older response; the newer one is on its way to it.
+            self.stale += 1
+            return False
+        names = tuple(request.resource_names)
+        first, changed = self.names is None, names != self.names
+        self.names = names
+        if first:
+            return True
+        if request.HasField("error_detail"):
+            self.nacks += 1
+        elif not changed:
+            self.acks += 1
+        return changed
+
+    def needs_push(self, version: str) -> bool:
+        """After a change of SVIDs or bundle: do this stream's secrets now differ?"""
+        return self.names is not None and version != self.version
+
+    def sent(self, version: str) -> str:
+        """Record a response of ``version``; returns its nonce."""
+        self.version = version
+        self.nonce = str(next(self._nonces))
+        self.responses += 1
+        return self.nonce
+
+
+# --- the gRPC adapter ---------------------------------------------------------------------
+
+
+class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
+    """SDS over the peer-credential gateway: each Envoy gets the secrets of its own entries.
+
+    Call :meth:`close` before stopping the server: open streams then end with OK at once
+    instead of holding the server's grace period.
+    """
+
+    def __init__(
+        self,
+        provider: SvidProvider,
+        ca: CertificateAuthority,
+        gateway: PeerCredGateway,
+        attest: Attest,
+    ) -> None:
+        self._provider = provider
+        self._ca = ca
+        self._gateway = gateway
+        self._attest = attest
+        self._closing = asyncio.Event()
+        self.streams: list[SdsStream] = []
+
+    @property
+    def active_streams(self) -> int:
+        return len(self.streams)
+
+    def close(self) -> None:
+        """End every open stream (cleanly, status OK) and refuse new ones."""
+        self._closing.set()
+
+    async def _caller(self, context: Context) -> tuple[PeerCredentials, frozenset[Selector]]:
+        creds = self._gateway.peer_credentials(context)
+        if creds is None:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "caller not attested: connect through authd's workload socket",
+            )
+        try:
+            # Attestation reads /proc and may hash the caller's binary: not on the loop that
+            # also answers ext_authz.
+            selectors = await asyncio.to_thread(self._attest, creds)
+        except AttestationError as exc:
+            log.warning("SDS: cannot attest pid %d (uid %d): %s", creds.pid, creds.uid, exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except Exception:
+            log.exception("SDS: attesting pid %d (uid %d) failed", creds.pid, creds.uid)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "attestation failed")
+        return creds, selectors
+
+    async def _secrets(
+        self,
+        names: Iterable[str],
+        selectors: frozenset[Selector],
+        creds: PeerCredentials,
+        context: Context,
+    ) -> list[Any]:
+        provider = self._provider
+        try:
+            return requested_secrets(
+                names,
+                entries=provider.entries_for(selectors),
+                svid_for=provider.x509_svid,
+                bundle=self._ca.bundle,
+            )
+        except NoIdentity as exc:
+            log.info("SDS: pid %d (uid %d) denied: %s", creds.pid, creds.uid, exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except Exception:
+            log.exception("SDS: cannot build secrets for pid %d (uid %d)", creds.pid, creds.uid)
+            await context.abort(grpc.StatusCode.INTERNAL, "cannot build the secrets")
+
+    @staticmethod
+    def _check_type(request: Any) -> bool:
+        return request.type_url in ("", SECRET_TYPE_URL)
+
+    async def FetchSecrets(self, request: Any, context: Context) -> Any:
+        creds, selectors = await self._caller(context)
+        if not self._check_type(request):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"type_url must be {SECRET_TYPE_URL}"
+            )
+        secrets = await self._secrets(request.resource_names, selectors, creds, context)
+        return discovery_response(secrets, secrets_version(secrets))
+
+    async def StreamSecrets(
+        self, request_iterator: AsyncIterator[Any], context: Context
+    ) -> AsyncIterator[Any]:
+        creds, selectors = await self._caller(context)
+        provider = self._provider
+        stream = SdsStream(provider_version=provider.version)
+        requests = aiter(request_iterator)
+        reader: asyncio.Future[Any] = asyncio.ensure_future(anext(requests, None))
+        change: asyncio.Future[int] = asyncio.ensure_future(
+            provider.wait_for_change(stream.provider_version)
+        )
+        closing = asyncio.ensure_future(self._closing.wait())
+        self.streams.append(stream)
+        log.info("SDS: stream opened by pid %d (uid %d)", creds.pid, creds.uid)
+        try:
+            while not self._closing.is_set():
+                await asyncio.wait({reader, change, closing}, return_when=asyncio.FIRST_COMPLETED)
+                must_answer = look_again = False
+                if reader.done():
+                    request = reader.result()
+                    if request is None:
+                        return  # Envoy half-closed: it will ask nothing more
+                    reader = asyncio.ensure_future(anext(requests, None))
+                    if not self._check_type(request):
+                        await context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"type_url must be {SECRET_TYPE_URL}, not {request.type_url!r}",
+                        )
+                    must_answer = stream.on_request(request)
+                    self._log_request(request, stream, creds)
+                if change.done():
+                    stream.provider_version = change.result()
+                    change = asyncio.ensure_future(
+                        provider.wait_for_change(stream.provider_version)
+                    )
+                    look_again = stream.names is not None
+                if not (must_answer or look_again):
+                    continue
+                assert stream.names is not None
+                secrets = await self._secrets(stream.names, selectors, creds, context)
+                version = secrets_version(secrets)
+                if not (must_answer or stream.needs_push(version)):
+                    continue
+                nonce = stream.sent(version)
+                log.debug(
+                    "SDS: pid %d gets %s, version %s, nonce %s",
+                    creds.pid,
+                    [secret.name for secret in secrets],
+                    version,
+                    nonce,
+                )
+                yield discovery_response(secrets, version, nonce)
+        finally:
+            for task in (reader, change, closing):
+                task.cancel()
+            await asyncio.gather(reader, change, closing, return_exceptions=True)
+            self.streams.remove(stream)
+            log.info(
+                "SDS: stream of pid %d (uid %d) ended after %d responses, %d ACKs, %d NACKs",
+                creds.pid,
+                creds.uid,
+                stream.responses,
+                stream.acks,
+                stream.nacks,
+            )
+
+    @staticmethod
+    def _log_request(request: Any, stream: SdsStream, creds: PeerCredentials) -> None:
+        if request.response_nonce != stream.nonce:
+            log.debug("SDS: pid %d answered nonce %s late", creds.pid, request.response_nonce)
+        elif request.HasField("error_detail"):
+            log.warning(
+                "SDS: pid %d (uid %d) rejected version %s of %s: %s",
+                creds.pid,
+                creds.uid,
+                stream.version,
+                list(request.resource_names),
+                request.error_detail.message,
+            )
+        elif request.response_nonce:
+            log.debug("SDS: pid %d accepted version %s", creds.pid, request.version_info)

@@ -1,0 +1,97 @@
+"""The workload endpoint: SPIFFE Workload API and Envoy SDS on one Unix socket.
+
+Both services attest the caller from its connection's kernel credentials (through the
+peer-credential gateway) and hand out what its registration entries grant. SVIDs are
+rotated by ``SvidProvider.rotate_due``, called here every ``rotation_check_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import grpc
+from envoy.service.secret.v3 import sds_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from authd.api.spiffe.workload import workload_pb2, workload_pb2_grpc
+from authd.peercred import PeerCredGateway
+from authd.workload.attestation import attest
+from authd.workload.sds import SecretDiscoveryService
+from authd.workload.svids import SvidProvider
+from authd.workload.workload_api import WorkloadApiService
+from ca.certificate_authority import CertificateAuthority
+
+log = logging.getLogger(__name__)
+
+
+class WorkloadEndpoint:
+    def __init__(
+        self,
+        *,
+        ca: CertificateAuthority,
+        provider: SvidProvider,
+        socket_path: Path,
+        private_dir: Path,
+        health: health_pb2_grpc.HealthServicer,
+        rotation_interval: float = 1.0,
+    ) -> None:
+        self._ca = ca
+        self.provider = provider
+        self._gateway = PeerCredGateway(socket_path, private_dir, public_mode=0o666)
+        self._health = health
+        self._interval = rotation_interval
+        self._server: grpc.aio.Server | None = None
+        self._rotation: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._gateway.start()
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(
+            WorkloadApiService(
+                provider=self.provider, ca=self._ca, gateway=self._gateway, attest=attest
+            ),
+            server,
+        )
+        sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(
+            SecretDiscoveryService(
+                provider=self.provider, ca=self._ca, gateway=self._gateway, attest=attest
+            ),
+            server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (
+                workload_pb2.DESCRIPTOR.services_by_name["SpiffeWorkloadAPI"].full_name,
+                "envoy.service.secret.v3.SecretDiscoveryService",
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        server.add_insecure_port(self._gateway.internal_address)
+        await server.start()
+        self._server = server
+        self._rotation = asyncio.create_task(self._rotate_forever())
+
+    async def _rotate_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                rotated = self.provider.rotate_due()
+            except Exception:
+                log.exception("SVID rotation failed; will retry")
+                continue
+            if rotated:
+                log.info("rotated %d workload SVIDs", rotated)
+
+    async def close(self) -> None:
+        if self._rotation is not None:
+            self._rotation.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rotation
+        if self._server is not None:
+            await self._server.stop(grace=1)
+        await self._gateway.close()

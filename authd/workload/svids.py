@@ -1,0 +1,194 @@
+"""SVIDs for attested workloads: issued on first request, rotated at half-life, pushed.
+
+This is the agent half of authd (what SPIRE's agent does next to its server): for each
+registration entry a workload has asked for, one current X.509-SVID with a key authd made
+for it. An SVID is re-issued once it has lived half its life minus a random jitter (so a
+thousand workloads do not rotate in the same second), at once when its authority is
+tainted or leaves the bundle, and when its entry changes. Every change bumps ``version``
+and wakes the streams (Workload API, SDS) waiting in ``wait_for_change``, which then send
+their workload's complete new state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from authd.workload.registry import EntryRegistry
+from ca.certificate_authority import CertificateAuthority
+from ca.clock import Clock
+from ca.jwtsvid import JwtSvid
+from ca.keys import KeyType, PrivateKey
+from ca.spiffe_id import SpiffeId
+from ca.store import RegistrationEntry, Selector
+
+log = logging.getLogger(__name__)
+
+ROTATE_AT = 0.5  # of an SVID's lifetime
+JITTER = 0.1  # up to this fraction of the lifetime earlier
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadX509Svid:
+    """An X.509-SVID with its key, ready to hand out in the encodings both APIs need."""
+
+    entry_id: str
+    entry_revision: int
+    spiffe_id: SpiffeId
+    hint: str
+    chain: tuple[x509.Certificate, ...]
+    private_key: PrivateKey
+    authority_id: str
+    issued_at: float
+    expires_at: float
+    rotate_at: float
+    chain_der: bytes = field(init=False)  # Workload API: concatenated DER, leaf first
+    key_der: bytes = field(init=False)  # Workload API: unencrypted PKCS#8 DER
+    chain_pem: bytes = field(init=False)  # SDS: PEM
+    key_pem: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        der, pem = serialization.Encoding.DER, serialization.Encoding.PEM
+        pkcs8, none = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        object.__setattr__(self, "chain_der", b"".join(c.public_bytes(der) for c in self.chain))
+        object.__setattr__(self, "chain_pem", b"".join(c.public_bytes(pem) for c in self.chain))
+        object.__setattr__(self, "key_der", self.private_key.private_bytes(der, pkcs8, none))
+        object.__setattr__(self, "key_pem", self.private_key.private_bytes(pem, pkcs8, none))
+
+
+def rotation_time(issued_at: float, expires_at: float, rng: random.Random) -> float:
+    """Half-life minus a jitter of up to JITTER of the lifetime."""
+    lifetime = expires_at - issued_at
+    return issued_at + lifetime * (ROTATE_AT - JITTER * rng.random())
+
+
+class SvidProvider:
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        registry: EntryRegistry,
+        clock: Clock,
+        *,
+        key_type: KeyType = KeyType.EC_P256,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._ca = ca
+        self._registry = registry
+        self._clock = clock
+        self._key_type = key_type
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self._x509: dict[str, WorkloadX509Svid] = {}
+        self._jwt: dict[tuple[str, tuple[str, ...]], tuple[JwtSvid, float]] = {}
+        self._distrusted: frozenset[str] = frozenset()  # tainted or revoked authorities
+        self.version = 0
+        self._changed: asyncio.Event | None = None
+        ca.add_listener(self._authorities_changed)
+        registry.add_listener(self._entries_changed)
+
+    # --- what the streams ask --------------------------------------------------------------
+
+    def entries_for(self, selectors: Iterable[Selector]) -> list[RegistrationEntry]:
+        return self._registry.match(selectors)
+
+    def x509_svid(self, entry: RegistrationEntry) -> WorkloadX509Svid:
+        """The entry's current SVID, issued now if there is none or it is due."""
+        svid = self._x509.get(entry.entry_id)
+        if svid is None or self._due(svid, entry, self._clock.now()):
+            svid = self._issue(entry)
+        return svid
+
+    def jwt_svid(self, entry: RegistrationEntry, audience: Sequence[str]) -> JwtSvid:
+        """A JWT-SVID for ``entry`` and ``audience``, reused until half its life has passed."""
+        key = (entry.entry_id, tuple(sorted(audience)))
+        now = self._clock.now()
+        cached = self._jwt.get(key)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        svid = self._ca.mint_jwt_svid(
+            spiffe_id=SpiffeId.parse(entry.spiffe_id),
+            audience=audience,
+            ttl=entry.jwt_svid_ttl or None,
+        )
+        self._jwt[key] = (svid, now + (svid.expiry - now) * ROTATE_AT)
+        return svid
+
+    async def wait_for_change(self, version: int) -> int:
+        """Return the new version once it differs from ``version``."""
+        while self.version == version:
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            await self._changed.wait()
+        return self.version
+
+    # --- rotation ---------------------------------------------------------------------
+
+    def rotate_due(self) -> int:
+        """Re-issue every SVID that is due; returns how many (call it every second)."""
+        now = self._clock.now()
+        rotated = 0
+        for entry_id, svid in list(self._x509.items()):
+            entry = self._registry.get(entry_id)
+            if entry is None:
+                del self._x509[entry_id]
+                rotated += 1
+            elif self._due(svid, entry, now):
+                self._issue(entry)
+                rotated += 1
+        if rotated:
+            self._bump()
+        return rotated
+
+    def _due(self, svid: WorkloadX509Svid, entry: RegistrationEntry, now: float) -> bool:
+        if now >= svid.rotate_at or entry.revision != svid.entry_revision:
+            return True
+        return svid.authority_id in self._distrusted
+
+    def _issue(self, entry: RegistrationEntry) -> WorkloadX509Svid:
+        key = self._key_type.generate()
+        issued = self._ca.sign_x509_svid(
+            key.public_key(),
+            spiffe_id=SpiffeId.parse(entry.spiffe_id),
+            dns_names=entry.dns_names,
+            ttl=entry.x509_svid_ttl or None,
+            requester=f"entry:{entry.entry_id}",
+        )
+        issued_at = issued.leaf.not_valid_before_utc.timestamp()
+        svid = WorkloadX509Svid(
+            entry_id=entry.entry_id,
+            entry_revision=entry.revision,
+            spiffe_id=issued.spiffe_id,
+            hint=entry.hint,
+            chain=issued.chain,
+            private_key=key,
+            authority_id=self._ca.x509_authority.authority_id,
+            issued_at=issued_at,
+            expires_at=issued.expires_at,
+            rotate_at=rotation_time(self._clock.now(), issued.expires_at, self._rng),
+        )
+        self._x509[entry.entry_id] = svid
+        return svid
+
+    def _authorities_changed(self) -> None:
+        # Tainted or revoked authorities: what they signed is re-issued at once. Any change
+        # of the bundle is news for every stream too.
+        self._distrusted = frozenset(
+            r.authority_id for r in self._ca.authorities() if r.tainted or r.revoked
+        )
+        self.rotate_due()
+        self._bump()
+
+    def _entries_changed(self) -> None:
+        self.rotate_due()
+        self._bump()
+
+    def _bump(self) -> None:
+        self.version += 1
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None

@@ -1,0 +1,206 @@
+"""Revoking and un-revoking, durably, and the CRLs that say so.
+
+Every revocation is written to the store (and the audit log) before it is acknowledged, then
+applied to the in-memory ``RevocationView``. Revoking a SPIFFE ID or a registration entry
+also blocks new issuance for it until it is lifted. Only a ``certificateHold`` can be lifted
+(RFC 5280 5.3.1): every other reason is final.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from cryptography import x509
+
+from ca.certificate_authority import CertificateAuthority
+from ca.clock import Clock
+from ca.errors import InvalidRequest
+from ca.revocation import RevocationReason, RevocationView, build_crl
+from ca.spiffe_id import SpiffeId
+from ca.store import AlreadyExists, IssuanceRecord, NotFound, Revocation, Store
+
+CRL_NUMBER = "crl"
+
+
+class RevocationList:
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        store: Store,
+        clock: Clock,
+        *,
+        view: RevocationView | None = None,
+        crl_refresh: int = 60,
+    ) -> None:
+        self._ca = ca
+        self._store = store
+        self._clock = clock
+        self.view = view or RevocationView()
+        self.crl_refresh = crl_refresh
+        self._lock = threading.Lock()
+        self._crls: tuple[list[x509.CertificateRevocationList], float] | None = None
+        self._listeners: list[Callable[[], None]] = []
+        ca.add_listener(self._invalidate)
+        self.sync()
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every revocation change (e.g. to push new CRLs)."""
+        self._listeners.append(listener)
+
+    def sync(self) -> None:
+        """Rebuild the view from the store (at start, and when a replica reconnects)."""
+        self.view.load(self._store.list_revocations(), at=self._clock.now())
+        self._invalidate()
+
+    # --- revoking --------------------------------------------------------------------------
+
+    def revoke(
+        self, kind: str, target: str, *, reason: int | str, note: str, actor: str
+    ) -> Revocation:
+        target = self._check_target(kind, target)
+        reason_code = RevocationReason.parse(reason)
+        if reason_code is RevocationReason.REMOVE_FROM_CRL:
+            raise InvalidRequest("removeFromCRL is not a revocation; use unrevoke")
+        revocation = Revocation(
+            target_kind=kind,
+            target=target,
+            reason=int(reason_code),
+            note=note,
+            revoked_at=int(self._clock.now()),
+            revoked_by=actor,
+        )
+        try:
+            self._store.add_revocation(revocation)
+        except AlreadyExists:
+            raise InvalidRequest(f"{kind} {target} is already revoked") from None
+        self._store.append_audit(
+            time=revocation.revoked_at,
+            actor=actor,
+            action="revoke",
+            subject=f"{kind}:{target}",
+            details={"reason": reason_code.label, "note": note},
+        )
+        self.view.apply(kind, target, revoked=True)
+        self._changed()
+        return revocation
+
+    def unrevoke(self, kind: str, target: str, *, actor: str) -> Revocation:
+        target = self._check_target(kind, target, must_exist=False)
+        try:
+            revocation = self._store.get_revocation(kind, target)
+        except NotFound:
+            raise InvalidRequest(f"{kind} {target} is not revoked") from None
+        if revocation.reason != RevocationReason.CERTIFICATE_HOLD:
+            reason = RevocationReason(revocation.reason).label
+            raise InvalidRequest(
+                f"{kind} {target} was revoked for {reason}; only certificate-hold can be lifted"
+            )
+        self._store.remove_revocation(kind, target)
+        self._store.append_audit(
+            time=int(self._clock.now()),
+            actor=actor,
+            action="unrevoke",
+            subject=f"{kind}:{target}",
+            details={},
+        )
+        self.view.apply(kind, target, revoked=False)
+        self._changed()
+        return revocation
+
+    def blocks_issuance(self, spiffe_id: str, entry_id: str | None = None) -> bool:
+        view = self.view
+        return view.contains("spiffe_id", spiffe_id) or (
+            entry_id is not None and view.contains("entry", entry_id)
+        )
+
+    def _check_target(self, kind: str, target: str, *, must_exist: bool = True) -> str:
+        if kind == "serial":
+            serial = target.lower().removeprefix("0x").replace(":", "")
+            try:
+                int(serial, 16)
+            except ValueError:
+                raise InvalidRequest(f"serial {target!r} is not hexadecimal") from None
+            serial = serial.lstrip("0") or "0"
+            if must_exist:
+                self._ca.issuance_log.flush()
+                try:
+                    self._store.get_issuance(serial)
+                except NotFound:
+                    raise InvalidRequest(
+                        f"unknown serial {serial}: authd never issued it"
+                    ) from None
+            return serial
+        if kind == "spiffe_id":
+            return str(SpiffeId.parse(target))  # InvalidSpiffeId says what is wrong
+        if kind == "entry":
+            if must_exist:
+                try:
+                    self._store.get_entry(target)
+                except NotFound:
+                    raise InvalidRequest(f"no registration entry {target!r}") from None
+            return target
+        raise InvalidRequest(f"cannot revoke a {kind!r}; use serial, spiffe_id or entry")
+
+    def _changed(self) -> None:
+        self._invalidate()
+        for listener in self._listeners:
+            listener()
+
+    def _invalidate(self) -> None:
+        with self._lock:
+            self._crls = None
+
+    # --- CRLs --------------------------------------------------------------------------
+
+    def crls(self) -> list[x509.CertificateRevocationList]:
+        """One CRL per live X.509 authority, rebuilt on change or before nextUpdate."""
+        now = self._clock.now()
+        with self._lock:
+            cached = self._crls
+            if cached is not None and now < cached[1]:
+                return cached[0]
+            crls = self._build(now)
+            # Rebuild at half the refresh so a relying party never holds an expired CRL.
+            self._crls = (crls, now + self.crl_refresh / 2)
+            return crls
+
+    def _build(self, now: float) -> list[x509.CertificateRevocationList]:
+        self._ca.issuance_log.flush()
+        revoked: dict[str, list[tuple[IssuanceRecord, Revocation]]] = {}
+        for revocation in self._store.list_revocations():
+            for issuance in self._issued_to(revocation):
+                if issuance.kind == "x509" and issuance.not_after > now:
+                    # Expired certificates need not be listed (RFC 5280 3.3).
+                    revoked.setdefault(issuance.authority_id, []).append((issuance, revocation))
+        number = self._store.next_sequence(CRL_NUMBER)
+        return [
+            build_crl(
+                authority,
+                revoked.get(authority.authority_id, []),
+                now=now,
+                next_update=now + self.crl_refresh,
+                number=number,
+            )
+            for authority in self._ca.live_x509_authorities()
+        ]
+
+    def _issued_to(self, revocation: Revocation) -> list[IssuanceRecord]:
+        """The SVIDs a revocation covers, from the issuance log."""
+        kind, target = revocation.target_kind, revocation.target
+        try:
+            if kind == "serial":
+                return [self._store.get_issuance(target)]
+            if kind == "spiffe_id":
+                return self._store.list_issuances(spiffe_id=target)
+            if kind == "entry":
+                entry = self._store.get_entry(target)
+                requester = f"entry:{target}"
+                return [
+                    issuance
+                    for issuance in self._store.list_issuances(spiffe_id=entry.spiffe_id)
+                    if issuance.requester == requester
+                ]
+        except NotFound:
+            pass
+        return []
