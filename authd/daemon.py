@@ -34,10 +34,12 @@ from authd.authz.grpc_service import ExtAuthzService
 from authd.authz.http_service import HttpAuthzServer
 from authd.authz.metrics import AuthzMetrics
 from authd.config import Config
-from authd.peercred import PeerCredGateway
+from authd.peercred import GatewayError, PeerCredGateway
 from authd.policy.base import PolicyError
 from authd.policy.reload import PolicyHolder
 from authd.workload.registry import EntryRegistry
+from authd.workload.server import WorkloadEndpoint
+from authd.workload.svids import SvidProvider
 from ca.certificate_authority import CASettings, CertificateAuthority, UpstreamAuthority
 from ca.clock import Clock, SystemClock
 from ca.keys import KeyStore, KeyType
@@ -101,6 +103,7 @@ class Daemon:
         self._decision_log: DecisionLog | None = None
         self._policy: PolicyHolder | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._workload: WorkloadEndpoint | None = None
         self.metrics = AuthzMetrics()
         self.registry = CollectorRegistry()
         self.registry.register(self.metrics)
@@ -134,6 +137,7 @@ class Daemon:
         self.entry_registry = EntryRegistry(self._store, self.clock)
         await self._start_admin(data_dir / "private")
         await self._start_authz()
+        await self._start_workload()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(ADMIN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(EXT_AUTHZ_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -265,6 +269,30 @@ class Daemon:
             " (dry run)" if authz.dry_run else "",
         )
 
+    async def _start_workload(self) -> None:
+        config = self.config
+        if not config.workload.enabled:
+            return
+        self.svids = SvidProvider(self.ca, self.entry_registry, self.clock)
+        endpoint = WorkloadEndpoint(
+            ca=self.ca,
+            provider=self.svids,
+            socket_path=config.workload_socket_path,
+            private_dir=config.data_dir / "private-workload",
+            health=self._health,
+            rotation_interval=config.workload.rotation_check_interval,
+        )
+        try:
+            await endpoint.start()
+        except (GatewayError, OSError, ValueError) as exc:
+            raise StartupError(f"cannot serve the Workload API: {exc}") from None
+        self._workload = endpoint
+        log.info(
+            "Workload API and SDS on %s (SPIFFE_ENDPOINT_SOCKET=unix://%s)",
+            config.workload_socket_path,
+            config.workload_socket_path,
+        )
+
     async def _flush_decision_log(self) -> None:
         while True:
             await asyncio.sleep(1)
@@ -299,6 +327,8 @@ class Daemon:
 
     async def close(self) -> None:
         await self._health.enter_graceful_shutdown()
+        if self._workload is not None:
+            await self._workload.close()
         for task in self._tasks:
             task.cancel()
         if self._http_server is not None:
