@@ -81,6 +81,8 @@ class CAConfig:
     upstream_key: str = ""
     bundle_refresh_hint: int = 300
     rotation_check_interval: int = 10
+    crl_refresh: int = 60
+    http_address: str = ""  # the bundle and CRL endpoint, host:port; "" disables
 
     @property
     def subject_name(self) -> x509.Name:
@@ -467,6 +469,8 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "ca.upstream_key": _parse_path,
     "ca.bundle_refresh_hint": _parse_positive_duration,
     "ca.rotation_check_interval": _parse_positive_duration,
+    "ca.crl_refresh": _parse_positive_duration,
+    "ca.http_address": _parse_address,
     "store.url": _parse_store_url,
     "admin.socket_path": _parse_path,
     "admin.allowed_uids": _parse_uids,

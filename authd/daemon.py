@@ -33,6 +33,7 @@ from authd.authz.decision_log import DecisionLog
 from authd.authz.grpc_service import ExtAuthzService
 from authd.authz.http_service import HttpAuthzServer
 from authd.authz.metrics import AuthzMetrics
+from authd.bundle_endpoint import BundleEndpoint
 from authd.config import Config
 from authd.peercred import GatewayError, PeerCredGateway
 from authd.policy.base import PolicyError
@@ -43,6 +44,7 @@ from authd.workload.svids import SvidProvider
 from ca.certificate_authority import CASettings, CertificateAuthority, UpstreamAuthority
 from ca.clock import Clock, SystemClock
 from ca.keys import KeyStore, KeyType
+from ca.revocation_list import RevocationList
 from ca.spiffe_id import TrustDomain
 from ca.store import Store, open_store
 
@@ -104,6 +106,7 @@ class Daemon:
         self._policy: PolicyHolder | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._workload: WorkloadEndpoint | None = None
+        self._bundle_endpoint: BundleEndpoint | None = None
         self.metrics = AuthzMetrics()
         self.registry = CollectorRegistry()
         self.registry.register(self.metrics)
@@ -135,9 +138,24 @@ class Daemon:
             upstream=upstream,
         )
         self.entry_registry = EntryRegistry(self._store, self.clock)
+        self.revocations = RevocationList(
+            self.ca, self._store, self.clock, crl_refresh=config.ca.crl_refresh
+        )
         await self._start_admin(data_dir / "private")
         await self._start_authz()
         await self._start_workload()
+        if config.ca.http_address:
+            host, _, port = config.ca.http_address.rpartition(":")
+            endpoint = BundleEndpoint(
+                self.ca, self.revocations, host=host.strip("[]"), port=int(port)
+            )
+            try:
+                await endpoint.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot serve the bundle endpoint on {config.ca.http_address}: {exc.strerror}"
+                ) from None
+            self._bundle_endpoint = endpoint
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(ADMIN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(EXT_AUTHZ_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -178,7 +196,10 @@ class Daemon:
         try:
             self._policy = PolicyHolder(source.load, source.files)
             resolver = authz_service.build_resolver(
-                config, bundle=lambda: self.ca.bundle, clock=self.clock
+                config,
+                bundle=lambda: self.ca.bundle,
+                clock=self.clock,
+                is_revoked=self.revocations.view.is_revoked,
             )
         except (PolicyError, ValueError) as exc:
             raise StartupError(f"cannot load the policy: {exc}") from None
@@ -273,7 +294,9 @@ class Daemon:
         config = self.config
         if not config.workload.enabled:
             return
-        self.svids = SvidProvider(self.ca, self.entry_registry, self.clock)
+        self.svids = SvidProvider(
+            self.ca, self.entry_registry, self.clock, revocations=self.revocations
+        )
         endpoint = WorkloadEndpoint(
             ca=self.ca,
             provider=self.svids,
@@ -329,6 +352,8 @@ class Daemon:
         await self._health.enter_graceful_shutdown()
         if self._workload is not None:
             await self._workload.close()
+        if self._bundle_endpoint is not None:
+            await self._bundle_endpoint.close()
         for task in self._tasks:
             task.cancel()
         if self._http_server is not None:

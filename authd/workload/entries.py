@@ -75,6 +75,7 @@ SELECTOR_KEYS: Mapping[str, Mapping[str, Callable[[str], str | None]]] = {
         "gid": _unix_id,
         "group": _unix_name,
         "supplementary_gid": _unix_id,
+        "supplementary_group": _unix_name,
         "path": _absolute_path,
         "sha256": _sha256,
     },

@@ -25,6 +25,7 @@ from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
 from ca.jwtsvid import JwtSvid
 from ca.keys import KeyType, PrivateKey
+from ca.revocation_list import RevocationList
 from ca.spiffe_id import SpiffeId
 from ca.store import RegistrationEntry, Selector
 
@@ -77,9 +78,11 @@ class SvidProvider:
         *,
         key_type: KeyType = KeyType.EC_P256,
         rng: random.Random | None = None,
+        revocations: RevocationList | None = None,
     ) -> None:
         self._ca = ca
         self._registry = registry
+        self._revocations = revocations
         self._clock = clock
         self._key_type = key_type
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
@@ -90,11 +93,18 @@ class SvidProvider:
         self._changed: asyncio.Event | None = None
         ca.add_listener(self._authorities_changed)
         registry.add_listener(self._entries_changed)
+        if revocations is not None:
+            revocations.add_listener(self._entries_changed)
 
     # --- what the streams ask --------------------------------------------------------------
 
     def entries_for(self, selectors: Iterable[Selector]) -> list[RegistrationEntry]:
-        return self._registry.match(selectors)
+        """The entries granted to a workload with ``selectors``, less revoked ones."""
+        entries = self._registry.match(selectors)
+        revocations = self._revocations
+        if revocations is None:
+            return entries
+        return [e for e in entries if not revocations.blocks_issuance(e.spiffe_id, e.entry_id)]
 
     def x509_svid(self, entry: RegistrationEntry) -> WorkloadX509Svid:
         """The entry's current SVID, issued now if there is none or it is due."""
@@ -134,6 +144,13 @@ class SvidProvider:
         rotated = 0
         for entry_id, svid in list(self._x509.items()):
             entry = self._registry.get(entry_id)
+            revocations = self._revocations
+            if (
+                entry is not None
+                and revocations is not None
+                and revocations.blocks_issuance(entry.spiffe_id, entry.entry_id)
+            ):
+                entry = None  # revoked: drop its SVID, issue nothing new
             if entry is None:
                 del self._x509[entry_id]
                 rotated += 1
