@@ -46,7 +46,11 @@ class EntryRegistry:
                 listener()
 
     def get(self, entry_id: str) -> RegistrationEntry | None:
-        return self._entries.get(entry_id)
+        """The entry, unless it does not exist or has expired."""
+        entry = self._entries.get(entry_id)
+        if entry is not None and entry.expires_at and entry.expires_at <= self._clock.now():
+            return None
+        return entry
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -15,9 +15,8 @@ from pathlib import Path
 import grpc
 from envoy.service.secret.v3 import sds_pb2_grpc
 from grpc_health.v1 import health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from authd.api.spiffe.workload import workload_pb2, workload_pb2_grpc
+from authd.api.spiffe.workload import workload_pb2_grpc
 from authd.peercred import PeerCredGateway
 from authd.workload.attestation import attest
 from authd.workload.sds import SecretDiscoveryService
@@ -46,16 +45,15 @@ class WorkloadEndpoint:
         self._interval = rotation_interval
         self._server: grpc.aio.Server | None = None
         self._rotation: asyncio.Task[None] | None = None
+        self._workload_api: WorkloadApiService | None = None
 
     async def start(self) -> None:
         await self._gateway.start()
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(
-            WorkloadApiService(
-                provider=self.provider, ca=self._ca, gateway=self._gateway, attest=attest
-            ),
-            server,
+        self._workload_api = WorkloadApiService(
+            provider=self.provider, ca=self._ca, gateway=self._gateway, attest=attest
         )
+        workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(self._workload_api, server)
         sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(
             SecretDiscoveryService(
                 provider=self.provider, ca=self._ca, gateway=self._gateway, attest=attest
@@ -63,14 +61,6 @@ class WorkloadEndpoint:
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (
-                workload_pb2.DESCRIPTOR.services_by_name["SpiffeWorkloadAPI"].full_name,
-                "envoy.service.secret.v3.SecretDiscoveryService",
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
         server.add_insecure_port(self._gateway.internal_address)
         await server.start()
         self._server = server
@@ -92,6 +82,8 @@ class WorkloadEndpoint:
             self._rotation.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._rotation
+        if self._workload_api is not None:
+            self._workload_api.close()  # ends open streams with UNAVAILABLE
         if self._server is not None:
             await self._server.stop(grace=1)
         await self._gateway.close()

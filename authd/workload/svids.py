@@ -32,6 +32,7 @@ from ca.store import RegistrationEntry, Selector
 log = logging.getLogger(__name__)
 
 ROTATE_AT = 0.5  # of an SVID's lifetime
+MAX_CACHED_JWT_SVIDS = 10_000
 JITTER = 0.1  # up to this fraction of the lifetime earlier
 
 
@@ -91,6 +92,7 @@ class SvidProvider:
         self._distrusted: frozenset[str] = frozenset()  # tainted or revoked authorities
         self.version = 0
         self._changed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         ca.add_listener(self._authorities_changed)
         registry.add_listener(self._entries_changed)
         if revocations is not None:
@@ -109,8 +111,11 @@ class SvidProvider:
     def x509_svid(self, entry: RegistrationEntry) -> WorkloadX509Svid:
         """The entry's current SVID, issued now if there is none or it is due."""
         svid = self._x509.get(entry.entry_id)
-        if svid is None or self._due(svid, entry, self._clock.now()):
+        if svid is None:
+            return self._issue(entry)
+        if self._due(svid, entry, self._clock.now()):
             svid = self._issue(entry)
+            self._bump()  # streams holding the old one must hear of the new one
         return svid
 
     def jwt_svid(self, entry: RegistrationEntry, audience: Sequence[str]) -> JwtSvid:
@@ -120,6 +125,12 @@ class SvidProvider:
         cached = self._jwt.get(key)
         if cached is not None and now < cached[1]:
             return cached[0]
+        if len(self._jwt) >= MAX_CACHED_JWT_SVIDS:
+            # Audiences are the caller's choice: keep the cache bounded, dropping the stale
+            # first and then the oldest.
+            self._jwt = {k: v for k, v in self._jwt.items() if now < v[1]}
+            while len(self._jwt) >= MAX_CACHED_JWT_SVIDS:
+                del self._jwt[next(iter(self._jwt))]
         svid = self._ca.mint_jwt_svid(
             spiffe_id=SpiffeId.parse(entry.spiffe_id),
             audience=audience,
@@ -129,7 +140,8 @@ class SvidProvider:
         return svid
 
     async def wait_for_change(self, version: int) -> int:
-        """Return the new version once it differs from ``version``."""
+        """Return the new version once it differs from ``version`` (on the serving loop)."""
+        self._loop = asyncio.get_running_loop()
         while self.version == version:
             if self._changed is None:
                 self._changed = asyncio.Event()
@@ -144,6 +156,8 @@ class SvidProvider:
         rotated = 0
         for entry_id, svid in list(self._x509.items()):
             entry = self._registry.get(entry_id)
+            if entry is not None and entry.expires_at and entry.expires_at <= now:
+                entry = None  # expired: drop its SVID
             revocations = self._revocations
             if (
                 entry is not None
@@ -197,6 +211,7 @@ class SvidProvider:
         self._distrusted = frozenset(
             r.authority_id for r in self._ca.authorities() if r.tainted or r.revoked
         )
+        self._jwt.clear()  # never hand out a token signed by a key that left or was tainted
         self.rotate_due()
         self._bump()
 
@@ -206,6 +221,19 @@ class SvidProvider:
 
     def _bump(self) -> None:
         self.version += 1
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake()
+        else:  # a change made from another thread (e.g. an admin call in a worker)
+            loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
         if self._changed is not None:
             self._changed.set()
             self._changed = None

@@ -132,7 +132,8 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                 "caller's connection did not come through the peer-credential gateway",
             )
         try:
-            selectors = frozenset(self._attest(credentials))
+            # Blocking: it reads /proc and may hash a large binary the first time.
+            selectors = frozenset(await asyncio.to_thread(self._attest, credentials))
         except Exception as exc:  # any attestation failure denies (fail closed)
             log.warning("attestation of pid %d failed: %s", credentials.pid, exc)
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"attestation failed: {exc}")
