@@ -193,6 +193,13 @@ class WorkloadApi:
             await self.server.stop(grace)
             await self.gateway.close()
             current = asyncio.current_task()
+            # grpc finishes its cancelled RPC tasks a few loop turns after stop() returns.
+            deadline = time.monotonic() + WAIT
+            while time.monotonic() < deadline:
+                left = [t for t in asyncio.all_tasks() if t is not current]
+                if not left:
+                    break
+                await asyncio.sleep(0.01)
             return [repr(t) for t in asyncio.all_tasks() if t is not current]
 
         self._stopped = True
