@@ -4,13 +4,15 @@ Who may call it is decided from the kernel's credentials of the caller's connect
 ``authd.peercred``): root and the configured admin uids. Everything else is translation:
 request fields to CA and store calls, their errors to gRPC statuses with a message. What
 makes an entry valid is ``authd.workload.entries``; every entry change is audited and
-reloaded into the in-memory registry before the reply.
+reloaded into the in-memory registry before the reply. Revocations go through the daemon's
+``RevocationList``, which stores and audits each one before the reply; what the audit chain
+proves is ``ca.audit``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, NoReturn, TypeVar
 
@@ -22,18 +24,25 @@ from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
 from authd.peercred import PeerCredentials, PeerCredGateway
 from authd.workload.entries import EntryError, EntryRules, parse_selector
 from authd.workload.registry import EntryRegistry
+from ca.audit import records_about, verify_chain
 from ca.certificate_authority import CertificateAuthority
 from ca.errors import InvalidRequest, InvalidSpiffeId
+from ca.revocation import RevocationReason
+from ca.revocation_list import RevocationList
 from ca.spiffe_id import SpiffeId
 from ca.store import (
     AlreadyExists,
+    AuditRecord,
     AuthorityRecord,
     Conflict,
+    IssuanceRecord,
     NotFound,
     RegistrationEntry,
+    Revocation,
     Selector,
     StoreError,
 )
+from ca.store.records import canonical_json
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,16 @@ Request = TypeVar("Request")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 AUTHORITY_KINDS = ("x509", "jwt")
+REVOCATION_KINDS = ("serial", "spiffe_id", "entry")
+
+# RevocationList refuses every (un)revocation with InvalidRequest. These refusals are about
+# what is stored, not about the request, and get the status that says so; the rest are
+# INVALID_ARGUMENT. Each message ends with the phrase (targets are quoted or come earlier).
+_REVOCATION_STATE_REFUSALS = (
+    ("is already revoked", grpc.StatusCode.ALREADY_EXISTS),
+    ("is not revoked", grpc.StatusCode.NOT_FOUND),
+    ("only certificate-hold can be lifted", grpc.StatusCode.FAILED_PRECONDITION),
+)
 
 
 def entry_to_proto(entry: RegistrationEntry) -> admin_pb2.Entry:
@@ -101,6 +120,66 @@ def authority_to_proto(record: AuthorityRecord) -> admin_pb2.Authority:
     )
 
 
+def revocation_to_proto(revocation: Revocation) -> admin_pb2.Revocation:
+    reason = RevocationReason(revocation.reason)
+    return admin_pb2.Revocation(
+        kind=revocation.target_kind,
+        target=revocation.target,
+        reason=reason.label,
+        reason_code=int(reason),
+        note=revocation.note,
+        revoked_at=revocation.revoked_at,
+        revoked_by=revocation.revoked_by,
+    )
+
+
+def covering_revocation(
+    issuance: IssuanceRecord, revocations: Mapping[tuple[str, str], Revocation]
+) -> Revocation | None:
+    """The revocation that covers an issued SVID: of its serial, its SPIFFE ID or its entry."""
+    keys = [("serial", issuance.serial), ("spiffe_id", issuance.spiffe_id)]
+    if issuance.requester.startswith("entry:"):
+        keys.append(("entry", issuance.requester.removeprefix("entry:")))
+    return next((revocations[key] for key in keys if key in revocations), None)
+
+
+def svid_to_proto(issuance: IssuanceRecord, revocation: Revocation | None) -> admin_pb2.Svid:
+    svid = admin_pb2.Svid(
+        serial=issuance.serial,
+        kind=issuance.kind,
+        spiffe_id=issuance.spiffe_id,
+        authority_id=issuance.authority_id,
+        not_before=issuance.not_before,
+        not_after=issuance.not_after,
+        issued_at=issuance.issued_at,
+        requester=issuance.requester,
+    )
+    if revocation is not None:
+        svid.revocation.CopyFrom(revocation_to_proto(revocation))
+    return svid
+
+
+def audit_to_proto(record: AuditRecord) -> admin_pb2.AuditRecord:
+    return admin_pb2.AuditRecord(
+        seq=record.seq,
+        time=record.time,
+        actor=record.actor,
+        action=record.action,
+        subject=record.subject,
+        details_json=canonical_json(record.details),
+        prev_hash=record.prev_hash,
+        hash=record.hash,
+    )
+
+
+def _revocation_refusal(exc: InvalidRequest) -> grpc.StatusCode:
+    message = str(exc)
+    for ending, code in _REVOCATION_STATE_REFUSALS:
+        if message.endswith(ending):
+            return code
+    return grpc.StatusCode.INVALID_ARGUMENT
+
+
 def _audit_details(entry: RegistrationEntry) -> dict[str, Any]:
     return {
         "spiffe_id": entry.spiffe_id,
@@ -140,13 +219,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         gateway: PeerCredGateway,
         allows_uid: Callable[[int], bool],
         registry: EntryRegistry,
+        revocations: RevocationList | None = None,
     ) -> None:
+        """``revocations`` is the daemon's list, the one ext_authz and the Workload API
+        consult; without it the service keeps one of its own over the CA's store."""
         self._ca = ca
         self._store = ca.store
         self._gateway = gateway
         self._allows_uid = allows_uid
         self._registry = registry
         self._rules = EntryRules(ca.trust_domain, ca.settings.max_svid_ttl)
+        self._revocations = revocations or RevocationList(ca, ca.store, ca.clock)
 
     async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any]) -> PeerCredentials:
         caller = self._gateway.peer_credentials(context)
@@ -419,4 +502,146 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             )
         return await self._rotate(
             context, caller, lambda: self._ca.revoke_authority(record.authority_id), "revoked"
+        )
+
+    # --- revocation ---------------------------------------------------------------------------
+
+    async def _revocation_kind(self, context: Context, kind: str, *, optional: bool = False) -> str:
+        if not (kind in REVOCATION_KINDS or (optional and not kind)):
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"revocation kind must be serial, spiffe_id or entry, not {kind!r}",
+            )
+        return kind
+
+    async def _refuse_revocation(self, context: Context, exc: Exception) -> NoReturn:
+        if isinstance(exc, InvalidRequest):
+            await _abort(context, _revocation_refusal(exc), str(exc))
+        if isinstance(exc, InvalidSpiffeId):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        assert isinstance(exc, StoreError)
+        await _refuse(context, exc)
+
+    async def Revoke(
+        self, request: admin_pb2.RevokeRequest, context: Context
+    ) -> admin_pb2.RevokeResponse:
+        caller = await self._authorize(context)
+        kind = await self._revocation_kind(context, request.kind)
+        try:
+            # Stored and audited before it returns: the reply acknowledges a durable revocation.
+            revocation = self._revocations.revoke(
+                kind,
+                request.target,
+                reason=request.reason or "unspecified",
+                note=request.note,
+                actor=f"admin:uid={caller.uid}",
+            )
+        except (InvalidRequest, InvalidSpiffeId, StoreError) as exc:
+            await self._refuse_revocation(context, exc)
+        log.info(
+            "revoked %s %s (%s) by uid %d",
+            kind,
+            revocation.target,
+            RevocationReason(revocation.reason).label,
+            caller.uid,
+        )
+        return admin_pb2.RevokeResponse(revocation=revocation_to_proto(revocation))
+
+    async def Unrevoke(
+        self, request: admin_pb2.UnrevokeRequest, context: Context
+    ) -> admin_pb2.UnrevokeResponse:
+        caller = await self._authorize(context)
+        kind = await self._revocation_kind(context, request.kind)
+        try:
+            lifted = self._revocations.unrevoke(
+                kind, request.target, actor=f"admin:uid={caller.uid}"
+            )
+        except (InvalidRequest, InvalidSpiffeId, StoreError) as exc:
+            await self._refuse_revocation(context, exc)
+        log.info("lifted the revocation of %s %s by uid %d", kind, lifted.target, caller.uid)
+        return admin_pb2.UnrevokeResponse(lifted=revocation_to_proto(lifted))
+
+    async def ListRevocations(
+        self, request: admin_pb2.ListRevocationsRequest, context: Context
+    ) -> admin_pb2.ListRevocationsResponse:
+        await self._authorize(context)
+        kind = await self._revocation_kind(context, request.kind, optional=True)
+        try:
+            revocations = self._store.list_revocations(kind or None)
+        except StoreError as exc:
+            await _refuse(context, exc)
+        return admin_pb2.ListRevocationsResponse(
+            revocations=[revocation_to_proto(r) for r in revocations]
+        )
+
+    async def _spiffe_id_filter(self, context: Context, value: str) -> str | None:
+        if not value:
+            return None
+        try:
+            return str(SpiffeId.parse(value))
+        except InvalidSpiffeId as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"filter 'spiffe_id': {exc}")
+
+    async def ListSvids(
+        self, request: admin_pb2.ListSvidsRequest, context: Context
+    ) -> admin_pb2.ListSvidsResponse:
+        await self._authorize(context)
+        if not request.authority_id:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "authority_id is required")
+        spiffe_id = await self._spiffe_id_filter(context, request.spiffe_id)
+        try:
+            self._ca.issuance_log.flush()  # what was just issued is listed too
+            issuances = self._store.list_issuances(
+                authority_id=request.authority_id, spiffe_id=spiffe_id
+            )
+            revocations = {(r.target_kind, r.target): r for r in self._store.list_revocations()}
+        except StoreError as exc:
+            await _refuse(context, exc)
+        return admin_pb2.ListSvidsResponse(
+            svids=[svid_to_proto(i, covering_revocation(i, revocations)) for i in issuances]
+        )
+
+    # --- audit --------------------------------------------------------------------------------
+
+    async def ListAudit(
+        self, request: admin_pb2.ListAuditRequest, context: Context
+    ) -> admin_pb2.ListAuditResponse:
+        await self._authorize(context)
+        spiffe_id = await self._spiffe_id_filter(context, request.spiffe_id)
+        try:
+            records = self._store.list_audit(
+                since=request.since or None, subject=request.subject or None
+            )
+            if spiffe_id is not None:
+                self._ca.issuance_log.flush()
+                serials = [i.serial for i in self._store.list_issuances(spiffe_id=spiffe_id)]
+                history = self._store.list_audit() if request.since or request.subject else records
+                records = records_about(spiffe_id, records, history=history, serials=serials)
+        except StoreError as exc:
+            await _refuse(context, exc)
+        return admin_pb2.ListAuditResponse(records=[audit_to_proto(r) for r in records])
+
+    async def VerifyAudit(
+        self, request: admin_pb2.VerifyAuditRequest, context: Context
+    ) -> admin_pb2.VerifyAuditResponse:
+        caller = await self._authorize(context)
+        try:
+            records = self._store.list_audit()
+        except (StoreError, ValueError) as exc:
+            # A row that no longer parses (details that are not JSON) is damage as well.
+            await _abort(context, grpc.StatusCode.DATA_LOSS, f"cannot read the audit log: {exc}")
+        verdict = verify_chain(records)
+        if verdict.intact:
+            log.info(
+                "audit log intact: %d records (checked by uid %d)", verdict.records, caller.uid
+            )
+        else:
+            log.warning("audit log broken at record %d: %s", verdict.broken_seq, verdict.problem)
+        return admin_pb2.VerifyAuditResponse(
+            intact=verdict.intact,
+            records=verdict.records,
+            broken_seq=verdict.broken_seq or 0,
+            problem=verdict.problem,
+            last_hash=verdict.last_hash,
         )

@@ -488,6 +488,170 @@ def cmd_authority_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- revocation, the issuance log and the audit log ------------------------------------------
+
+# The CLI spells kinds as flags are spelled; the API as fields are.
+REVOCATION_KINDS = {"serial": "serial", "spiffe-id": "spiffe_id", "entry": "entry"}
+
+
+def _cli_kind(kind: str) -> str:
+    return kind.replace("_", "-")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Columns padded to their widest cell; the last one is not padded."""
+    table = [headers, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers) - 1)]
+    return [
+        "  ".join([*(row[i].ljust(width) for i, width in enumerate(widths)), row[-1]]).rstrip()
+        for row in table
+    ]
+
+
+def _revocation_json(r: admin_pb2.Revocation) -> dict[str, Any]:
+    return {
+        "kind": _cli_kind(r.kind),
+        "target": r.target,
+        "reason": r.reason,
+        "reason_code": r.reason_code,
+        "note": r.note,
+        "revoked_at": _when(r.revoked_at),
+        "revoked_by": r.revoked_by,
+    }
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    request = admin_pb2.RevokeRequest(
+        kind=REVOCATION_KINDS[args.kind], target=args.target, reason=args.reason, note=args.note
+    )
+    channel, admin = _admin(_config(args))
+    with channel:
+        reply = _call(admin.Revoke, request)
+    r = reply.revocation
+    print(f"Revoked {args.kind} {r.target} ({r.reason}) at {_when(r.revoked_at)}")
+    return 0
+
+
+def cmd_unrevoke(args: argparse.Namespace) -> int:
+    request = admin_pb2.UnrevokeRequest(kind=REVOCATION_KINDS[args.kind], target=args.target)
+    channel, admin = _admin(_config(args))
+    with channel:
+        reply = _call(admin.Unrevoke, request)
+    print(f"Lifted the revocation of {args.kind} {reply.lifted.target} ({reply.lifted.reason})")
+    return 0
+
+
+def cmd_revocations_list(args: argparse.Namespace) -> int:
+    kind = REVOCATION_KINDS[args.kind] if args.kind else ""
+    channel, admin = _admin(_config(args))
+    with channel:
+        reply = _call(admin.ListRevocations, admin_pb2.ListRevocationsRequest(kind=kind))
+    revocations = [_revocation_json(r) for r in reply.revocations]
+    if args.json:
+        print(json.dumps({"revocations": revocations}, indent=2))
+        return 0
+    count = len(revocations)
+    print(f"Found {count} {'revocation' if count == 1 else 'revocations'}")
+    if revocations:
+        columns = ("kind", "target", "reason", "revoked_at", "revoked_by", "note")
+        rows = [[r[c] for c in columns] for r in revocations]
+        print("\n".join(_table(("KIND", "TARGET", "REASON", "REVOKED AT", "BY", "NOTE"), rows)))
+    return 0
+
+
+def _svid_json(svid: admin_pb2.Svid) -> dict[str, Any]:
+    requester = svid.requester
+    return {
+        "serial": svid.serial,
+        "kind": svid.kind,
+        "spiffe_id": svid.spiffe_id,
+        "authority_id": svid.authority_id,
+        "not_before": _when(svid.not_before),
+        "not_after": _when(svid.not_after),
+        "issued_at": _when(svid.issued_at),
+        "requester": requester,
+        "entry_id": requester.removeprefix("entry:") if requester.startswith("entry:") else None,
+        "revoked": svid.HasField("revocation"),
+        "revocation": _revocation_json(svid.revocation) if svid.HasField("revocation") else None,
+    }
+
+
+def cmd_svid_list(args: argparse.Namespace) -> int:
+    request = admin_pb2.ListSvidsRequest(
+        authority_id=args.authority, spiffe_id=args.spiffe_id or ""
+    )
+    channel, admin = _admin(_config(args))
+    with channel:
+        reply = _call(admin.ListSvids, request)
+    svids = [_svid_json(s) for s in reply.svids]
+    if args.json:
+        print(json.dumps({"svids": svids}, indent=2))
+        return 0
+    count = len(svids)
+    print(f"Found {count} {'SVID' if count == 1 else 'SVIDs'} signed by authority {args.authority}")
+    if svids:
+        rows = [
+            [
+                s["serial"],
+                s["spiffe_id"],
+                s["not_after"],
+                s["requester"],
+                f"{s['revocation']['reason']} ({s['revocation']['kind']})"
+                if s["revoked"]
+                else "no",
+            ]
+            for s in svids
+        ]
+        print("\n".join(_table(("SERIAL", "SPIFFE ID", "NOT AFTER", "REQUESTER", "REVOKED"), rows)))
+    return 0
+
+
+def _audit_json(record: admin_pb2.AuditRecord) -> dict[str, Any]:
+    return {
+        "seq": record.seq,
+        "time": _when(record.time),
+        "actor": record.actor,
+        "action": record.action,
+        "subject": record.subject,
+        "details": json.loads(record.details_json),
+        "prev_hash": record.prev_hash,
+        "hash": record.hash,
+    }
+
+
+def cmd_audit_log(args: argparse.Namespace) -> int:
+    request = admin_pb2.ListAuditRequest(
+        since=_timestamp(args.since, "--since") if args.since else 0,
+        subject=args.subject or "",
+        spiffe_id=args.spiffe_id or "",
+    )
+    channel, admin = _admin(_config(args))
+    with channel:
+        reply = _call(admin.ListAudit, request)
+    if args.json:
+        print(json.dumps({"records": [_audit_json(r) for r in reply.records]}, indent=2))
+        return 0
+    rows = [
+        [str(r.seq), _when(r.time), r.actor, r.action, r.subject, r.details_json]
+        for r in reply.records
+    ]
+    print("\n".join(_table(("SEQ", "TIME", "ACTOR", "ACTION", "SUBJECT", "DETAILS"), rows)))
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    channel, admin = _admin(_config(args))
+    with channel:
+        reply = _call(admin.VerifyAudit, admin_pb2.VerifyAuditRequest())
+    records = f"{reply.records} {'record' if reply.records == 1 else 'records'}"
+    if not reply.intact:
+        raise CommandError(
+            f"audit log broken at record {reply.broken_seq}: {reply.problem} ({records} read)"
+        )
+    print(f"audit log intact: {records}, last hash {reply.last_hash}")
+    return 0
+
+
 def _bundle_for_policy_check(config: Config) -> tuple[TrustBundle, str]:
     """The daemon's trust bundle over the admin API, or an empty one and a note why not."""
     trust_domain = TrustDomain.parse(config.trust_domain)
@@ -762,6 +926,74 @@ def build_parser() -> argparse.ArgumentParser:
         if needs_id:
             step.add_argument("--id", required=True, metavar="AUTHORITY_ID")
         step.set_defaults(func=func)
+
+    revoke = commands.add_parser(
+        "revoke", parents=[common], help="revoke SVIDs by serial, SPIFFE ID or registration entry"
+    )
+    unrevoke = commands.add_parser(
+        "unrevoke", parents=[common], help="lift a certificate-hold revocation"
+    )
+    for step in (revoke, unrevoke):
+        step.add_argument("kind", choices=list(REVOCATION_KINDS), help="what TARGET is")
+        step.add_argument(
+            "target",
+            metavar="TARGET",
+            help="a serial (hex, 0x... or AA:BB:...), SPIFFE ID or entry id",
+        )
+    revoke.add_argument(
+        "--reason",
+        default="unspecified",
+        metavar="REASON",
+        help="RFC 5280 reason: key-compromise, ca-compromise, affiliation-changed, superseded, "
+        "cessation-of-operation, certificate-hold (the only one unrevoke lifts), "
+        "privilege-withdrawn, aa-compromise, unspecified (default), or its number",
+    )
+    revoke.add_argument("--note", default="", metavar="TEXT", help="kept with the revocation")
+    revoke.set_defaults(func=cmd_revoke)
+    unrevoke.set_defaults(func=cmd_unrevoke)
+
+    revocations = commands.add_parser("revocations", help="what is revoked").add_subparsers(
+        dest="revocations_command", metavar="<command>", required=True
+    )
+    revocations_list = revocations.add_parser("list", parents=[common], help="list revocations")
+    revocations_list.add_argument("--kind", choices=list(REVOCATION_KINDS), help="only this kind")
+    revocations_list.add_argument("--json", action="store_true", help="print JSON")
+    revocations_list.set_defaults(func=cmd_revocations_list)
+
+    svid = commands.add_parser("svid", help="issued SVIDs").add_subparsers(
+        dest="svid_command", metavar="<command>", required=True
+    )
+    svid_list = svid.add_parser(
+        "list", parents=[common], help="the SVIDs an authority signed, who holds them, revoked?"
+    )
+    svid_list.add_argument(
+        "--authority", required=True, metavar="AUTHORITY_ID", help="see `authd authority show`"
+    )
+    svid_list.add_argument("--spiffe-id", metavar="ID", help="only SVIDs of this SPIFFE ID")
+    svid_list.add_argument("--json", action="store_true", help="print JSON")
+    svid_list.set_defaults(func=cmd_svid_list)
+
+    audit = commands.add_parser("audit", help="the audit log").add_subparsers(
+        dest="audit_command", metavar="<command>", required=True
+    )
+    audit_log = audit.add_parser("log", parents=[common], help="print the audit log")
+    audit_log.add_argument(
+        "--since", metavar="TIME", help="RFC 3339 (2030-01-01T00:00:00Z) or Unix seconds"
+    )
+    audit_log.add_argument(
+        "--spiffe-id",
+        metavar="ID",
+        help="only records about this SPIFFE ID (its revocations, its entries, its serials)",
+    )
+    audit_log.add_argument("--subject", metavar="SUBJECT", help="only records with this subject")
+    audit_log.add_argument("--json", action="store_true", help="print JSON")
+    audit_log.set_defaults(func=cmd_audit_log)
+    audit_verify = audit.add_parser(
+        "verify",
+        parents=[common],
+        help="check the hash chain; exit 1 naming the first broken record",
+    )
+    audit_verify.set_defaults(func=cmd_audit_verify)
 
     policy = commands.add_parser("policy", help="the authorization policy").add_subparsers(
         dest="policy_command", metavar="<command>", required=True

@@ -175,7 +175,13 @@ class Daemon:
         self._gateway = gateway
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminService(self.ca, gateway, self.config.admin.allows_uid, self.entry_registry),
+            AdminService(
+                self.ca,
+                gateway,
+                self.config.admin.allows_uid,
+                self.entry_registry,
+                self.revocations,
+            ),
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -227,9 +227,9 @@ class RedisCluster:
             for node in self.nodes:
                 node.start()
             addresses = [f"{HOST}:{node.port}" for node in self.nodes]
+            create = ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0"]
             subprocess.run(
-                ["redis-cli", "--cluster", "create", *addresses]
-                + ["--cluster-replicas", "0", "--cluster-yes"],
+                [*create, "--cluster-yes"],
                 check=True,
                 capture_output=True,
                 timeout=START_TIMEOUT,

@@ -152,12 +152,14 @@ def requested_secrets(
     secrets: list[Any] = []
     for name in dict.fromkeys(names):
         spiffe_id = _workload_id(name)
-        wants_certificate = name == DEFAULT_SVID or (spiffe_id is not None and spiffe_id.path)
+        wants_certificate = name == DEFAULT_SVID or (
+            spiffe_id is not None and spiffe_id.is_workload
+        )
         if wants_certificate and not entries:
             raise NoIdentity(f"no registration entry matches the caller, so no {name!r}")
         if name == DEFAULT_SVID:
             secrets.append(tls_certificate_secret(name, svid_for(entries[0])))
-        elif name == ROOT_BUNDLE or (spiffe_id == bundle.trust_domain.id):
+        elif name == ROOT_BUNDLE or spiffe_id == bundle.trust_domain.id:
             secrets.append(trusted_ca_secret(name, bundle))
         elif name == ALL_BUNDLES:
             secrets.append(spiffe_validator_secret(name, [bundle]))
@@ -200,7 +202,7 @@ def discovery_response(secrets: Sequence[Any], version: str, nonce: str = "") ->
 # --- one stream's protocol state (pure) ----------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class SdsStream:
     """What one SDS stream asked for and was sent, and whether Envoy needs a response.
 
@@ -331,6 +333,7 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, f"type_url must be {SECRET_TYPE_URL}"
             )
         secrets = await self._secrets(request.resource_names, selectors, creds, context)
+        self._log_left_out(request.resource_names, secrets, creds)
         return discovery_response(secrets, secrets_version(secrets))
 
     async def StreamSecrets(
@@ -374,7 +377,9 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
                 assert stream.names is not None
                 secrets = await self._secrets(stream.names, selectors, creds, context)
                 version = secrets_version(secrets)
-                if not (must_answer or stream.needs_push(version)):
+                if must_answer:
+                    self._log_left_out(stream.names, secrets, creds)
+                elif not stream.needs_push(version):
                     continue
                 nonce = stream.sent(version)
                 log.debug(
@@ -397,6 +402,18 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
                 stream.responses,
                 stream.acks,
                 stream.nacks,
+            )
+
+    @staticmethod
+    def _log_left_out(names: Iterable[str], secrets: Sequence[Any], creds: PeerCredentials) -> None:
+        # Envoy waits for a missing secret (initial_fetch_timeout), then serves without it.
+        left_out = set(names) - {secret.name for secret in secrets}
+        if left_out:
+            log.info(
+                "SDS: pid %d (uid %d) asked for %s: unknown, or not among its entries",
+                creds.pid,
+                creds.uid,
+                sorted(left_out),
             )
 
     @staticmethod

@@ -46,6 +46,7 @@ class WorkloadEndpoint:
         self._server: grpc.aio.Server | None = None
         self._rotation: asyncio.Task[None] | None = None
         self._workload_api: WorkloadApiService | None = None
+        self._sds: SecretDiscoveryService | None = None
 
     async def start(self) -> None:
         await self._gateway.start()
@@ -54,12 +55,10 @@ class WorkloadEndpoint:
             provider=self.provider, ca=self._ca, gateway=self._gateway, attest=attest
         )
         workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(self._workload_api, server)
-        sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(
-            SecretDiscoveryService(
-                provider=self.provider, ca=self._ca, gateway=self._gateway, attest=attest
-            ),
-            server,
+        self._sds = SecretDiscoveryService(
+            provider=self.provider, ca=self._ca, gateway=self._gateway, attest=attest
         )
+        sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self._sds, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         server.add_insecure_port(self._gateway.internal_address)
         await server.start()
@@ -84,6 +83,8 @@ class WorkloadEndpoint:
                 await self._rotation
         if self._workload_api is not None:
             self._workload_api.close()  # ends open streams with UNAVAILABLE
+        if self._sds is not None:
+            self._sds.close()
         if self._server is not None:
             await self._server.stop(grace=1)
         await self._gateway.close()

@@ -52,6 +52,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import json
 import random
 import re
 import threading
@@ -70,6 +71,7 @@ from redis.connection import parse_url
 from redis.exceptions import RedisClusterException, ResponseError, WatchError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
+from redis.typing import EncodableT, FieldT
 
 from ca.store.base import AlreadyExists, Conflict, NotFound, SchemaError, Store, StoreError
 from ca.store.records import (
@@ -236,8 +238,8 @@ class _RecordCodec(Generic[_R]):
             for field in dataclasses.fields(cls)  # type: ignore[arg-type]
         ]
 
-    def encode(self, record: _R, name: str) -> str:
-        """The stored JSON; ``StoreError`` naming the field if one has the wrong type."""
+    def encode(self, record: _R, subject: str) -> str:
+        """The stored JSON; ``StoreError`` naming ``subject`` and the field of a wrong type."""
         encoded: dict[str, object] = {}
         for field_name, codec in self._fields:
             value = getattr(record, field_name)
@@ -245,8 +247,7 @@ class _RecordCodec(Generic[_R]):
                 encoded[field_name] = codec.encode(value)
             except _Unstorable:
                 raise StoreError(
-                    f"cannot store {self._what} {name!r}: {field_name} must be"
-                    f" {codec.expected}, not {value!r}"
+                    f"cannot store {subject}: {field_name} must be {codec.expected}, not {value!r}"
                 ) from None
         return canonical_json(encoded)
 
@@ -254,15 +255,17 @@ class _RecordCodec(Generic[_R]):
         try:
             stored = _json_loads(text)
             return self._cls(
-                **{name: codec.decode(stored[name]) for name, codec in self._fields if name in stored}
+                **{
+                    name: codec.decode(stored[name])
+                    for name, codec in self._fields
+                    if name in stored
+                }
             )
         except (TypeError, ValueError, KeyError) as exc:
             raise StoreError(f"stored {self._what} is unreadable: {exc}") from exc
 
 
 def _json_loads(text: str) -> dict[str, Any]:
-    import json
-
     value = json.loads(text)
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
@@ -270,9 +273,9 @@ def _json_loads(text: str) -> dict[str, Any]:
 
 
 _AUTHORITIES = _RecordCodec(AuthorityRecord, "authority")
-_ISSUANCES = _RecordCodec(IssuanceRecord, "issuance with serial")
+_ISSUANCES = _RecordCodec(IssuanceRecord, "issuance")
 _ENTRIES = _RecordCodec(RegistrationEntry, "registration entry")
-_REVOCATIONS = _RecordCodec(Revocation, "revocation of")
+_REVOCATIONS = _RecordCodec(Revocation, "revocation")
 _AUDIT = _RecordCodec(AuditRecord, "audit record")
 
 
@@ -307,17 +310,21 @@ def _revocation_key(target_kind: str, target: str) -> str:
 # -- key layout ------------------------------------------------------------------------
 
 
+def _has_hash_tag(prefix: str) -> bool:
+    """True if Redis Cluster hashes every key starting with ``prefix`` by a tag inside it:
+    the text between the first ``{`` and the first ``}`` after it, when not empty."""
+    start = prefix.find("{")
+    return start >= 0 and prefix.find("}", start + 1) > start + 1
+
+
 class _Keys:
     """Every key name of one store, all under one Cluster hash tag."""
 
     def __init__(self, prefix: str) -> None:
-        if not prefix:
-            raise ValueError("the key prefix must not be empty")
         # A prefix with its own hash tag is used as given; otherwise "authd:" -> "{authd}:".
-        tagged = re.search(r"\{[^{}]+\}", prefix) is not None
-        self.prefix = prefix if tagged else "{" + prefix.rstrip(":") + "}:"
-        if self.prefix == "{}:":
-            raise ValueError(f"key prefix {prefix!r} leaves an empty hash tag")
+        self.prefix = prefix if _has_hash_tag(prefix) else "{" + prefix.rstrip(":") + "}:"
+        if not _has_hash_tag(self.prefix):
+            raise ValueError(f"key prefix {prefix!r} cannot be made into a Cluster hash tag")
         p = self.prefix
         self.schema = p + "schema"
         self.authorities = p + "authorities"
@@ -438,14 +445,726 @@ def _client_for(url: str) -> tuple[_Client, list[redis.Redis], float | None]:
         "socket_connect_timeout": DEFAULT_SOCKET_TIMEOUT,
     }
     if not mode:
-        options = {**defaults, **parse_url(url), **fixed}
+        options = {**defaults, **_parse_url(url), **fixed}
         client = redis.Redis(connection_pool=redis.ConnectionPool(**options))
         client.auto_close_connection_pool = True
         return client, [], options["socket_timeout"]
 
-    netloc, _, tail = re.split(r"([/?#])", rest, maxsplit=1) + ["", ""] if "/" in rest or "?" in rest else (rest, "", "")  # noqa: E501
-    raise NotImplementedError
+    # Several hosts, so redis-py's parse_url cannot read the netloc; it still parses the
+    # credentials and query options, from a stand-in URL with one host.
+    netloc, tail = _split_netloc(rest)
+    userinfo, at, hosts = netloc.rpartition("@")
+    path, _, query = tail.partition("#")[0].partition("?")
+    options = _parse_url(f"{base}://{userinfo}{at}localhost/?{query}")
+    for stand_in in ("host", "port", "connection_class"):
+        options.pop(stand_in, None)
+    options = {**defaults, **options, **fixed}
+    tls = base == "rediss"
+    if mode == "sentinel":
+        parts = [unquote(part) for part in path.strip("/").split("/")] if path.strip("/") else []
+        if len(parts) not in (1, 2):
+            raise ValueError("a Sentinel URL's path is /service_name[/db]")
+        if len(parts) == 2 and "db" not in options:
+            options["db"] = int(parts[1])
+        sentinel_options = {
+            name: value for name, value in options.items() if name.startswith(("socket_", "ssl_"))
+        }
+        sentinel_options["retry"] = Retry(NoBackoff(), 0)
+        if tls:
+            options["ssl"] = sentinel_options["ssl"] = True
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            _addresses(hosts, _SENTINEL_PORT), sentinel_kwargs=sentinel_options, **options
+        )
+        master: redis.Redis = sentinel.master_for(parts[0])  # type: ignore[no-untyped-call]
+        return master, list(sentinel.sentinels), options["socket_timeout"]
+    if path.strip("/"):
+        raise ValueError("a Cluster URL has no path: a Cluster has only db 0")
+    if options.pop("db", 0) != 0:
+        raise ValueError("a Cluster has only db 0")
+    retry = options.pop("retry")
+    nodes = [
+        ClusterNode(host, port)  # type: ignore[no-untyped-call]
+        for host, port in _addresses(hosts, _REDIS_PORT)
+    ]
+    cluster = RedisCluster(startup_nodes=nodes, retry=retry, ssl=tls, **options)
+    return cluster, [], options["socket_timeout"]
+
+
+def _parse_url(url: str) -> dict[str, Any]:
+    """redis-py's reading of a ``redis://``, ``rediss://`` or ``unix://`` URL as client options."""
+    options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+    return options
+
+
+def _split_netloc(rest: str) -> tuple[str, str]:
+    """The part of a URL after ``scheme://`` as (netloc, everything from the next / ? or #)."""
+    match = re.match(r"([^/?#]*)(.*)", rest, re.DOTALL)
+    assert match is not None  # both groups match the empty string
+    return match.group(1), match.group(2)
+
+
+def _text(value: object) -> str:
+    """A reply value; the client decodes responses, so this is already ``str``."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string reply, got {type(value).__name__}")
+    return value
+
+
+def _stream_id(text: str) -> tuple[int, int]:
+    """A stream entry id ``<ms>-<seq>`` (or ``0``) as a comparable pair."""
+    match = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a stream entry id like '1700000000000-0'")
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def _as_dict(reply: Any) -> dict[str, Any]:
+    """A map reply, parsed (a dict) or raw (``[name, value, ...]``): redis-py parses replies in
+    a standalone transaction but leaves them raw in a Cluster one."""
+    if isinstance(reply, dict):
+        return reply
+    if not isinstance(reply, list) or len(reply) % 2:
+        raise TypeError(f"expected a map reply, got {reply!r}")
+    return {_text(name): value for name, value in zip(reply[::2], reply[1::2], strict=True)}
+
+
+def _changes(reply: Any) -> list[Change]:
+    """The events of an XREAD reply on the one changes stream (parsed or raw)."""
+    if not reply:
+        return []
+    [(_, entries)] = reply.items() if isinstance(reply, dict) else reply
+    changes = []
+    for entry_id, raw_fields in entries:
+        fields = _as_dict(raw_fields)
+        changes.append(
+            Change(
+                id=_text(entry_id),
+                kind=_text(fields["kind"]),
+                op=_text(fields["op"]),
+                key=_text(fields["key"]),
+            )
+        )
+    return changes
+
+
+def _lost_connection(exc: WatchError) -> bool:
+    """True if redis-py raised ``exc`` because the connection dropped, not because a watched
+    key changed: then EXEC may or may not have run."""
+    return isinstance(exc.__context__, redis.ConnectionError | redis.TimeoutError | OSError)
+
+
+# -- the store -------------------------------------------------------------------------
 
 
 class RedisStore(Store):
-    """The store in a Redis shared by every replica; see the module docstring for URLs and keys."""
+    """The store in a Redis shared by every replica; see the module docstring for URL forms,
+    key layout and how the transactions work. Also a ``ChangeFeed``."""
+
+    def __init__(self, url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> None:
+        self._url = redact_url(url)
+        self._secrets = _url_secrets(url)
+        self._keys = _Keys(key_prefix)
+        self._lock = threading.Lock()
+        self._client: _Client | None = None
+        self._helpers: list[redis.Redis] = []
+        self._block_slice_ms = 0
+        try:
+            self._client, self._helpers, timeout = _client_for(url)
+            # Blocking reads wait in slices shorter than the socket timeout, never tripping it.
+            self._block_slice_ms = max(1, int((timeout or DEFAULT_SOCKET_TIMEOUT) * 500))
+            self._check_schema()  # also the first connection, where bad options show up
+        except (ValueError, TypeError) as exc:
+            self.close()
+            raise StoreError(self._scrub(f"invalid redis store URL {self._url}: {exc}")) from None
+        except (redis.RedisError, RedisClusterException) as exc:
+            self.close()
+            raise self._failure(exc) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_schema(self) -> None:
+        with self._call() as client:
+            client.set(self._keys.schema, SCHEMA_VERSION, nx=True)
+            stored = client.get(self._keys.schema)
+        version = self._parse_schema_version(stored)
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"redis store {self._url} (key prefix {self._keys.prefix!r}) has schema version"
+                f" {version}, but this authd only knows versions up to {SCHEMA_VERSION}:"
+                " upgrade authd to open it"
+            )
+
+    def _parse_schema_version(self, stored: bytes | str | None) -> int:
+        try:
+            return int(_text(stored or ""))
+        except ValueError:
+            raise StoreError(
+                f"redis store {self._url} has an unreadable schema version {stored!r}"
+            ) from None
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _scrub(self, message: str) -> str:
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
+        return message
+
+    def _failure(self, exc: BaseException, *, outcome_unknown: bool = False) -> StoreError:
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            message = f"cannot reach redis store {self._url}: {exc}"
+        else:
+            message = f"redis store {self._url}: {exc}"
+        if outcome_unknown:
+            message += " (the connection dropped after the write was sent: it may have applied)"
+        return StoreError(self._scrub(message))
+
+    @contextmanager
+    def _call(self) -> Iterator[_Client]:
+        """The client; redis-py's errors (and text Redis cannot encode) become ``StoreError``."""
+        client = self._client
+        if client is None:
+            raise StoreError(f"redis store {self._url} is closed")
+        try:
+            yield client
+        except (redis.RedisError, RedisClusterException, UnicodeError) as exc:
+            raise self._failure(exc) from exc
+
+    def _transaction(
+        self, watched: Sequence[str], prepare: Callable[[_Pipe], tuple[_Write, _T]]
+    ) -> _T:
+        """Run ``prepare`` (reads, checks) with ``watched`` under WATCH, then the writes it
+        returns in MULTI/EXEC; start over if a watched key changed before EXEC."""
+        with self._call() as client:
+            for attempt in range(_MAX_ATTEMPTS):
+                try:
+                    with client.pipeline(transaction=True) as pipe:
+                        pipe.watch(*watched)
+                        write, result = prepare(pipe)
+                        pipe.multi()
+                        write(pipe)
+                        pipe.execute()
+                    return result
+                except WatchError as exc:
+                    if _lost_connection(exc):
+                        raise self._failure(exc.__context__ or exc, outcome_unknown=True) from exc
+                    # Jitter only spreads out retries; it needs no cryptographic randomness.
+                    time.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 20)))  # noqa: S311
+        raise StoreError(
+            f"redis store {self._url}: gave up after {_MAX_ATTEMPTS} conflicting attempts"
+        )
+
+    def _add_change(self, pipe: _Pipe, kind: str, op: str, key: str) -> None:
+        fields: dict[FieldT, EncodableT] = {"kind": kind, "op": op, "key": key}
+        pipe.xadd(self._keys.changes, fields, maxlen=CHANGES_MAXLEN, approximate=True)
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+            helpers, self._helpers = self._helpers, []
+        for closable in [client, *helpers]:
+            if closable is not None:
+                closable.close()
+
+    def schema_version(self) -> int:
+        with self._call() as client:
+            stored = client.get(self._keys.schema)
+        return self._parse_schema_version(stored)
+
+    # -- authorities ---------------------------------------------------------------------
+
+    def get_authority(self, authority_id: str) -> AuthorityRecord:
+        with self._call() as client:
+            stored = client.hget(self._keys.authorities, authority_id)
+        if stored is None:
+            raise NotFound(f"authority {authority_id!r} not found")
+        return _AUTHORITIES.decode(_text(stored))
+
+    def list_authorities(self, kind: str | None = None) -> list[AuthorityRecord]:
+        with self._call() as client:
+            stored = client.hvals(self._keys.authorities)
+        records = [_AUTHORITIES.decode(_text(value)) for value in stored]
+        return sorted(
+            (r for r in records if kind is None or r.kind == kind),
+            key=lambda r: (r.not_before, r.created_at, r.authority_id),
+        )
+
+    def save_authorities(self, records: Sequence[AuthorityRecord]) -> None:
+        encoded = {
+            r.authority_id: _AUTHORITIES.encode(r, f"authority {r.authority_id!r}") for r in records
+        }
+        if not encoded:
+            return
+        mapping: dict[FieldT, EncodableT] = {key: value for key, value in encoded.items()}
+
+        def prepare(pipe: _Pipe) -> tuple[_Write, None]:
+            existing = pipe.hmget(self._keys.authorities, list(encoded))
+
+            def write(pipe: _Pipe) -> None:
+                pipe.hset(self._keys.authorities, mapping=mapping)
+                for authority_id, before in zip(encoded, existing, strict=True):
+                    self._add_change(
+                        pipe, "authority", "add" if before is None else "update", authority_id
+                    )
+
+            return write, None
+
+        self._transaction([self._keys.authorities], prepare)
+
+    def delete_authority(self, authority_id: str) -> None:
+        def prepare(pipe: _Pipe) -> tuple[_Write, None]:
+            if not pipe.hexists(self._keys.authorities, authority_id):
+                raise NotFound(f"authority {authority_id!r} not found")
+
+            def write(pipe: _Pipe) -> None:
+                pipe.hdel(self._keys.authorities, authority_id)
+                self._add_change(pipe, "authority", "remove", authority_id)
+
+            return write, None
+
+        self._transaction([self._keys.authorities], prepare)
+
+    # -- counters ------------------------------------------------------------------------
+
+    def next_sequence(self, name: str) -> int:
+        with self._call() as client:
+            return int(client.incr(self._keys.sequence(name)))
+
+    def current_sequence(self, name: str) -> int:
+        with self._call() as client:
+            stored = client.get(self._keys.sequence(name))
+        return 0 if stored is None else int(_text(stored))
+
+    # -- issuance log --------------------------------------------------------------------
+
+    def record_issuances(self, records: Sequence[IssuanceRecord]) -> None:
+        encoded = [(r, _ISSUANCES.encode(r, f"issuance with serial {r.serial!r}")) for r in records]
+        serials = [r.serial for r in records]
+        repeated = sorted({s for s in serials if serials.count(s) > 1})
+        if repeated:
+            raise AlreadyExists(self._issued_already(repeated, len(records)))
+        if not encoded:
+            return
+        with self._call() as client:
+            # Numbers handed out and then not used (a failed batch) only leave gaps.
+            last = int(client.incrby(self._keys.issuance_order, len(records)))
+        first = last - len(records) + 1
+        keys = [self._keys.issuance(serial) for serial in serials]
+
+        def prepare(pipe: _Pipe) -> tuple[_Write, None]:
+            # One EXISTS for the batch; naming the taken serials costs more, but only on failure.
+            # (No MGET: redis-py refuses it in a Cluster pipeline.)
+            if pipe.exists(*keys):
+                taken = [s for s, key in zip(serials, keys, strict=True) if pipe.exists(key)]
+                raise AlreadyExists(self._issued_already(taken, len(records)))
+
+            def write(pipe: _Pipe) -> None:
+                for n, ((record, value), key) in enumerate(zip(encoded, keys, strict=True)):
+                    pipe.set(key, value)
+                    member = {_ordered_member(record.issued_at, first + n, record.serial): 0}
+                    for index in (
+                        self._keys.issuances,
+                        self._keys.issuances_by("spiffe-id", record.spiffe_id),
+                        self._keys.issuances_by("authority", record.authority_id),
+                        self._keys.issuances_by("kind", record.kind),
+                    ):
+                        pipe.zadd(index, member)
+
+            return write, None
+
+        self._transaction(keys, prepare)
+
+    @staticmethod
+    def _issued_already(serials: Sequence[str], batch: int) -> str:
+        named = ", ".join(repr(s) for s in serials[:3])
+        return f"issuance with serial {named} already recorded (batch of {batch})"
+
+    def get_issuance(self, serial: str) -> IssuanceRecord:
+        with self._call() as client:
+            stored = client.get(self._keys.issuance(serial))
+        if stored is None:
+            raise NotFound(f"issuance with serial {serial!r} not found")
+        return _ISSUANCES.decode(_text(stored))
+
+    def list_issuances(
+        self,
+        *,
+        spiffe_id: str | None = None,
+        authority_id: str | None = None,
+        kind: str | None = None,
+        limit: int | None = None,
+    ) -> list[IssuanceRecord]:
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        # Walk the most selective index newest first; the other filters apply per record.
+        if spiffe_id is not None:
+            index = self._keys.issuances_by("spiffe-id", spiffe_id)
+        elif authority_id is not None:
+            index = self._keys.issuances_by("authority", authority_id)
+        elif kind is not None:
+            index = self._keys.issuances_by("kind", kind)
+        else:
+            index = self._keys.issuances
+        found: list[IssuanceRecord] = []
+        upper = "+"
+        with self._call() as client:
+            while limit is None or len(found) < limit:
+                members = [_text(m) for m in client.zrevrangebylex(index, upper, "-", 0, _PAGE)]
+                if not members:
+                    break
+                upper = "(" + members[-1]
+                stored = client.mget([self._keys.issuance(m[_MEMBER_TAIL:]) for m in members])
+                for value in stored:
+                    if value is None:
+                        continue
+                    record = _ISSUANCES.decode(_text(value))
+                    if (
+                        (spiffe_id is None or record.spiffe_id == spiffe_id)
+                        and (authority_id is None or record.authority_id == authority_id)
+                        and (kind is None or record.kind == kind)
+                    ):
+                        found.append(record)
+        return found if limit is None else found[:limit]
+
+    # -- registration entries ------------------------------------------------------------
+
+    def create_entry(self, entry: RegistrationEntry) -> RegistrationEntry:
+        stored = replace(entry, revision=0)
+        value = _ENTRIES.encode(stored, f"registration entry {stored.entry_id!r}")
+        entry_key = self._keys.entry(stored.entry_id)
+        signature_key = self._keys.entries_by("signature", _entry_signature(stored))
+
+        def prepare(pipe: _Pipe) -> tuple[_Write, RegistrationEntry]:
+            if pipe.exists(entry_key):
+                raise AlreadyExists(f"registration entry {stored.entry_id!r} already exists")
+            self._refuse_duplicate_selectors(pipe, signature_key, stored)
+
+            def write(pipe: _Pipe) -> None:
+                pipe.set(entry_key, value)
+                pipe.set(signature_key, stored.entry_id)
+                pipe.sadd(self._keys.entries, stored.entry_id)
+                for index in self._keys.entry_indexes(stored):
+                    pipe.sadd(index, stored.entry_id)
+                self._add_change(pipe, "entry", "add", stored.entry_id)
+
+            return write, stored
+
+        return self._transaction([entry_key, signature_key], prepare)
+
+    @staticmethod
+    def _refuse_duplicate_selectors(
+        pipe: _Pipe, signature_key: str, entry: RegistrationEntry
+    ) -> None:
+        holder = pipe.get(signature_key)
+        if holder is not None and _text(holder) != entry.entry_id:
+            raise AlreadyExists(
+                f"registration entry {_text(holder)!r} already maps the same selectors under"
+                f" parent {entry.parent_id!r} to {entry.spiffe_id!r}"
+            )
+
+    def get_entry(self, entry_id: str) -> RegistrationEntry:
+        with self._call() as client:
+            stored = client.get(self._keys.entry(entry_id))
+        if stored is None:
+            raise NotFound(f"registration entry {entry_id!r} not found")
+        return _ENTRIES.decode(_text(stored))
+
+    def list_entries(
+        self,
+        *,
+        spiffe_id: str | None = None,
+        parent_id: str | None = None,
+        selector: Selector | None = None,
+    ) -> list[RegistrationEntry]:
+        indexes = []
+        if spiffe_id is not None:
+            indexes.append(self._keys.entries_by("spiffe-id", spiffe_id))
+        if parent_id is not None:
+            indexes.append(self._keys.entries_by("parent-id", parent_id))
+        if selector is not None:
+            indexes.append(self._keys.entries_by("selector", _selector_json(selector)))
+        with self._call() as client:
+            ids = sorted(
+                _text(i)
+                for i in (
+                    client.sinter(indexes) if indexes else client.smembers(self._keys.entries)
+                )
+            )
+            stored = []
+            for start in range(0, len(ids), _PAGE):
+                page = ids[start : start + _PAGE]
+                stored += client.mget([self._keys.entry(i) for i in page])
+        entries = [_ENTRIES.decode(_text(value)) for value in stored if value is not None]
+        # An entry changed between the index read and the record read must still match.
+        matching = [
+            e
+            for e in entries
+            if (spiffe_id is None or e.spiffe_id == spiffe_id)
+            and (parent_id is None or e.parent_id == parent_id)
+            and (selector is None or selector in e.selectors)
+        ]
+        return sorted(matching, key=lambda e: (e.created_at, e.entry_id))
+
+    def update_entry(
+        self, entry: RegistrationEntry, *, expected_revision: int
+    ) -> RegistrationEntry:
+        described = f"registration entry {entry.entry_id!r}"
+        _ENTRIES.encode(entry, described)  # type errors before any round trip
+        entry_key = self._keys.entry(entry.entry_id)
+        signature = _entry_signature(entry)
+        signature_key = self._keys.entries_by("signature", signature)
+
+        def prepare(pipe: _Pipe) -> tuple[_Write, RegistrationEntry]:
+            current = pipe.get(entry_key)
+            if current is None:
+                raise NotFound(f"registration entry {entry.entry_id!r} not found")
+            old = _ENTRIES.decode(_text(current))
+            if old.revision != expected_revision:
+                raise Conflict(
+                    f"registration entry {entry.entry_id!r} is at revision {old.revision},"
+                    f" not {expected_revision}"
+                )
+            stored = replace(entry, revision=old.revision + 1, created_at=old.created_at)
+            value = _ENTRIES.encode(stored, described)
+            self._refuse_duplicate_selectors(pipe, signature_key, stored)
+            old_indexes, new_indexes = (
+                self._keys.entry_indexes(old),
+                self._keys.entry_indexes(stored),
+            )
+
+            def write(pipe: _Pipe) -> None:
+                pipe.set(entry_key, value)
+                if _entry_signature(old) != signature:
+                    pipe.delete(self._keys.entries_by("signature", _entry_signature(old)))
+                    pipe.set(signature_key, stored.entry_id)
+                for index in old_indexes - new_indexes:
+                    pipe.srem(index, stored.entry_id)
+                for index in new_indexes - old_indexes:
+                    pipe.sadd(index, stored.entry_id)
+                self._add_change(pipe, "entry", "update", stored.entry_id)
+
+            return write, stored
+
+        return self._transaction([entry_key, signature_key], prepare)
+
+    def delete_entry(self, entry_id: str) -> None:
+        entry_key = self._keys.entry(entry_id)
+
+        def prepare(pipe: _Pipe) -> tuple[_Write, None]:
+            current = pipe.get(entry_key)
+            if current is None:
+                raise NotFound(f"registration entry {entry_id!r} not found")
+            old = _ENTRIES.decode(_text(current))
+
+            def write(pipe: _Pipe) -> None:
+                pipe.delete(entry_key, self._keys.entries_by("signature", _entry_signature(old)))
+                pipe.srem(self._keys.entries, entry_id)
+                for index in self._keys.entry_indexes(old):
+                    pipe.srem(index, entry_id)
+                self._add_change(pipe, "entry", "remove", entry_id)
+
+            return write, None
+
+        self._transaction([entry_key], prepare)
+
+    # -- revocations ---------------------------------------------------------------------
+
+    def add_revocation(self, revocation: Revocation) -> None:
+        name = f"{revocation.target_kind} {revocation.target!r}"
+        value = _REVOCATIONS.encode(revocation, f"the revocation of {name}")
+        key = self._keys.revocation(revocation.target_kind, revocation.target)
+        with self._call() as client:
+            recorded = int(client.incr(self._keys.revocation_order))
+        member = {_ordered_member(revocation.revoked_at, recorded, value): 0}
+
+        def prepare(pipe: _Pipe) -> tuple[_Write, None]:
+            if pipe.exists(key):
+                raise AlreadyExists(f"{name} is already revoked")
+
+            def write(pipe: _Pipe) -> None:
+                [text] = member
+                pipe.set(key, text)
+                pipe.zadd(self._keys.revocations, member)
+                pipe.zadd(self._keys.revocations_by_kind(revocation.target_kind), member)
+                self._add_change(
+                    pipe, "revocation", "add", f"{revocation.target_kind}:{revocation.target}"
+                )
+
+            return write, None
+
+        self._transaction([key], prepare)
+
+    def get_revocation(self, target_kind: str, target: str) -> Revocation:
+        with self._call() as client:
+            stored = client.get(self._keys.revocation(target_kind, target))
+        if stored is None:
+            raise NotFound(f"{target_kind} {target!r} is not revoked")
+        return _REVOCATIONS.decode(_text(stored)[_MEMBER_TAIL:])
+
+    def remove_revocation(self, target_kind: str, target: str) -> None:
+        key = self._keys.revocation(target_kind, target)
+
+        def prepare(pipe: _Pipe) -> tuple[_Write, None]:
+            member = pipe.get(key)
+            if member is None:
+                raise NotFound(f"{target_kind} {target!r} is not revoked")
+
+            def write(pipe: _Pipe) -> None:
+                pipe.delete(key)
+                pipe.zrem(self._keys.revocations, _text(member))
+                pipe.zrem(self._keys.revocations_by_kind(target_kind), _text(member))
+                self._add_change(pipe, "revocation", "remove", f"{target_kind}:{target}")
+
+            return write, None
+
+        self._transaction([key], prepare)
+
+    def list_revocations(self, target_kind: str | None = None) -> list[Revocation]:
+        index = (
+            self._keys.revocations
+            if target_kind is None
+            else self._keys.revocations_by_kind(target_kind)
+        )
+        with self._call() as client:
+            members = client.zrangebylex(index, "-", "+")
+        return [_REVOCATIONS.decode(_text(m)[_MEMBER_TAIL:]) for m in members]
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def append_audit(
+        self,
+        *,
+        time: int,
+        actor: str,
+        action: str,
+        subject: str,
+        details: Mapping[str, Any],
+    ) -> AuditRecord:
+        def prepare(pipe: _Pipe) -> tuple[_Write, AuditRecord]:
+            last = pipe.zrange(self._keys.audit, -1, -1)
+            if last:
+                previous = _AUDIT.decode(_text(last[0]))
+                seq, prev_hash = previous.seq + 1, previous.hash
+            else:
+                seq, prev_hash = 1, AUDIT_GENESIS_HASH
+            try:
+                record = link_audit_record(
+                    seq=seq,
+                    time=time,
+                    actor=actor,
+                    action=action,
+                    subject=subject,
+                    details=details,
+                    prev_hash=prev_hash,
+                )
+            except (TypeError, ValueError) as exc:
+                raise StoreError(f"audit details for {action!r} cannot be stored: {exc}") from exc
+            member = {_AUDIT.encode(record, f"audit record {seq}"): seq}
+
+            def write(pipe: _Pipe) -> None:
+                pipe.zadd(self._keys.audit, member)
+                pipe.zadd(self._keys.audit_by_subject(subject), member)
+
+            return write, record
+
+        return self._transaction([self._keys.audit], prepare)
+
+    def list_audit(
+        self,
+        *,
+        since: int | None = None,
+        subject: str | None = None,
+        after_seq: int | None = None,
+    ) -> list[AuditRecord]:
+        index = self._keys.audit if subject is None else self._keys.audit_by_subject(subject)
+        lower = "-inf" if after_seq is None else f"({after_seq}"
+        records: list[AuditRecord] = []
+        with self._call() as client:
+            while True:
+                page = client.zrangebyscore(index, lower, "+inf", start=0, num=_PAGE)
+                records += [_AUDIT.decode(_text(member)) for member in page]
+                if len(page) < _PAGE:
+                    break
+                lower = f"({records[-1].seq}"
+        return [r for r in records if since is None or r.time >= since]
+
+    # -- change feed ---------------------------------------------------------------------
+
+    def latest_change_id(self) -> str:
+        """The id of the newest change (``0-0`` if there was none): the point a view loaded
+        from the store now is up to date with."""
+        with self._call() as client:
+            if not client.exists(self._keys.changes):
+                return "0-0"
+            info = client.xinfo_stream(self._keys.changes)
+        return _text(info["last-generated-id"])
+
+    def changes_since(
+        self, last_id: str, *, block_ms: int | None = None
+    ) -> tuple[str, list[Change]]:
+        """Changes after ``last_id`` (at most 1000, oldest first) and the id to ask from next.
+
+        With ``block_ms``, waits up to that long for a first change when there is none yet.
+        Raises ``ChangeFeedGap`` when changes after ``last_id`` were trimmed away (the feed
+        keeps about ``CHANGES_MAXLEN``) or the feed was reset: XREAD alone would silently
+        skip them, so this compares ``last_id`` with XINFO STREAM in the same transaction.
+        """
+        after = _stream_id(last_id)
+        if block_ms is not None and block_ms <= 0:
+            raise ValueError(f"block_ms must be positive, got {block_ms}")
+        stream = self._keys.changes
+        with self._call() as client:
+            with client.pipeline(transaction=True) as pipe:
+                pipe.xinfo_stream(stream)
+                pipe.xread({stream: last_id}, count=_CHANGES_BATCH)
+                info, reply = pipe.execute(raise_on_error=False)
+            if isinstance(reply, Exception):
+                raise reply
+            self._refuse_gap(last_id, after, info)
+            changes = _changes(reply)
+            if block_ms is None or changes:
+                return (changes[-1]["id"] if changes else last_id), changes
+            # Anything arriving from here on is newer than the check above; trimming it
+            # before it is read would take CHANGES_MAXLEN further changes meanwhile.
+            deadline = time.monotonic() + block_ms / 1000
+            while (remaining_ms := int((deadline - time.monotonic()) * 1000)) > 0:
+                wait_ms = min(remaining_ms, self._block_slice_ms)
+                reply = client.xread({stream: last_id}, count=_CHANGES_BATCH, block=wait_ms)
+                changes = _changes(reply)
+                if changes:
+                    return changes[-1]["id"], changes
+        return last_id, []
+
+    def _refuse_gap(self, last_id: str, after: tuple[int, int], info: object) -> None:
+        """``ChangeFeedGap`` unless every change after ``after`` is still in the feed.
+
+        Trimming drops the oldest changes, so a consumer is behind a gap when its last id is
+        older than the first one left (conservative: it may have seen exactly the last one
+        dropped). An id the feed never had, older or newer than all it has, means the feed was
+        reset. Only ``0-0``, "from the start", is fine before the first change if none were
+        ever dropped.
+        """
+        if isinstance(info, ResponseError) and "no such key" in str(info).lower():
+            if after != (0, 0):
+                raise self._gap(f"the change feed is gone (last id {last_id})")
+            return
+        if isinstance(info, Exception):
+            raise info
+        info = _as_dict(info)
+        if "entries-added" not in info:
+            raise StoreError(f"redis store {self._url}: the change feed needs Redis 7.0 or newer")
+        newest = _stream_id(_text(info["last-generated-id"]))
+        if after > newest:
+            raise self._gap(f"change {last_id} is newer than the feed's newest, so it was reset")
+        length = int(info["length"])
+        dropped = int(info["entries-added"]) - length
+        if after == (0, 0) and dropped == 0:
+            return
+        oldest_left = _stream_id(_text(info["recorded-first-entry-id"])) if length else None
+        if (after < newest) if oldest_left is None else (after < oldest_left):
+            raise self._gap(f"changes after {last_id} are no longer in the feed")
+
+    def _gap(self, what: str) -> ChangeFeedGap:
+        return ChangeFeedGap(f"redis store {self._url}: {what}: rebuild the view from the store")

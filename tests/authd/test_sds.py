@@ -342,7 +342,9 @@ def test_all_is_envoys_spiffe_validator_with_the_trust_domains_bundle(short_dir:
     run(scenario())
 
 
-def test_unknown_names_and_other_workloads_ids_are_left_out(short_dir: Path) -> None:
+def test_unknown_names_and_other_workloads_ids_are_left_out(
+    short_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario() -> None:
         async with world(short_dir) as w:
             w.add_entry(WEB)
@@ -355,6 +357,9 @@ def test_unknown_names_and_other_workloads_ids_are_left_out(short_dir: Path) -> 
             assert list(found) == ["default", "ROOTCA"]
 
     run(scenario())
+    (left_out,) = [r for r in caplog.records if "not among its entries" in r.getMessage()]
+    for name in ("nonsense", ORDERS, "spiffe://other.org", "spiffe://Bad"):
+        assert repr(name) in left_out.getMessage()
 
 
 # --- who may ask ----------------------------------------------------------------------------

@@ -595,8 +595,8 @@ def start_authd(
     try:
         wait_for("authd's admin socket", running((data_dir / "admin.sock").exists), 30)
         wait_for("authd healthcheck", running(healthy), 30)
-        for port in (authd.grpc_port, authd.http_port, authd.metrics_port):
-            wait_for(f"authd to listen on {port}", running(lambda p=port: port_open(p)))
+        ports = (authd.grpc_port, authd.http_port, authd.metrics_port)
+        wait_for("authd's listeners", running(lambda: all(port_open(p) for p in ports)))
     except BaseException:
         stop_process(process)
         raise

@@ -96,6 +96,7 @@ class Mesh:
     client: Envoy
     outbound_port: int  # the client sidecar's plaintext listener
     inbound_port: int  # the server sidecar's mTLS listener
+    values: dict[str, object]  # the placeholders both sidecars share
 
 
 # --- fixtures -----------------------------------------------------------------------------
@@ -266,7 +267,8 @@ def mesh(
             PEER_SPIFFE_ID=SERVER,
         )
         started.append(client)
-        yield Mesh(authd, echo, server, client, client.listener_port("outbound"), inbound_port)
+        outbound_port = client.listener_port("outbound")
+        yield Mesh(authd, echo, server, client, outbound_port, inbound_port, common)
     finally:
         for envoy in started:
             envoy.stop()
@@ -341,6 +343,16 @@ def sds_stats(envoy: Envoy) -> dict[str, int]:
 def sds_stat(name: str, stat: str) -> str:
     """The stat of secret ``name``, as Envoy spells it (``spiffe://a/b`` → ``spiffe_a/b``)."""
     return f"sds.{name.replace('://', '_')}.{stat}"
+
+
+def sds_summary(envoy: Envoy, names: tuple[str, ...]) -> dict[str, object]:
+    stats = sds_stats(envoy)
+    summary: dict[str, object] = {
+        name: {k: stats[sds_stat(name, k)] for k in ("update_success", "update_rejected")}
+        for name in names
+    }
+    summary |= {"streams": stats["streams"], "connections": stats["connections"]}
+    return summary
 
 
 # --- the tests ----------------------------------------------------------------------------
@@ -449,16 +461,21 @@ def send_load(port: int, stop: threading.Event, outcomes: list[Outcome]) -> None
         keep_alive.close()
 
 
+def look(mesh: Mesh, seen: Observations) -> None:
+    """Note the serials on both sidecars' /certs and the leaves in their config dumps."""
+    for role, envoy in (("client", mesh.client), ("server", mesh.server)):
+        seen.served[role] |= certs_page(envoy)[0]
+    for leaf in served_chain(mesh.client, CLIENT)[:1]:
+        seen.client_leaves[leaf_hash(leaf)] = leaf
+    for leaf in served_chain(mesh.server, "default")[:1]:
+        seen.server_leaves[leaf_hash(leaf)] = leaf
+
+
 def watch(mesh: Mesh, stop: threading.Event, seen: Observations) -> None:
-    """Every 200 ms: the serials on /certs and the leaves in the config dump of both."""
+    """``look`` every 200 ms (an SVID is served for seconds) until ``stop``."""
     while not stop.is_set():
         try:
-            for role, envoy in (("client", mesh.client), ("server", mesh.server)):
-                seen.served[role] |= certs_page(envoy)[0]
-            for leaf in served_chain(mesh.client, CLIENT)[:1]:
-                seen.client_leaves[leaf_hash(leaf)] = leaf
-            for leaf in served_chain(mesh.server, "default")[:1]:
-                seen.server_leaves[leaf_hash(leaf)] = leaf
+            look(mesh, seen)
         except Exception as exc:  # reported by the test, never swallowed
             seen.errors.append(repr(exc))
         stop.wait(0.2)
@@ -468,11 +485,35 @@ def wait_until(what: str, condition: Callable[[], bool], timeout: float) -> None
     wait_for(what, lambda: condition() or None, timeout)
 
 
+def test_a_sidecar_refuses_a_peer_with_another_spiffe_id(
+    mesh: Mesh, users: dict[str, ServiceUser], envoy_binary: Path, tmp: Path
+) -> None:
+    # The client's identity and ALL, but expecting someone else behind the server's port.
+    misled = start_sidecar(
+        "misled",
+        users["client"],
+        envoy_binary,
+        tmp,
+        **mesh.values,
+        SVID_NAME=CLIENT,
+        BUNDLE_NAME="ALL",
+        PEER_PORT=mesh.inbound_port,
+        PEER_SPIFFE_ID=f"spiffe://{TRUST_DOMAIN}/someone-else",
+    )
+    try:
+        reply = request(misled.listener_port("outbound"), "/hello")
+        assert reply.status == 503, reply
+        assert misled.counter("cluster.peer.ssl.fail_verify_san") >= 1
+        assert misled.counter("cluster.peer.ssl.fail_verify_error") == 0  # the chain was fine
+    finally:
+        misled.stop()
+
+
 def test_rotating_svids_and_authority_fail_no_request(mesh: Mesh) -> None:
     server_stats_before = sds_stats(mesh.server)
     old_roots = served_roots(mesh.server, "ROOTCA")
     assert len(old_roots) == 1
-    handshakes_before = mesh.server.counter(f"listener.{HOST}_{mesh.inbound_port}.ssl.handshake")
+    handshakes_before = mesh.server.counter("listener.inbound.ssl.handshake")
 
     outcomes: list[Outcome] = []
     seen = Observations()
@@ -510,6 +551,7 @@ def test_rotating_svids_and_authority_fail_no_request(mesh: Mesh) -> None:
         stop_watch.set()
         watcher.join(timeout=10)
     assert not any(t.is_alive() for t in [*threads, watcher])
+    look(mesh, seen)  # what the last requests used may have come after the watcher's last look
 
     failures = [o for o in outcomes if not o.ok]
     assert failures == [], f"{len(failures)} of {len(outcomes)} requests failed: {failures[:10]}"
@@ -561,8 +603,8 @@ def test_rotating_svids_and_authority_fail_no_request(mesh: Mesh) -> None:
                 "client_serials": len(seen.served["client"]),
                 "client_certs_seen_by_server": len(client_certs_used),
                 "prepared_trusted_after_s": round(prepared_trusted_after, 2),
-                "sds_server": sds_stats(mesh.server),
-                "sds_client": sds_stats(mesh.client),
+                "sds_server": sds_summary(mesh.server, ("default", "ROOTCA")),
+                "sds_client": sds_summary(mesh.client, (CLIENT, "ALL")),
             },
             indent=1,
         )

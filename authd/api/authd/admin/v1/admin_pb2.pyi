@@ -241,3 +241,155 @@ class AuthorityResponse(_message.Message):
     authority: Authority
     bundle_sequence: int
     def __init__(self, authority: _Optional[_Union[Authority, _Mapping]] = ..., bundle_sequence: _Optional[int] = ...) -> None: ...
+
+class Revocation(_message.Message):
+    __slots__ = ("kind", "target", "reason", "reason_code", "note", "revoked_at", "revoked_by")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REASON_CODE_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    target: str
+    reason: str
+    reason_code: int
+    note: str
+    revoked_at: int
+    revoked_by: str
+    def __init__(self, kind: _Optional[str] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ..., reason_code: _Optional[int] = ..., note: _Optional[str] = ..., revoked_at: _Optional[int] = ..., revoked_by: _Optional[str] = ...) -> None: ...
+
+class RevokeRequest(_message.Message):
+    __slots__ = ("kind", "target", "reason", "note")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    target: str
+    reason: str
+    note: str
+    def __init__(self, kind: _Optional[str] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class RevokeResponse(_message.Message):
+    __slots__ = ("revocation",)
+    REVOCATION_FIELD_NUMBER: _ClassVar[int]
+    revocation: Revocation
+    def __init__(self, revocation: _Optional[_Union[Revocation, _Mapping]] = ...) -> None: ...
+
+class UnrevokeRequest(_message.Message):
+    __slots__ = ("kind", "target")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    target: str
+    def __init__(self, kind: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class UnrevokeResponse(_message.Message):
+    __slots__ = ("lifted",)
+    LIFTED_FIELD_NUMBER: _ClassVar[int]
+    lifted: Revocation
+    def __init__(self, lifted: _Optional[_Union[Revocation, _Mapping]] = ...) -> None: ...
+
+class ListRevocationsRequest(_message.Message):
+    __slots__ = ("kind",)
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    def __init__(self, kind: _Optional[str] = ...) -> None: ...
+
+class ListRevocationsResponse(_message.Message):
+    __slots__ = ("revocations",)
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    revocations: _containers.RepeatedCompositeFieldContainer[Revocation]
+    def __init__(self, revocations: _Optional[_Iterable[_Union[Revocation, _Mapping]]] = ...) -> None: ...
+
+class ListSvidsRequest(_message.Message):
+    __slots__ = ("authority_id", "spiffe_id")
+    AUTHORITY_ID_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    authority_id: str
+    spiffe_id: str
+    def __init__(self, authority_id: _Optional[str] = ..., spiffe_id: _Optional[str] = ...) -> None: ...
+
+class Svid(_message.Message):
+    __slots__ = ("serial", "kind", "spiffe_id", "authority_id", "not_before", "not_after", "issued_at", "requester", "revocation")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTHORITY_ID_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTER_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    kind: str
+    spiffe_id: str
+    authority_id: str
+    not_before: int
+    not_after: int
+    issued_at: int
+    requester: str
+    revocation: Revocation
+    def __init__(self, serial: _Optional[str] = ..., kind: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., authority_id: _Optional[str] = ..., not_before: _Optional[int] = ..., not_after: _Optional[int] = ..., issued_at: _Optional[int] = ..., requester: _Optional[str] = ..., revocation: _Optional[_Union[Revocation, _Mapping]] = ...) -> None: ...
+
+class ListSvidsResponse(_message.Message):
+    __slots__ = ("svids",)
+    SVIDS_FIELD_NUMBER: _ClassVar[int]
+    svids: _containers.RepeatedCompositeFieldContainer[Svid]
+    def __init__(self, svids: _Optional[_Iterable[_Union[Svid, _Mapping]]] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("seq", "time", "actor", "action", "subject", "details_json", "prev_hash", "hash")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_JSON_FIELD_NUMBER: _ClassVar[int]
+    PREV_HASH_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    time: int
+    actor: str
+    action: str
+    subject: str
+    details_json: str
+    prev_hash: str
+    hash: str
+    def __init__(self, seq: _Optional[int] = ..., time: _Optional[int] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., subject: _Optional[str] = ..., details_json: _Optional[str] = ..., prev_hash: _Optional[str] = ..., hash: _Optional[str] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("since", "subject", "spiffe_id")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    since: int
+    subject: str
+    spiffe_id: str
+    def __init__(self, since: _Optional[int] = ..., subject: _Optional[str] = ..., spiffe_id: _Optional[str] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...
+
+class VerifyAuditRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VerifyAuditResponse(_message.Message):
+    __slots__ = ("intact", "records", "broken_seq", "problem", "last_hash")
+    INTACT_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    BROKEN_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    LAST_HASH_FIELD_NUMBER: _ClassVar[int]
+    intact: bool
+    records: int
+    broken_seq: int
+    problem: str
+    last_hash: str
+    def __init__(self, intact: _Optional[bool] = ..., records: _Optional[int] = ..., broken_seq: _Optional[int] = ..., problem: _Optional[str] = ..., last_hash: _Optional[str] = ...) -> None: ...

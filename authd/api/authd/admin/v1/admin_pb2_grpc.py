@@ -102,6 +102,36 @@ class AdminStub:
                 request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.RevokeAuthorityRequest.SerializeToString,
                 response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.AuthorityResponse.FromString,
                 _registered_method=True)
+        self.Revoke = channel.unary_unary(
+                '/authd.admin.v1.Admin/Revoke',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.RevokeRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.RevokeResponse.FromString,
+                _registered_method=True)
+        self.Unrevoke = channel.unary_unary(
+                '/authd.admin.v1.Admin/Unrevoke',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.UnrevokeRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.UnrevokeResponse.FromString,
+                _registered_method=True)
+        self.ListRevocations = channel.unary_unary(
+                '/authd.admin.v1.Admin/ListRevocations',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListRevocationsRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListRevocationsResponse.FromString,
+                _registered_method=True)
+        self.ListSvids = channel.unary_unary(
+                '/authd.admin.v1.Admin/ListSvids',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListSvidsRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListSvidsResponse.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/authd.admin.v1.Admin/ListAudit',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
+        self.VerifyAudit = channel.unary_unary(
+                '/authd.admin.v1.Admin/VerifyAudit',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.VerifyAuditRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.VerifyAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -200,6 +230,50 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Revoke(self, request, context):
+        """Revocation of SVIDs: by serial, by SPIFFE ID (every SVID it holds, and no new ones), or
+        by registration entry (likewise). A revocation is answered only once it is stored and
+        audited. A bad kind, target or reason is INVALID_ARGUMENT, revoking what is already
+        revoked ALREADY_EXISTS, lifting what is not revoked NOT_FOUND, and lifting anything but
+        a certificate-hold FAILED_PRECONDITION (RFC 5280 5.3.1: every other reason is final).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unrevoke(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRevocations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSvids(self, request, context):
+        """The SVIDs an authority signed (from the issuance log), who asked for each, and whether
+        it is revoked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """The hash-chained audit log, and a check of the whole chain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -267,6 +341,36 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RevokeAuthority,
                     request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.RevokeAuthorityRequest.FromString,
                     response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.AuthorityResponse.SerializeToString,
+            ),
+            'Revoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revoke,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.RevokeRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.RevokeResponse.SerializeToString,
+            ),
+            'Unrevoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unrevoke,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.UnrevokeRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.UnrevokeResponse.SerializeToString,
+            ),
+            'ListRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevocations,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListRevocationsRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListRevocationsResponse.SerializeToString,
+            ),
+            'ListSvids': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSvids,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListSvidsRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListSvidsResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'VerifyAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAudit,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.VerifyAuditRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.VerifyAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -623,6 +727,168 @@ class Admin:
             '/authd.admin.v1.Admin/RevokeAuthority',
             authd_dot_admin_dot_v1_dot_admin__pb2.RevokeAuthorityRequest.SerializeToString,
             authd_dot_admin_dot_v1_dot_admin__pb2.AuthorityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/Revoke',
+            authd_dot_admin_dot_v1_dot_admin__pb2.RevokeRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.RevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unrevoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/Unrevoke',
+            authd_dot_admin_dot_v1_dot_admin__pb2.UnrevokeRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.UnrevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/ListRevocations',
+            authd_dot_admin_dot_v1_dot_admin__pb2.ListRevocationsRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.ListRevocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSvids(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/ListSvids',
+            authd_dot_admin_dot_v1_dot_admin__pb2.ListSvidsRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.ListSvidsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/ListAudit',
+            authd_dot_admin_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/VerifyAudit',
+            authd_dot_admin_dot_v1_dot_admin__pb2.VerifyAuditRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.VerifyAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,
