@@ -604,34 +604,41 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     # --- audit --------------------------------------------------------------------------------
 
+    async def _audit_records(
+        self, context: Context, *, since: int | None = None, subject: str | None = None
+    ) -> list[AuditRecord]:
+        try:
+            return self._store.list_audit(since=since, subject=subject)
+        except StoreError as exc:
+            await _refuse(context, exc)
+        except ValueError as exc:
+            # A row that no longer parses (details that are not JSON) is damage as well.
+            await _abort(context, grpc.StatusCode.DATA_LOSS, f"cannot read the audit log: {exc}")
+
     async def ListAudit(
         self, request: admin_pb2.ListAuditRequest, context: Context
     ) -> admin_pb2.ListAuditResponse:
         await self._authorize(context)
         spiffe_id = await self._spiffe_id_filter(context, request.spiffe_id)
-        try:
-            records = self._store.list_audit(
-                since=request.since or None, subject=request.subject or None
-            )
-            if spiffe_id is not None:
+        since, subject = request.since or None, request.subject or None
+        records = await self._audit_records(context, since=since, subject=subject)
+        if spiffe_id is not None:
+            try:
                 self._ca.issuance_log.flush()
                 serials = [i.serial for i in self._store.list_issuances(spiffe_id=spiffe_id)]
-                history = self._store.list_audit() if request.since or request.subject else records
-                records = records_about(spiffe_id, records, history=history, serials=serials)
-        except StoreError as exc:
-            await _refuse(context, exc)
+            except StoreError as exc:
+                await _refuse(context, exc)
+            # Entries are recognised by their own records, which may precede the filters.
+            filtered = since is not None or subject is not None
+            history = await self._audit_records(context) if filtered else records
+            records = records_about(spiffe_id, records, history=history, serials=serials)
         return admin_pb2.ListAuditResponse(records=[audit_to_proto(r) for r in records])
 
     async def VerifyAudit(
         self, request: admin_pb2.VerifyAuditRequest, context: Context
     ) -> admin_pb2.VerifyAuditResponse:
         caller = await self._authorize(context)
-        try:
-            records = self._store.list_audit()
-        except (StoreError, ValueError) as exc:
-            # A row that no longer parses (details that are not JSON) is damage as well.
-            await _abort(context, grpc.StatusCode.DATA_LOSS, f"cannot read the audit log: {exc}")
-        verdict = verify_chain(records)
+        verdict = verify_chain(await self._audit_records(context))
         if verdict.intact:
             log.info(
                 "audit log intact: %d records (checked by uid %d)", verdict.records, caller.uid

@@ -310,6 +310,7 @@ class Daemon:
             private_dir=config.data_dir / "private-workload",
             health=self._health,
             rotation_interval=config.workload.rotation_check_interval,
+            revocations=self.revocations,
         )
         try:
             await endpoint.start()

@@ -7,9 +7,15 @@ this Envoy may have. Resource names, as SPIRE's agent spells them:
 - ``default``, or one of the caller's SPIFFE IDs: a ``tls_certificate`` (chain PEM, leaf
   first, and its key PEM). ``default`` is the caller's oldest entry.
 - ``ROOTCA``, or the trust domain's ID (``spiffe://example.org``): a ``validation_context``
-  whose ``trusted_ca`` is the bundle PEM.
+  whose ``trusted_ca`` is the bundle PEM and, when the service has the daemon's
+  ``RevocationList``, whose ``crl`` holds one CRL per live X.509 authority, checked for the
+  leaf only (``only_verify_leaf_cert_crl``: an upstream root we hold no CRL for must not fail
+  every chain). Envoy then refuses a revoked SVID at the handshake of a new connection.
 - ``ALL``: a ``validation_context`` with Envoy's SPIFFE certificate validator holding the
-  bundle of every trust domain authd knows (today: its own).
+  bundle of every trust domain authd knows (today: its own). It carries **no CRL**: Envoy's
+  SPIFFE validator (1.40) ignores the ``crl`` field of the context that configures it (a
+  revoked SVID still gets in), so setting it would only pretend. Use ``ROOTCA`` where
+  revoked SVIDs must be refused at the handshake; ext_authz refuses them either way.
 
 A caller with no matching entry that asks for a certificate is denied (PERMISSION_DENIED);
 other names authd does not know are left out of the response, which Envoy reads as
@@ -19,10 +25,16 @@ The protocol is state-of-the-world xDS as Envoy speaks it. :class:`SdsStream` ho
 stream's protocol state and decides, from plain values, when Envoy gets a response: the
 first request and any change of ``resource_names`` are answered at once; an ACK (the last
 nonce, no ``error_detail``) is not answered; a NACK is logged and not answered until
-something changes; a request carrying an older nonce is ignored. A change of the SVIDs or
-the bundle is pushed only when the secrets of *this* stream differ, which the response's
-``version_info`` (a digest of the secrets' public content) makes a string comparison.
-:class:`SecretDiscoveryService` is the thin gRPC adapter around that.
+something changes; a request carrying an older nonce is ignored. A change of the SVIDs,
+the bundle or the CRLs is pushed only when the secrets of *this* stream differ, which the
+response's ``version_info`` (a digest of the secrets' public content) makes a string
+comparison. :class:`SecretDiscoveryService` is the thin gRPC adapter around that.
+
+CRLs change on every revocation (pushed at once) and are re-signed before their nextUpdate
+(:class:`CrlFeed` notices within a quarter of ``crl_refresh``). Envoy treats a CRL past its
+nextUpdate as a failed check, so a sidecar on ``ROOTCA`` that hears nothing from authd for
+longer than ``crl_refresh`` refuses every new mTLS connection: size ``crl_refresh`` for the
+outage you want to ride out.
 """
 
 from __future__ import annotations
@@ -52,6 +64,8 @@ from authd.workload.svids import SvidProvider, WorkloadX509Svid
 from ca.bundle import TrustBundle
 from ca.certificate_authority import CertificateAuthority
 from ca.errors import InvalidSpiffeId
+from ca.revocation import crl_pem
+from ca.revocation_list import RevocationList
 from ca.spiffe_id import SpiffeId
 from ca.store import RegistrationEntry, Selector
 
@@ -60,6 +74,7 @@ __all__ = [
     "DEFAULT_SVID",
     "ROOT_BUNDLE",
     "SECRET_TYPE_URL",
+    "CrlFeed",
     "NoIdentity",
     "SdsStream",
     "SecretDiscoveryService",
@@ -96,13 +111,15 @@ def tls_certificate_secret(name: str, svid: WorkloadX509Svid) -> Any:
     )
 
 
-def trusted_ca_secret(name: str, bundle: TrustBundle) -> Any:
-    return secret_pb2.Secret(
-        name=name,
-        validation_context=common_pb2.CertificateValidationContext(
-            trusted_ca=base_pb2.DataSource(inline_bytes=bundle.to_pem())
-        ),
+def trusted_ca_secret(name: str, bundle: TrustBundle, crls: bytes = b"") -> Any:
+    """The bundle as trusted CAs; with ``crls`` (PEM), leaves are also checked against them."""
+    context = common_pb2.CertificateValidationContext(
+        trusted_ca=base_pb2.DataSource(inline_bytes=bundle.to_pem())
     )
+    if crls:
+        context.crl.inline_bytes = crls
+        context.only_verify_leaf_cert_crl = True
+    return secret_pb2.Secret(name=name, validation_context=context)
 
 
 def spiffe_validator_secret(name: str, bundles: Iterable[TrustBundle]) -> Any:
@@ -142,11 +159,13 @@ def requested_secrets(
     entries: Sequence[RegistrationEntry],
     svid_for: Callable[[RegistrationEntry], WorkloadX509Svid],
     bundle: TrustBundle,
+    crls: Callable[[], bytes] | None = None,
 ) -> list[Any]:
     """The secrets among ``names`` the caller may have, in the order asked, each once.
 
     ``entries`` are the caller's registration entries, oldest first; ``svid_for`` gives an
-    entry's current SVID. Raises :class:`NoIdentity` when a certificate is asked for and
+    entry's current SVID; ``crls`` the current CRLs as PEM, for the trusted-CA contexts
+    (None: no CRL). Raises :class:`NoIdentity` when a certificate is asked for and
     ``entries`` is empty; leaves out every other name it does not know.
     """
     secrets: list[Any] = []
@@ -160,7 +179,7 @@ def requested_secrets(
         if name == DEFAULT_SVID:
             secrets.append(tls_certificate_secret(name, svid_for(entries[0])))
         elif name == ROOT_BUNDLE or spiffe_id == bundle.trust_domain.id:
-            secrets.append(trusted_ca_secret(name, bundle))
+            secrets.append(trusted_ca_secret(name, bundle, crls() if crls else b""))
         elif name == ALL_BUNDLES:
             secrets.append(spiffe_validator_secret(name, [bundle]))
         elif wants_certificate:
@@ -218,6 +237,7 @@ class SdsStream:
     stale: int = 0
     responses: int = 0
     provider_version: int = 0  # the provider version last looked at
+    crl_version: int = 0  # the CrlFeed version last looked at
     _nonces: itertools.count[int] = field(default_factory=lambda: itertools.count(1), repr=False)
 
     def on_request(self, request: Any) -> bool:
@@ -249,12 +269,92 @@ class SdsStream:
         return self.nonce
 
 
+# --- the CRLs and when they change ----------------------------------------------------------
+
+
+class CrlFeed:
+    """The CRLs that go into validation contexts, and a wake-up for the streams that carry them.
+
+    ``version`` grows on every revocation change (``RevocationList`` calls us, from any
+    thread) and whenever ``RevocationList.crls()`` hands out new CRLs, which it does before
+    their nextUpdate; the streams poll for that every ``check_interval`` seconds, a quarter of
+    ``crl_refresh`` unless told, so a re-signed CRL reaches Envoy at most three quarters of
+    ``crl_refresh`` after the one it replaces was signed.
+    """
+
+    def __init__(self, revocations: RevocationList, *, check_interval: float | None = None) -> None:
+        self._revocations = revocations
+        self.check_interval = (
+            check_interval if check_interval is not None else revocations.crl_refresh / 4
+        )
+        self.version = 0
+        self._seen: object = None  # the crls() list last handed out or noticed
+        self._pem = b""
+        self._changed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        revocations.add_listener(self._bump)
+
+    def pem(self) -> bytes:
+        """The current CRLs, concatenated PEM (the last good ones if they cannot be built)."""
+        try:
+            crls = self._revocations.crls()
+        except Exception:
+            log.exception("SDS: cannot build the CRLs; serving the last ones")
+            return self._pem
+        if crls is not self._seen:
+            self._seen, self._pem = crls, crl_pem(crls)
+        return self._pem
+
+    async def wait_for_change(self, version: int) -> int:
+        """Return the new version once it differs from ``version`` (on the serving loop)."""
+        self._loop = asyncio.get_running_loop()
+        while self.version == version:
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._changed.wait(), self.check_interval)
+            except TimeoutError:
+                self._poll()
+        return self.version
+
+    def _poll(self) -> None:
+        try:
+            crls = self._revocations.crls()
+        except Exception:
+            log.exception("SDS: cannot build the CRLs; will retry")
+            return
+        if crls is not self._seen:
+            self._seen = crls
+            self._bump()
+
+    def _bump(self) -> None:
+        self.version += 1
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake()
+        else:  # a revocation made from another thread
+            loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+
 # --- the gRPC adapter ---------------------------------------------------------------------
 
 
 class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
     """SDS over the peer-credential gateway: each Envoy gets the secrets of its own entries.
 
+    With ``revocations``, trusted-CA validation contexts carry its CRLs (see the module
+    docstring); ``crl_check_interval`` overrides how often streams look for re-signed ones.
     Call :meth:`close` before stopping the server: open streams then end with OK at once
     instead of holding the server's grace period.
     """
@@ -265,11 +365,19 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         ca: CertificateAuthority,
         gateway: PeerCredGateway,
         attest: Attest,
+        *,
+        revocations: RevocationList | None = None,
+        crl_check_interval: float | None = None,
     ) -> None:
         self._provider = provider
         self._ca = ca
         self._gateway = gateway
         self._attest = attest
+        self.crls = (
+            CrlFeed(revocations, check_interval=crl_check_interval)
+            if revocations is not None
+            else None
+        )
         self._closing = asyncio.Event()
         self.streams: list[SdsStream] = []
 
@@ -314,6 +422,7 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
                 entries=provider.entries_for(selectors),
                 svid_for=provider.x509_svid,
                 bundle=self._ca.bundle,
+                crls=self.crls.pem if self.crls is not None else None,
             )
         except NoIdentity as exc:
             log.info("SDS: pid %d (uid %d) denied: %s", creds.pid, creds.uid, exc)
@@ -340,19 +449,29 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         self, request_iterator: AsyncIterator[Any], context: Context
     ) -> AsyncIterator[Any]:
         creds, selectors = await self._caller(context)
-        provider = self._provider
-        stream = SdsStream(provider_version=provider.version)
+        provider, feed = self._provider, self.crls
+        stream = SdsStream(
+            provider_version=provider.version, crl_version=feed.version if feed else 0
+        )
         requests = aiter(request_iterator)
         reader: asyncio.Future[Any] = asyncio.ensure_future(anext(requests, None))
         change: asyncio.Future[int] = asyncio.ensure_future(
             provider.wait_for_change(stream.provider_version)
+        )
+        # Without a feed, a future that never completes keeps the loop below uniform.
+        crl_change: asyncio.Future[int] = (
+            asyncio.ensure_future(feed.wait_for_change(stream.crl_version))
+            if feed is not None
+            else asyncio.get_running_loop().create_future()
         )
         closing = asyncio.ensure_future(self._closing.wait())
         self.streams.append(stream)
         log.info("SDS: stream opened by pid %d (uid %d)", creds.pid, creds.uid)
         try:
             while not self._closing.is_set():
-                await asyncio.wait({reader, change, closing}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {reader, change, crl_change, closing}, return_when=asyncio.FIRST_COMPLETED
+                )
                 must_answer = look_again = False
                 if reader.done():
                     request = reader.result()
@@ -371,6 +490,11 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
                     change = asyncio.ensure_future(
                         provider.wait_for_change(stream.provider_version)
                     )
+                    look_again = stream.names is not None
+                if crl_change.done():
+                    assert feed is not None
+                    stream.crl_version = crl_change.result()
+                    crl_change = asyncio.ensure_future(feed.wait_for_change(stream.crl_version))
                     look_again = stream.names is not None
                 if not (must_answer or look_again):
                     continue
@@ -391,9 +515,9 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
                 )
                 yield discovery_response(secrets, version, nonce)
         finally:
-            for task in (reader, change, closing):
+            for task in (reader, change, crl_change, closing):
                 task.cancel()
-            await asyncio.gather(reader, change, closing, return_exceptions=True)
+            await asyncio.gather(reader, change, crl_change, closing, return_exceptions=True)
             self.streams.remove(stream)
             log.info(
                 "SDS: stream of pid %d (uid %d) ended after %d responses, %d ACKs, %d NACKs",

@@ -2,7 +2,8 @@
 
 Both services attest the caller from its connection's kernel credentials (through the
 peer-credential gateway) and hand out what its registration entries grant. SVIDs are
-rotated by ``SvidProvider.rotate_due``, called here every ``rotation_check_interval``.
+rotated by ``SvidProvider.rotate_due``, called here every ``rotation_check_interval``. Given
+the daemon's ``RevocationList``, SDS puts its CRLs into the trusted-CA validation contexts.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from authd.workload.sds import SecretDiscoveryService
 from authd.workload.svids import SvidProvider
 from authd.workload.workload_api import WorkloadApiService
 from ca.certificate_authority import CertificateAuthority
+from ca.revocation_list import RevocationList
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,11 @@ class WorkloadEndpoint:
         private_dir: Path,
         health: health_pb2_grpc.HealthServicer,
         rotation_interval: float = 1.0,
+        revocations: RevocationList | None = None,
     ) -> None:
         self._ca = ca
         self.provider = provider
+        self._revocations = revocations
         self._gateway = PeerCredGateway(socket_path, private_dir, public_mode=0o666)
         self._health = health
         self._interval = rotation_interval
@@ -56,7 +60,11 @@ class WorkloadEndpoint:
         )
         workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(self._workload_api, server)
         self._sds = SecretDiscoveryService(
-            provider=self.provider, ca=self._ca, gateway=self._gateway, attest=attest
+            provider=self.provider,
+            ca=self._ca,
+            gateway=self._gateway,
+            attest=attest,
+            revocations=self._revocations,
         )
         sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self._sds, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -20,7 +20,16 @@ Every read-modify-write is one MULTI/EXEC guarded by WATCH on the keys it read, 
 the read when another client got there first; so two replicas creating the same entry, or
 appending to the audit chain at once, serialise like SQLite's ``BEGIN IMMEDIATE``. Records are
 JSON objects of their dataclass fields (bytes as base64), and every field is type-checked before
-anything is written. Key layout, where ``{authd}:`` is the key prefix ``authd:`` made into a
+anything is written.
+
+The change feed: every change to an authority, entry or revocation XADDs ``{kind, op, key}``
+to the ``changes`` stream (MAXLEN ~ 100000) inside the MULTI/EXEC that makes the change, so
+the feed never shows a change that did not happen, nor misses one that did. XREAD alone
+cannot tell a consumer that changes after its last id were trimmed away, so
+``changes_since`` compares that id with XINFO STREAM in the same transaction and raises
+``ChangeFeedGap``: the consumer must then reload its whole view from the store.
+
+Key layout, where ``{authd}:`` is the key prefix ``authd:`` made into a
 Cluster hash tag so one store's keys share one slot and its transactions work on a Cluster::
 
     {authd}:schema                         string  schema version
@@ -58,7 +67,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from typing import Any, Generic, NamedTuple, Protocol, TypedDict, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode
@@ -70,7 +79,7 @@ from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.connection import parse_url
 from redis.exceptions import RedisClusterException, ResponseError, WatchError
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 from redis.typing import EncodableT, FieldT
 
 from ca.store.base import AlreadyExists, Conflict, NotFound, SchemaError, Store, StoreError
@@ -381,8 +390,7 @@ def redact_url(url: str) -> str:
     scheme, separator, rest = url.partition("://")
     if not separator:
         return url
-    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=-1)
-    netloc, tail = (rest, "") if cut < 0 else (rest[:cut], rest[cut:])
+    netloc, tail = _split_netloc(rest)
     userinfo, at, hosts = netloc.rpartition("@")
     if at:
         user, colon, _ = userinfo.partition(":")
@@ -403,12 +411,11 @@ def redact_url(url: str) -> str:
 def _url_secrets(url: str) -> list[str]:
     """The password spellings in ``url``, to scrub from any message that might echo them."""
     secrets: list[str] = []
-    _, _, rest = url.partition("://")
-    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    netloc, tail = _split_netloc(url.partition("://")[2])
     userinfo, at, _ = netloc.rpartition("@")
     if at:
         secrets += [userinfo.partition(":")[2] or userinfo]
-    query = rest.partition("?")[2].partition("#")[0]
+    query = tail.partition("?")[2].partition("#")[0]
     secrets += [v for n, v in parse_qsl(query) if "password" in n.lower()]
     return sorted({s for raw in secrets if raw for s in (raw, unquote(raw))}, key=len, reverse=True)
 
@@ -549,6 +556,37 @@ def _changes(reply: Any) -> list[Change]:
     return changes
 
 
+@contextmanager
+def _transaction_pipeline(client: _Client) -> Iterator[_Pipe]:
+    """A MULTI/EXEC pipeline whose connection always goes back to the pool, clean."""
+    pipe = client.pipeline(transaction=True)
+    try:
+        yield pipe
+    finally:
+        try:
+            pipe.reset()
+        except (redis.RedisError, OSError):
+            _drop_connection(pipe)
+
+
+def _drop_connection(pipe: _Pipe) -> None:
+    """Work around redis-py's reset, which handles only ConnectionError: when its UNWATCH
+    times out (a frozen server), the connection stays checked out of the pool for good, with
+    a late reply pending. Disconnect it, so neither a WATCH nor that reply survives, and reset
+    again without UNWATCH. (A ClusterPipeline keeps this state in its transaction strategy.)"""
+    state = getattr(pipe, "_execution_strategy", pipe)
+    connection = getattr(state, "connection", None) or getattr(
+        state, "_transaction_connection", None
+    )
+    if connection is not None:
+        connection.disconnect()
+    for flag in ("watching", "_watching"):
+        if hasattr(state, flag):
+            setattr(state, flag, False)
+    with suppress(redis.RedisError, OSError):
+        pipe.reset()
+
+
 def _lost_connection(exc: WatchError) -> bool:
     """True if redis-py raised ``exc`` because the connection dropped, not because a watched
     key changed: then EXEC may or may not have run."""
@@ -613,10 +651,16 @@ class RedisStore(Store):
         return message
 
     def _failure(self, exc: BaseException, *, outcome_unknown: bool = False) -> StoreError:
-        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-            message = f"cannot reach redis store {self._url}: {exc}"
+        reason = str(exc)
+        if isinstance(exc, MasterNotFoundError):
+            reason = reason.partition(" : ")[0]  # then the repr of every Sentinel client
+        unreachable = isinstance(exc, redis.ConnectionError | redis.TimeoutError) or (
+            isinstance(exc, RedisClusterException) and "cannot be connected" in reason
+        )
+        if unreachable:
+            message = f"cannot reach redis store {self._url}: {reason}"
         else:
-            message = f"redis store {self._url}: {exc}"
+            message = f"redis store {self._url}: {reason}"
         if outcome_unknown:
             message += " (the connection dropped after the write was sent: it may have applied)"
         return StoreError(self._scrub(message))
@@ -639,19 +683,25 @@ class RedisStore(Store):
         returns in MULTI/EXEC; start over if a watched key changed before EXEC."""
         with self._call() as client:
             for attempt in range(_MAX_ATTEMPTS):
-                try:
-                    with client.pipeline(transaction=True) as pipe:
-                        pipe.watch(*watched)
+                with _transaction_pipeline(client) as pipe:
+                    try:
+                        pipe.watch(*watched)  # type: ignore[no-untyped-call]
                         write, result = prepare(pipe)
                         pipe.multi()
                         write(pipe)
+                    except WatchError as exc:  # the connection dropped; nothing was sent
+                        raise self._failure(exc.__context__ or exc) from exc
+                    try:
                         pipe.execute()
-                    return result
-                except WatchError as exc:
-                    if _lost_connection(exc):
-                        raise self._failure(exc.__context__ or exc, outcome_unknown=True) from exc
-                    # Jitter only spreads out retries; it needs no cryptographic randomness.
-                    time.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 20)))  # noqa: S311
+                        return result
+                    except WatchError as exc:
+                        if _lost_connection(exc):
+                            cause = exc.__context__ or exc
+                            raise self._failure(cause, outcome_unknown=True) from exc
+                    except (redis.ConnectionError, redis.TimeoutError) as exc:
+                        raise self._failure(exc, outcome_unknown=True) from exc
+                # Jitter only spreads out retries; it needs no cryptographic randomness.
+                time.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 20)))  # noqa: S311
         raise StoreError(
             f"redis store {self._url}: gave up after {_MAX_ATTEMPTS} conflicting attempts"
         )
@@ -659,6 +709,9 @@ class RedisStore(Store):
     def _add_change(self, pipe: _Pipe, kind: str, op: str, key: str) -> None:
         fields: dict[FieldT, EncodableT] = {"kind": kind, "op": op, "key": key}
         pipe.xadd(self._keys.changes, fields, maxlen=CHANGES_MAXLEN, approximate=True)
+
+    def __enter__(self) -> RedisStore:  # so ``with`` keeps the change-feed methods typed
+        return self
 
     def close(self) -> None:
         with self._lock:
@@ -1116,7 +1169,7 @@ class RedisStore(Store):
             raise ValueError(f"block_ms must be positive, got {block_ms}")
         stream = self._keys.changes
         with self._call() as client:
-            with client.pipeline(transaction=True) as pipe:
+            with _transaction_pipeline(client) as pipe:
                 pipe.xinfo_stream(stream)
                 pipe.xread({stream: last_id}, count=_CHANGES_BATCH)
                 info, reply = pipe.execute(raise_on_error=False)

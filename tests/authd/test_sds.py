@@ -48,6 +48,7 @@ from authd.workload.svids import SvidProvider
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import FakeClock
 from ca.keys import KeyStore
+from ca.revocation_list import RevocationList
 from ca.spiffe_id import TrustDomain
 from ca.store import RegistrationEntry, Selector, SQLiteStore
 
@@ -105,6 +106,7 @@ class World:
     provider: SvidProvider
     gateway: PeerCredGateway
     service: SecretDiscoveryService
+    revocations: RevocationList | None = None
 
     def add_entry(self, spiffe_id: str, uid: int = ME, ttl: int = SVID_TTL) -> RegistrationEntry:
         """A registration entry for callers of ``uid``; later entries are younger."""
@@ -149,8 +151,14 @@ class World:
 
 @contextlib.asynccontextmanager
 async def world(
-    directory: Path, attest: Callable[[PeerCredentials], frozenset[Selector]] = uid_selectors
+    directory: Path,
+    attest: Callable[[PeerCredentials], frozenset[Selector]] = uid_selectors,
+    *,
+    crl_refresh: int | None = None,
+    crl_check_interval: float | None = None,
 ) -> AsyncIterator[World]:
+    """With ``crl_refresh``, SDS (and only SDS: the provider does not hear of revocations,
+    so a push after one is SDS's own doing) gets a ``RevocationList`` refreshed that often."""
     clock = FakeClock()
     store = SQLiteStore(directory / "store.db")
     ca = CertificateAuthority(
@@ -158,15 +166,27 @@ async def world(
     )
     registry = EntryRegistry(store, clock)
     provider = SvidProvider(ca, registry, clock)
+    revocations = (
+        RevocationList(ca, store, clock, crl_refresh=crl_refresh)
+        if crl_refresh is not None
+        else None
+    )
     gateway = PeerCredGateway(directory / "workload.sock", directory / "private", public_mode=0o666)
     await gateway.start()
-    service = SecretDiscoveryService(provider=provider, ca=ca, gateway=gateway, attest=attest)
+    service = SecretDiscoveryService(
+        provider=provider,
+        ca=ca,
+        gateway=gateway,
+        attest=attest,
+        revocations=revocations,
+        crl_check_interval=crl_check_interval,
+    )
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(service, server)
     server.add_insecure_port(gateway.internal_address)
     await server.start()
     try:
-        yield World(clock, store, ca, registry, provider, gateway, service)
+        yield World(clock, store, ca, registry, provider, gateway, service, revocations)
     finally:
         service.close()
         await server.stop(grace=1)

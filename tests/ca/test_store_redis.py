@@ -8,15 +8,17 @@ server, URLs and their secrets, and the key layout. Every server here is a priva
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from redis.client import Pipeline
 from redis.crc import key_slot
 
 from ca.store import (
@@ -35,7 +37,7 @@ from ca.store import (
     audit_record_hash,
     open_store,
 )
-from ca.store.redis import ChangeFeedGap, redact_url
+from ca.store.redis import Change, ChangeFeedGap, redact_url
 from tests.redis_server import RedisServer, free_port
 
 OpenReplica = Callable[[], RedisStore]
@@ -83,8 +85,8 @@ def tagged(prefix: str) -> str:
     return "{" + prefix.rstrip(":") + "}:"
 
 
-def events(changes: list[dict[str, str]] | list[object]) -> list[tuple[str, str, str]]:
-    return [(c["kind"], c["op"], c["key"]) for c in changes]  # type: ignore[index]
+def events(changes: Sequence[Change]) -> list[tuple[str, str, str]]:
+    return [(c["kind"], c["op"], c["key"]) for c in changes]
 
 
 @pytest.fixture(params=["standalone", "cluster"])
@@ -244,7 +246,7 @@ def test_change_feed_delivers_revocation_adds_and_removes_in_order(
     writer.remove_revocation("serial", "01")
     last, changes = reader.changes_since(start)
 
-    assert events(changes) == [  # type: ignore[arg-type]
+    assert events(changes) == [
         ("revocation", "add", "serial:01"),
         ("revocation", "add", f"spiffe_id:{WEB}"),
         ("revocation", "remove", "serial:01"),
@@ -267,7 +269,7 @@ def test_change_feed_records_entry_and_authority_changes(open_replica: OpenRepli
     store.delete_authority("a1")
     _, changes = store.changes_since(start)
 
-    assert events(changes) == [  # type: ignore[arg-type]
+    assert events(changes) == [
         ("entry", "add", "e1"),
         ("entry", "update", "e1"),
         ("entry", "remove", "e1"),
@@ -317,7 +319,7 @@ def test_changes_since_waits_for_the_next_change(open_replica: OpenReplica) -> N
         timer.join(timeout=5)
     waited = time.monotonic() - began
 
-    assert events(changes) == [("revocation", "add", "serial:01")]  # type: ignore[arg-type]
+    assert events(changes) == [("revocation", "add", "serial:01")]
     assert last == changes[0]["id"]
     assert 0.25 <= waited < 5
 
@@ -370,7 +372,7 @@ def test_changes_since_reports_changes_trimmed_away(redis_server: RedisServer) -
         with pytest.raises(ChangeFeedGap):
             store.changes_since("0-0")
         last, changes = store.changes_since(ids[3])
-        assert events(changes) == [("revocation", "add", "serial:04")]  # type: ignore[arg-type]
+        assert events(changes) == [("revocation", "add", "serial:04")]
         assert store.changes_since(last) == (last, [])
 
 
@@ -389,9 +391,7 @@ def test_changes_since_reports_a_reset_feed(redis_server: RedisServer) -> None:
             store.changes_since(seen)
         with pytest.raises(ChangeFeedGap, match="newer than the feed's newest"):
             store.changes_since("99999999999999-0")
-        assert events(store.changes_since("0-0")[1]) == [  # type: ignore[arg-type]
-            ("revocation", "add", "serial:02")
-        ]
+        assert events(store.changes_since("0-0")[1]) == [("revocation", "add", "serial:02")]
 
 
 # -- a server that stops, freezes or refuses ---------------------------------------------
@@ -449,6 +449,30 @@ def test_a_frozen_server_times_out_instead_of_hanging(private_server: RedisServe
     assert default.update_entry(entry("e1", hint="x"), expected_revision=0).revision == 1
     quick.close()
     default.close()
+
+
+def test_a_connection_lost_at_exec_says_the_write_may_have_applied(
+    private_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two connections only: a failure that kept its connection checked out would use them up.
+    store = RedisStore(f"{private_server.url}?socket_timeout=0.2&max_connections=2")
+    execute = Pipeline.execute
+
+    def freeze_then_execute(pipe: Pipeline, raise_on_error: bool = True) -> list[object]:
+        private_server.freeze()  # MULTI ... EXEC is sent, and no reply ever comes back
+        return execute(pipe, raise_on_error)
+
+    monkeypatch.setattr(Pipeline, "execute", freeze_then_execute)
+    for target in ("01", "02", "03"):
+        with pytest.raises(StoreError, match="connection dropped after the write was sent"):
+            store.add_revocation(revocation(target))
+        private_server.thaw()
+    monkeypatch.undo()
+
+    # The server ran each transaction once it woke, so a caller must look before repeating.
+    assert [r.target for r in store.list_revocations()] == ["01", "02", "03"]
+    store.add_revocation(revocation("04"))
+    store.close()
 
 
 # -- URLs and secrets --------------------------------------------------------------------
@@ -532,6 +556,24 @@ def test_redact_url_hides_only_the_password(url: str, shown: str) -> None:
 def test_malformed_urls_are_refused_with_the_reason(url: str, problem: str) -> None:
     with pytest.raises(StoreError, match=f"invalid redis store URL .*{problem}"):
         RedisStore(url)
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "redis://127.0.0.1:{port}/0",
+        "redis+sentinel://127.0.0.1:{port}/authd",
+        "redis+cluster://127.0.0.1:{port}",
+        "unix:///nonexistent/redis-{port}.sock",
+    ],
+)
+def test_no_server_at_the_url_is_reported_at_once_for_every_form(form: str) -> None:
+    url = form.format(port=free_port())
+    began = time.monotonic()
+
+    with pytest.raises(StoreError, match=f"^cannot reach redis store {re.escape(url)}: .+"):
+        RedisStore(url)
+    assert time.monotonic() - began < 3
 
 
 def test_open_store_opens_a_redis_store_for_redis_urls(
@@ -679,7 +721,7 @@ def test_fields_of_the_wrong_type_are_refused_before_anything_is_written(
     with pytest.raises(StoreError, match="revoked_at must be a 64-bit integer"):
         store.add_revocation(revocation("01", revoked_at=2**63))
     with pytest.raises(StoreError, match="issued_at must be a 64-bit integer, not True"):
-        store.record_issuance(IssuanceRecord("0a", "x509", WEB, "a1", 1, 2, "r", True))  # type: ignore[arg-type]
+        store.record_issuance(IssuanceRecord("0a", "x509", WEB, "a1", 1, 2, "r", True))
     with pytest.raises(StoreError, match="tainted must be a bool"):
         store.save_authorities([authority("a1", tainted=1)])
     with pytest.raises(StoreError, match="spiffe_id must be a string"):
