@@ -26,7 +26,13 @@ from authd.workload.entries import EntryError, EntryRules, parse_selector
 from authd.workload.registry import EntryRegistry
 from ca.audit import records_about, verify_chain
 from ca.certificate_authority import CertificateAuthority
-from ca.errors import InvalidRequest, InvalidSpiffeId
+from ca.errors import (
+    AlreadyRevoked,
+    FinalRevocation,
+    InvalidRequest,
+    InvalidSpiffeId,
+    NotRevoked,
+)
 from ca.revocation import RevocationReason
 from ca.revocation_list import RevocationList
 from ca.spiffe_id import SpiffeId
@@ -35,6 +41,7 @@ from ca.store import (
     AuditRecord,
     AuthorityRecord,
     Conflict,
+    CorruptRecord,
     IssuanceRecord,
     NotFound,
     RegistrationEntry,
@@ -52,13 +59,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 AUTHORITY_KINDS = ("x509", "jwt")
 REVOCATION_KINDS = ("serial", "spiffe_id", "entry")
 
-# RevocationList refuses every (un)revocation with InvalidRequest. These refusals are about
-# what is stored, not about the request, and get the status that says so; the rest are
-# INVALID_ARGUMENT. Each message ends with the phrase (targets are quoted or come earlier).
-_REVOCATION_STATE_REFUSALS = (
-    ("is already revoked", grpc.StatusCode.ALREADY_EXISTS),
-    ("is not revoked", grpc.StatusCode.NOT_FOUND),
-    ("only certificate-hold can be lifted", grpc.StatusCode.FAILED_PRECONDITION),
+# Refusals about what is stored, not about the request, get the status that says so; the
+# rest of RevocationList's InvalidRequest refusals are INVALID_ARGUMENT.
+_REVOCATION_STATE_REFUSALS: tuple[tuple[type[InvalidRequest], grpc.StatusCode], ...] = (
+    (AlreadyRevoked, grpc.StatusCode.ALREADY_EXISTS),
+    (NotRevoked, grpc.StatusCode.NOT_FOUND),
+    (FinalRevocation, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
 
@@ -173,9 +179,8 @@ def audit_to_proto(record: AuditRecord) -> admin_pb2.AuditRecord:
 
 
 def _revocation_refusal(exc: InvalidRequest) -> grpc.StatusCode:
-    message = str(exc)
-    for ending, code in _REVOCATION_STATE_REFUSALS:
-        if message.endswith(ending):
+    for kind, code in _REVOCATION_STATE_REFUSALS:
+        if isinstance(exc, kind):
             return code
     return grpc.StatusCode.INVALID_ARGUMENT
 
@@ -609,11 +614,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> list[AuditRecord]:
         try:
             return self._store.list_audit(since=since, subject=subject)
-        except StoreError as exc:
-            await _refuse(context, exc)
-        except ValueError as exc:
+        except CorruptRecord as exc:
             # A row that no longer parses (details that are not JSON) is damage as well.
             await _abort(context, grpc.StatusCode.DATA_LOSS, f"cannot read the audit log: {exc}")
+        except StoreError as exc:
+            await _refuse(context, exc)
 
     async def ListAudit(
         self, request: admin_pb2.ListAuditRequest, context: Context

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from cryptography import x509
 
+from ca.store.redis import REDIS_URL_SCHEMES, redact_url
+
 __all__ = [
     "ENV_CONFIG_PATH",
     "KEY_TYPES",
@@ -47,7 +49,7 @@ ENV_CONFIG_PATH = "AUTHD_CONFIG"
 _ENV_PREFIX = "AUTHD_"
 _MIN_CA_TTL = 60
 _MAX_UNIX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating NUL
-_STORE_SCHEMES = ("sqlite", "redis", "rediss", "unix")
+_STORE_SCHEMES = ("sqlite", *REDIS_URL_SCHEMES)
 
 
 class ConfigError(ValueError):
@@ -325,7 +327,8 @@ def _parse_store_url(value: object) -> str:
     scheme, sep, rest = text.partition("://")
     if not sep or scheme not in _STORE_SCHEMES or not rest:
         raise ValueError(
-            f"must be sqlite://<path> or a redis://, rediss:// or unix:// URL, not {text!r}"
+            f"must be sqlite://<path> or a Redis URL ({', '.join(REDIS_URL_SCHEMES)}), "
+            f"not {redact_url(text)!r}"
         )
     return text
 

@@ -15,6 +15,18 @@ class InvalidRequest(CAError, ValueError):
     """A signing request cannot be honoured: bad CSR, weak key, bad TTL, unknown type."""
 
 
+class AlreadyRevoked(InvalidRequest):
+    """The target is revoked already."""
+
+
+class NotRevoked(InvalidRequest):
+    """The target to lift is not revoked."""
+
+
+class FinalRevocation(InvalidRequest):
+    """Only a certificate hold can be lifted (RFC 5280 5.3.1)."""
+
+
 class VerificationError(CAError):
     """An SVID or bundle failed verification; ``rule`` names the rule that failed."""
 

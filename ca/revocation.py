@@ -51,7 +51,7 @@ class RevocationReason(enum.IntEnum):
             for reason in cls:
                 if reason.name.replace("_", "").lower() == wanted:
                     return reason
-        names = ", ".join(r.name.lower().replace("_", "-") for r in cls)
+        names = ", ".join(r.label for r in cls if r is not cls.REMOVE_FROM_CRL)
         raise InvalidRequest(f"unknown revocation reason {text!r}; use one of {names}")
 
     @property

@@ -15,7 +15,7 @@ from cryptography import x509
 
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
-from ca.errors import InvalidRequest
+from ca.errors import AlreadyRevoked, FinalRevocation, InvalidRequest, NotRevoked
 from ca.revocation import RevocationReason, RevocationView, build_crl
 from ca.spiffe_id import SpiffeId
 from ca.store import AlreadyExists, IssuanceRecord, NotFound, Revocation, Store
@@ -50,8 +50,22 @@ class RevocationList:
 
     def sync(self) -> None:
         """Rebuild the view from the store (at start, and when a replica reconnects)."""
-        self.view.load(self._store.list_revocations(), at=self._clock.now())
+        revocations = self._store.list_revocations()
+        self.view.load(revocations, at=self._clock.now())
+        for revocation in revocations:
+            if revocation.target_kind == "entry":
+                self._apply(revocation, revoked=True)
         self._invalidate()
+
+    def _apply(self, revocation: Revocation, *, revoked: bool) -> None:
+        """Update the view; an entry's revocation also covers the serials it was issued."""
+        self.view.apply(revocation.target_kind, revocation.target, revoked=revoked)
+        if revocation.target_kind == "entry":
+            now = self._clock.now()
+            self._ca.issuance_log.flush()
+            for issuance in self._issued_to(revocation):
+                if issuance.not_after > now:
+                    self.view.apply("serial", issuance.serial, revoked=revoked)
 
     # --- revoking --------------------------------------------------------------------------
 
@@ -73,7 +87,8 @@ class RevocationList:
         try:
             self._store.add_revocation(revocation)
         except AlreadyExists:
-            raise InvalidRequest(f"{kind} {target} is already revoked") from None
+            raise AlreadyRevoked(f"{kind} {target} is already revoked") from None
+        self._apply(revocation, revoked=True)
         self._store.append_audit(
             time=revocation.revoked_at,
             actor=actor,
@@ -81,7 +96,6 @@ class RevocationList:
             subject=f"{kind}:{target}",
             details={"reason": reason_code.label, "note": note},
         )
-        self.view.apply(kind, target, revoked=True)
         self._changed()
         return revocation
 
@@ -90,13 +104,14 @@ class RevocationList:
         try:
             revocation = self._store.get_revocation(kind, target)
         except NotFound:
-            raise InvalidRequest(f"{kind} {target} is not revoked") from None
+            raise NotRevoked(f"{kind} {target} is not revoked") from None
         if revocation.reason != RevocationReason.CERTIFICATE_HOLD:
             reason = RevocationReason(revocation.reason).label
-            raise InvalidRequest(
+            raise FinalRevocation(
                 f"{kind} {target} was revoked for {reason}; only certificate-hold can be lifted"
             )
         self._store.remove_revocation(kind, target)
+        self._apply(revocation, revoked=False)
         self._store.append_audit(
             time=int(self._clock.now()),
             actor=actor,
@@ -104,7 +119,6 @@ class RevocationList:
             subject=f"{kind}:{target}",
             details={},
         )
-        self.view.apply(kind, target, revoked=False)
         self._changed()
         return revocation
 

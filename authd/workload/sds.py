@@ -288,7 +288,8 @@ class CrlFeed:
             check_interval if check_interval is not None else revocations.crl_refresh / 4
         )
         self.version = 0
-        self._seen: object = None  # the crls() list last handed out or noticed
+        self._noticed: object = None  # the crls() list streams last heard of
+        self._pem_of: object = None  # the crls() list ``_pem`` was made from
         self._pem = b""
         self._changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -301,8 +302,9 @@ class CrlFeed:
         except Exception:
             log.exception("SDS: cannot build the CRLs; serving the last ones")
             return self._pem
-        if crls is not self._seen:
-            self._seen, self._pem = crls, crl_pem(crls)
+        if crls is not self._pem_of:
+            self._pem_of, self._pem = crls, crl_pem(crls)
+        self._noticed = crls
         return self._pem
 
     async def wait_for_change(self, version: int) -> int:
@@ -323,8 +325,8 @@ class CrlFeed:
         except Exception:
             log.exception("SDS: cannot build the CRLs; will retry")
             return
-        if crls is not self._seen:
-            self._seen = crls
+        if crls is not self._noticed:
+            self._noticed = crls
             self._bump()
 
     def _bump(self) -> None:

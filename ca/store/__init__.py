@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ca.store.base import AlreadyExists, Conflict, NotFound, SchemaError, Store, StoreError
+from ca.store.base import (
+    AlreadyExists,
+    Conflict,
+    CorruptRecord,
+    NotFound,
+    SchemaError,
+    Store,
+    StoreError,
+)
 from ca.store.records import (
     AUDIT_GENESIS_HASH,
     AuditRecord,
@@ -24,6 +32,7 @@ __all__ = [
     "AuditRecord",
     "AuthorityRecord",
     "Conflict",
+    "CorruptRecord",
     "IssuanceRecord",
     "NotFound",
     "RedisStore",

@@ -38,6 +38,10 @@ class Conflict(StoreError):
     """An update was based on a revision that is no longer the stored one."""
 
 
+class CorruptRecord(StoreError):
+    """A stored record can no longer be read (damage outside the store's own writes)."""
+
+
 class SchemaError(StoreError):
     """The stored data was written by a newer schema than this code knows."""
 

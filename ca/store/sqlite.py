@@ -18,7 +18,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ca.store.base import AlreadyExists, Conflict, NotFound, SchemaError, Store, StoreError
+from ca.store.base import (
+    AlreadyExists,
+    Conflict,
+    CorruptRecord,
+    NotFound,
+    SchemaError,
+    Store,
+    StoreError,
+)
 from ca.store.records import (
     AUDIT_GENESIS_HASH,
     AuditRecord,
@@ -523,10 +531,16 @@ class SQLiteStore(Store):
                 _select(_AUDIT_COLUMNS, "audit", where, "seq"),
                 params,
             ).fetchall()
-        return [
-            AuditRecord(seq, time, actor, action, subject, json.loads(details), prev, digest)
-            for seq, time, actor, action, subject, details, prev, digest in rows
-        ]
+        records = []
+        for seq, time, actor, action, subject, details, prev, digest in rows:
+            try:
+                parsed = json.loads(details)
+            except ValueError as exc:
+                raise CorruptRecord(
+                    f"store {self._path}: audit record {seq} is corrupt: {exc}"
+                ) from None
+            records.append(AuditRecord(seq, time, actor, action, subject, parsed, prev, digest))
+        return records
 
 
 def _create_private_file(path: Path) -> None:

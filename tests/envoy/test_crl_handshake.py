@@ -1,0 +1,403 @@
+"""A revoked SVID is refused by Envoy itself, at the TLS handshake of a new connection.
+
+Three sidecars from deploy/envoy/sidecar-sds.yaml (the launcher of ``test_sds_rotation``),
+each under its own uid so authd's attestation gives each its own registration entry: a
+server sidecar that validates callers with ``ROOTCA`` (trusted CAs plus authd's CRLs; Envoy's
+SPIFFE validator behind ``ALL`` ignores CRLs), and two callers: ``client``, whose SVID lives
+an hour (its serial stays put while the test revokes it), and ``rotating``, whose SVID is
+re-issued every ~10 s. Every request to a caller's outbound port opens a new connection to
+the server (``PEER_MAX_REQUESTS`` = 1), so every request is a new handshake.
+
+A revoked caller's request must fail *at the handshake*: a 503 with the TLS alert from the
+client sidecar, a verification failure counted by the server sidecar, and nothing in the
+server's access log (ext_authz, which would answer 403, is never reached). authd re-signs
+its CRLs every ``CRL_REFRESH`` seconds here, so the tests also show that Envoy keeps getting
+fresh ones (a CRL past its nextUpdate would fail every handshake).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import pwd
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from tests.envoy.harness import (
+    ENVOY_BINARY,
+    HOST,
+    TRUST_DOMAIN,
+    Authd,
+    EchoUpstream,
+    Envoy,
+    Reply,
+    authd_config,
+    read_json_lines,
+    request,
+    short_tmpdir,
+    start_authd,
+    wait_for,
+)
+from tests.envoy.test_sds_rotation import (
+    NOBODY,
+    ServiceUser,
+    leaf_hash,
+    secrets_of,
+    served_chain,
+    start_sidecar,
+    xfcc,
+)
+
+SERVER = f"spiffe://{TRUST_DOMAIN}/server"
+CLIENT = f"spiffe://{TRUST_DOMAIN}/client"
+ROTATING = f"spiffe://{TRUST_DOMAIN}/rotating"
+CLIENT_TTL = "1h"
+ROTATING_TTL = 20  # seconds: re-issued at 9-10 s
+CRL_REFRESH = 4  # seconds: nextUpdate = signing + 4 s, re-signed every 2 s
+LANDING_TIMEOUT = 15.0  # for a revocation to reach the server sidecar
+
+POLICY = f"""\
+version: 1
+default_rule_set: server
+rule_sets:
+  server:
+    rules:
+      - name: callers
+        effect: allow
+        paths: ["/*"]
+        callers: ["{CLIENT}", "{ROTATING}"]
+"""
+
+_END = b"-----END X509 CRL-----\n"
+
+
+@dataclass
+class Caller:
+    spiffe_id: str
+    envoy: Envoy
+    port: int  # its plaintext outbound listener
+
+    def call(self, path: str) -> Reply:
+        return request(self.port, path, timeout=10)
+
+    def leaf(self) -> x509.Certificate:
+        return served_chain(self.envoy, self.spiffe_id)[0]
+
+
+@dataclass
+class Mesh:
+    authd: Authd
+    server: Envoy
+    client: Caller
+    rotating: Caller
+    access_log: Path  # the server sidecar's
+
+
+# --- fixtures -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tmp() -> Iterator[Path]:
+    path = short_tmpdir()
+    path.chmod(0o755)  # the sidecars' uids must reach their directories and authd's socket
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def users() -> Iterator[dict[str, ServiceUser]]:
+    """``client`` runs as nobody; ``server`` and ``rotating`` as users made for this module."""
+    made: list[str] = []
+    try:
+        found = {"client": ServiceUser("nobody", NOBODY, pwd.getpwuid(NOBODY).pw_gid)}
+        for role in ("server", "rotating"):
+            name = f"authd-crl-{secrets.token_hex(3)}"
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                check=True,
+                capture_output=True,
+            )
+            made.append(name)
+            entry = pwd.getpwnam(name)
+            found[role] = ServiceUser(name, entry.pw_uid, entry.pw_gid)
+        yield found
+    finally:
+        for name in made:
+            subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def authd(tmp: Path, users: dict[str, ServiceUser]) -> Iterator[Authd]:
+    config = authd_config(policy_file="policy.yaml") + f"\n[ca]\ncrl_refresh = {CRL_REFRESH}\n"
+    daemon = start_authd(tmp / "d", config, files={"policy.yaml": POLICY})
+    try:
+        wait_for("authd's workload socket", (daemon.data_dir / "workload.sock").exists)
+        for role, spiffe_id, ttl in (
+            ("server", SERVER, "1h"),
+            ("client", CLIENT, CLIENT_TTL),
+            ("rotating", ROTATING, f"{ROTATING_TTL}s"),
+        ):
+            daemon.cli(
+                "entry",
+                "create",
+                "--spiffe-id",
+                spiffe_id,
+                "--selector",
+                f"unix:uid:{users[role].uid}",
+                "--x509-svid-ttl",
+                ttl,
+            )
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def mesh(authd: Authd, users: dict[str, ServiceUser], tmp: Path) -> Iterator[Mesh]:
+    directory = tmp / "bin"
+    directory.mkdir(mode=0o755)
+    binary = directory / "envoy"  # a copy the sidecars' uids may execute
+    shutil.copy2(ENVOY_BINARY, binary)
+    binary.chmod(0o755)
+    echo = EchoUpstream()
+    common: dict[str, object] = {
+        "ADMIN_PORT": 0,
+        "WORKLOAD_SOCKET": authd.data_dir / "workload.sock",
+        "TRUST_DOMAIN": TRUST_DOMAIN,
+        "INBOUND_ADDRESS": HOST,
+        "INBOUND_PORT": 0,
+        "OUTBOUND_PORT": 0,
+        "APP_ADDRESS": HOST,
+        "APP_PORT": echo.port,
+        "PEER_ADDRESS": HOST,
+        "PEER_MAX_REQUESTS": 1,  # every request a new connection, so a new handshake
+        "AUTHZ_ADDRESS": HOST,
+        "AUTHZ_PORT": authd.grpc_port,
+        "POLICY": "server",
+        "JWT_AUDIENCE": "",
+    }
+    started: list[Envoy] = []
+    try:
+        server = start_sidecar(
+            "server",
+            users["server"],
+            binary,
+            tmp,
+            **common,
+            SVID_NAME="default",
+            BUNDLE_NAME="ROOTCA",  # the validation context that carries the CRLs
+            PEER_PORT=9,  # the server calls no one
+            PEER_SPIFFE_ID=CLIENT,
+        )
+        started.append(server)
+        callers = {}
+        for role, spiffe_id in (("client", CLIENT), ("rotating", ROTATING)):
+            envoy = start_sidecar(
+                role,
+                users[role],
+                binary,
+                tmp,
+                **common,
+                SVID_NAME=spiffe_id,
+                BUNDLE_NAME="ALL",
+                PEER_PORT=server.listener_port("inbound"),
+                PEER_SPIFFE_ID=SERVER,
+            )
+            started.append(envoy)
+            callers[role] = Caller(spiffe_id, envoy, envoy.listener_port("outbound"))
+        yield Mesh(authd, server, callers["client"], callers["rotating"], tmp / "server")
+    finally:
+        for envoy in started:
+            envoy.stop()
+        echo.close()
+
+
+# --- what the server sidecar holds and counts ----------------------------------------------
+
+
+def served_crls(envoy: Envoy) -> list[x509.CertificateRevocationList]:
+    """The CRLs of the sidecar's ROOTCA validation context (none: an empty list)."""
+    context = secrets_of(envoy)["ROOTCA"]["validation_context"]
+    if "crl" not in context:
+        return []
+    pem = base64.b64decode(context["crl"]["inline_bytes"])
+    return [x509.load_pem_x509_crl(block + _END) for block in pem.split(_END) if block.strip()]
+
+
+def listed(envoy: Envoy) -> set[int]:
+    """Every serial the sidecar's CRLs list."""
+    return {entry.serial_number for crl in served_crls(envoy) for entry in crl}
+
+
+def stats(envoy: Envoy) -> dict[str, int]:
+    names = (
+        "listener.inbound.ssl.handshake",
+        "listener.inbound.ssl.fail_verify_error",
+        "listener.inbound.ssl.connection_error",
+        "sds.ROOTCA.update_success",
+        "sds.ROOTCA.update_rejected",
+    )
+    return {name: envoy.counter(name) for name in names}
+
+
+def grew(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {name: after[name] - before[name] for name in before}
+
+
+def inbound_peers(mesh: Mesh) -> list[str]:
+    """The callers of the requests that reached the server sidecar's HTTP layer, in order."""
+    return [
+        entry["peer"]
+        for entry in read_json_lines(mesh.access_log / "access.log")
+        if entry.get("direction") == "inbound"
+    ]
+
+
+def wait_until(what: str, condition: Callable[[], bool], timeout: float) -> float:
+    """Seconds until ``condition()`` held (bounded by ``timeout``)."""
+    began = time.monotonic()
+    wait_for(what, lambda: condition() or None, timeout)
+    return time.monotonic() - began
+
+
+def assert_gets_in(caller: Caller) -> Reply:
+    reply = caller.call("/hello")
+    assert reply.status == 200, reply
+    assert xfcc(reply)["URI"] == caller.spiffe_id
+    return reply
+
+
+def assert_refused_at_handshake(mesh: Mesh, caller: Caller) -> Reply:
+    """A new connection of ``caller`` fails its handshake, and no request reaches the server."""
+    before, peers_before = stats(mesh.server), len(inbound_peers(mesh))
+    reply = caller.call("/hello")
+    assert reply.status == 503, reply
+    assert b"CERTIFICATE_REVOKED" in reply.body, reply.body
+    delta = grew(before, stats(mesh.server))
+    assert delta["listener.inbound.ssl.fail_verify_error"] >= 1, delta
+    assert delta["listener.inbound.ssl.handshake"] == 0, delta
+    time.sleep(0.1)  # access logs are flushed every 20 ms
+    assert len(inbound_peers(mesh)) == peers_before
+    return reply
+
+
+def revoke(mesh: Mesh, kind: str, target: str, reason: str) -> None:
+    mesh.authd.cli("revoke", kind, target, "--reason", reason, "--note", "test_crl_handshake")
+
+
+# --- the tests ----------------------------------------------------------------------------
+
+
+def test_envoy_keeps_getting_fresh_crls_and_handshakes_keep_working(mesh: Mesh) -> None:
+    before = stats(mesh.server)
+    began = time.monotonic()
+    replies = []
+    while time.monotonic() - began < 2.5 * CRL_REFRESH:
+        replies.append(mesh.client.call("/fresh"))
+        time.sleep(0.2)
+    delta = grew(before, stats(mesh.server))
+    failures = [r for r in replies if r.status != 200]
+    assert failures == [], failures[:3]
+    assert delta["listener.inbound.ssl.handshake"] >= len(replies)
+    assert delta["listener.inbound.ssl.fail_verify_error"] == 0, delta
+    # Re-signed every CRL_REFRESH/2 and pushed: at least three new CRLs in 2.5 periods.
+    assert delta["sds.ROOTCA.update_success"] >= 3, delta
+    assert delta["sds.ROOTCA.update_rejected"] == 0, delta
+    crls = served_crls(mesh.server)
+    assert crls, "the server's ROOTCA carries no CRL"
+    now = dt.datetime.now(dt.UTC)
+    for crl in crls:
+        assert crl.next_update_utc is not None and crl.next_update_utc > now
+    print(json.dumps({"requests": len(replies), "server": delta}))
+
+
+def test_a_revoked_serial_is_refused_at_the_handshake_until_its_hold_is_lifted(
+    mesh: Mesh,
+) -> None:
+    leaf = mesh.client.leaf()
+    reply = assert_gets_in(mesh.client)
+    assert xfcc(reply)["Hash"] == leaf_hash(leaf)  # the serial about to be revoked
+    assert_gets_in(mesh.rotating)
+    before = stats(mesh.server)
+
+    revoke(mesh, "serial", format(leaf.serial_number, "x"), "certificate-hold")
+    landed = wait_until(
+        "the revoked serial in the server sidecar's CRL",
+        lambda: leaf.serial_number in listed(mesh.server),
+        LANDING_TIMEOUT,
+    )
+    assert mesh.client.leaf() == leaf  # still the SVID the client presents
+    refused = assert_refused_at_handshake(mesh, mesh.client)
+    assert_gets_in(mesh.rotating)  # another caller still gets in
+    during = grew(before, stats(mesh.server))
+
+    mesh.authd.cli("unrevoke", "serial", format(leaf.serial_number, "x"))
+    lifted = wait_until(
+        "the serial to leave the server sidecar's CRL",
+        lambda: leaf.serial_number not in listed(mesh.server),
+        LANDING_TIMEOUT,
+    )
+    reply = assert_gets_in(mesh.client)
+    assert xfcc(reply)["Hash"] == leaf_hash(leaf)  # the same certificate, admitted again
+    print(
+        json.dumps(
+            {
+                "revocation_landed_s": round(landed, 2),
+                "hold_lifted_s": round(lifted, 2),
+                "server_while_revoked": during,
+                "client_reply": refused.body[:300].decode(errors="replace"),
+            }
+        )
+    )
+
+
+def test_revoking_a_spiffe_id_refuses_every_svid_it_holds(mesh: Mesh) -> None:
+    assert_gets_in(mesh.rotating)
+    # Let it rotate once, so two of its SVIDs are valid when it is revoked.
+    first = mesh.rotating.leaf()
+    wait_until(
+        "the rotating sidecar's next SVID",
+        lambda: mesh.rotating.leaf().serial_number != first.serial_number,
+        ROTATING_TTL,
+    )
+    before = stats(mesh.server)
+    revoke(mesh, "spiffe-id", ROTATING, "key-compromise")
+    revoked_at = time.monotonic()
+
+    def every_svid_listed() -> bool:
+        held = {first.serial_number, mesh.rotating.leaf().serial_number}
+        return held <= listed(mesh.server)
+
+    landed = wait_until(
+        "every SVID of the revoked SPIFFE ID in the server sidecar's CRL",
+        every_svid_listed,
+        LANDING_TIMEOUT,
+    )
+    held = mesh.rotating.leaf()
+    refused = assert_refused_at_handshake(mesh, mesh.rotating)
+    # Refused for the revocation, not for expiry: what it presents is still valid.
+    assert held.not_valid_after_utc > dt.datetime.now(dt.UTC)
+    assert_gets_in(mesh.client)  # an unrevoked caller still gets in
+    # No new SVID is issued to it (authd refuses the SDS stream); it keeps what it had.
+    time.sleep(1)
+    assert mesh.rotating.leaf() == held
+    print(
+        json.dumps(
+            {
+                "revocation_landed_s": round(landed, 2),
+                "refused_after_s": round(time.monotonic() - revoked_at, 2),
+                "held_expires_in_s": round(held.not_valid_after_utc.timestamp() - time.time(), 1),
+                "server_while_revoked": grew(before, stats(mesh.server)),
+                "rotating_reply": refused.body[:300].decode(errors="replace"),
+            }
+        )
+    )
