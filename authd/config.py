@@ -84,6 +84,7 @@ class CAConfig:
     bundle_refresh_hint: int = 300
     rotation_check_interval: int = 10
     crl_refresh: int = 60
+    rotates: bool = True  # with several replicas on one store, true on exactly one
     http_address: str = ""  # the bundle and CRL endpoint, host:port; "" disables
 
     @property
@@ -97,6 +98,9 @@ class StoreConfig:
     """Where state lives: ``sqlite://<path>`` (relative to data_dir) or a Redis URL."""
 
     url: str = "sqlite://authd.db"
+    # With a shared (Redis) store: how long a replica that lost the store keeps deciding
+    # from its last revocation view before ext_authz fails closed (503).
+    max_staleness: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,8 +477,10 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "ca.bundle_refresh_hint": _parse_positive_duration,
     "ca.rotation_check_interval": _parse_positive_duration,
     "ca.crl_refresh": _parse_positive_duration,
+    "ca.rotates": _parse_bool,
     "ca.http_address": _parse_address,
     "store.url": _parse_store_url,
+    "store.max_staleness": _parse_positive_duration,
     "admin.socket_path": _parse_path,
     "admin.allowed_uids": _parse_uids,
     "authz.grpc_address": _parse_address,

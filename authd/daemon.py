@@ -44,9 +44,10 @@ from authd.workload.svids import SvidProvider
 from ca.certificate_authority import CASettings, CertificateAuthority, UpstreamAuthority
 from ca.clock import Clock, SystemClock
 from ca.keys import KeyStore, KeyType
+from ca.replication import ReplicaFollower
 from ca.revocation_list import RevocationList
 from ca.spiffe_id import TrustDomain
-from ca.store import Store, open_store
+from ca.store import RedisStore, Store, open_store
 
 log = logging.getLogger("authd")
 
@@ -106,6 +107,7 @@ class Daemon:
         self._policy: PolicyHolder | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._workload: WorkloadEndpoint | None = None
+        self.follower: ReplicaFollower | None = None
         self._bundle_endpoint: BundleEndpoint | None = None
         self.metrics = AuthzMetrics()
         self.registry = CollectorRegistry()
@@ -136,11 +138,26 @@ class Daemon:
             clock=self.clock,
             settings=ca_settings(config),
             upstream=upstream,
+            rotates=config.ca.rotates,
         )
         self.entry_registry = EntryRegistry(self._store, self.clock)
+        loop = asyncio.get_running_loop()
         self.revocations = RevocationList(
-            self.ca, self._store, self.clock, crl_refresh=config.ca.crl_refresh
+            self.ca,
+            self._store,
+            self.clock,
+            crl_refresh=config.ca.crl_refresh,
+            notify=loop.call_soon_threadsafe,
         )
+        if isinstance(self._store, RedisStore):
+            self.follower = ReplicaFollower(
+                self._store,
+                self.revocations,
+                self.clock,
+                on_entries=lambda: loop.call_soon_threadsafe(self.entry_registry.reload),
+                on_authorities=lambda: loop.call_soon_threadsafe(self.ca.reload),
+            )
+            self.follower.start()
         await self._start_admin(data_dir / "private")
         await self._start_authz()
         await self._start_workload()
@@ -231,6 +248,17 @@ class Daemon:
             policy=lambda: holder.current,
             metrics=self.metrics,
             decision_log=self._decision_log,
+            fresh=self.fresh,
+        )
+        self.metrics.add_gauge_source(
+            "authd_revocation_staleness_seconds",
+            "seconds since this replica's revocation view last matched the store",
+            lambda: 0.0 if self.follower is None else min(self.follower.staleness(), 1e9),
+        )
+        self.metrics.add_gauge_source(
+            "authd_revocations",
+            "revoked serials, SPIFFE IDs, entries and token ids in the in-memory view",
+            lambda: float(self.revocations.view.count()),
         )
         if authz.grpc_address or authz.grpc_socket:
             server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -355,8 +383,15 @@ class Daemon:
     def stop(self) -> None:
         self._stopping.set()
 
+    def fresh(self) -> bool:
+        """False once a replica has been cut off from the shared store for too long."""
+        follower = self.follower
+        return follower is None or follower.staleness() <= self.config.store.max_staleness
+
     async def close(self) -> None:
         await self._health.enter_graceful_shutdown()
+        if self.follower is not None:
+            self.follower.stop()
         if self._workload is not None:
             await self._workload.close()
         if self._bundle_endpoint is not None:

@@ -80,6 +80,7 @@ class CertificateAuthority:
         clock: Clock,
         settings: CASettings | None = None,
         upstream: UpstreamAuthority | None = None,
+        rotates: bool = True,
     ) -> None:
         self.trust_domain = trust_domain
         self.store = store
@@ -96,7 +97,12 @@ class CertificateAuthority:
         self._bundle = TrustBundle(trust_domain)
         self._listeners: list[Callable[[], None]] = []
         self.issuance_log = IssuanceLog(store)
-        self.rotate()
+        # With several replicas on one store, exactly one rotates; the others follow.
+        self.rotates = rotates
+        if rotates:
+            self.rotate()
+        else:
+            self._load()
 
     def close(self) -> None:
         """Write out the issuance log; the store stays open (it belongs to the caller)."""
@@ -121,6 +127,12 @@ class CertificateAuthority:
             if changed:
                 self._notify()
             return changed
+
+    def reload(self) -> None:
+        """Re-read the authorities from the store (another replica changed them)."""
+        with self._lock:
+            self._load()
+        self._notify()
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after every change of the authorities or the bundle."""
@@ -328,12 +340,14 @@ class CertificateAuthority:
 
     @property
     def x509_authority(self) -> X509Authority:
-        assert self._x509 is not None
+        if self._x509 is None:
+            raise InvalidRequest("no active X.509 authority yet (the rotating replica makes it)")
         return self._x509
 
     @property
     def jwt_authority(self) -> JwtAuthority:
-        assert self._jwt is not None
+        if self._jwt is None:
+            raise InvalidRequest("no active JWT authority yet (the rotating replica makes it)")
         return self._jwt
 
     def authorities(self) -> list[AuthorityRecord]:

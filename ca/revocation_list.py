@@ -32,6 +32,7 @@ class RevocationList:
         *,
         view: RevocationView | None = None,
         crl_refresh: int = 60,
+        notify: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self._ca = ca
         self._store = store
@@ -41,6 +42,9 @@ class RevocationList:
         self._lock = threading.Lock()
         self._crls: tuple[list[x509.CertificateRevocationList], float] | None = None
         self._listeners: list[Callable[[], None]] = []
+        # How listeners are called: directly, or handed to the serving loop by a caller
+        # whose changes arrive on another thread (a replica following the shared store).
+        self._notify = notify or (lambda listener: listener())
         ca.add_listener(self._invalidate)
         self.sync()
 
@@ -122,6 +126,29 @@ class RevocationList:
         self._changed()
         return revocation
 
+    def refresh(self, kind: str, target: str) -> None:
+        """Re-read one revocation from the store (another replica changed it)."""
+        try:
+            revocation = self._store.get_revocation(kind, target)
+        except NotFound:
+            if self.view.contains(kind, target):
+                self._apply(
+                    Revocation(
+                        target_kind=kind,
+                        target=target,
+                        reason=0,
+                        note="",
+                        revoked_at=0,
+                        revoked_by="",
+                    ),
+                    revoked=False,
+                )
+                self._changed()
+            return
+        if not self.view.contains(kind, target):
+            self._apply(revocation, revoked=True)
+            self._changed()
+
     def blocks_issuance(self, spiffe_id: str, entry_id: str | None = None) -> bool:
         view = self.view
         return view.contains("spiffe_id", spiffe_id) or (
@@ -159,7 +186,7 @@ class RevocationList:
     def _changed(self) -> None:
         self._invalidate()
         for listener in self._listeners:
-            listener()
+            self._notify(listener)
 
     def _invalidate(self) -> None:
         with self._lock:

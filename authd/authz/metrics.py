@@ -45,6 +45,7 @@ class AuthzMetrics(Collector):
         self._sums: dict[str, float] = {}
         # Extra counters published as they are, e.g. cache hits: name -> (help, read()).
         self._sources: dict[str, tuple[str, Callable[[], Mapping[str, float]]]] = {}
+        self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
 
     def observe(self, transport: str, outcome: Outcome, elapsed: float) -> None:
         decision = "allow" if outcome.decision.allowed else "deny"
@@ -66,7 +67,13 @@ class AuthzMetrics(Collector):
         """Publish ``read()`` (label value of ``kind`` → count) as counter ``name``."""
         self._sources[name] = (documentation, read)
 
+    def add_gauge_source(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """Publish ``read()`` as gauge ``name`` at scrape time."""
+        self._gauges[name] = (documentation, read)
+
     def collect(self) -> Iterator[Metric]:
+        for name, (documentation, gauge_value) in sorted(self._gauges.items()):
+            yield GaugeMetricFamily(name, documentation, value=gauge_value())
         checks = CounterMetricFamily(
             "authd_checks", "ext_authz checks decided", labels=["transport", "decision", "reason"]
         )
@@ -96,7 +103,3 @@ class AuthzMetrics(Collector):
             for kind, value in sorted(read().items()):
                 family.add_metric([kind], value)
             yield family
-
-
-def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, value=value)

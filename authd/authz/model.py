@@ -123,6 +123,7 @@ class Reason(enum.StrEnum):
     MISSING_CREDENTIALS = "missing_credentials"
     INVALID_CREDENTIALS = "invalid_credentials"
     REVOKED = "revoked"
+    STALE = "revocations_stale"  # this replica lost the shared store too long ago
 
 
 @dataclass(slots=True)

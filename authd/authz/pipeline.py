@@ -105,12 +105,14 @@ class Authorizer:
         settings: AuthzSettings | None = None,
         decision_log: DecisionLog | None = None,
         metrics: AuthzMetrics | None = None,
+        fresh: Callable[[], bool] = lambda: True,
     ) -> None:
         self._resolver = resolver
         self._policy = policy
         self.settings = settings or AuthzSettings()
         self._log = decision_log
         self._metrics = metrics
+        self._fresh = fresh
         s = self.settings
         self._identity_headers = [s.caller_header, s.subject_header, s.decision_id_header]
         self._strip = [*self._identity_headers, *s.remove_headers]
@@ -125,7 +127,12 @@ class Authorizer:
         started = time.perf_counter()
         identities = await self._resolver.resolve(ctx)
         policy = self._policy()
-        if identities.problems:
+        if not self._fresh():
+            # Fail closed: past the maximum staleness a revocation may have been missed.
+            decision = Decision(
+                allowed=False, reason=Reason.STALE, rule="revocations", http_status=503
+            )
+        elif identities.problems:
             problem = identities.problems[0]
             reason = Reason.REVOKED if problem.revoked else Reason.INVALID_CREDENTIALS
             decision = Decision(allowed=False, reason=reason, rule=problem.kind)
@@ -150,7 +157,7 @@ class Authorizer:
             return self._allow(decision, identities, decision_id, metadata)
         status = decision.http_status
         bad_credentials = decision.reason in (Reason.INVALID_CREDENTIALS, Reason.REVOKED)
-        if not identities.authenticated and not bad_credentials:
+        if not identities.authenticated and not bad_credentials and not status:
             decision.reason = Reason.MISSING_CREDENTIALS
             metadata["reason"] = str(decision.reason)
         if not status:

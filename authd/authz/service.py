@@ -139,8 +139,10 @@ def build_authorizer(
     policy: Callable[[], Policy],
     metrics: AuthzMetrics | None = None,
     decision_log: DecisionLog | None = None,
+    fresh: Callable[[], bool] = lambda: True,
 ) -> Authorizer:
     return Authorizer(
+        fresh=fresh,
         resolver=resolver,
         policy=policy,
         settings=authz_settings(config),

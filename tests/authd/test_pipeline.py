@@ -183,3 +183,15 @@ def test_metrics_count_checks_by_decision_and_reason() -> None:
     assert metrics.checks[("grpc", "deny", "no_matching_rule")] == 1
     names = {m.name for m in metrics.collect()}
     assert {"authd_checks", "authd_check_duration_seconds", "authd_check_errors"} <= names
+
+
+def test_stale_revocation_state_fails_closed_with_503() -> None:
+    policy = PathPolicy()
+    authorizer = Authorizer(
+        resolver=FixedIdentities(Identities(peer=WEB)), policy=lambda: policy, fresh=lambda: False
+    )
+    outcome = asyncio.run(authorizer.check(ctx("/public/x")))
+    assert not outcome.allowed
+    assert outcome.status == 503
+    assert outcome.decision.reason == Reason.STALE
+    assert json.loads(outcome.deny_body)["error"] == "revocations_stale"

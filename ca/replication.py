@@ -1,0 +1,109 @@
+"""Keeping one replica's in-memory state in step with the shared store (Redis).
+
+Every replica reads the store's change feed in a thread: a revocation made on any replica
+reaches this one's ``RevocationView`` within the feed's blocking read (no polling delay),
+entry changes reload the entry registry, authority changes reload the CA. On start, on
+reconnect after the store was unreachable, and when the feed has a gap, the whole view is
+rebuilt from the store (``latest_change_id`` first, so nothing falls between the load and
+the feed). While the store is unreachable the replica keeps deciding from its last view;
+``staleness()`` says for how long, and callers fail closed past their maximum.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from ca.clock import Clock
+from ca.revocation_list import RevocationList
+from ca.store import StoreError
+from ca.store.redis import ChangeFeed, ChangeFeedGap
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaFollower:
+    def __init__(
+        self,
+        feed: ChangeFeed,
+        revocations: RevocationList,
+        clock: Clock,
+        *,
+        on_entries: Callable[[], object] = lambda: None,
+        on_authorities: Callable[[], object] = lambda: None,
+        block_ms: int = 500,
+        retry_interval: float = 0.5,
+    ) -> None:
+        self._feed = feed
+        self._revocations = revocations
+        self._clock = clock
+        self._on_entries = on_entries
+        self._on_authorities = on_authorities
+        self._block_ms = block_ms
+        self._retry = retry_interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="replica-follower", daemon=True)
+        self.connected = False
+        self.resyncs = 0
+        self.events = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def staleness(self) -> float:
+        """Seconds since the view was last known to match the store."""
+        synced = self._revocations.view.synced_at
+        return float("inf") if synced is None else max(0.0, self._clock.now() - synced)
+
+    def _resync(self) -> str:
+        last = self._feed.latest_change_id()
+        self._revocations.sync()
+        self._on_entries()
+        self._on_authorities()
+        self.resyncs += 1
+        return last
+
+    def _run(self) -> None:
+        last: str | None = None
+        while not self._stop.is_set():
+            try:
+                if last is None:
+                    last = self._resync()
+                    if not self.connected:
+                        log.info("replica: in step with the shared store")
+                    self.connected = True
+                last, changes = self._feed.changes_since(last, block_ms=self._block_ms)
+                for change in changes:
+                    self._apply(change["kind"], change["key"])
+                self.events += len(changes)
+                # An answered read, even an empty one, proves the view is current.
+                self._revocations.view.synced_at = self._clock.now()
+            except ChangeFeedGap:
+                log.warning("replica: change feed has a gap; rebuilding from the store")
+                last = None
+            except StoreError as exc:
+                if self.connected:
+                    log.warning(
+                        "replica: shared store unreachable (%s); deciding from the last view", exc
+                    )
+                self.connected = False
+                last = None
+                self._stop.wait(self._retry)
+            except Exception:
+                log.exception("replica: unexpected failure following the store; rebuilding")
+                last = None
+                self._stop.wait(self._retry)
+
+    def _apply(self, kind: str, key: str) -> None:
+        if kind == "revocation":
+            target_kind, _, target = key.partition(":")
+            self._revocations.refresh(target_kind, target)
+        elif kind == "entry":
+            self._on_entries()
+        elif kind == "authority":
+            self._on_authorities()
