@@ -439,3 +439,73 @@ def test_crypto_x509_parse_certificates_reads_envoys_url_encoded_peer_certificat
     doc = document()
     doc["cert"] = quote(pem, safe="")
     assert policy.evaluate_document(doc).allowed
+
+
+# --- handing Rego only the input it reads ---------------------------------------------------
+
+
+def test_static_input_paths_are_found_and_dynamic_indexes_keep_the_subtree() -> None:
+    from authd.policy.rego import referenced_input_paths
+
+    source = """package p
+    # input.in_a_comment is not a reference
+    allow if {
+        input.attributes.request.http.method == "GET"
+        input.attributes.request.http.headers[name]
+        input.attributes.request.http.headers["x-tenant"] == "acme"
+        input.parsed_path[0] == "orders"
+        input["authd"].caller
+    }"""
+    assert referenced_input_paths([source]) == (
+        ("attributes", "request", "http", "headers"),
+        ("attributes", "request", "http", "method"),
+        ("authd", "caller"),
+        ("parsed_path",),
+    )
+
+
+def test_any_bare_use_of_input_gives_rego_the_whole_document() -> None:
+    from authd.policy.rego import referenced_input_paths
+
+    for body in (
+        'object.get(input, "a", 1)',
+        "walk(input, [p, v])",
+        'x := "input"',
+        "allow with input as {}",
+    ):
+        assert referenced_input_paths([f"package p\nallow if {{ {body} }}"]) is None, body
+
+
+def test_pruned_input_decides_like_the_whole_input() -> None:
+    from authd.policy.rego import prune_input
+
+    policy = RegoPolicy.from_sources(
+        {
+            "p.rego": """package envoy.authz
+import rego.v1
+default allow := false
+allow if {
+    input.attributes.request.http.method == "GET"
+    input.attributes.request.http.headers["x-tenant"] == "acme"
+    input.parsed_path[0] == "orders"
+}"""
+        }
+    )
+    assert policy.input_paths is not None
+    for method, tenant, path, allowed in (
+        ("GET", "acme", "orders", True),
+        ("POST", "acme", "orders", False),
+        ("GET", "other", "orders", False),
+        ("GET", "acme", "users", False),
+    ):
+        document = {
+            "attributes": {
+                "request": {"http": {"method": method, "headers": {"x-tenant": tenant}}},
+                "source": {"principal": "spiffe://example.org/web"},
+            },
+            "parsed_path": [path, "7"],
+            "parsed_query": {"big": ["x" * 1000]},
+        }
+        pruned = prune_input(document, policy.input_paths)
+        assert "parsed_query" not in pruned and "source" not in pruned["attributes"]
+        assert policy.evaluate_document(document).allowed is allowed

@@ -10,6 +10,7 @@ authorities that must have signed them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import shutil
 import tempfile
@@ -70,6 +71,12 @@ def revoked_serials(crl: x509.CertificateRevocationList) -> set[int]:
     return {entry.serial_number for entry in crl}
 
 
+def next_update(crl: x509.CertificateRevocationList) -> float:
+    when = crl.next_update_utc
+    assert when is not None, "a CRL without nextUpdate"
+    return when.timestamp()
+
+
 def crl_number(crl: x509.CertificateRevocationList) -> int:
     return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
 
@@ -100,12 +107,8 @@ def test_rootca_carries_a_crl_signed_by_the_authority_listing_a_revoked_serial(
             entry = w.add_entry(WEB)
             revoked = w.provider.x509_svid(entry).chain[0].serial_number
             revoke_serial(w, revoked)
-            w.clock.advance(1)  # a later SVID, not revoked
-            kept = (
-                w.provider.x509_svid(w.add_entry("spiffe://example.org/other"))
-                .chain[0]
-                .serial_number
-            )
+            other = w.add_entry("spiffe://example.org/other")
+            kept = w.provider.x509_svid(other).chain[0].serial_number  # not revoked
             async with w.channel() as channel:
                 envoy = EnvoyStream(channel)
                 await envoy.ask(["ROOTCA", "spiffe://example.org"])
@@ -124,9 +127,7 @@ def test_rootca_carries_a_crl_signed_by_the_authority_listing_a_revoked_serial(
                 reason = entry_of_revoked.extensions.get_extension_for_class(x509.CRLReason)
                 assert reason.value.reason == x509.ReasonFlags.key_compromise
                 assert crl.last_update_utc.timestamp() == int(w.clock.now())
-                next_update = crl.next_update_utc
-                assert next_update is not None
-                assert next_update.timestamp() == int(w.clock.now()) + CRL_REFRESH
+                assert next_update(crl) == int(w.clock.now()) + CRL_REFRESH
 
     run(scenario())
 
@@ -138,8 +139,6 @@ def test_each_live_authority_has_its_own_crl_listing_what_it_issued(short_dir: P
             old_serial = w.provider.x509_svid(entry).chain[0].serial_number
             w.ca.prepare_authority("x509")
             w.ca.activate_authority("x509")
-            w.clock.advance(1)
-            w.registry.reload()
             other = w.add_entry("spiffe://example.org/other")
             new_serial = w.provider.x509_svid(other).chain[0].serial_number
             revoke_serial(w, old_serial)
@@ -337,11 +336,11 @@ def test_the_crl_is_re_signed_and_pushed_before_its_next_update(short_dir: Path)
             crls = [old] + [crls_of(secrets(p)["ROOTCA"])[0] for p in pushes]
             numbers = [crl_number(crl) for crl in crls]
             assert numbers == sorted(set(numbers))
-            updates = [crl.next_update_utc for crl in crls]
-            assert all(u is not None for u in updates)
-            assert updates == sorted(set(updates))
-            last = crls[-1].next_update_utc
-            assert last is not None and last.timestamp() > now + CRL_REFRESH / 2
+            for old_crl, new_crl in itertools.pairwise(crls):
+                # Each replaced its predecessor before the predecessor's nextUpdate.
+                assert new_crl.last_update_utc.timestamp() < next_update(old_crl)
+                assert next_update(new_crl) > next_update(old_crl)
+            assert next_update(crls[-1]) > now + CRL_REFRESH / 2
             assert len({first.version_info, *(p.version_info for p in pushes)}) == 4
 
     run(scenario())

@@ -68,6 +68,7 @@ CLIENT_TTL = "1h"
 ROTATING_TTL = 20  # seconds: re-issued at 9-10 s
 CRL_REFRESH = 4  # seconds: nextUpdate = signing + 4 s, re-signed every 2 s
 LANDING_TIMEOUT = 15.0  # for a revocation to reach the server sidecar
+SDS_FAILURES = "sds.spiffe_example.org/rotating.update_failure"  # its SDS stream ended in error
 
 POLICY = f"""\
 version: 1
@@ -444,8 +445,14 @@ def test_revoking_a_spiffe_id_refuses_every_svid_it_holds(mesh: Mesh) -> None:
     # Refused for the revocation, not for expiry: what it presents is still valid.
     assert held.not_valid_after_utc > dt.datetime.now(dt.UTC)
     assert_gets_in(mesh.client)  # an unrevoked caller still gets in
-    # No new SVID is issued to it (authd refuses the SDS stream); it keeps what it had.
-    time.sleep(1)
+    # authd refuses the revoked ID's SDS stream from now on (and issues it nothing); its
+    # Envoy keeps, and presents, the SVID it had.
+    failures = mesh.rotating.envoy.counter(SDS_FAILURES)
+    wait_until(
+        "authd to refuse the rotating sidecar's SDS stream",
+        lambda: mesh.rotating.envoy.counter(SDS_FAILURES) > failures,
+        LANDING_TIMEOUT,
+    )
     assert mesh.rotating.leaf() == held
     print(
         json.dumps(
