@@ -13,8 +13,8 @@ conversion grows with the input (~160 µs for a bare request, ~230 µs with fift
 usually costs more than the query, so authd gives Rego only the parts of the input the modules
 read (``referenced_input_paths``: static paths such as ``input.parsed_path`` or
 ``input.attributes.request.http.method``; a bare ``input`` anywhere means the whole document).
-For ``deploy/policy/authz.rego`` that halves an evaluation (~200 → ~90 µs). Evaluation is synchronous
-CPU and is called inline; each thread gets its own interpreter, the bundle is shared.
+For ``deploy/policy/authz.rego`` that halves an evaluation (~200 → ~90 µs). Evaluation is
+synchronous CPU and is called inline; each thread gets its own interpreter, the bundle is shared.
 
 regopy is not OPA. The builtins FIELD-NOTES.md lists as missing, re-checked with regopy 1.5.2:
 ``net.cidr_contains`` ("Networking builtins are not supported") and ``http.send`` ("HTTP
