@@ -101,6 +101,10 @@ class CertificateAuthority:
         self.rotates = rotates
         if rotates:
             self.rotate()
+            # The rotating replica is the CA: it must hold its active authorities' keys.
+            for record in self.store.list_authorities():
+                if record.state == rotation.ACTIVE and not record.revoked:
+                    self.keystore.load(record.key_ref)  # raises, naming the missing key
         else:
             self._load()
 
@@ -292,32 +296,44 @@ class CertificateAuthority:
         return builder.sign(signer, signature_hash(signer))
 
     def _load(self) -> None:
-        """Rebuild the in-memory signers and bundle from the persisted timeline."""
+        """Rebuild the in-memory signers and bundle from the persisted timeline.
+
+        The bundle needs only the records. Signing needs the private keys, which stay in
+        this replica's key store: a replica without them (a decision point sharing the
+        store with the CA replica) serves the bundle and verifies, but does not sign.
+        """
         x509_records = self.store.list_authorities("x509")
         jwt_records = self.store.list_authorities("jwt")
         roots: list[x509.Certificate] = []
         live: list[X509Authority] = []
+        self._x509 = self._jwt = None
         for record in x509_records:
             if record.revoked:
                 continue
+            certificate = x509.load_der_x509_certificate(record.certificate_der)
+            roots.append(certificate)
+            key = self.keystore.load_if_present(record.key_ref)
+            if key is None:
+                continue
             authority = X509Authority(
                 record,
-                self.keystore.load(record.key_ref),
-                x509.load_der_x509_certificate(record.certificate_der),
+                key,
+                certificate,
                 tuple(x509.load_der_x509_certificate(d) for d in record.upstream_chain_der),
             )
             live.append(authority)
-            roots.append(authority.certificate)
             if record.state == rotation.ACTIVE:
                 self._x509 = authority
         self._x509_live = tuple(live)
         jwt_keys = {}
         for record in jwt_records:
+            if record.revoked:
+                continue
+            jwt_keys[record.authority_id] = serialization.load_der_public_key(record.public_key_der)
             if record.state == rotation.ACTIVE:
-                self._jwt = JwtAuthority(record, self.keystore.load(record.key_ref))
-            if not record.revoked:
-                key = serialization.load_der_public_key(record.public_key_der)
-                jwt_keys[record.authority_id] = key
+                key = self.keystore.load_if_present(record.key_ref)
+                if key is not None:
+                    self._jwt = JwtAuthority(record, key)
         if self.upstream is not None:
             roots = list(self.upstream.roots)
         self._bundle = TrustBundle(
@@ -341,13 +357,19 @@ class CertificateAuthority:
     @property
     def x509_authority(self) -> X509Authority:
         if self._x509 is None:
-            raise InvalidRequest("no active X.509 authority yet (the rotating replica makes it)")
+            raise InvalidRequest(
+                "no active X.509 authority with its key here (authorities are made and held "
+                "by the replica with ca.rotates = true; issue there)"
+            )
         return self._x509
 
     @property
     def jwt_authority(self) -> JwtAuthority:
         if self._jwt is None:
-            raise InvalidRequest("no active JWT authority yet (the rotating replica makes it)")
+            raise InvalidRequest(
+                "no active JWT authority with its key here (authorities are made and held "
+                "by the replica with ca.rotates = true; issue there)"
+            )
         return self._jwt
 
     def authorities(self) -> list[AuthorityRecord]:

@@ -138,6 +138,12 @@ class KeyStore:
             raise InvalidRequest(f"CA key {name!r} is of an unsupported type")
         return key
 
+    def load_if_present(self, name: str) -> PrivateKey | None:
+        """The key, or None when this key store does not hold it (another replica's)."""
+        if not self._path(name).exists():
+            return None
+        return self.load(name)
+
     def delete(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
 
