@@ -152,6 +152,7 @@ class AuthzConfig:
     remove_headers: tuple[str, ...] = ("authorization", "x-api-key")
     peer_uri_header: str = "x-authd-peer-uri-san"
     peer_cert_header: str = "x-authd-peer-cert"
+    context_header_prefix: str = "x-authd-ctx-"
     jwt_svid_header: str = "authorization"
     jwt_svid_audiences: tuple[str, ...] = ()
     api_key_header: str = "x-api-key"
@@ -503,6 +504,7 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "authz.remove_headers": _parse_header_list,
     "authz.peer_uri_header": _parse_header_name,
     "authz.peer_cert_header": _parse_header_name,
+    "authz.context_header_prefix": _parse_header_name,
     "authz.jwt_svid_header": _parse_header_name,
     "authz.jwt_svid_audiences": _parse_str_list,
     "authz.api_key_header": _parse_header_name,

@@ -293,6 +293,7 @@ class Daemon:
                 path_prefix=authz.http_path_prefix,
                 peer_uri_header=authz.peer_uri_header,
                 peer_cert_header=authz.peer_cert_header,
+                context_header_prefix=authz.context_header_prefix,
                 metrics=self.metrics,
             )
             try:

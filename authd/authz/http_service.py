@@ -6,9 +6,10 @@ headers, and ``x-envoy-auth-headers-to-remove``), anything else denies with our 
 headers and body. It costs a fraction of gRPC's per-request CPU, but Envoy sends no
 connection attributes this way: the peer identity arrives only in headers that Envoy itself
 sets from the TLS connection (``headers_to_add`` with ``%DOWNSTREAM_PEER_URI_SAN%`` and
-``%DOWNSTREAM_PEER_CERT%``). Envoy overwrites any client-sent header of the same name, and
-the deploy configs never list those names in ``allowed_headers``, so a client cannot smuggle
-an identity in; the certificate is verified against our bundle all the same.
+``%DOWNSTREAM_PEER_CERT%``). On mTLS Envoy overwrites a client-sent header of the same name;
+on plaintext the formatters are empty and Envoy adds nothing, so the protection rests on the
+deploy configs never listing those names in ``allowed_headers`` (Envoy forwards only the
+headers listed there). The certificate is verified against our bundle all the same.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 
 PEER_URI_HEADER = "x-authd-peer-uri-san"
 PEER_CERT_HEADER = "x-authd-peer-cert"
+# HTTP mode has no context_extensions: Envoy sets them as constant headers instead
+# (``headers_to_add``: x-authd-ctx-policy: gateway), which replace a client's copy.
+CONTEXT_HEADER_PREFIX = "x-authd-ctx-"
 _ERROR_RESPONSE = (
     b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\n"
     b"content-length: 22\r\n\r\nauthd could not decide"
@@ -54,7 +58,6 @@ def http_response(outcome: Outcome) -> bytes:
         return b"HTTP/1.1 200 OK\r\n" + "".join(lines).encode("latin-1")
     body = outcome.deny_body.encode("utf-8")
     lines = [f"{k}: {v}\r\n" for k, v in outcome.deny_headers.items()]
-    lines.append(f"x-authd-decision-id: {outcome.decision_id}\r\n")
     lines.append(f"content-length: {len(body)}\r\n\r\n")
     return _status_line(outcome.status) + "".join(lines).encode("latin-1") + body
 
@@ -147,6 +150,7 @@ class HttpAuthzServer:
         path_prefix: str = "",
         peer_uri_header: str = PEER_URI_HEADER,
         peer_cert_header: str = PEER_CERT_HEADER,
+        context_header_prefix: str = CONTEXT_HEADER_PREFIX,
         metrics: AuthzMetrics | None = None,
     ) -> None:
         self.authorizer = authorizer
@@ -155,6 +159,7 @@ class HttpAuthzServer:
         self._prefix = path_prefix.rstrip("/")
         self._peer_uri_header = peer_uri_header
         self._peer_cert_header = peer_cert_header
+        self._context_prefix = context_header_prefix
         self._metrics = metrics
         self._server: asyncio.AbstractServer | None = None
 
@@ -166,6 +171,10 @@ class HttpAuthzServer:
             path = path[len(self._prefix) :] or "/"
         principal = headers.pop(self._peer_uri_header, "")
         certificate = headers.pop(self._peer_cert_header, "")
+        extensions: dict[str, str] = {}
+        prefix = self._context_prefix
+        for name in [h for h in headers if h.startswith(prefix)]:
+            extensions[name[len(prefix) :]] = headers.pop(name)
         return CheckContext(
             method=method,
             host=headers.get("host", ""),
@@ -176,6 +185,7 @@ class HttpAuthzServer:
             source_principal=principal,
             source_certificate=certificate,
             request_id=headers.get("x-request-id", ""),
+            context_extensions=extensions,
             transport="http",
         )
 

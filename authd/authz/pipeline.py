@@ -164,7 +164,11 @@ class Authorizer:
             status = (
                 UNAUTHENTICATED if bad_credentials or not identities.authenticated else FORBIDDEN
             )
-        headers = {"content-type": "application/json", **decision.headers}
+        headers = {
+            "content-type": "application/json",
+            s.decision_id_header: decision_id,
+            **decision.headers,
+        }
         if status == UNAUTHENTICATED:
             missing = decision.reason == Reason.MISSING_CREDENTIALS
             error = "" if missing else ', error="invalid_token"'

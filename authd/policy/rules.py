@@ -481,7 +481,8 @@ class RulesPolicy:
 
     def select(self, ctx: CheckContext) -> tuple[str, RuleSet | None]:
         """The rule set named by the ``policy`` context extension, else the default one."""
-        name = ctx.context_extensions.get(RULE_SET_EXTENSION, self.default_rule_set)
+        # An empty value means "not set", as an empty audience does.
+        name = ctx.context_extensions.get(RULE_SET_EXTENSION) or self.default_rule_set
         return name, self.rule_sets.get(name)
 
     def decide(self, ctx: CheckContext, identities: Identities) -> Decision:

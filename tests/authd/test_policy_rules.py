@@ -170,6 +170,11 @@ def test_request_without_policy_extension_uses_default_rule_set() -> None:
     assert decide(policy, request()).rule == "gateway-rule"
 
 
+def test_empty_policy_extension_means_not_set() -> None:
+    policy = RulesPolicy.from_text(TWO_SETS, "p")
+    assert decide(policy, request(rule_set="")).rule == "gateway-rule"
+
+
 def test_default_rule_set_is_named_default_unless_configured() -> None:
     policy = rules_policy("      - {name: r, effect: allow}\n")
     assert policy.default_rule_set == "default"

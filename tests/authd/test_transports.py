@@ -240,3 +240,27 @@ def test_http_mode_handler_error_is_a_5xx_not_a_deny() -> None:
 def test_http_mode_garbage_gets_400() -> None:
     response = with_http(authorizer(), lambda s: http_exchange(s, b"NOT HTTP\r\n\r\n"))
     assert response.startswith(b"HTTP/1.1 400")
+
+
+def test_http_mode_context_extensions_come_from_headers_envoy_sets() -> None:
+    fixed = FixedIdentities(Identities(peer=WEB))
+    policy = PathPolicy()
+    authz = Authorizer(resolver=fixed, policy=lambda: policy)
+    raw = (
+        b"GET /authz/public HTTP/1.1\r\nhost: a\r\nx-authd-ctx-policy: gateway\r\n"
+        b"x-authd-ctx-audience: orders\r\ncontent-length: 0\r\n\r\n"
+    )
+    status, _, _ = parse(with_http(authz, lambda s: http_exchange(s, raw)))
+    assert status == 200
+    (ctx,) = fixed.seen
+    assert dict(ctx.context_extensions) == {"policy": "gateway", "audience": "orders"}
+    assert not any(h.startswith("x-authd-ctx-") for h in ctx.headers)
+
+
+def test_grpc_deny_carries_the_decision_id_header() -> None:
+    async def body(stub: external_auth_pb2_grpc.AuthorizationStub) -> Any:
+        return await stub.Check(request("/admin"))
+
+    reply = with_grpc(authorizer(), body)
+    headers = headers_of(reply.denied_response.headers)
+    assert headers["x-authd-decision-id"] == json.loads(reply.denied_response.body)["decision_id"]
