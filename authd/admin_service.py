@@ -332,7 +332,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     def _entries_changed(
         self, caller: PeerCredentials, action: str, entry: RegistrationEntry
     ) -> None:
-        self._registry.reload()
+        self._registry.refresh(entry.entry_id)
         self._store.append_audit(
             time=int(self._ca.clock.now()),
             actor=f"admin:uid={caller.uid}",

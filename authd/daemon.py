@@ -155,6 +155,9 @@ class Daemon:
                 self.revocations,
                 self.clock,
                 on_entries=lambda: loop.call_soon_threadsafe(self.entry_registry.reload),
+                on_entry=lambda entry_id: loop.call_soon_threadsafe(
+                    self.entry_registry.refresh, entry_id
+                ),
                 on_authorities=lambda: loop.call_soon_threadsafe(self.ca.reload),
             )
             self.follower.start()

@@ -31,6 +31,7 @@ class ReplicaFollower:
         clock: Clock,
         *,
         on_entries: Callable[[], object] = lambda: None,
+        on_entry: Callable[[str], object] = lambda entry_id: None,
         on_authorities: Callable[[], object] = lambda: None,
         block_ms: int = 500,
         retry_interval: float = 0.5,
@@ -39,6 +40,7 @@ class ReplicaFollower:
         self._revocations = revocations
         self._clock = clock
         self._on_entries = on_entries
+        self._on_entry = on_entry
         self._on_authorities = on_authorities
         self._block_ms = block_ms
         self._retry = retry_interval
@@ -104,6 +106,6 @@ class ReplicaFollower:
             target_kind, _, target = key.partition(":")
             self._revocations.refresh(target_kind, target)
         elif kind == "entry":
-            self._on_entries()
+            self._on_entry(key)
         elif kind == "authority":
             self._on_authorities()

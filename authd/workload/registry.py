@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from ca.clock import Clock
-from ca.store import RegistrationEntry, Selector, Store
+from ca.store import NotFound, RegistrationEntry, Selector, Store
 
 
 class EntryRegistry:
@@ -45,6 +45,31 @@ class EntryRegistry:
             for listener in self._listeners:
                 listener()
 
+    def refresh(self, entry_id: str) -> None:
+        """Re-read one entry (after it was created, updated or deleted): O(its selectors)."""
+        try:
+            entry: RegistrationEntry | None = self._store.get_entry(entry_id)
+        except NotFound:
+            entry = None
+        with self._lock:
+            old = self._entries.get(entry_id)
+            if old == entry:
+                return
+            # Index sets are replaced, never mutated, so a concurrent match() sees either.
+            by_selector = self._by_selector
+            if old is not None:
+                for selector in old.selectors:
+                    by_selector[selector] = by_selector.get(selector, set()) - {entry_id}
+            if entry is not None:
+                self._entries[entry_id] = entry
+                for selector in entry.selectors:
+                    by_selector[selector] = by_selector.get(selector, set()) | {entry_id}
+            else:
+                self._entries.pop(entry_id, None)
+            self.generation += 1
+        for listener in self._listeners:
+            listener()
+
     def get(self, entry_id: str) -> RegistrationEntry | None:
         """The entry, unless it does not exist or has expired."""
         entry = self._entries.get(entry_id)
@@ -66,7 +91,8 @@ class EntryRegistry:
         matched = [
             entry
             for entry_id in candidates
-            if (entry := entries[entry_id]).selectors
+            if (entry := entries.get(entry_id)) is not None
+            and entry.selectors
             and have.issuperset(entry.selectors)
             and (not entry.expires_at or entry.expires_at > now)
         ]

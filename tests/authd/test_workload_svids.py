@@ -191,3 +191,28 @@ def test_jwt_svids_are_reused_until_half_life(world: World) -> None:
     assert world.provider.jwt_svid(entry, ["billing"]) is not first
     world.clock.advance(151)
     assert world.provider.jwt_svid(entry, ["orders"]).token != first.token
+
+
+def test_refreshing_one_entry_matches_a_full_reload(world: World) -> None:
+    world.entry("a", "web", UID_1000)
+    world.entry("b", "db", GID_50)
+    entry = world.registry.get("a")
+    assert entry is not None
+    world.store.update_entry(
+        RegistrationEntry(
+            entry_id="a",
+            spiffe_id="spiffe://example.org/web",
+            parent_id=entry.parent_id,
+            selectors=(GID_50,),
+            created_at=entry.created_at,
+        ),
+        expected_revision=entry.revision,
+    )
+    world.registry.refresh("a")
+    assert [e.entry_id for e in world.registry.match({GID_50})] == ["a", "b"]
+    assert world.registry.match({UID_1000}) == []
+    world.store.delete_entry("b")
+    world.registry.refresh("b")
+    assert [e.entry_id for e in world.registry.match({GID_50})] == ["a"]
+    fresh = EntryRegistry(world.store, world.clock)
+    assert fresh.match({GID_50}) == world.registry.match({GID_50})
