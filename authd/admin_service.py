@@ -1,7 +1,11 @@
 """The admin API (authd.admin.v1.Admin): a thin gRPC adapter over the CA and the entries.
 
-Who may call it is decided from the kernel's credentials of the caller's connection (see
-``authd.peercred``): root and the configured admin uids. Everything else is translation:
+Who may call it is decided in ``AdminService._authorize``, for two kinds of connection. On
+the Unix socket, from the kernel's credentials of the caller's connection (see
+``authd.peercred``): root and the configured admin uids. Over mutual TLS (see
+``authd.remote_admin``), from the client's X.509-SVID, its chain verified by the CA against
+our own bundle: not revoked (serial or SPIFFE ID), and its SPIFFE ID that of an unexpired,
+unrevoked registration entry with ``admin: true``. Everything else is translation:
 request fields to CA and store calls, their errors to gRPC statuses with a message. What
 makes an entry valid is ``authd.workload.entries``; every entry change is audited and
 reloaded into the in-memory registry before the reply. Revocations go through the daemon's
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -22,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 
 from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
 from authd.peercred import PeerCredentials, PeerCredGateway
+from authd.remote_admin import client_chain
 from authd.workload.entries import EntryError, EntryRules, parse_selector
 from authd.workload.registry import EntryRegistry
 from ca.audit import records_about, verify_chain
@@ -32,8 +37,9 @@ from ca.errors import (
     InvalidRequest,
     InvalidSpiffeId,
     NotRevoked,
+    VerificationError,
 )
-from ca.revocation import RevocationReason
+from ca.revocation import RevocationQuery, RevocationReason
 from ca.revocation_list import RevocationList
 from ca.spiffe_id import SpiffeId
 from ca.store import (
@@ -217,6 +223,33 @@ async def _refuse(context: Context, exc: EntryError | StoreError) -> NoReturn:
     await _abort(context, grpc.StatusCode.INTERNAL, f"store error: {exc}")
 
 
+class NotAnAdmin(Exception):
+    """A remote caller may not use the admin API; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdminCaller:
+    """Who made an admin call: a local uid, or the verified SPIFFE ID of a TLS client."""
+
+    name: str  # "uid=0" or "spiffe://example.org/ops"
+
+    @classmethod
+    def local(cls, credentials: PeerCredentials) -> AdminCaller:
+        return cls(f"uid={credentials.uid}")
+
+    @classmethod
+    def remote(cls, spiffe_id: str) -> AdminCaller:
+        return cls(spiffe_id)
+
+    @property
+    def actor(self) -> str:
+        """How the audit and issuance logs name the caller: ``admin:uid=0``, ``admin:spiffe://...``."""
+        return f"admin:{self.name}"
+
+    def __str__(self) -> str:
+        return self.actor
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(
         self,
@@ -236,16 +269,58 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self._rules = EntryRules(ca.trust_domain, ca.settings.max_svid_ttl)
         self._revocations = revocations or RevocationList(ca, ca.store, ca.clock)
 
-    async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any]) -> PeerCredentials:
-        caller = self._gateway.peer_credentials(context)
-        if caller is None or not self._allows_uid(caller.uid):
-            who = "unknown caller" if caller is None else f"uid {caller.uid}"
-            await context.abort(
+    async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any]) -> AdminCaller:
+        """The caller, if it may use the admin API; anyone else gets PERMISSION_DENIED."""
+        local = self._gateway.peer_credentials(context)
+        if local is not None:
+            if self._allows_uid(local.uid):
+                return AdminCaller.local(local)
+            await _abort(
+                context,
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"{who} is not an authd admin (root or admin.allowed_uids)",
+                f"uid {local.uid} is not an authd admin (root or admin.allowed_uids)",
             )
-            raise AssertionError("unreachable")  # abort raises
-        return caller
+        chain = client_chain(context.auth_context())
+        if chain is None:
+            await _abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "unknown caller is not an authd admin (root or admin.allowed_uids)",
+            )
+        try:
+            return self._remote_caller(chain)
+        except NotAnAdmin as exc:
+            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except StoreError as exc:
+            await _refuse(context, exc)
+
+    def _remote_caller(self, chain: list[x509.Certificate]) -> AdminCaller:
+        """The admin behind a TLS client's chain; raises NotAnAdmin saying why it is not one.
+
+        The TLS handshake already checked the chain, but the URI SAN is believed only once
+        the CA has verified the chain itself (SPIFFE leaf rules, path to our bundle).
+        """
+        try:
+            spiffe_id = str(self._ca.verify_x509_svid(chain))
+        except VerificationError as exc:
+            raise NotAnAdmin(f"client certificate rejected: {exc}") from None
+        serial = format(chain[0].serial_number, "x")
+        view = self._revocations.view
+        if view.is_revoked(RevocationQuery(serial=serial)):
+            raise NotAnAdmin(f"the X.509-SVID of {spiffe_id} (serial {serial}) is revoked")
+        if view.is_revoked(RevocationQuery(spiffe_id=spiffe_id)):
+            raise NotAnAdmin(f"{spiffe_id} is revoked")
+        for stored in self._store.list_entries(spiffe_id=spiffe_id):
+            # The registry's copy, as attestation sees it: gone once expired.
+            entry = self._registry.get(stored.entry_id)
+            if (
+                stored.admin
+                and entry is not None
+                and entry.admin
+                and not self._revocations.blocks_issuance(spiffe_id, entry.entry_id)
+            ):
+                return AdminCaller.remote(spiffe_id)
+        raise NotAnAdmin(f"{spiffe_id} is not an admin: no registration entry with admin: true")
 
     @staticmethod
     async def _invalid(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
@@ -278,13 +353,13 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 spiffe_id=SpiffeId.parse(request.spiffe_id),
                 dns_names=list(request.dns_names),
                 ttl=request.ttl_seconds or None,
-                requester=f"admin:uid={caller.uid}",
+                requester=caller.actor,
             )
         except (InvalidRequest, InvalidSpiffeId) as exc:
             await self._invalid(context, exc)
             raise
         log.info(
-            "minted X.509-SVID %s serial %s for uid %d", svid.spiffe_id, svid.serial, caller.uid
+            "minted X.509-SVID %s serial %s for %s", svid.spiffe_id, svid.serial, caller
         )
         return admin_pb2.MintX509SVIDResponse(
             cert_chain=svid.chain_der(),
@@ -310,7 +385,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         except (InvalidRequest, InvalidSpiffeId) as exc:
             await self._invalid(context, exc)
             raise
-        log.info("minted JWT-SVID %s for uid %d", svid.spiffe_id, caller.uid)
+        log.info("minted JWT-SVID %s for %s", svid.spiffe_id, caller)
         return admin_pb2.MintJWTSVIDResponse(token=svid.token, expires_at=svid.expiry)
 
     async def GetBundle(
@@ -330,17 +405,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     # --- registration entries -------------------------------------------------------------
 
     def _entries_changed(
-        self, caller: PeerCredentials, action: str, entry: RegistrationEntry
+        self, caller: AdminCaller, action: str, entry: RegistrationEntry
     ) -> None:
         self._registry.refresh(entry.entry_id)
         self._store.append_audit(
             time=int(self._ca.clock.now()),
-            actor=f"admin:uid={caller.uid}",
+            actor=caller.actor,
             action=action,
             subject=entry.entry_id,
             details=_audit_details(entry),
         )
-        log.info("%s %s (%s) by uid %d", action, entry.entry_id, entry.spiffe_id, caller.uid)
+        log.info("%s %s (%s) by %s", action, entry.entry_id, entry.spiffe_id, caller)
 
     async def CreateEntry(
         self, request: admin_pb2.CreateEntryRequest, context: Context
@@ -451,7 +526,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def _rotate(
         self,
         context: Context,
-        caller: PeerCredentials,
+        caller: AdminCaller,
         change: Callable[[], AuthorityRecord],
         action: str,
     ) -> admin_pb2.AuthorityResponse:
@@ -461,7 +536,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         except InvalidRequest as exc:
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         log.info(
-            "%s %s authority %s by uid %d", action, record.kind, record.authority_id, caller.uid
+            "%s %s authority %s by %s", action, record.kind, record.authority_id, caller
         )
         return admin_pb2.AuthorityResponse(
             authority=authority_to_proto(record), bundle_sequence=self._ca.bundle.sequence
@@ -540,16 +615,16 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 request.target,
                 reason=request.reason or "unspecified",
                 note=request.note,
-                actor=f"admin:uid={caller.uid}",
+                actor=caller.actor,
             )
         except (InvalidRequest, InvalidSpiffeId, StoreError) as exc:
             await self._refuse_revocation(context, exc)
         log.info(
-            "revoked %s %s (%s) by uid %d",
+            "revoked %s %s (%s) by %s",
             kind,
             revocation.target,
             RevocationReason(revocation.reason).label,
-            caller.uid,
+            caller,
         )
         return admin_pb2.RevokeResponse(revocation=revocation_to_proto(revocation))
 
@@ -560,11 +635,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         kind = await self._revocation_kind(context, request.kind)
         try:
             lifted = self._revocations.unrevoke(
-                kind, request.target, actor=f"admin:uid={caller.uid}"
+                kind, request.target, actor=caller.actor
             )
         except (InvalidRequest, InvalidSpiffeId, StoreError) as exc:
             await self._refuse_revocation(context, exc)
-        log.info("lifted the revocation of %s %s by uid %d", kind, lifted.target, caller.uid)
+        log.info("lifted the revocation of %s %s by %s", kind, lifted.target, caller)
         return admin_pb2.UnrevokeResponse(lifted=revocation_to_proto(lifted))
 
     async def ListRevocations(
@@ -646,7 +721,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         verdict = verify_chain(await self._audit_records(context))
         if verdict.intact:
             log.info(
-                "audit log intact: %d records (checked by uid %d)", verdict.records, caller.uid
+                "audit log intact: %d records (checked by %s)", verdict.records, caller
             )
         else:
             log.warning("audit log broken at record %d: %s", verdict.broken_seq, verdict.problem)

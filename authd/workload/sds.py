@@ -15,7 +15,8 @@ this Envoy may have. Resource names, as SPIRE's agent spells them:
   bundle of every trust domain authd knows (today: its own). It carries **no CRL**: Envoy's
   SPIFFE validator (1.40) ignores the ``crl`` field of the context that configures it (a
   revoked SVID still gets in), so setting it would only pretend. Use ``ROOTCA`` where
-  revoked SVIDs must be refused at the handshake; ext_authz refuses them either way.
+  revoked SVIDs must be refused at the handshake; behind ``ALL``, only ext_authz (where it
+  runs) refuses them, request by request.
 
 A caller with no matching entry that asks for a certificate is denied (PERMISSION_DENIED);
 other names authd does not know are left out of the response, which Envoy reads as
