@@ -243,7 +243,7 @@ class AdminCaller:
 
     @property
     def actor(self) -> str:
-        """How the audit and issuance logs name the caller: ``admin:uid=0``, ``admin:spiffe://...``."""
+        """How the audit and issuance logs name the caller (``admin:uid=0``)."""
         return f"admin:{self.name}"
 
     def __str__(self) -> str:
@@ -358,9 +358,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         except (InvalidRequest, InvalidSpiffeId) as exc:
             await self._invalid(context, exc)
             raise
-        log.info(
-            "minted X.509-SVID %s serial %s for %s", svid.spiffe_id, svid.serial, caller
-        )
+        log.info("minted X.509-SVID %s serial %s for %s", svid.spiffe_id, svid.serial, caller)
         return admin_pb2.MintX509SVIDResponse(
             cert_chain=svid.chain_der(),
             bundle=[
@@ -404,9 +402,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     # --- registration entries -------------------------------------------------------------
 
-    def _entries_changed(
-        self, caller: AdminCaller, action: str, entry: RegistrationEntry
-    ) -> None:
+    def _entries_changed(self, caller: AdminCaller, action: str, entry: RegistrationEntry) -> None:
         self._registry.refresh(entry.entry_id)
         self._store.append_audit(
             time=int(self._ca.clock.now()),
@@ -535,9 +531,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             record = change()
         except InvalidRequest as exc:
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        log.info(
-            "%s %s authority %s by %s", action, record.kind, record.authority_id, caller
-        )
+        log.info("%s %s authority %s by %s", action, record.kind, record.authority_id, caller)
         return admin_pb2.AuthorityResponse(
             authority=authority_to_proto(record), bundle_sequence=self._ca.bundle.sequence
         )
@@ -634,9 +628,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         caller = await self._authorize(context)
         kind = await self._revocation_kind(context, request.kind)
         try:
-            lifted = self._revocations.unrevoke(
-                kind, request.target, actor=caller.actor
-            )
+            lifted = self._revocations.unrevoke(kind, request.target, actor=caller.actor)
         except (InvalidRequest, InvalidSpiffeId, StoreError) as exc:
             await self._refuse_revocation(context, exc)
         log.info("lifted the revocation of %s %s by %s", kind, lifted.target, caller)
@@ -720,9 +712,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         caller = await self._authorize(context)
         verdict = verify_chain(await self._audit_records(context))
         if verdict.intact:
-            log.info(
-                "audit log intact: %d records (checked by %s)", verdict.records, caller
-            )
+            log.info("audit log intact: %d records (checked by %s)", verdict.records, caller)
         else:
             log.warning("audit log broken at record %d: %s", verdict.broken_seq, verdict.problem)
         return admin_pb2.VerifyAuditResponse(

@@ -61,8 +61,50 @@ def _channel(config: Config) -> grpc.Channel:
     return grpc.insecure_channel(f"unix:{socket_path}")
 
 
-def _admin(config: Config) -> tuple[grpc.Channel, admin_pb2_grpc.AdminStub]:
-    channel = _channel(config)
+def _read_pem(path: str, flag: str, kind: str) -> bytes:
+    """A PEM file given to ``flag``, checked to hold ``kind`` (certificates or key)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CommandError(f"{flag}: cannot read {path}: {exc.strerror}") from None
+    try:
+        if kind == "key":
+            serialization.load_pem_private_key(data, password=None)
+        else:
+            x509.load_pem_x509_certificates(data)
+    except (ValueError, TypeError):
+        what = "an unencrypted PEM private key" if kind == "key" else "PEM certificates"
+        raise CommandError(f"{flag}: {path} does not hold {what}") from None
+    return data
+
+
+def _remote_channel(args: argparse.Namespace) -> grpc.Channel:
+    """The admin API of the authd at ``--server``, over mutual TLS with an X.509-SVID.
+
+    grpc cannot show the client the server's certificate, so the server is recognised by
+    the DNS SAN its SVID carries (``authd-admin``), checked against ``--bundle``.
+    """
+    from authd.remote_admin import ADMIN_TLS_NAME
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read_pem(args.bundle, "--bundle", "certificates"),
+        private_key=_read_pem(args.key, "--key", "key"),
+        certificate_chain=_read_pem(args.cert, "--cert", "certificates"),
+    )
+    return grpc.secure_channel(
+        args.server, credentials, options=[("grpc.ssl_target_name_override", ADMIN_TLS_NAME)]
+    )
+
+
+def _connect(args: argparse.Namespace) -> grpc.Channel:
+    """The admin API: of the authd at ``--server`` over mTLS, else on the local socket."""
+    if getattr(args, "server", None):
+        return _remote_channel(args)
+    return _channel(_config(args))
+
+
+def _admin(args: argparse.Namespace) -> tuple[grpc.Channel, admin_pb2_grpc.AdminStub]:
+    channel = _connect(args)
     return channel, admin_pb2_grpc.AdminStub(channel)
 
 
@@ -125,8 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
-    config = _config(args)
-    with _channel(config) as channel:
+    with _connect(args) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
@@ -163,7 +204,7 @@ def _authority_line(a: admin_pb2.Authority) -> str:
 
 
 def cmd_ca_show(args: argparse.Namespace) -> int:
-    channel, admin = _admin(_config(args))
+    channel, admin = _admin(args)
     with channel:
         reply = _call(admin.ShowCA, admin_pb2.ShowCARequest())
     if args.json:
@@ -208,7 +249,6 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 
 
 def cmd_x509_mint(args: argparse.Namespace) -> int:
-    config = _config(args)
     ttl = _ttl(args.ttl)
     out = Path(args.out)
     key = _new_key(args.key_type)
@@ -219,7 +259,7 @@ def cmd_x509_mint(args: argparse.Namespace) -> int:
         .sign(key, hashes.SHA256())
         .public_bytes(serialization.Encoding.DER)
     )
-    channel, admin = _admin(config)
+    channel, admin = _admin(args)
     with channel:
         reply = _call(
             admin.MintX509SVID,
@@ -249,9 +289,8 @@ def cmd_x509_mint(args: argparse.Namespace) -> int:
 
 
 def cmd_jwt_mint(args: argparse.Namespace) -> int:
-    config = _config(args)
     ttl = _ttl(args.ttl)
-    channel, admin = _admin(config)
+    channel, admin = _admin(args)
     with channel:
         reply = _call(
             admin.MintJWTSVID,
@@ -264,7 +303,7 @@ def cmd_jwt_mint(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_show(args: argparse.Namespace) -> int:
-    channel, admin = _admin(_config(args))
+    channel, admin = _admin(args)
     with channel:
         reply = _call(admin.GetBundle, admin_pb2.GetBundleRequest())
     sys.stdout.write(reply.pem if args.format == "pem" else reply.spiffe_jwks + "\n")
@@ -364,10 +403,9 @@ def _print_entry(entry: admin_pb2.Entry, as_json: bool) -> None:
 
 
 def cmd_entry_create(args: argparse.Namespace) -> int:
-    config = _config(args)
     entry = admin_pb2.Entry(id=args.entry_id or "")
     _apply_entry_flags(entry, args)
-    channel, admin = _admin(config)
+    channel, admin = _admin(args)
     with channel:
         reply = _call(admin.CreateEntry, admin_pb2.CreateEntryRequest(entry=entry))
     _print_entry(reply.entry, args.json)
@@ -375,7 +413,7 @@ def cmd_entry_create(args: argparse.Namespace) -> int:
 
 
 def cmd_entry_show(args: argparse.Namespace) -> int:
-    channel, admin = _admin(_config(args))
+    channel, admin = _admin(args)
     with channel:
         reply = _call(admin.GetEntry, admin_pb2.GetEntryRequest(id=args.id))
     _print_entry(reply.entry, args.json)
@@ -383,7 +421,7 @@ def cmd_entry_show(args: argparse.Namespace) -> int:
 
 
 def cmd_entry_list(args: argparse.Namespace) -> int:
-    channel, admin = _admin(_config(args))
+    channel, admin = _admin(args)
     request = admin_pb2.ListEntriesRequest(
         spiffe_id=args.spiffe_id or "", parent_id=args.parent_id or "", selector=args.selector or ""
     )
@@ -401,8 +439,7 @@ def cmd_entry_list(args: argparse.Namespace) -> int:
 
 
 def cmd_entry_update(args: argparse.Namespace) -> int:
-    config = _config(args)
-    channel, admin = _admin(config)
+    channel, admin = _admin(args)
     with channel:
         current = _call(admin.GetEntry, admin_pb2.GetEntryRequest(id=args.id)).entry
         entry = admin_pb2.Entry()
@@ -418,7 +455,7 @@ def cmd_entry_update(args: argparse.Namespace) -> int:
 
 
 def cmd_entry_delete(args: argparse.Namespace) -> int:
-    channel, admin = _admin(_config(args))
+    channel, admin = _admin(args)
     with channel:
         _call(admin.DeleteEntry, admin_pb2.DeleteEntryRequest(id=args.id))
     print(f"Deleted entry {args.id}")
@@ -429,7 +466,7 @@ def cmd_entry_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_authority_show(args: argparse.Namespace) -> int:
-    channel, admin = _admin(_config(args))
+    channel, admin = _admin(args)
     with channel:
         reply = _call(admin.ShowCA, admin_pb2.ShowCARequest())
     if args.json:
@@ -456,7 +493,7 @@ def cmd_authority_show(args: argparse.Namespace) -> int:
 def _authority_step(
     args: argparse.Namespace, method: str, request: Any, done: str
 ) -> admin_pb2.AuthorityResponse:
-    channel, admin = _admin(_config(args))
+    channel, admin = _admin(args)
     with channel:
         reply: admin_pb2.AuthorityResponse = _call(getattr(admin, method), request)
     a = reply.authority
@@ -524,7 +561,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     request = admin_pb2.RevokeRequest(
         kind=REVOCATION_KINDS[args.kind], target=args.target, reason=args.reason, note=args.note
     )
-    channel, admin = _admin(_config(args))
+    channel, admin = _admin(args)
     with channel:
         reply = _call(admin.Revoke, request)
     r = reply.revocation
@@ -534,7 +571,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_unrevoke(args: argparse.Namespace) -> int:
     request = admin_pb2.UnrevokeRequest(kind=REVOCATION_KINDS[args.kind], target=args.target)
-    channel, admin = _admin(_config(args))
+    channel, admin = _admin(args)
     with channel:
         reply = _call(admin.Unrevoke, request)
     print(f"Lifted the revocation of {args.kind} {reply.lifted.target} ({reply.lifted.reason})")
@@ -543,7 +580,7 @@ def cmd_unrevoke(args: argparse.Namespace) -> int:
 
 def cmd_revocations_list(args: argparse.Namespace) -> int:
     kind = REVOCATION_KINDS[args.kind] if args.kind else ""
-    channel, admin = _admin(_config(args))
+    channel, admin = _admin(args)
     with channel:
         reply = _call(admin.ListRevocations, admin_pb2.ListRevocationsRequest(kind=kind))
     revocations = [_revocation_json(r) for r in reply.revocations]
@@ -580,7 +617,7 @@ def cmd_svid_list(args: argparse.Namespace) -> int:
     request = admin_pb2.ListSvidsRequest(
         authority_id=args.authority, spiffe_id=args.spiffe_id or ""
     )
-    channel, admin = _admin(_config(args))
+    channel, admin = _admin(args)
     with channel:
         reply = _call(admin.ListSvids, request)
     svids = [_svid_json(s) for s in reply.svids]
@@ -625,7 +662,7 @@ def cmd_audit_log(args: argparse.Namespace) -> int:
         subject=args.subject or "",
         spiffe_id=args.spiffe_id or "",
     )
-    channel, admin = _admin(_config(args))
+    channel, admin = _admin(args)
     with channel:
         reply = _call(admin.ListAudit, request)
     if args.json:
@@ -640,7 +677,7 @@ def cmd_audit_log(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    channel, admin = _admin(_config(args))
+    channel, admin = _admin(args)
     with channel:
         reply = _call(admin.VerifyAudit, admin_pb2.VerifyAuditRequest())
     records = f"{reply.records} {'record' if reply.records == 1 else 'records'}"
@@ -656,9 +693,9 @@ def _bundle_for_policy_check(config: Config) -> tuple[TrustBundle, str]:
     """The daemon's trust bundle over the admin API, or an empty one and a note why not."""
     trust_domain = TrustDomain.parse(config.trust_domain)
     try:
-        channel, admin = _admin(config)
+        channel = _channel(config)
         with channel:
-            reply = _call(admin.GetBundle, admin_pb2.GetBundleRequest())
+            reply = _call(admin_pb2_grpc.AdminStub(channel).GetBundle, admin_pb2.GetBundleRequest())
     except CommandError as exc:
         note = f"note: no trust bundle ({exc}); SVIDs and certificates cannot be verified"
         return TrustBundle(trust_domain), note
@@ -808,6 +845,15 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--socket", metavar="PATH", help="admin socket (default: <data-dir>/admin.sock)"
     )
+    # Every command that calls the admin API can call a remote authd over mutual TLS.
+    client = argparse.ArgumentParser(add_help=False, parents=[common])
+    remote = client.add_argument_group("remote admin over mTLS (all four together)")
+    remote.add_argument(
+        "--server", metavar="HOST:PORT", help="the admin.mtls_address of a remote authd"
+    )
+    remote.add_argument("--cert", metavar="FILE", help="your X.509-SVID, PEM (e.g. svid.pem)")
+    remote.add_argument("--key", metavar="FILE", help="its private key, PEM (e.g. svid.key)")
+    remote.add_argument("--bundle", metavar="FILE", help="the trust bundle, PEM (bundle.pem)")
 
     parser = argparse.ArgumentParser(
         prog="authd",
@@ -820,7 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     check = commands.add_parser(
-        "healthcheck", parents=[common], help="exit 0 if the daemon is serving"
+        "healthcheck", parents=[client], help="exit 0 if the daemon is serving"
     )
     check.add_argument("--quiet", action="store_true", help="print nothing on success")
     check.set_defaults(func=cmd_healthcheck)
@@ -828,7 +874,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca = commands.add_parser("ca", help="the certificate authority").add_subparsers(
         dest="ca_command", metavar="<command>", required=True
     )
-    show = ca.add_parser("show", parents=[common], help="trust domain and authorities")
+    show = ca.add_parser("show", parents=[client], help="trust domain and authorities")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(func=cmd_ca_show)
 
@@ -836,7 +882,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="x509_command", metavar="<command>", required=True
     )
     mint = x509_commands.add_parser(
-        "mint", parents=[common], help="mint an X.509-SVID (key made locally, sent as a CSR)"
+        "mint", parents=[client], help="mint an X.509-SVID (key made locally, sent as a CSR)"
     )
     mint.add_argument("--spiffe-id", required=True, metavar="ID", help="spiffe://trust-domain/path")
     mint.add_argument("--dns", action="append", default=[], metavar="NAME", help="DNS SAN (repeat)")
@@ -855,7 +901,7 @@ def build_parser() -> argparse.ArgumentParser:
     jwt_commands = commands.add_parser("jwt", help="JWT-SVIDs").add_subparsers(
         dest="jwt_command", metavar="<command>", required=True
     )
-    jwt_mint = jwt_commands.add_parser("mint", parents=[common], help="mint a JWT-SVID")
+    jwt_mint = jwt_commands.add_parser("mint", parents=[client], help="mint a JWT-SVID")
     jwt_mint.add_argument("--spiffe-id", required=True, metavar="ID")
     jwt_mint.add_argument(
         "--audience", action="append", required=True, metavar="AUD", help="audience (repeat)"
@@ -866,24 +912,24 @@ def build_parser() -> argparse.ArgumentParser:
     bundle = commands.add_parser("bundle", help="the trust bundle").add_subparsers(
         dest="bundle_command", metavar="<command>", required=True
     )
-    bundle_show = bundle.add_parser("show", parents=[common], help="print the trust bundle")
+    bundle_show = bundle.add_parser("show", parents=[client], help="print the trust bundle")
     bundle_show.add_argument("--format", choices=["spiffe", "pem"], default="spiffe")
     bundle_show.set_defaults(func=cmd_bundle_show)
 
     entry = commands.add_parser("entry", help="registration entries").add_subparsers(
         dest="entry_command", metavar="<command>", required=True
     )
-    entry_create = entry.add_parser("create", parents=[common], help="create an entry")
+    entry_create = entry.add_parser("create", parents=[client], help="create an entry")
     entry_create.add_argument(
         "--entry-id", metavar="ID", help="the entry's id (default: generated)"
     )
     _add_entry_flags(entry_create, update=False)
     entry_create.set_defaults(func=cmd_entry_create)
-    entry_show = entry.add_parser("show", parents=[common], help="show one entry")
+    entry_show = entry.add_parser("show", parents=[client], help="show one entry")
     entry_show.add_argument("id", metavar="ID")
     entry_show.add_argument("--json", action="store_true", help="print JSON")
     entry_show.set_defaults(func=cmd_entry_show)
-    entry_list = entry.add_parser("list", parents=[common], help="list entries")
+    entry_list = entry.add_parser("list", parents=[client], help="list entries")
     entry_list.add_argument("--spiffe-id", metavar="ID", help="only entries for this SPIFFE ID")
     entry_list.add_argument("--parent-id", metavar="ID", help="only entries under this parent")
     entry_list.add_argument(
@@ -892,7 +938,7 @@ def build_parser() -> argparse.ArgumentParser:
     entry_list.add_argument("--json", action="store_true", help="print JSON")
     entry_list.set_defaults(func=cmd_entry_list)
     entry_update = entry.add_parser(
-        "update", parents=[common], help="change an entry (flags not given keep their value)"
+        "update", parents=[client], help="change an entry (flags not given keep their value)"
     )
     entry_update.add_argument("id", metavar="ID")
     entry_update.add_argument(
@@ -903,7 +949,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_entry_flags(entry_update, update=True)
     entry_update.set_defaults(func=cmd_entry_update)
-    entry_delete = entry.add_parser("delete", parents=[common], help="delete an entry")
+    entry_delete = entry.add_parser("delete", parents=[client], help="delete an entry")
     entry_delete.add_argument("id", metavar="ID")
     entry_delete.set_defaults(func=cmd_entry_delete)
 
@@ -911,7 +957,7 @@ def build_parser() -> argparse.ArgumentParser:
         "authority", help="rotate the CA's authorities by hand"
     ).add_subparsers(dest="authority_command", metavar="<command>", required=True)
     authority_show = authority.add_parser(
-        "show", parents=[common], help="every X.509 and JWT authority and its state"
+        "show", parents=[client], help="every X.509 and JWT authority and its state"
     )
     authority_show.add_argument("--json", action="store_true", help="print JSON")
     authority_show.set_defaults(func=cmd_authority_show)
@@ -921,17 +967,17 @@ def build_parser() -> argparse.ArgumentParser:
         ("taint", cmd_authority_taint, "taint a retired authority (re-issue what it signed)", True),
         ("revoke", cmd_authority_revoke, "remove a tainted authority from the bundle", True),
     ):
-        step = authority.add_parser(name, parents=[common], help=text)
+        step = authority.add_parser(name, parents=[client], help=text)
         step.add_argument("--kind", required=True, choices=["x509", "jwt"])
         if needs_id:
             step.add_argument("--id", required=True, metavar="AUTHORITY_ID")
         step.set_defaults(func=func)
 
     revoke = commands.add_parser(
-        "revoke", parents=[common], help="revoke SVIDs by serial, SPIFFE ID or registration entry"
+        "revoke", parents=[client], help="revoke SVIDs by serial, SPIFFE ID or registration entry"
     )
     unrevoke = commands.add_parser(
-        "unrevoke", parents=[common], help="lift a certificate-hold revocation"
+        "unrevoke", parents=[client], help="lift a certificate-hold revocation"
     )
     for step in (revoke, unrevoke):
         step.add_argument("kind", choices=list(REVOCATION_KINDS), help="what TARGET is")
@@ -955,7 +1001,7 @@ def build_parser() -> argparse.ArgumentParser:
     revocations = commands.add_parser("revocations", help="what is revoked").add_subparsers(
         dest="revocations_command", metavar="<command>", required=True
     )
-    revocations_list = revocations.add_parser("list", parents=[common], help="list revocations")
+    revocations_list = revocations.add_parser("list", parents=[client], help="list revocations")
     revocations_list.add_argument("--kind", choices=list(REVOCATION_KINDS), help="only this kind")
     revocations_list.add_argument("--json", action="store_true", help="print JSON")
     revocations_list.set_defaults(func=cmd_revocations_list)
@@ -964,7 +1010,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="svid_command", metavar="<command>", required=True
     )
     svid_list = svid.add_parser(
-        "list", parents=[common], help="the SVIDs an authority signed, who holds them, revoked?"
+        "list", parents=[client], help="the SVIDs an authority signed, who holds them, revoked?"
     )
     svid_list.add_argument(
         "--authority", required=True, metavar="AUTHORITY_ID", help="see `authd authority show`"
@@ -976,7 +1022,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="the audit log").add_subparsers(
         dest="audit_command", metavar="<command>", required=True
     )
-    audit_log = audit.add_parser("log", parents=[common], help="print the audit log")
+    audit_log = audit.add_parser("log", parents=[client], help="print the audit log")
     audit_log.add_argument(
         "--since", metavar="TIME", help="RFC 3339 (2030-01-01T00:00:00Z) or Unix seconds"
     )
@@ -990,7 +1036,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_log.set_defaults(func=cmd_audit_log)
     audit_verify = audit.add_parser(
         "verify",
-        parents=[common],
+        parents=[client],
         help="check the hash chain; exit 1 naming the first broken record",
     )
     audit_verify.set_defaults(func=cmd_audit_verify)
@@ -1026,6 +1072,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    remote = [getattr(args, name, None) for name in ("server", "cert", "key", "bundle")]
+    if any(remote) and not all(remote):
+        parser.error("--server, --cert, --key and --bundle go together")
     try:
         result: int = args.func(args)
         return result

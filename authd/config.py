@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from cryptography import x509
 
+from ca.errors import InvalidSpiffeId
+from ca.spiffe_id import SpiffeId
 from ca.store.redis import REDIS_URL_SCHEMES, redact_url
 
 __all__ = [
@@ -83,7 +85,7 @@ class CAConfig:
     upstream_key: str = ""
     bundle_refresh_hint: int = 300
     rotation_check_interval: int = 10
-    crl_refresh: int = 60
+    crl_refresh: int = 900
     rotates: bool = True  # with several replicas on one store, true on exactly one
     http_address: str = ""  # the bundle and CRL endpoint, host:port; "" disables
 
@@ -105,14 +107,20 @@ class StoreConfig:
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
-    """The admin API's Unix socket and who may use it."""
+    """The admin API: its Unix socket and who may use it, and its optional mTLS listener."""
 
     socket_path: str = ""
     allowed_uids: tuple[int, ...] = ()
+    mtls_address: str = ""  # host:port for remote admins over mutual TLS; "" disables
+    server_spiffe_id: str = ""  # "" means spiffe://<trust_domain>/authd/admin
 
     def allows_uid(self, uid: int) -> bool:
         """Root is always allowed; anyone else must be listed in ``allowed_uids``."""
         return uid == 0 or uid in self.allowed_uids
+
+    def server_id(self, trust_domain: str) -> str:
+        """The SPIFFE ID the mTLS listener presents."""
+        return self.server_spiffe_id or f"spiffe://{trust_domain}/authd/admin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +401,20 @@ def _parse_address(value: object) -> str:
     return text
 
 
+def _parse_spiffe_id(value: object) -> str:
+    """A SPIFFE ID with a path, or "" for the default."""
+    text = _parse_str(value)
+    if not text:
+        return text
+    try:
+        spiffe_id = SpiffeId.parse(text)
+    except InvalidSpiffeId as exc:
+        raise ValueError(str(exc)) from None
+    if not spiffe_id.is_workload:
+        raise ValueError(f"{text} has no path; an X.509-SVID needs one")
+    return str(spiffe_id)
+
+
 def _parse_positive_int(value: object) -> int:
     if isinstance(value, str) and value.isdigit():
         value = int(value)
@@ -484,6 +506,8 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "store.max_staleness": _parse_positive_duration,
     "admin.socket_path": _parse_path,
     "admin.allowed_uids": _parse_uids,
+    "admin.mtls_address": _parse_address,
+    "admin.server_spiffe_id": _parse_spiffe_id,
     "authz.grpc_address": _parse_address,
     "authz.grpc_socket": _parse_path,
     "authz.http_address": _parse_address,
@@ -670,6 +694,13 @@ def _check(config: Config, sources: Mapping[str, str]) -> None:
     if authz.policy_engine == "rego" and not authz.rego_files:
         raise ConfigError(
             "authz.rego_files", "policy_engine 'rego' needs at least one .rego file", None
+        )
+    server_id = config.admin.server_id(config.trust_domain)
+    if SpiffeId.parse(server_id).trust_domain.name != config.trust_domain:
+        raise ConfigError(
+            "admin.server_spiffe_id",
+            f"{server_id} is not in the trust domain {config.trust_domain}",
+            sources.get("admin.server_spiffe_id"),
         )
     for key, socket_path in (
         ("admin.socket_path", config.admin_socket_path),

@@ -38,15 +38,17 @@ from authd.config import Config
 from authd.peercred import GatewayError, PeerCredGateway
 from authd.policy.base import PolicyError
 from authd.policy.reload import PolicyHolder
+from authd.remote_admin import ADMIN_TLS_NAME, AdminServerSvid
 from authd.workload.registry import EntryRegistry
 from authd.workload.server import WorkloadEndpoint
 from authd.workload.svids import SvidProvider
 from ca.certificate_authority import CASettings, CertificateAuthority, UpstreamAuthority
 from ca.clock import Clock, SystemClock
+from ca.errors import InvalidRequest
 from ca.keys import KeyStore, KeyType
 from ca.replication import ReplicaFollower
 from ca.revocation_list import RevocationList
-from ca.spiffe_id import TrustDomain
+from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import RedisStore, Store, open_store
 
 log = logging.getLogger("authd")
@@ -100,6 +102,7 @@ class Daemon:
         self._ca: CertificateAuthority | None = None
         self._gateway: PeerCredGateway | None = None
         self._admin_server: grpc.aio.Server | None = None
+        self._remote_admin_server: grpc.aio.Server | None = None
         self._authz_server: grpc.aio.Server | None = None
         self._http_server: HttpAuthzServer | None = None
         self._metrics_server: WSGIServer | None = None
@@ -162,6 +165,7 @@ class Daemon:
             )
             self.follower.start()
         await self._start_admin(data_dir / "private")
+        await self._start_remote_admin()
         await self._start_authz()
         await self._start_workload()
         if config.ca.http_address:
@@ -194,16 +198,15 @@ class Daemon:
             raise StartupError(str(exc)) from None
         self._gateway = gateway
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminService(
-                self.ca,
-                gateway,
-                self.config.admin.allows_uid,
-                self.entry_registry,
-                self.revocations,
-            ),
-            server,
+        # One servicer for both listeners: it tells a Unix-socket caller from a TLS one.
+        self._admin_service = AdminService(
+            self.ca,
+            gateway,
+            self.config.admin.allows_uid,
+            self.entry_registry,
+            self.revocations,
         )
+        admin_pb2_grpc.add_AdminServicer_to_server(self._admin_service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         service_names = (
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
@@ -214,6 +217,29 @@ class Daemon:
         server.add_insecure_port(gateway.internal_address)
         await server.start()
         self._admin_server = server
+
+    async def _start_remote_admin(self) -> None:
+        """The admin API over mutual TLS on ``admin.mtls_address``, if set."""
+        config = self.config
+        address = config.admin.mtls_address
+        if not address:
+            return
+        spiffe_id = SpiffeId.parse(config.admin.server_id(config.trust_domain))
+        try:
+            svid = AdminServerSvid(self.ca, self.clock, spiffe_id)
+        except InvalidRequest as exc:
+            raise StartupError(f"cannot issue the remote admin SVID {spiffe_id}: {exc}") from None
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        admin_pb2_grpc.add_AdminServicer_to_server(self._admin_service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        try:
+            server.add_secure_port(address, svid.credentials())
+        except RuntimeError as exc:
+            raise StartupError(f"cannot serve the remote admin API on {address}: {exc}") from None
+        await server.start()
+        self._remote_admin_server = server
+        self._tasks.append(asyncio.create_task(svid.run()))
+        log.info("admin API over mTLS on %s as %s (DNS SAN %s)", address, spiffe_id, ADMIN_TLS_NAME)
 
     async def _start_authz(self) -> None:
         config = self.config
@@ -411,6 +437,8 @@ class Daemon:
             self._metrics_server.server_close()
         if self._decision_log is not None:
             self._decision_log.close()
+        if self._remote_admin_server is not None:
+            await self._remote_admin_server.stop(grace=2)
         if self._admin_server is not None:
             await self._admin_server.stop(grace=2)
         if self._gateway is not None:

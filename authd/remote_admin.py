@@ -18,6 +18,7 @@ pass; only admins can give an SVID DNS names (``x509 mint --dns``, entries' ``dn
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Iterable, Mapping
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 #: The DNS SAN on the server's SVID; clients verify it (``grpc.ssl_target_name_override``).
 ADMIN_TLS_NAME = "authd-admin"
 ROTATE_AT = 0.5  # of the server SVID's lifetime
+ROTATION_CHECK_INTERVAL = 1.0  # seconds
 REQUESTER = "authd:remote-admin"  # the server SVID's requester in the issuance log
 
 
@@ -56,9 +58,7 @@ def client_chain(auth_context: Mapping[str, Iterable[bytes]]) -> list[x509.Certi
     """
     if b"ssl" not in list(auth_context.get("transport_security_type", ())):
         return None
-    leaves = [
-        cert for pem in auth_context.get("x509_pem_cert", ()) for cert in _certificates(pem)
-    ]
+    leaves = [cert for pem in auth_context.get("x509_pem_cert", ()) for cert in _certificates(pem)]
     if len(leaves) != 1:
         return []
     leaf = leaves[0]
@@ -106,9 +106,10 @@ class AdminServerSvid:
     """The X.509-SVID the remote admin listener presents, kept current.
 
     Issued by the daemon's own CA for a key made here, re-issued once half its life has
-    passed (``rotate_due``, called every second) and at once when the authorities or the
-    bundle change. grpc calls ``fetch`` at every handshake, from its own threads: it
-    returns the new configuration once after each change and None ("unchanged") otherwise.
+    passed (``rotate_due``, which ``run`` calls every second) and at once when the
+    authorities or the bundle change. grpc calls ``fetch`` at every handshake, from its own
+    threads: it returns the new configuration once after each change, else None
+    ("unchanged").
     """
 
     def __init__(
@@ -137,7 +138,9 @@ class AdminServerSvid:
         with self._lock:
             self._fetched = current = self._current
         return grpc.dynamic_ssl_server_credentials(
-            current.configuration(), self.fetch, require_client_authentication=True
+            current.configuration(),
+            self.fetch,  # type: ignore[arg-type]  # the stubs omit that None means "unchanged"
+            require_client_authentication=True,
         )
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
@@ -148,6 +151,12 @@ class AdminServerSvid:
                 return None
             self._fetched = current
         return current.configuration()
+
+    async def run(self, interval: float = ROTATION_CHECK_INTERVAL) -> None:
+        """Check for a due rotation every ``interval`` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            self.rotate_due()
 
     def rotate_due(self) -> bool:
         """Re-issue if half the SVID's life has passed; True if it did."""

@@ -246,10 +246,11 @@ def main() -> None:
         if not values:
             print(f"{name}: no stream saw the rotation")
             continue
+        p50, p99 = percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000
         print(
             f"{name + ' rotation reached':<44} {len(values):>7}/{wanted} streams; "
-            f"p50 {percentile(values, 0.5) * 1000:.0f} ms, p99 {percentile(values, 0.99) * 1000:.0f}"
-            f" ms, max {max(values) * 1000:.0f} ms, mean {statistics.mean(values) * 1000:.0f} ms"
+            f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {max(values) * 1000:.0f} ms, "
+            f"mean {statistics.mean(values) * 1000:.0f} ms"
         )
 
 

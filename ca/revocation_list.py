@@ -31,7 +31,7 @@ class RevocationList:
         clock: Clock,
         *,
         view: RevocationView | None = None,
-        crl_refresh: int = 60,
+        crl_refresh: int = 900,
         notify: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self._ca = ca
@@ -59,7 +59,7 @@ class RevocationList:
         for revocation in revocations:
             if revocation.target_kind == "entry":
                 self._apply(revocation, revoked=True)
-        self._invalidate()
+        self._changed()
 
     def _apply(self, revocation: Revocation, *, revoked: bool) -> None:
         """Update the view; an entry's revocation also covers the serials it was issued."""

@@ -55,6 +55,10 @@ class WorkloadX509Svid:
     chain_pem: bytes = field(init=False)  # SDS: PEM
     key_pem: bytes = field(init=False)
 
+    @property
+    def serial(self) -> str:
+        return format(self.chain[0].serial_number, "x")
+
     def __post_init__(self) -> None:
         der, pem = serialization.Encoding.DER, serialization.Encoding.PEM
         pkcs8, none = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -178,7 +182,11 @@ class SvidProvider:
     def _due(self, svid: WorkloadX509Svid, entry: RegistrationEntry, now: float) -> bool:
         if now >= svid.rotate_at or entry.revision != svid.entry_revision:
             return True
-        return svid.authority_id in self._distrusted
+        if svid.authority_id in self._distrusted:
+            return True
+        # Its serial revoked (say, the key leaked): a new key and certificate at once.
+        revocations = self._revocations
+        return revocations is not None and revocations.view.contains("serial", svid.serial)
 
     def _issue(self, entry: RegistrationEntry) -> WorkloadX509Svid:
         key = self._key_type.generate()

@@ -216,3 +216,20 @@ def test_refreshing_one_entry_matches_a_full_reload(world: World) -> None:
     assert [e.entry_id for e in world.registry.match({GID_50})] == ["a"]
     fresh = EntryRegistry(world.store, world.clock)
     assert fresh.match({GID_50}) == world.registry.match({GID_50})
+
+
+def test_a_revoked_serial_is_replaced_at_once(world: World) -> None:
+    from ca.revocation_list import RevocationList
+
+    revocations = RevocationList(world.ca, world.store, world.clock)
+    provider = SvidProvider(world.ca, world.registry, world.clock, revocations=revocations)
+    world.entry("a", "web", UID_1000)
+    entry = world.registry.get("a")
+    assert entry is not None
+    leaked = provider.x509_svid(entry)
+    version = provider.version
+    revocations.revoke("serial", leaked.serial, reason="key-compromise", note="", actor="t")
+    fresh = provider.x509_svid(entry)
+    assert fresh.serial != leaked.serial
+    assert fresh.key_der != leaked.key_der
+    assert provider.version > version
