@@ -61,6 +61,7 @@ from google.protobuf import any_pb2
 
 from authd.peercred import PeerCredentials, PeerCredGateway
 from authd.workload.attestation import AttestationError
+from authd.workload.change_signal import ChangeSignal
 from authd.workload.svids import SvidProvider, WorkloadX509Svid
 from ca.bundle import TrustBundle
 from ca.certificate_authority import CertificateAuthority
@@ -288,13 +289,15 @@ class CrlFeed:
         self.check_interval = (
             check_interval if check_interval is not None else revocations.crl_refresh / 4
         )
-        self.version = 0
+        self._signal = ChangeSignal()
         self._noticed: object = None  # the crls() list streams last heard of
         self._pem_of: object = None  # the crls() list ``_pem`` was made from
         self._pem = b""
-        self._changed: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        revocations.add_listener(self._bump)
+        revocations.add_listener(self._signal.bump)
+
+    @property
+    def version(self) -> int:
+        return self._signal.version
 
     def pem(self) -> bytes:
         """The current CRLs, concatenated PEM (the last good ones if they cannot be built)."""
@@ -310,14 +313,8 @@ class CrlFeed:
 
     async def wait_for_change(self, version: int) -> int:
         """Return the new version once it differs from ``version`` (on the serving loop)."""
-        self._loop = asyncio.get_running_loop()
-        while self.version == version:
-            if self._changed is None:
-                self._changed = asyncio.Event()
-            try:
-                await asyncio.wait_for(self._changed.wait(), self.check_interval)
-            except TimeoutError:
-                self._poll()
+        while not await self._signal.wait(version, self.check_interval):
+            self._poll()
         return self.version
 
     def _poll(self) -> None:
@@ -328,26 +325,7 @@ class CrlFeed:
             return
         if crls is not self._noticed:
             self._noticed = crls
-            self._bump()
-
-    def _bump(self) -> None:
-        self.version += 1
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._wake()
-        else:  # a revocation made from another thread
-            loop.call_soon_threadsafe(self._wake)
-
-    def _wake(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
+            self._signal.bump()
 
 
 # --- the gRPC adapter ---------------------------------------------------------------------

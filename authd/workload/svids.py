@@ -11,7 +11,6 @@ their workload's complete new state.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Iterable, Sequence
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from authd.workload.change_signal import ChangeSignal
 from authd.workload.registry import EntryRegistry
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
@@ -94,9 +94,7 @@ class SvidProvider:
         self._x509: dict[str, WorkloadX509Svid] = {}
         self._jwt: dict[tuple[str, tuple[str, ...]], tuple[JwtSvid, float]] = {}
         self._distrusted: frozenset[str] = frozenset()  # tainted or revoked authorities
-        self.version = 0
-        self._changed: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._signal = ChangeSignal()
         ca.add_listener(self._authorities_changed)
         registry.add_listener(self._entries_changed)
         if revocations is not None:
@@ -143,13 +141,13 @@ class SvidProvider:
         self._jwt[key] = (svid, now + (svid.expiry - now) * ROTATE_AT)
         return svid
 
+    @property
+    def version(self) -> int:
+        return self._signal.version
+
     async def wait_for_change(self, version: int) -> int:
         """Return the new version once it differs from ``version`` (on the serving loop)."""
-        self._loop = asyncio.get_running_loop()
-        while self.version == version:
-            if self._changed is None:
-                self._changed = asyncio.Event()
-            await self._changed.wait()
+        await self._signal.wait(version)
         return self.version
 
     # --- rotation ---------------------------------------------------------------------
@@ -228,20 +226,4 @@ class SvidProvider:
         self._bump()
 
     def _bump(self) -> None:
-        self.version += 1
-        loop = self._loop
-        if loop is None:
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._wake()
-        else:  # a change made from another thread (e.g. an admin call in a worker)
-            loop.call_soon_threadsafe(self._wake)
-
-    def _wake(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
+        self._signal.bump()
