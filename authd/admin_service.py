@@ -15,6 +15,7 @@ proves is ``ca.audit``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -302,7 +303,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         """
         try:
             spiffe_id = str(self._ca.verify_x509_svid(chain))
-        except VerificationError as exc:
+        except (VerificationError, ValueError) as exc:  # ValueError: a malformed extension
             raise NotAnAdmin(f"client certificate rejected: {exc}") from None
         serial = format(chain[0].serial_number, "x")
         view = self._revocations.view
@@ -341,12 +342,22 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             upstream=ca.upstream is not None,
         )
 
+    async def _refuse_revoked(self, context: Context, spiffe_id: str) -> None:
+        """A revoked SPIFFE ID gets no new SVID until the revocation is lifted."""
+        if self._revocations.blocks_issuance(spiffe_id):
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{spiffe_id} is revoked: no new SVIDs until `authd unrevoke spiffe-id`",
+            )
+
     async def MintX509SVID(
         self,
         request: admin_pb2.MintX509SVIDRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb2.MintX509SVIDResponse:
         caller = await self._authorize(context)
+        await self._refuse_revoked(context, request.spiffe_id)
         try:
             svid = self._ca.issue_x509_svid(
                 request.csr,
@@ -358,6 +369,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         except (InvalidRequest, InvalidSpiffeId) as exc:
             await self._invalid(context, exc)
             raise
+        # Acknowledged means logged: a serial the caller holds can always be revoked.
+        await asyncio.to_thread(self._ca.issuance_log.flush)
         log.info("minted X.509-SVID %s serial %s for %s", svid.spiffe_id, svid.serial, caller)
         return admin_pb2.MintX509SVIDResponse(
             cert_chain=svid.chain_der(),
@@ -374,6 +387,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb2.MintJWTSVIDResponse:
         caller = await self._authorize(context)
+        await self._refuse_revoked(context, request.spiffe_id)
         try:
             svid = self._ca.mint_jwt_svid(
                 spiffe_id=SpiffeId.parse(request.spiffe_id),

@@ -134,6 +134,9 @@ class Daemon:
             raise StartupError(f"cannot use data directory {data_dir}: {exc}") from None
         upstream = load_upstream(config)
         self._store = open_store(config.store_url, data_dir=data_dir)
+        # With a shared store, note where its change feed stands before loading anything, so
+        # the follower replays whatever changes while we load.
+        start_from = self._store.latest_change_id() if isinstance(self._store, RedisStore) else None
         self._ca = CertificateAuthority(
             trust_domain=TrustDomain.parse(config.trust_domain),
             store=self._store,
@@ -162,6 +165,7 @@ class Daemon:
                     self.entry_registry.refresh, entry_id
                 ),
                 on_authorities=lambda: loop.call_soon_threadsafe(self.ca.reload),
+                start_from=start_from,
             )
             self.follower.start()
         await self._start_admin(data_dir / "private")
@@ -401,11 +405,14 @@ class Daemon:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=interval)
             if not self._stopping.is_set():
-                self.rotate()
+                await self.rotate()
 
-    def rotate(self) -> None:
+    async def rotate(self) -> None:
+        if not self.ca.rotates:
+            return
         try:
-            if self.ca.rotate():
+            # In a thread: a store that does not answer must not stall ext_authz on this loop.
+            if await asyncio.to_thread(self.ca.rotate):
                 log.info("authorities rotated; bundle sequence %d", self.ca.bundle.sequence)
         except Exception:
             log.exception("authority rotation failed; will retry")

@@ -115,17 +115,24 @@ class CertificateAuthority:
     # --- the timeline -------------------------------------------------------------------
 
     def rotate(self) -> bool:
-        """Bring both timelines up to date with the clock; True if anything changed."""
+        """Bring both timelines up to date with the clock; True if anything changed.
+
+        Only the rotating replica moves the timeline (it holds the keys); the others follow.
+        """
+        if not self.rotates:
+            return False
         with self._lock:
             now = self.clock.now()
             changed = False
             for kind in ("x509", "jwt"):
                 plan = rotation.plan_rotation(self.store.list_authorities(kind), now)
                 if not plan.is_empty:
-                    self._apply(kind, plan, now)
-                    changed = True
+                    # The sequence first: a replica that reloads on the authority change
+                    # must already read the sequence that goes with it.
                     if plan.changes_bundle:
                         self.store.next_sequence(BUNDLE_SEQUENCE)
+                    self._apply(kind, plan, now)
+                    changed = True
             if changed or self._x509 is None:
                 self._load()
             if changed:
@@ -155,15 +162,23 @@ class CertificateAuthority:
             raise InvalidRequest(f"no authority {authority_id!r}") from None
 
     def _changed(self, kind: str, updates: Sequence[AuthorityRecord], action: str) -> None:
+        self.store.next_sequence(BUNDLE_SEQUENCE)  # before the change other replicas follow
         self.store.save_authorities(updates)
         for record in updates:
             self._audit(f"authority.{action}" if action else f"authority.{record.state}", record)
-        self.store.next_sequence(BUNDLE_SEQUENCE)
         self._load()
         self._notify()
 
+    def _require_rotating(self) -> None:
+        if not self.rotates:
+            raise InvalidRequest(
+                "this replica does not rotate authorities (ca.rotates = false): prepare and "
+                "activate on the replica that holds the CA keys (taint and revoke work anywhere)"
+            )
+
     def prepare_authority(self, kind: str) -> AuthorityRecord:
         """Prepare the next authority of ``kind`` now (it enters the bundle at once)."""
+        self._require_rotating()
         with self._lock:
             if kind not in ("x509", "jwt"):
                 raise InvalidRequest(f"authority kind must be x509 or jwt, not {kind!r}")
@@ -175,6 +190,7 @@ class CertificateAuthority:
 
     def activate_authority(self, kind: str) -> AuthorityRecord:
         """Make the prepared authority of ``kind`` sign now; the active one is retired."""
+        self._require_rotating()
         with self._lock:
             records = self.store.list_authorities(kind)
             prepared = [r for r in records if r.state == rotation.PREPARED]

@@ -35,6 +35,7 @@ class ReplicaFollower:
         on_authorities: Callable[[], object] = lambda: None,
         block_ms: int = 500,
         retry_interval: float = 0.5,
+        start_from: str | None = None,
     ) -> None:
         self._feed = feed
         self._revocations = revocations
@@ -46,7 +47,10 @@ class ReplicaFollower:
         self._retry = retry_interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="replica-follower", daemon=True)
-        self.connected = False
+        # The change id taken before the caller loaded its state from the store: following
+        # from there avoids loading everything a second time at start.
+        self._start_from = start_from
+        self.connected = start_from is not None
         self.resyncs = 0
         self.events = 0
 
@@ -71,7 +75,7 @@ class ReplicaFollower:
         return last
 
     def _run(self) -> None:
-        last: str | None = None
+        last: str | None = self._start_from
         while not self._stop.is_set():
             try:
                 if last is None:

@@ -90,13 +90,13 @@ class RevocationView:
     """The revoked serials, SPIFFE IDs, entries and JWT ids, for O(1) lookups.
 
     Swapped whole on resynchronisation and edited in place for single changes; a lookup
-    reads a few set memberships and takes no lock (sets are replaced, never mutated while
-    another thread could iterate them).
+    reads a few set memberships and takes no lock (membership tests and single adds or
+    discards are atomic; nothing iterates the sets while they may change).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sets: dict[str, frozenset[str]] = {}
+        self._sets: dict[str, set[str]] = {}
         self.synced_at: float | None = None
         self.load(())
 
@@ -107,14 +107,19 @@ class RevocationView:
         for revocation in revocations:
             sets.setdefault(revocation.target_kind, set()).add(revocation.target)
         with self._lock:
-            self._sets = {kind: frozenset(values) for kind, values in sets.items()}
+            self._sets = sets
             if at is not None:
                 self.synced_at = at
 
     def apply(self, kind: str, target: str, *, revoked: bool) -> None:
+        # In place: set.add and set.discard are atomic, and copying a set of 100,000 serials
+        # per change would make a burst of revocations crawl.
         with self._lock:
-            current = self._sets.get(kind, frozenset())
-            self._sets[kind] = current | {target} if revoked else current - {target}
+            values = self._sets.setdefault(kind, set())
+            if revoked:
+                values.add(target)
+            else:
+                values.discard(target)
 
     def is_revoked(self, query: RevocationQuery) -> bool:
         sets = self._sets
@@ -125,7 +130,7 @@ class RevocationView:
         )
 
     def contains(self, kind: str, target: str) -> bool:
-        return target in self._sets.get(kind, frozenset())
+        return target in self._sets.get(kind, ())
 
     def count(self) -> int:
         return sum(len(values) for values in self._sets.values())

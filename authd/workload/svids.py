@@ -114,11 +114,17 @@ class SvidProvider:
         """The entry's current SVID, issued now if there is none or it is due."""
         svid = self._x509.get(entry.entry_id)
         if svid is None:
-            return self._issue(entry)
-        if self._due(svid, entry, self._clock.now()):
             svid = self._issue(entry)
+            self._logged()
+        elif self._due(svid, entry, self._clock.now()):
+            svid = self._issue(entry)
+            self._logged()
             self._bump()  # streams holding the old one must hear of the new one
         return svid
+
+    def _logged(self) -> None:
+        # Before an SVID leaves authd its serial is in the issuance log, so it can be revoked.
+        self._ca.issuance_log.flush()
 
     def jwt_svid(self, entry: RegistrationEntry, audience: Sequence[str]) -> JwtSvid:
         """A JWT-SVID for ``entry`` and ``audience``, reused until half its life has passed."""
@@ -174,6 +180,7 @@ class SvidProvider:
                 self._issue(entry)
                 rotated += 1
         if rotated:
+            self._logged()
             self._bump()
         return rotated
 

@@ -1,11 +1,14 @@
 """Three `authd run` replicas sharing one private Redis, as real processes.
 
 Replica 1 rotates (and so holds the CA keys and signs); replicas 2 and 3 are decision points
-that follow the store's change feed. The rules: a revocation made on any replica denies on
-every replica within a second; a replica cut off from Redis keeps deciding from its last view
-until ``store.max_staleness``, then fails closed with 503 ``revocations_stale``, and
-resynchronises when Redis is back; a replica killed with SIGKILL in the middle of issuing
-loses no acknowledged revocation and leaves the audit chain intact.
+that follow the store's change feed. The rules: every replica serves the signer's bundle and
+verifies what it signs, including a newly activated authority; a revocation made on any
+replica denies on every replica within a second, and the signer issues nothing new for a
+revoked SPIFFE ID; a replica cut off from Redis keeps deciding from its last view until
+``store.max_staleness``, then fails closed with 503 ``revocations_stale``, and resynchronises
+when Redis is back, with every revocation acknowledged before the outage; a replica killed
+with SIGKILL in the middle of issuing loses no acknowledged revocation, leaves the audit
+chain intact, and what it acknowledged issuing can still be revoked.
 """
 
 from __future__ import annotations
@@ -26,14 +29,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests.authd.test_cli_e2e import Daemon, authd, free_port
 from tests.redis_server import RedisServer
 
 MAX_STALENESS = 3  # seconds; store.max_staleness of every replica
 PROPAGATION_LIMIT = 1.0  # seconds from `authd revoke` returning to every replica denying
+ROTATION_CHECK_INTERVAL = 1  # seconds; ca.rotation_check_interval of every replica
+ENVOY_AUTHZ_TIMEOUT = 0.5  # seconds; the ext_authz timeout of deploy/envoy/*.yaml
 TD = "spiffe://example.org"
 
 POLICY = f"""\
@@ -74,6 +83,7 @@ class Replica(Daemon):
             'trust_domain = "example.org"\n'
             "[ca]\n"
             f"rotates = {str(rotates).lower()}\n"
+            f'rotation_check_interval = "{ROTATION_CHECK_INTERVAL}s"\n'
             "[store]\n"
             f'url = "{redis_url}"\n'
             f'max_staleness = "{MAX_STALENESS}s"\n'
@@ -192,6 +202,30 @@ def test_every_replica_serves_the_bundle_of_the_rotating_one(replicas: Replicas)
     token = replicas.token(f"{TD}/catalog")
     assert [check(r, token) for r in replicas.all] == [(200, "allowed")] * 3
     assert [r.staleness() for r in replicas.all] == pytest.approx([0, 0, 0], abs=1.0)
+    # The others hold no CA key, so they do not sign, and say where to issue.
+    refused = authd(
+        "jwt", "mint", "--spiffe-id", f"{TD}/catalog", "--audience", "authd",
+        data_dir=replicas.all[1].data_dir, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert len(refused.stderr.strip().splitlines()) == 1 and "ca.rotates" in refused.stderr
+
+
+def test_an_authority_prepared_on_the_signer_verifies_everywhere_once_active(
+    replicas: Replicas,
+) -> None:
+    signer = replicas.signer
+    signer.cli("authority", "prepare", "--kind", "jwt")
+    bundle = signer.cli("bundle", "show")
+    for replica in replicas.all[1:]:
+        wait_for(
+            f"{replica.name} to publish the prepared key",
+            lambda r=replica: r.cli("bundle", "show") == bundle,
+        )
+    signer.cli("authority", "activate", "--kind", "jwt")
+    # Signed by the new key at once; every replica already trusts it.
+    token = replicas.token(f"{TD}/fresh-key")
+    assert [check(r, token) for r in replicas.all] == [(200, "allowed")] * 3
 
 
 def test_revocation_on_one_replica_denies_on_every_replica_within_a_second(
@@ -276,6 +310,11 @@ def test_a_replica_without_redis_decides_from_its_last_view_then_fails_closed(
     )
 
 
+def check_revoked_on_signer(replicas: Replicas) -> bool:
+    listed = replicas.signer.gauge("authd_revocations")
+    return listed >= len(replicas.revoked_targets(replicas.signer))
+
+
 def test_a_revoked_spiffe_id_gets_no_new_svid_from_the_signing_replica(
     replicas: Replicas,
 ) -> None:
@@ -293,9 +332,94 @@ def test_a_revoked_spiffe_id_gets_no_new_svid_from_the_signing_replica(
     assert refused.returncode == 1, "minted an X.509-SVID for a revoked SPIFFE ID"
 
 
-def check_revoked_on_signer(replicas: Replicas) -> bool:
-    listed = replicas.signer.gauge("authd_revocations")
-    return listed >= len(replicas.revoked_targets(replicas.signer))
+def test_an_svid_acknowledged_just_before_the_signer_dies_can_still_be_revoked(
+    replicas: Replicas,
+) -> None:
+    signer, revoker = replicas.signer, replicas.all[1]
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
+    request = admin_pb2.MintX509SVIDRequest(
+        spiffe_id=f"{TD}/short-lived", csr=csr.public_bytes(serialization.Encoding.DER)
+    )
+    with grpc.insecure_channel(f"unix:{signer.data_dir / 'admin.sock'}") as channel:
+        serial = admin_pb2_grpc.AdminStub(channel).MintX509SVID(request, timeout=10).serial
+    signer.kill9()  # acknowledged: the SVID is out there, valid for an hour
+    try:
+        done = authd("revoke", "serial", serial, data_dir=revoker.data_dir, check=False)
+        assert done.returncode == 0, f"an SVID the CA issued cannot be revoked: {done.stderr}"
+        assert serial in replicas.revoked_targets(revoker)
+    finally:
+        signer.start()
+
+
+def authorities(replica: Replica, kind: str) -> dict[str, dict[str, object]]:
+    shown = json.loads(replica.cli("authority", "show", "--json"))["authorities"]
+    return {a["authority_id"]: a for a in shown if a["kind"] == kind}
+
+
+def key_ids(replica: Replica) -> set[str]:
+    """The authority ids (SKIs) of the private keys in the replica's key store."""
+    found = set()
+    for path in (replica.data_dir / "keys").glob("*.pem"):
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        found.add(ski.digest.hex())
+    return found
+
+
+def test_only_the_rotating_replica_moves_the_authority_timeline(replicas: Replicas) -> None:
+    signer, follower = replicas.signer, replicas.all[1]
+    before = authorities(signer, "jwt")
+    signer.cli("authority", "prepare", "--kind", "jwt")
+    signer.cli("authority", "activate", "--kind", "jwt")
+    [old] = [a for a, r in before.items() if r["state"] == "active"]
+    assert old in key_ids(signer)
+    signer.stop()  # from here on only replicas with ca.rotates = false run
+    try:
+        follower.cli("authority", "taint", "--kind", "jwt", "--id", old)
+        follower.cli("authority", "revoke", "--kind", "jwt", "--id", old)
+        # A revoked authority is due for pruning, but that is the rotating replica's job:
+        # for three rotation checks of the followers, it stays.
+        deadline = time.monotonic() + 3 * ROTATION_CHECK_INTERVAL
+        while time.monotonic() < deadline:
+            assert old in authorities(follower, "jwt"), "a replica with ca.rotates = false pruned"
+    finally:
+        signer.start()
+    # The signer prunes it at start, and its key with it.
+    wait_for(
+        "the signer to prune the revoked authority", lambda: old not in authorities(signer, "jwt")
+    )
+    assert old not in key_ids(signer)
+
+
+def test_a_frozen_redis_never_stalls_a_decision(replicas: Replicas) -> None:
+    token = replicas.token(f"{TD}/steady")
+    slowest = dict.fromkeys(("r1", "r2", "r3"), 0.0)
+    frozen_for = 1.5 * ROTATION_CHECK_INTERVAL  # every replica checks its rotation meanwhile
+    replicas.redis.freeze()  # connections open, nothing answers: a partition, not a crash
+    thaw = threading.Timer(frozen_for, replicas.redis.thaw)  # also frees a stalled replica
+    thaw.start()
+    until = time.monotonic() + frozen_for
+
+    def poll(replica: Replica) -> None:  # one thread each: a stall elsewhere hides nothing
+        while time.monotonic() < until:
+            began = time.monotonic()
+            assert check(replica, token) == (200, "allowed"), replica.name
+            slowest[replica.name] = max(slowest[replica.name], time.monotonic() - began)
+
+    try:
+        with ThreadPoolExecutor(len(replicas.all)) as pool:
+            list(pool.map(poll, replicas.all))
+    finally:
+        thaw.join()
+    print("slowest check while redis was frozen (s):", {k: round(v, 3) for k, v in slowest.items()})
+    assert max(slowest.values()) < ENVOY_AUTHZ_TIMEOUT, slowest
+    for replica in replicas.all:
+        wait_for(f"{replica.name} back in step", lambda r=replica: r.staleness() < 1)
 
 
 def test_kill_9_of_a_replica_mid_burst_loses_no_acknowledged_revocation(
@@ -371,3 +495,13 @@ def test_kill_9_of_a_replica_mid_burst_loses_no_acknowledged_revocation(
             lambda r=replica: r.gauge("authd_revocations") == stored,
         )
     assert [check(r, allowed) for r in replicas.all] == [(200, "allowed")] * 3
+
+
+def test_a_replica_without_the_ca_keys_prepares_no_authority(replicas: Replicas) -> None:
+    # Last in the module: a prepared authority whose key only a follower holds would, once
+    # active, leave the signer unable to sign.
+    refused = authd(
+        "authority", "prepare", "--kind", "x509", data_dir=replicas.all[2].data_dir, check=False
+    )
+    assert refused.returncode == 1, "a replica with ca.rotates = false made an authority"
+    assert len(refused.stderr.strip().splitlines()) == 1
