@@ -52,6 +52,7 @@ from authd.policy.base import InputDocument, PolicyError
 from authd.policy.result import decision_from_result, undefined_decision
 
 DEFAULT_ENTRYPOINT: Final = "envoy/authz/allow"
+INPUT_CACHE_SIZE: Final = 1024
 
 _ERROR_START = re.compile(r"\(error(?=\s)")
 _LENGTH_PREFIX = re.compile(r"(\d+):")
@@ -71,6 +72,7 @@ class RegoPolicy:
         # The input paths the modules read, when they only read static paths: Rego then gets
         # just those parts of the input, which costs a fraction of converting all of it.
         self.input_paths = referenced_input_paths(self._sources.values())
+        self._inputs: dict[str, Input] = {}
         # A regopy Interpreter holds the current input, so each thread gets its own.
         self._local = threading.local()
 
@@ -134,11 +136,9 @@ class RegoPolicy:
     def evaluate_document(self, document: Mapping[str, Any]) -> Decision:
         """Run the entrypoint on an OPA-Envoy input document."""
         interpreter = self._interpreter()
-        if self.input_paths is not None:
-            document = prune_input(document, self.input_paths)
         try:
-            converted = Input(document)
-        except (RegoError, ValueError) as exc:  # a value that is not JSON
+            converted = self._input(document)
+        except (RegoError, ValueError, TypeError) as exc:  # a value that is not JSON
             raise PolicyError(f"{self.name}: input cannot be given to Rego: {exc}") from exc
         try:
             interpreter.set_input(converted)
@@ -155,6 +155,22 @@ class RegoPolicy:
         if not results or not results[0].expressions:
             return undefined_decision(self.entrypoint)
         return decision_from_result(results[0].expressions[0], self.entrypoint)
+
+    def _input(self, document: Mapping[str, Any]) -> Input:
+        """The regopy Input for ``document``: pruned, and reused for a pruned input seen
+        recently (requests to the same route by the same caller convert to the same one)."""
+        if self.input_paths is None:
+            return Input(document)
+        pruned = prune_input(document, self.input_paths)
+        key = json.dumps(pruned, sort_keys=True, separators=(",", ":"))
+        cache = self._inputs
+        converted = cache.get(key)
+        if converted is None:
+            converted = Input(pruned)
+            if len(cache) >= INPUT_CACHE_SIZE:
+                cache.pop(next(iter(cache)))
+            cache[key] = converted
+        return converted
 
     async def evaluate(
         self, ctx: CheckContext, identities: Identities, input_document: InputDocument
