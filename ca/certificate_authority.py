@@ -101,10 +101,11 @@ class CertificateAuthority:
         self.rotates = rotates
         if rotates:
             self.rotate()
-            # The rotating replica is the CA: it must hold its active authorities' keys.
-            for record in self.store.list_authorities():
-                if record.state == rotation.ACTIVE and not record.revoked:
-                    self.keystore.load(record.key_ref)  # raises, naming the missing key
+            if self._x509 is None or self._jwt is None:
+                # The rotating replica is the CA: it must hold its active authorities' keys.
+                for record in self.store.list_authorities():
+                    if record.state == rotation.ACTIVE and not record.revoked:
+                        self.keystore.load(record.key_ref)  # raises, naming the missing key
         else:
             self._load()
 

@@ -13,12 +13,14 @@ from types import TracebackType
 from typing import Any
 
 from ca.store.records import (
+    AUDIT_GENESIS_HASH,
     AuditRecord,
     AuthorityRecord,
     IssuanceRecord,
     RegistrationEntry,
     Revocation,
     Selector,
+    link_audit_record,
 )
 
 
@@ -212,3 +214,32 @@ class Store(abc.ABC):
     ) -> list[AuditRecord]:
         """Audit records with ``time >= since``, this ``subject`` and ``seq > after_seq``
         (each filter only if given), ascending by ``seq``."""
+
+
+def next_audit_record(
+    previous: tuple[int, str] | None,
+    *,
+    time: int,
+    actor: str,
+    action: str,
+    subject: str,
+    details: Mapping[str, Any],
+) -> AuditRecord:
+    """The record that follows ``previous`` (its seq and hash; None for the first one).
+
+    Every backend appends through this, so the chain is built one way; details that cannot
+    be stored become a ``StoreError``.
+    """
+    seq, prev_hash = (1, AUDIT_GENESIS_HASH) if previous is None else (previous[0] + 1, previous[1])
+    try:
+        return link_audit_record(
+            seq=seq,
+            time=time,
+            actor=actor,
+            action=action,
+            subject=subject,
+            details=details,
+            prev_hash=prev_hash,
+        )
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"audit details for {action!r} cannot be stored: {exc}") from exc

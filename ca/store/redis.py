@@ -82,9 +82,16 @@ from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 from redis.typing import EncodableT, FieldT
 
-from ca.store.base import AlreadyExists, Conflict, NotFound, SchemaError, Store, StoreError
+from ca.store.base import (
+    AlreadyExists,
+    Conflict,
+    NotFound,
+    SchemaError,
+    Store,
+    StoreError,
+    next_audit_record,
+)
 from ca.store.records import (
-    AUDIT_GENESIS_HASH,
     AuditRecord,
     AuthorityRecord,
     IssuanceRecord,
@@ -92,7 +99,6 @@ from ca.store.records import (
     Revocation,
     Selector,
     canonical_json,
-    link_audit_record,
 )
 
 SCHEMA_VERSION = 1
@@ -1097,24 +1103,16 @@ class RedisStore(Store):
     ) -> AuditRecord:
         def prepare(pipe: _Pipe) -> tuple[_Write, AuditRecord]:
             last = pipe.zrange(self._keys.audit, -1, -1)
-            if last:
-                previous = _AUDIT.decode(_text(last[0]))
-                seq, prev_hash = previous.seq + 1, previous.hash
-            else:
-                seq, prev_hash = 1, AUDIT_GENESIS_HASH
-            try:
-                record = link_audit_record(
-                    seq=seq,
-                    time=time,
-                    actor=actor,
-                    action=action,
-                    subject=subject,
-                    details=details,
-                    prev_hash=prev_hash,
-                )
-            except (TypeError, ValueError) as exc:
-                raise StoreError(f"audit details for {action!r} cannot be stored: {exc}") from exc
-            member = {_AUDIT.encode(record, f"audit record {seq}"): seq}
+            previous = _AUDIT.decode(_text(last[0])) if last else None
+            record = next_audit_record(
+                None if previous is None else (previous.seq, previous.hash),
+                time=time,
+                actor=actor,
+                action=action,
+                subject=subject,
+                details=details,
+            )
+            member = {_AUDIT.encode(record, f"audit record {record.seq}"): record.seq}
 
             def write(pipe: _Pipe) -> None:
                 pipe.zadd(self._keys.audit, member)

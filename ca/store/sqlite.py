@@ -26,9 +26,9 @@ from ca.store.base import (
     SchemaError,
     Store,
     StoreError,
+    next_audit_record,
 )
 from ca.store.records import (
-    AUDIT_GENESIS_HASH,
     AuditRecord,
     AuthorityRecord,
     IssuanceRecord,
@@ -36,7 +36,6 @@ from ca.store.records import (
     Revocation,
     Selector,
     canonical_json,
-    link_audit_record,
 )
 
 BUSY_TIMEOUT_MS = 5000
@@ -488,19 +487,14 @@ class SQLiteStore(Store):
     ) -> AuditRecord:
         with self._transaction() as conn:
             last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev_hash = (1, AUDIT_GENESIS_HASH) if last is None else (last[0] + 1, last[1])
-            try:
-                record = link_audit_record(
-                    seq=seq,
-                    time=time,
-                    actor=actor,
-                    action=action,
-                    subject=subject,
-                    details=details,
-                    prev_hash=prev_hash,
-                )
-            except (TypeError, ValueError) as exc:
-                raise StoreError(f"audit details for {action!r} cannot be stored: {exc}") from exc
+            record = next_audit_record(
+                None if last is None else (last[0], last[1]),
+                time=time,
+                actor=actor,
+                action=action,
+                subject=subject,
+                details=details,
+            )
             conn.execute(
                 _INSERT_AUDIT,
                 (
