@@ -142,6 +142,7 @@ class AuthzConfig:
 
     grpc_address: str = "127.0.0.1:9191"
     grpc_socket: str = ""
+    grpc_engine: str = "native"
     http_address: str = "127.0.0.1:9192"
     http_path_prefix: str = ""
     metrics_address: str = "127.0.0.1:9464"
@@ -149,6 +150,7 @@ class AuthzConfig:
     policy_file: str = ""
     rego_files: tuple[str, ...] = ()
     rego_entrypoint: str = "envoy/authz/allow"
+    rego_decision_cache: int = 4096
     opa_url: str = "http://127.0.0.1:8181"
     opa_path: str = "envoy/authz/allow"
     opa_timeout_ms: int = 500
@@ -415,6 +417,14 @@ def _parse_spiffe_id(value: object) -> str:
     return str(spiffe_id)
 
 
+def _parse_non_negative_int(value: object) -> int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be a non-negative integer, not {value!r}")
+    return value
+
+
 def _parse_positive_int(value: object) -> int:
     if isinstance(value, str) and value.isdigit():
         value = int(value)
@@ -510,6 +520,7 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "admin.server_spiffe_id": _parse_spiffe_id,
     "authz.grpc_address": _parse_address,
     "authz.grpc_socket": _parse_path,
+    "authz.grpc_engine": _parse_choice(("native", "grpcio")),
     "authz.http_address": _parse_address,
     "authz.http_path_prefix": _parse_str,
     "authz.metrics_address": _parse_address,
@@ -517,6 +528,7 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "authz.policy_file": _parse_path,
     "authz.rego_files": _parse_str_list,
     "authz.rego_entrypoint": _parse_str,
+    "authz.rego_decision_cache": _parse_non_negative_int,
     "authz.opa_url": _parse_str,
     "authz.opa_path": _parse_str,
     "authz.opa_timeout_ms": _parse_positive_int,

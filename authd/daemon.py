@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry, start_http_server
 
 from authd.admin_service import AdminService
@@ -33,6 +34,7 @@ from authd.authz.decision_log import DecisionLog
 from authd.authz.grpc_service import ExtAuthzService
 from authd.authz.http_service import HttpAuthzServer
 from authd.authz.metrics import AuthzMetrics
+from authd.authz.native_grpc import NativeGrpcServer
 from authd.bundle_endpoint import BundleEndpoint
 from authd.config import Config
 from authd.peercred import GatewayError, PeerCredGateway
@@ -103,7 +105,7 @@ class Daemon:
         self._gateway: PeerCredGateway | None = None
         self._admin_server: grpc.aio.Server | None = None
         self._remote_admin_server: grpc.aio.Server | None = None
-        self._authz_server: grpc.aio.Server | None = None
+        self._authz_server: NativeGrpcServer | grpc.aio.Server | None = None
         self._http_server: HttpAuthzServer | None = None
         self._metrics_server: WSGIServer | None = None
         self._decision_log: DecisionLog | None = None
@@ -245,6 +247,56 @@ class Daemon:
         self._tasks.append(asyncio.create_task(svid.run()))
         log.info("admin API over mTLS on %s as %s (DNS SAN %s)", address, spiffe_id, ADMIN_TLS_NAME)
 
+    async def _serve_ext_authz_grpc(
+        self, ext_authz: ExtAuthzService
+    ) -> NativeGrpcServer | grpc.aio.Server:
+        """Check, health and reflection on the ext_authz gRPC listeners, by the chosen engine."""
+        authz = self.config.authz
+        reflection_names = (
+            external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        )
+        if authz.grpc_engine == "native":
+            native = NativeGrpcServer()
+            native.add_servicer(
+                external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"], ext_authz
+            )
+            native.add_servicer(health_pb2.DESCRIPTOR.services_by_name["Health"], self._health)
+            native.add_servicer(
+                reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+                reflection_aio.ReflectionServicer(reflection_names),
+            )
+            for address, listen in (
+                (authz.grpc_address, native.listen_tcp),
+                (authz.grpc_socket, native.listen_unix),
+            ):
+                if not address:
+                    continue
+                try:
+                    await listen(address)
+                except OSError as exc:
+                    await native.stop(grace=0)
+                    reason = exc.strerror or str(exc)
+                    raise StartupError(
+                        f"cannot listen for ext_authz on {address}: {reason}"
+                    ) from None
+            return native
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(ext_authz, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(reflection_names, server)
+        for address in (authz.grpc_address, authz.grpc_socket):
+            if not address:
+                continue
+            target = address if address == authz.grpc_address else f"unix:{address}"
+            try:
+                server.add_insecure_port(target)
+            except RuntimeError as exc:
+                raise StartupError(f"cannot listen for ext_authz on {address}: {exc}") from None
+        await server.start()
+        return server
+
     async def _start_authz(self) -> None:
         config = self.config
         authz = config.authz
@@ -269,6 +321,16 @@ class Daemon:
                 "token_miss": resolver.token_cache.misses,
             },
         )
+        if authz.policy_engine == "rego":
+            policy = self._policy
+            self.metrics.add_source(
+                "authd_rego_decision_cache",
+                "Rego decision cache lookups by outcome (restart at a policy reload)",
+                lambda: {
+                    "hit": getattr(policy.current, "cache_hits", 0),
+                    "miss": getattr(policy.current, "cache_misses", 0),
+                },
+            )
         if authz.decision_log:
             target = authz.decision_log
             if target != "-":
@@ -294,29 +356,9 @@ class Daemon:
             lambda: float(self.revocations.view.count()),
         )
         if authz.grpc_address or authz.grpc_socket:
-            server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-            external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-                ExtAuthzService(authorizer, self.metrics), server
+            self._authz_server = await self._serve_ext_authz_grpc(
+                ExtAuthzService(authorizer, self.metrics)
             )
-            health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-            reflection.enable_server_reflection(
-                (
-                    external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
-                    health.SERVICE_NAME,
-                    reflection.SERVICE_NAME,
-                ),
-                server,
-            )
-            for address in (authz.grpc_address, authz.grpc_socket):
-                if not address:
-                    continue
-                target = address if address == authz.grpc_address else f"unix:{address}"
-                try:
-                    server.add_insecure_port(target)
-                except RuntimeError as exc:
-                    raise StartupError(f"cannot listen for ext_authz on {address}: {exc}") from None
-            await server.start()
-            self._authz_server = server
         if authz.http_address:
             host, _, port = authz.http_address.rpartition(":")
             http_server = HttpAuthzServer(
@@ -350,8 +392,10 @@ class Daemon:
         if self._decision_log is not None:
             self._tasks.append(asyncio.create_task(self._flush_decision_log()))
         log.info(
-            "ext_authz: gRPC on %s, HTTP service mode on %s, metrics on %s, policy %s%s",
+            "ext_authz: gRPC on %s (%s engine), HTTP service mode on %s, metrics on %s, "
+            "policy %s%s",
             authz.grpc_address or authz.grpc_socket or "-",
+            authz.grpc_engine,
             authz.http_address or "-",
             authz.metrics_address or "-",
             holder.current.name,

@@ -3,6 +3,7 @@
 Run on purpose, never as a timed test (it installs h2load with apt-get if it is missing):
 
     python bench/extauthz.py [--seconds N] [--scenario mtls|jwt|rego ...]
+                             [--listener rbac|grpc|http ...] [--grpc-engine native|grpcio]
 
 One Envoy (``--concurrency 1``) serves four listeners that all answer with a
 ``direct_response`` 200 (no upstream process to share the CPU with):
@@ -423,17 +424,19 @@ class Row:
 
 
 @contextmanager
-def running_authd(tmp: Path, scenario: str) -> Iterator[Authd]:
+def running_authd(tmp: Path, scenario: str, grpc_engine: str) -> Iterator[Authd]:
+    engine = f'\ngrpc_engine = "{grpc_engine}"'
     if scenario == "rego":
         files = {"authz.rego": (REPO / "deploy" / "policy" / "authz.rego").read_text()}
-        extra = f'rego_files = ["authz.rego"]\njwt_svid_audiences = ["{AUDIENCE}"]'
+        extra = f'rego_files = ["authz.rego"]\njwt_svid_audiences = ["{AUDIENCE}"]' + engine
         config = authd_config(decision_log="", extra=extra).replace(
             'policy_engine = "rules"', 'policy_engine = "rego"'
         )
         config = config.replace('policy_file = "policy.yaml"\n', "")
     else:
         files = {"policy.yaml": RULES}
-        config = authd_config(decision_log="", extra=f'jwt_svid_audiences = ["{AUDIENCE}"]')
+        extra = f'jwt_svid_audiences = ["{AUDIENCE}"]' + engine
+        config = authd_config(decision_log="", extra=extra)
     config = config.replace('decision_log = ""\n', "")
     authd = start_authd(tmp / f"d-{scenario}", config, files=files)
     try:
@@ -447,10 +450,17 @@ def jwt_jwks(authd: Authd) -> str:
     return json.dumps({"keys": [k for k in keys if k.get("use") == "jwt-svid"]})
 
 
-def run_scenario(scenario: str, seconds: float, h2load_bin: str, tmp: Path) -> list[Row]:
+def run_scenario(
+    scenario: str,
+    seconds: float,
+    h2load_bin: str,
+    tmp: Path,
+    listeners: tuple[str, ...],
+    grpc_engine: str,
+) -> list[Row]:
     rows = []
     with ExitStack() as stack:
-        authd = stack.enter_context(running_authd(tmp, scenario))
+        authd = stack.enter_context(running_authd(tmp, scenario, grpc_engine))
         headers: dict[str, str] = {}
         cert_dir: Path | None = None
         if scenario == "mtls":
@@ -467,7 +477,7 @@ def run_scenario(scenario: str, seconds: float, h2load_bin: str, tmp: Path) -> l
             egress = start_envoy(egress_config(cert_dir, ports), tmp, f"egress-{scenario}")
             stack.callback(egress.stop)
             ports = {name: egress.listener_port(name) for name in LISTENERS}
-        for name in LISTENERS:
+        for name in listeners:
             url = f"http://{HOST}:{ports[name]}{PATH}"
             # A warm-up and a correctness check in one: every request must be allowed.
             probe = h2load(
@@ -556,23 +566,39 @@ def main() -> None:
     parser.add_argument(
         "--scenario", action="append", choices=["mtls", "jwt", "rego"], help="repeatable"
     )
+    parser.add_argument(
+        "--listener",
+        action="append",
+        choices=[n for n in LISTENERS if n != "none"],
+        help="repeatable; default all (the no-authz listener always runs: it is the baseline)",
+    )
+    parser.add_argument(
+        "--grpc-engine",
+        choices=["native", "grpcio"],
+        default="native",
+        help="what serves authd's gRPC listener (authz.grpc_engine)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     args = parser.parse_args()
     h2load_bin = ensure_h2load()
     load = os.getloadavg()[0]
     if load > 0.5:
         print(f"note: load average {load:.2f} before starting; other work skews the numbers")
+    listeners = ("none", *(args.listener or LISTENERS[1:]))
     tmp = Path(tempfile.mkdtemp(prefix="authd-"))
     rows: list[Row] = []
     try:
         for scenario in args.scenario or ["mtls", "jwt", "rego"]:
             print(f"scenario {scenario}:", flush=True)
-            rows += run_scenario(scenario, args.seconds, h2load_bin, tmp)
+            rows += run_scenario(
+                scenario, args.seconds, h2load_bin, tmp, listeners, args.grpc_engine
+            )
     finally:
         if args.keep:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\nauthd's gRPC engine: {args.grpc_engine}")
     print_table(rows)
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 

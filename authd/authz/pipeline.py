@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from authd.authz.decision_log import DecisionLog
-from authd.authz.input_document import input_document
+from authd.authz.input_document import input_document, pruned_input_document
 from authd.authz.metrics import AuthzMetrics
 from authd.authz.model import CheckContext, Decision, Identities, Reason
 from authd.policy.base import Policy
@@ -58,7 +58,11 @@ class Outcome:
 
 
 class _LazyInput:
-    """Builds the OPA-Envoy input document on first use only, then keeps it."""
+    """The OPA-Envoy input document plus ``input.authd``, built on first use only, then kept.
+
+    ``pruned(paths)`` gives only the parts at ``paths`` (what ``prune_input`` keeps of the
+    whole document) and computes nothing else: a Rego policy reading static paths asks so.
+    """
 
     __slots__ = ("_ctx", "_doc", "_identities")
 
@@ -70,8 +74,14 @@ class _LazyInput:
     def __call__(self) -> dict[str, Any]:
         if self._doc is None:
             self._doc = input_document(self._ctx)
-            self._doc["authd"] = identity_document(self._identities)
+            self._doc["authd"] = self._authd()
         return self._doc
+
+    def pruned(self, paths: Sequence[tuple[str, ...]]) -> dict[str, Any]:
+        return pruned_input_document(self._ctx, paths, {"authd": self._authd})
+
+    def _authd(self) -> dict[str, Any]:
+        return identity_document(self._identities)
 
 
 def identity_document(identities: Identities) -> dict[str, Any]:

@@ -58,7 +58,12 @@ def policy_source(config: Config) -> PolicySource:
 
         files = tuple(config.resolve_path(f) for f in authz.rego_files)
         return PolicySource(
-            lambda: RegoPolicy.load(list(files), entrypoint=authz.rego_entrypoint), files
+            lambda: RegoPolicy.load(
+                list(files),
+                entrypoint=authz.rego_entrypoint,
+                decision_cache=authz.rego_decision_cache,
+            ),
+            files,
         )
     if authz.policy_engine == "opa":
         from authd.policy.opa import OpaPolicy

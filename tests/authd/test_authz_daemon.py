@@ -19,6 +19,7 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.authd.test_cli_e2e import Daemon, authd, free_port
 
@@ -41,15 +42,18 @@ rule_sets:
 
 
 class AuthzDaemon(Daemon):
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, grpc_engine: str = "native") -> None:
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         self.policy = workdir / "policy.yaml"
         self.policy.write_text(POLICY)
         self.decisions = workdir / "decisions.log"
+        self.grpc_socket = workdir / "authz.sock"
         super().__init__(workdir / "data")
         self.config.write_text(
             "[authz]\n"
             f'grpc_address = "127.0.0.1:{self.grpc_port}"\n'
+            f'grpc_engine = "{grpc_engine}"\n'
+            f'grpc_socket = "{workdir / "authz.sock"}"\n'
             f'http_address = "127.0.0.1:{self.http_port}"\n'
             f'metrics_address = "127.0.0.1:{self.metrics_port}"\n'
             f'policy_file = "{self.policy}"\n'
@@ -64,23 +68,26 @@ class AuthzDaemon(Daemon):
         ).stdout.strip()  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[AuthzDaemon]:
+@pytest.fixture(scope="module", params=["native", "grpcio"])
+def daemon(request: pytest.FixtureRequest) -> Iterator[AuthzDaemon]:
+    """The daemon with each gRPC engine: both serve the same Check, health and reflection."""
     workdir = Path(tempfile.mkdtemp(prefix="authd-authz-"))
     os.chmod(workdir, 0o755)
-    running = AuthzDaemon(workdir)
+    running = AuthzDaemon(workdir, request.param)
     running.start()
     yield running
     running.stop()
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def grpc_check(daemon: AuthzDaemon, path: str, **headers: str) -> external_auth_pb2.CheckResponse:
+def grpc_check(
+    daemon: AuthzDaemon, path: str, target: str = "", **headers: str
+) -> external_auth_pb2.CheckResponse:
     request = external_auth_pb2.CheckRequest()
     http = request.attributes.request.http
     http.method, http.path, http.host = "GET", path, "api.example.com"
     http.headers.update(headers)
-    with grpc.insecure_channel(f"127.0.0.1:{daemon.grpc_port}") as channel:
+    with grpc.insecure_channel(target or f"127.0.0.1:{daemon.grpc_port}") as channel:
         stub = external_auth_pb2_grpc.AuthorizationStub(channel)
         reply: external_auth_pb2.CheckResponse = stub.Check(request, timeout=10)
         return reply
@@ -115,6 +122,13 @@ def test_grpc_check_decides_from_a_verified_jwt_svid(daemon: AuthzDaemon) -> Non
     assert json.loads(denied.denied_response.body)["error"] == "invalid_credentials"
 
 
+def test_grpc_on_the_unix_socket_decides_the_same(daemon: AuthzDaemon) -> None:
+    target = f"unix:{daemon.grpc_socket}"
+    assert grpc_check(daemon, "/public/a", target).status.code == code_pb2.OK
+    denied = grpc_check(daemon, "/orders/7", target)
+    assert denied.denied_response.status.code == 401
+
+
 def test_http_mode_decides_the_same(daemon: AuthzDaemon) -> None:
     web = daemon.token("spiffe://example.org/web")
     status, headers = http_check(daemon, "/orders/7", authorization=f"Bearer {web}")
@@ -132,6 +146,33 @@ def test_health_service_on_the_ext_authz_port(daemon: AuthzDaemon) -> None:
             timeout=10,
         )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_services_of_the_ext_authz_port(daemon: AuthzDaemon) -> None:
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    with grpc.insecure_channel(f"127.0.0.1:{daemon.grpc_port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        (reply,) = list(stub.ServerReflectionInfo(iter([request]), timeout=10))
+        symbol = reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="envoy.service.auth.v3.Authorization"
+        )
+        (described,) = list(stub.ServerReflectionInfo(iter([symbol]), timeout=10))
+    names = {service.name for service in reply.list_services_response.service}
+    assert names == {
+        "envoy.service.auth.v3.Authorization",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    files = described.file_descriptor_response.file_descriptor_proto
+    assert any(b"external_auth.proto" in proto for proto in files)
+
+
+def test_unknown_method_on_the_ext_authz_port_is_unimplemented(daemon: AuthzDaemon) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{daemon.grpc_port}") as channel:
+        call = channel.unary_unary("/envoy.service.auth.v3.Authorization/Nope")
+        with pytest.raises(grpc.RpcError) as failed:
+            call(b"", timeout=10)
+    assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_second_daemon_cannot_share_the_ext_authz_port(daemon: AuthzDaemon) -> None:

@@ -5,11 +5,21 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from typing import Any
 
 from authd.authz.decision_log import DecisionLog
 from authd.authz.metrics import AuthzMetrics
-from authd.authz.model import CheckContext, CredentialProblem, Identities, Reason, UserIdentity
+from authd.authz.model import (
+    CheckContext,
+    CredentialProblem,
+    Decision,
+    Identities,
+    Reason,
+    UserIdentity,
+)
 from authd.authz.pipeline import Authorizer, AuthzSettings, Outcome
+from authd.policy.base import InputDocument
+from authd.policy.rego import prune_input
 from ca.spiffe_id import SpiffeId
 from tests.authd.authz_fixtures import FixedIdentities, PathPolicy
 
@@ -163,6 +173,50 @@ def test_input_document_carries_verified_identities_for_rego() -> None:
     assert document["authd"]["caller"] == str(WEB)
     assert document["authd"]["authenticated"] is True
     assert document["parsed_path"] == ["rego", "x"]
+
+
+class PartsPolicy:
+    """Asks the pipeline's input document for the parts at ``paths``, and for all of it."""
+
+    name = "test:parts"
+
+    def __init__(self, paths: list[tuple[str, ...]]) -> None:
+        self.paths = paths
+        self.parts: dict[str, Any] = {}
+        self.whole: dict[str, Any] = {}
+
+    async def evaluate(
+        self, ctx: CheckContext, identities: Identities, input_document: InputDocument
+    ) -> Decision:
+        self.parts = input_document.pruned(self.paths)
+        self.whole = input_document()
+        return Decision(allowed=True, reason=Reason.ALLOWED)
+
+
+def test_input_document_gives_the_parts_a_policy_reads_as_pruning_all_of_it_would() -> None:
+    paths = [
+        ("attributes", "request", "http", "method"),
+        ("attributes", "request", "http", "headers", "x-tenant"),
+        ("authd", "caller"),
+        ("authd", "user", "claims", "scope"),
+        ("parsed_path",),
+        ("parsed_query", "page"),
+    ]
+    policy = PartsPolicy(paths)
+    user = UserIdentity("https://idp", "alice", {"scope": "orders:read"})
+    authorizer = Authorizer(
+        resolver=FixedIdentities(Identities(peer=WEB, user=user)), policy=lambda: policy
+    )
+    asyncio.run(authorizer.check(ctx("/orders/7?page=2", **{"x-tenant": "acme"})))
+    assert policy.parts == prune_input(policy.whole, paths)
+    assert policy.parts["authd"] == {
+        "caller": str(WEB),
+        "user": {"claims": {"scope": "orders:read"}},
+    }
+    assert policy.parts["attributes"]["request"]["http"] == {
+        "method": "GET",
+        "headers": {"x-tenant": "acme"},
+    }
 
 
 def test_decision_ids_are_unique() -> None:

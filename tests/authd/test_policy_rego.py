@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from authd.authz.input_document import input_document
 from authd.authz.model import CheckContext, Decision, Identities, Reason, UserIdentity
 from authd.authz.pipeline import identity_document
+from authd.policy import rego
 from authd.policy.base import PolicyError
 from authd.policy.rego import RegoPolicy
 from ca.spiffe_id import SpiffeId
@@ -194,7 +198,7 @@ def test_loaded_policy_does_not_change_when_its_file_does(tmp_path: Path) -> Non
 
 
 def test_policy_evaluates_correctly_from_several_threads_at_once(tmp_path: Path) -> None:
-    policy = load(tmp_path, OPA_ENVOY_POLICY)
+    policy = load(tmp_path, OPA_ENVOY_POLICY, decision_cache=0)  # every check runs Rego
     failures: list[str] = []
 
     def worker(method: str, expected: bool) -> None:
@@ -509,3 +513,118 @@ allow if {
         pruned = prune_input(document, policy.input_paths)
         assert "parsed_query" not in pruned and "source" not in pruned["attributes"]
         assert policy.evaluate_document(document).allowed is allowed
+
+
+# --- holding the GIL: rego-cpp called directly, as regopy would ----------------------------------
+
+LARGE_CONSTANT = "{" + ", ".join(f'"k{i}": {i}' for i in range(7)) + "}"  # the regopy bug
+
+
+@pytest.mark.parametrize(
+    ("source", "entrypoint", "doc"),
+    [
+        (OPA_ENVOY_POLICY, "envoy/authz/allow", document("GET", "/public/x")),  # allow
+        (OPA_ENVOY_POLICY, "envoy/authz/allow", document("POST", "/public/x")),  # deny
+        (  # undefined
+            'package envoy.authz\n\nimport rego.v1\n\nallow if input.parsed_path[0] == "a"\n',
+            "envoy/authz/allow",
+            document("GET", "/b"),
+        ),
+        (  # an object result with every field
+            "package envoy.authz\n\nimport rego.v1\n\n"
+            'response := {"allowed": false, "http_status": 418, "body": "no", '
+            '"headers": {"x-a": ["1", "2"]}, "dynamic_metadata": m}\n\n'
+            'm := {"path": input.parsed_path, "n": 1.5, "none": null}\n',
+            "envoy/authz/response",
+            document("GET", "/a/b"),
+        ),
+        (  # an evaluation error: the output is not ok
+            "package envoy.authz\n\nimport rego.v1\n\n"
+            'allow := true if input.parsed_path[0] == "a"\n'
+            'allow := false if input.attributes.request.http.method == "GET"\n',
+            "envoy/authz/allow",
+            document("GET", "/a"),
+        ),
+        (  # an "ok" output that is not JSON
+            f"package envoy.authz\n\nimport rego.v1\n\nresponse := {LARGE_CONSTANT}\n",
+            "envoy/authz/response",
+            document(),
+        ),
+        (  # a malformed result
+            'package envoy.authz\n\nimport rego.v1\n\nresponse := "yes"\n',
+            "envoy/authz/response",
+            document(),
+        ),
+        (  # an input Rego cannot take
+            'package envoy.authz\n\nimport rego.v1\n\nallow if input.x == "a"\n',
+            "envoy/authz/allow",
+            {"x": b"bytes"},
+        ),
+    ],
+)
+def test_holding_the_gil_decides_and_fails_exactly_as_regopy_does(
+    monkeypatch: pytest.MonkeyPatch, source: str, entrypoint: str, doc: dict[str, Any]
+) -> None:
+    sources = {"authz.rego": source}
+    holding = RegoPolicy.from_sources(sources, entrypoint, name="p", decision_cache=0)
+    monkeypatch.setattr(rego, "_GIL_HOLDING_CALLS", None)  # as if the library lacked a symbol
+    through_regopy = RegoPolicy.from_sources(sources, entrypoint, name="p", decision_cache=0)
+    assert holding.holds_gil and not through_regopy.holds_gil
+    assert outcome(holding, doc) == outcome(through_regopy, doc)
+
+
+def test_holding_the_gil_reports_a_query_rego_cpp_refuses_as_regopy_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A bundle without the entrypoint: rego-cpp returns no output at all.
+    import regopy  # here, so that authd.policy.rego loads it first (see its docstring)
+
+    sources = {"authz.rego": OPA_ENVOY_POLICY}
+    interpreter = regopy.Interpreter()
+    interpreter.add_module("authz.rego", OPA_ENVOY_POLICY)
+    bundle = interpreter.build(None, ["envoy/authz/allow"])
+    holding = RegoPolicy(bundle, "envoy/authz/other", "p", sources)
+    monkeypatch.setattr(rego, "_GIL_HOLDING_CALLS", None)
+    through_regopy = RegoPolicy(bundle, "envoy/authz/other", "p", sources)
+    expected = ("error", "p: evaluating envoy/authz/other failed: entrypoint not found")
+    assert outcome(holding, document()) == outcome(through_regopy, document()) == expected
+
+
+def test_evaluations_do_not_grow_memory_in_a_process_that_loaded_grpc_first() -> None:
+    # Every output must be freed (one costs ~1.2 kB). And in the daemon grpc loads libstdc++
+    # before regopy, which lost ~1 kB per evaluation until rego.py shared libstdc++'s symbols.
+    script = """
+import os, grpc
+from authd.policy.rego import RegoPolicy
+
+def resident():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+policy = RegoPolicy.load(["deploy/policy/authz.rego"], decision_cache=0)
+assert policy.holds_gil
+doc = {
+    "attributes": {"request": {"http": {"method": "GET", "headers": {"x-a": "1"}}}},
+    "parsed_path": ["orders", "1"],
+    "authd": {"caller": "spiffe://example.org/ns/prod/sa/web", "user": None},
+}
+for _ in range(1000):
+    policy.evaluate_document(doc)
+before = resident()
+for _ in range(15000):
+    policy.evaluate_document(doc)
+print(resident() - before)
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) < 4 * 2**20  # a leak would add ~15 MB
+
+
+def outcome(policy: RegoPolicy, doc: dict[str, Any]) -> tuple[str, Any]:
+    try:
+        return ("decision", policy.evaluate_document(doc))
+    except PolicyError as exc:
+        return ("error", str(exc))
