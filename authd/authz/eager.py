@@ -17,16 +17,20 @@ T = TypeVar("T")
 
 def run_eagerly(
     coro: Coroutine[Any, Any, T], done: Callable[[T | None, BaseException | None], None]
-) -> None:
-    """Call ``done(result, None)`` or ``done(None, exc)`` when ``coro`` finishes."""
+) -> asyncio.Future[T] | None:
+    """Call ``done(result, None)`` or ``done(None, exc)`` when ``coro`` finishes.
+
+    Returns the task that goes on driving ``coro`` if it had to wait (cancel it to cancel
+    the coroutine), or None if ``coro`` is already finished.
+    """
     try:
         pending = coro.send(None)
     except StopIteration as stop:
         done(stop.value, None)
-        return
+        return None
     except Exception as exc:
         done(None, exc)
-        return
+        return None
     task = asyncio.ensure_future(_resume(coro, pending))
 
     def finished(task: asyncio.Future[T]) -> None:
@@ -38,6 +42,7 @@ def run_eagerly(
             done(task.result(), None)
 
     task.add_done_callback(finished)
+    return task
 
 
 async def _resume(coro: Coroutine[Any, Any, T], pending: Any) -> T:
@@ -48,6 +53,10 @@ async def _resume(coro: Coroutine[Any, Any, T], pending: Any) -> T:
         else:
             # The coroutine reads the outcome (result, exception or cancellation) itself when
             # resumed, exactly as under a Task; cancelling this task cancels ``pending`` first.
+            # Yielding the future marked it as awaited; a Task clears that mark before waiting
+            # on it, and so must we, or awaiting it again fails ("await wasn't used with
+            # future") whenever it is still pending here.
+            pending._asyncio_future_blocking = False
             with contextlib.suppress(BaseException):
                 await pending
         try:

@@ -71,6 +71,7 @@ END_HEADERS = 0x4
 PADDED = 0x8
 PRIORITY_FLAG = 0x20
 # Settings.
+SETTINGS_HEADER_TABLE_SIZE = 0x1
 SETTINGS_ENABLE_PUSH = 0x2
 SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
 SETTINGS_INITIAL_WINDOW_SIZE = 0x4
@@ -182,11 +183,13 @@ class _Method:
 class _Stream:
     __slots__ = (
         "body",
+        "buffered",
         "context",
         "id",
         "metadata",
         "method",
         "pending",
+        "recv_window",
         "request_ended",
         "requests",
         "reset",
@@ -195,7 +198,6 @@ class _Stream:
         "sent_headers",
         "task",
         "trailers",
-        "unacked",
     )
 
     def __init__(self, stream_id: int, send_window: int) -> None:
@@ -209,11 +211,21 @@ class _Stream:
         self.reset = False  # gone: reset by either side, or the connection is lost
         self.sent_headers = False
         self.pending = bytearray()  # DATA payload the flow-control windows did not admit yet
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Future[Any] | None = None  # a call that waits, to cancel on reset
         self.requests: asyncio.Queue[bytes | None] | None = None
         self.context: ServicerContext | None = None
         self.trailers: bytes | None = None  # the final HEADERS block, once pending DATA is out
-        self.unacked = 0  # bytes received on the stream since our last WINDOW_UPDATE for it
+        self.recv_window = RECEIVE_WINDOW  # what the peer may still send on this stream
+        self.buffered = 0  # received bytes held in ``body``, not yet given back to the windows
+
+    def request_streaming_open(self) -> bool:
+        """A request stream still being read (its window is worth replenishing)."""
+        return (
+            self.method is not None
+            and self.method.request_streaming
+            and not self.request_ended
+            and not self.reset
+        )
 
 
 class ServicerContext:
@@ -271,7 +283,12 @@ class _Connection(asyncio.Protocol):
         self._send_window = DEFAULT_WINDOW  # the peer's connection window: what we may send
         self._initial_send_window = DEFAULT_WINDOW  # its SETTINGS_INITIAL_WINDOW_SIZE
         self._max_send_frame = FRAME_SIZE
-        self._unacked = 0  # bytes received since our last connection WINDOW_UPDATE
+        # What the peer may still send on the connection, and what we consumed since our last
+        # WINDOW_UPDATE: request bytes are given back only once handed on, so what one
+        # connection holds unanswered stays under RECEIVE_WINDOW.
+        self._recv_window = RECEIVE_WINDOW
+        self._released = 0
+        self._table_size_changed = False  # the peer's SETTINGS_HEADER_TABLE_SIZE changed
         self._out: list[bytes] | None = None  # frames gathered while one read is handled
         self.going_away = False
         self._closed = False
@@ -408,6 +425,8 @@ class _Connection(asyncio.Protocol):
                 if not FRAME_SIZE <= value <= 2**24 - 1:
                     raise _ConnectionError(PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
                 self._max_send_frame = value
+            elif ident == SETTINGS_HEADER_TABLE_SIZE:
+                self._table_size_changed = True
             elif ident == SETTINGS_ENABLE_PUSH and value > 1:
                 raise _ConnectionError(PROTOCOL_ERROR, "ENABLE_PUSH must be 0 or 1")
         self._emit(_SETTINGS_ACK)
@@ -528,24 +547,31 @@ class _Connection(asyncio.Protocol):
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             raise _ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
-        self._unacked += len(payload)
-        if self._unacked >= RECEIVE_WINDOW // 2:
-            self._emit(_frame(WINDOW_UPDATE, 0, 0, self._unacked.to_bytes(4, "big")))
-            self._unacked = 0
+        size = len(payload)
+        self._recv_window -= size
+        if self._recv_window < 0:
+            raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
         stream = self.streams.get(stream_id)
         if stream is None:
             if stream_id > self._last_stream_id:
                 raise _ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
-            return  # a stream already answered or reset: frames in flight are ignored
+            self._release(size)  # a stream already answered or reset: frames in flight
+            return
         if stream.request_ended:
+            self._release(size)
             self._reset(stream_id, STREAM_CLOSED)
             return
-        stream.unacked += len(payload)
+        stream.recv_window -= size
+        if stream.recv_window < 0:
+            self._release(size)
+            self._reset(stream_id, FLOW_CONTROL_ERROR)
+            return
         if flags & PADDED:
             payload = _unpad(payload)
         method = stream.method
         if method is not None and not stream.responded:
             stream.body += payload
+            stream.buffered += size
             if method.request_streaming:
                 self._queue_messages(stream)
             elif len(stream.body) > MAX_MESSAGE + 5:
@@ -554,11 +580,28 @@ class _Connection(asyncio.Protocol):
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"request message larger than {MAX_MESSAGE} bytes",
                 )
+        else:
+            self._release(size)
         if flags & END_STREAM:
             self._end_of_request(stream)
-        elif stream.unacked >= RECEIVE_WINDOW // 2 and stream_id in self.streams:
-            self._emit(_frame(WINDOW_UPDATE, 0, stream_id, stream.unacked.to_bytes(4, "big")))
-            stream.unacked = 0
+
+    def _release(self, size: int) -> None:
+        """Give ``size`` consumed bytes back to the peer's connection window, in large steps."""
+        self._released += size
+        if self._released >= RECEIVE_WINDOW // 2:
+            self._emit(_frame(WINDOW_UPDATE, 0, 0, self._released.to_bytes(4, "big")))
+            self._recv_window += self._released
+            self._released = 0
+
+    def _release_stream(self, stream: _Stream) -> None:
+        """Give back what ``stream`` holds: to the connection, and to the stream if it goes on."""
+        size, stream.buffered = stream.buffered, 0
+        if not size:
+            return
+        self._release(size)
+        if stream.request_streaming_open():
+            stream.recv_window += size
+            self._emit(_frame(WINDOW_UPDATE, 0, stream.id, size.to_bytes(4, "big")))
 
     # --- calls ----------------------------------------------------------------------------
 
@@ -572,6 +615,7 @@ class _Connection(asyncio.Protocol):
             assert stream.requests is not None
             stream.requests.put_nowait(None)
             return
+        self._release_stream(stream)
         message = self._single_message(stream)
         if message is None:
             return
@@ -589,7 +633,9 @@ class _Connection(asyncio.Protocol):
         except Exception as exc:
             self._call_done(stream, None, exc)
             return
-        run_eagerly(coroutine, lambda result, exc: self._call_done(stream, result, exc))
+        stream.task = run_eagerly(
+            coroutine, lambda result, exc: self._call_done(stream, result, exc)
+        )
 
     def _single_message(self, stream: _Stream) -> bytes | None:
         body = stream.body
@@ -651,9 +697,10 @@ class _Connection(asyncio.Protocol):
                     stream.task.cancel()
                 return
             if len(body) < 5 + length:
-                return
+                break
             stream.requests.put_nowait(bytes(body[5 : 5 + length]))
             del body[: 5 + length]
+            self._release_stream(stream)
 
     async def _run_stream(self, stream: _Stream, request: Any, context: ServicerContext) -> None:
         assert stream.method is not None
@@ -682,7 +729,7 @@ class _Connection(asyncio.Protocol):
             return
         if not stream.sent_headers:
             stream.sent_headers = True
-            self._emit(_frame(HEADERS, END_HEADERS, stream.id, _RESPONSE_HEADERS))
+            self._emit(self._headers(stream.id, 0, _RESPONSE_HEADERS))
         stream.pending += _MESSAGE_PREFIX.pack(0, len(payload))
         stream.pending += payload
         self._flush(stream)
@@ -699,7 +746,7 @@ class _Connection(asyncio.Protocol):
             stream.sent_headers = True
             trailers = _RESPONSE_HEADERS + trailers
         if not stream.pending:
-            self._emit(_frame(HEADERS, END_HEADERS | END_STREAM, stream.id, trailers))
+            self._emit(self._headers(stream.id, END_STREAM, trailers))
             self._forget_if_done(stream)
         else:
             stream.trailers = trailers
@@ -707,7 +754,7 @@ class _Connection(asyncio.Protocol):
     def _http_error(self, stream: _Stream, status: bytes) -> None:
         stream.responded = stream.sent_headers = True
         block = _literal(b":status", status)
-        self._emit(_frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
+        self._emit(self._headers(stream.id, END_STREAM, block))
         self._forget_if_done(stream)
 
     def _flush(self, stream: _Stream) -> None:
@@ -723,7 +770,7 @@ class _Connection(asyncio.Protocol):
             stream.send_window -= len(chunk)
             self._emit(_frame(DATA, 0, stream.id, chunk))
         if stream.trailers is not None:
-            self._emit(_frame(HEADERS, END_HEADERS | END_STREAM, stream.id, stream.trailers))
+            self._emit(self._headers(stream.id, END_STREAM, stream.trailers))
             stream.trailers = None
             self._forget_if_done(stream)
 
@@ -740,6 +787,8 @@ class _Connection(asyncio.Protocol):
             self._emit(_frame(RST_STREAM, 0, stream.id, NO_ERROR.to_bytes(4, "big")))
         self.streams.pop(stream.id, None)
         stream.reset = True
+        stream.body.clear()
+        self._release_stream(stream)
         if self.going_away and not self.streams:
             self.close()
 
@@ -752,8 +801,17 @@ class _Connection(asyncio.Protocol):
     def _drop(self, stream: _Stream) -> None:
         stream.reset = True
         stream.pending.clear()
+        stream.body.clear()
+        self._release_stream(stream)
         if stream.task is not None and not stream.task.done():
             stream.task.cancel()
+
+    def _headers(self, stream_id: int, flags: int, block: bytes) -> bytes:
+        """A HEADERS frame; the first after the peer changed its table size says ours is 0."""
+        if self._table_size_changed:
+            self._table_size_changed = False
+            block = b"\x20" + block  # dynamic table size update to 0 (RFC 7541 §6.3)
+        return _frame(HEADERS, END_HEADERS | flags, stream_id, block)
 
     def _emit(self, frame: bytes) -> None:
         if self._out is not None:

@@ -34,12 +34,13 @@ Decisions are cached when the policy is deterministic, i.e. its decision depends
 pruned input (and the data fixed at load): keyed by the pruned input's JSON, at most
 ``decision_cache`` of them (default ``DECISION_CACHE_SIZE``; 0 turns the cache off), oldest
 forgotten first, per ``RegoPolicy`` so a reloaded policy starts empty. A hit costs ~10 µs
-for a gRPC check (building the pruned input, the key, and a copy of the decision, since callers
-may change theirs: the pipeline rewrites ``reason``). Results of a policy calling time, random, network or runtime builtins, or
-``trace``/``print``, are never cached (``is_deterministic`` lists them; the code is scanned
-without comments and plain strings, and a user function of such a name counts too). Nor are
-those of a policy that reads the bare ``input``: the whole document carries request ids and the
-like, so its key (~8 µs to build) would seldom repeat. Errors are never cached.
+for a gRPC check (building the pruned input, the key, and a copy of the decision, since
+callers may change theirs: the pipeline rewrites ``reason``). Results of a policy calling
+time, random, network or runtime builtins, or ``trace``/``print``, are never cached
+(``is_deterministic`` lists them; the code is scanned without comments and plain strings, and
+a user function of such a name counts too). Nor are those of a policy that reads the bare
+``input``: the whole document carries request ids and the like, so its key (~8 µs to build)
+would seldom repeat. Errors are never cached.
 ``cache_hits`` and ``cache_misses`` count lookups.
 
 regopy is not OPA. The builtins FIELD-NOTES.md lists as missing, re-checked with regopy 1.5.2:
