@@ -116,6 +116,21 @@ def ensure_h2load() -> str:
     return found
 
 
+def build_client_cert_shim(tmp: Path) -> Path | None:
+    """bench/client_cert_shim.c built for LD_PRELOAD into h2load, or None without gcc."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        return None
+    shim = tmp / "client_cert_shim.so"
+    source = REPO / "bench" / "client_cert_shim.c"
+    command = [gcc, "-shared", "-fPIC", "-O2", "-o", str(shim), str(source), "-ldl"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(f"note: cannot build the client-certificate shim:\n{done.stderr}")
+        return None
+    return shim
+
+
 @dataclass
 class Load:
     requests: int
@@ -133,6 +148,7 @@ def h2load(
     seconds: float,
     headers: dict[str, str],
     log_file: Path,
+    env: dict[str, str] | None = None,
 ) -> Load:
     command = [h2load_bin, "-c", str(connections), "-m", "1", "-t", "1"]
     command += ["-D", f"{seconds:g}", "--warm-up-time", "1", "--log-file", str(log_file)]
@@ -140,7 +156,12 @@ def h2load(
         command += ["-H", f"{name}: {value}"]
     command.append(url)
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=seconds + 60, check=False
+        command,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
     if done.returncode != 0:
         raise RuntimeError(f"h2load failed: {done.stdout}\n{done.stderr}")
@@ -278,6 +299,7 @@ def server_tls(cert_dir: Path) -> dict[str, Any]:
                         "private_key": {"filename": str(cert_dir / "svid.key")},
                     }
                 ],
+                "alpn_protocols": ["h2", "http/1.1"],
                 "validation_context": {
                     "trusted_ca": {"filename": str(cert_dir / "bundle.pem")},
                     "match_typed_subject_alt_names": [
@@ -463,8 +485,18 @@ def run_scenario(
         authd = stack.enter_context(running_authd(tmp, scenario, grpc_engine))
         headers: dict[str, str] = {}
         cert_dir: Path | None = None
+        env: dict[str, str] = {}
+        scheme = "http"
         if scenario == "mtls":
             cert_dir = authd.mint_x509(CALLER, tmp / f"svid-{scenario}")
+            shim = build_client_cert_shim(tmp)
+            if shim is not None:
+                scheme = "https"
+                env = {
+                    "LD_PRELOAD": str(shim),
+                    "AUTHD_BENCH_CLIENT_CERT": str(cert_dir / "svid.pem"),
+                    "AUTHD_BENCH_CLIENT_KEY": str(cert_dir / "svid.key"),
+                }
         else:
             headers["authorization"] = f"Bearer {authd.mint_jwt(CALLER, AUDIENCE)}"
         server = start_envoy(
@@ -473,15 +505,22 @@ def run_scenario(
         stack.callback(server.stop)
         ports = {name: server.listener_port(name) for name in LISTENERS}
         egress: Envoy | None = None
-        if cert_dir is not None:
+        if cert_dir is not None and scheme == "http":
+            print("  no gcc: a second Envoy originates mTLS for h2load", flush=True)
             egress = start_envoy(egress_config(cert_dir, ports), tmp, f"egress-{scenario}")
             stack.callback(egress.stop)
             ports = {name: egress.listener_port(name) for name in LISTENERS}
         for name in listeners:
-            url = f"http://{HOST}:{ports[name]}{PATH}"
+            url = f"{scheme}://{HOST}:{ports[name]}{PATH}"
             # A warm-up and a correctness check in one: every request must be allowed.
             probe = h2load(
-                h2load_bin, url, connections=1, seconds=1, headers=headers, log_file=tmp / "p.log"
+                h2load_bin,
+                url,
+                connections=1,
+                seconds=1,
+                headers=headers,
+                log_file=tmp / "p.log",
+                env=env,
             )
             if probe.ok != probe.requests:
                 raise RuntimeError(f"{scenario}/{name}: {probe.requests - probe.ok} not 200")
@@ -494,6 +533,7 @@ def run_scenario(
                 seconds=seconds,
                 headers=headers,
                 log_file=tmp / f"{scenario}-{name}-c8.log",
+                env=env,
             )
             cpu1, checks1 = cpu_seconds(authd.process.pid), authd.checks_total()
             envoy1 = cpu_seconds(server.process.pid)
@@ -504,6 +544,7 @@ def run_scenario(
                 seconds=max(seconds // 2, 2),
                 headers=headers,
                 log_file=tmp / f"{scenario}-{name}-c1.log",
+                env=env,
             )
             for load in (loaded, single):
                 if load.ok != load.requests:

@@ -60,22 +60,54 @@ def context_from_check_request(request: Any) -> CheckContext:
     )
 
 
-def _headers(headers: dict[str, str]) -> list[base_pb2.HeaderValueOption]:
-    return [
-        base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE
-        )
-        for key, value in headers.items()
-    ]
+_HEADER_CACHE_SIZE = 1024
+# Header options seen recently (the caller's SPIFFE ID, say), built once: a message is copied
+# into the response, so sharing one is safe. Unique values (decision ids) are not kept.
+_header_options: dict[tuple[str, str], base_pb2.HeaderValueOption] = {}
+
+
+def _header_option(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE
+    )
+
+
+def _headers(headers: dict[str, str], unique: str = "") -> list[base_pb2.HeaderValueOption]:
+    options = []
+    for key, value in headers.items():
+        if value == unique:
+            options.append(_header_option(key, value))
+            continue
+        option = _header_options.get((key, value))
+        if option is None:
+            if len(_header_options) >= _HEADER_CACHE_SIZE:
+                _header_options.clear()
+            option = _header_options[(key, value)] = _header_option(key, value)
+        options.append(option)
+    return options
+
+
+def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    """``values`` as a Struct; strings are set directly (Struct.update is slower)."""
+    struct = struct_pb2.Struct()
+    fields = struct.fields
+    rest = {}
+    for key, value in values.items():
+        if type(value) is str:
+            fields[key].string_value = value
+        else:
+            rest[key] = value
+    if rest:
+        struct.update(rest)
+    return struct
 
 
 def check_response(outcome: Outcome) -> external_auth_pb2.CheckResponse:
-    metadata = struct_pb2.Struct()
-    metadata.update(outcome.dynamic_metadata)
+    metadata = _struct(outcome.dynamic_metadata)
     decision = outcome.decision
     if outcome.allowed:
         ok = external_auth_pb2.OkHttpResponse(
-            headers=_headers(outcome.upstream_headers),
+            headers=_headers(outcome.upstream_headers, outcome.decision_id),
             headers_to_remove=outcome.remove_headers,
         )
         if decision.response_headers_to_add:
@@ -94,7 +126,7 @@ def check_response(outcome: Outcome) -> external_auth_pb2.CheckResponse:
         status=_UNAUTHENTICATED if outcome.status == UNAUTHENTICATED else _DENIED,
         denied_response=external_auth_pb2.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=outcome.status),
-            headers=_headers(outcome.deny_headers),
+            headers=_headers(outcome.deny_headers, outcome.decision_id),
             body=outcome.deny_body,
         ),
         dynamic_metadata=metadata,

@@ -37,7 +37,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -142,6 +142,43 @@ _SETTINGS_ACK = _frame(SETTINGS, ACK, 0)
 _PERCENT_SAFE = frozenset(range(0x20, 0x7F)) - {ord("%")}
 
 
+def _hpack_int_end(block: bytes, position: int, prefix_bits: int) -> tuple[int, int]:
+    """The HPACK integer at ``position`` (RFC 7541 §5.1): its value and where it ends."""
+    value = block[position] & ((1 << prefix_bits) - 1)
+    position += 1
+    if value < (1 << prefix_bits) - 1:
+        return value, position
+    shift = 0
+    while True:
+        byte = block[position]
+        position += 1
+        value += (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, position
+
+
+def changes_dynamic_table(block: bytes) -> bool:
+    """Whether a (valid) header block adds to or resizes the HPACK dynamic table.
+
+    Indexed fields and literals without indexing or never indexed leave it as it is; a
+    literal with incremental indexing or a table size update changes it (RFC 7541 §6).
+    """
+    position, end = 0, len(block)
+    while position < end:
+        first = block[position]
+        if first & 0x80:  # indexed field
+            _, position = _hpack_int_end(block, position, 7)
+        elif first & 0xE0 != 0:  # 01xxxxxx incremental indexing, 001xxxxx size update
+            return True
+        else:  # 0000xxxx without indexing, 0001xxxx never indexed: skip name and value
+            name_index, position = _hpack_int_end(block, position, 4)
+            for _ in range(1 if name_index else 2):
+                length, position = _hpack_int_end(block, position, 7)
+                position += length
+    return False
+
+
 def percent_encode(message: str) -> bytes:
     """grpc-message encoding: printable ASCII except '%' as is, every other byte as %XX."""
     return b"".join(
@@ -178,6 +215,32 @@ class _Method:
     deserialize: Callable[[bytes], Any]
     request_streaming: bool
     response_streaming: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _RequestHead:
+    """What a request's header block says: pseudo-headers, content-type, the metadata."""
+
+    method: bytes | None
+    path: bytes | None
+    content_type: bytes | None
+    metadata: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, headers: Iterable[tuple[bytes, bytes]]) -> _RequestHead:
+        method = path = content_type = None
+        metadata = []
+        for name, value in headers:
+            if name.startswith(b":"):
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                continue
+            if name == b"content-type":
+                content_type = value
+            metadata.append((name.decode("latin-1"), value.decode("latin-1")))
+        return cls(method, path, content_type, tuple(metadata))
 
 
 class _Stream:
@@ -289,6 +352,10 @@ class _Connection(asyncio.Protocol):
         self._recv_window = RECEIVE_WINDOW
         self._released = 0
         self._table_size_changed = False  # the peer's SETTINGS_HEADER_TABLE_SIZE changed
+        self._table_version = 0  # counts header blocks that may have changed the table
+        self._last_block = b""
+        self._last_version = -1
+        self._last_head = _RequestHead(None, None, None, ())
         self._out: list[bytes] | None = None  # frames gathered while one read is handled
         self.going_away = False
         self._closed = False
@@ -491,12 +558,29 @@ class _Connection(asyncio.Protocol):
             self._continuation = None
             self._on_header_block(first_flags, stream_id, bytes(block))
 
-    def _on_header_block(self, flags: int, stream_id: int, block: bytes) -> None:
+    def _request_head(self, block: bytes) -> _RequestHead:
+        """Decode a header block (every one, even of a refused stream: the table must follow).
+
+        Once Envoy's headers are in the dynamic table, it sends the same bytes each time:
+        indexed fields and a ``:path`` literal it never indexes. A block that does not change
+        the dynamic table decodes the same way until the table changes, so the last such block
+        is remembered with the table's version and not decoded again (Huffman decoding in
+        Python is the dearest part of a call otherwise).
+        """
+        if block == self._last_block and self._table_version == self._last_version:
+            return self._last_head
         try:
-            # Decoded even for a stream about to be refused: the dynamic table must follow.
-            headers = self._decoder.decode(block, raw=True)
+            head = _RequestHead.of(self._decoder.decode(block, raw=True))
         except hpack.HPACKError as exc:
             raise _ConnectionError(COMPRESSION_ERROR, f"bad header block: {exc}") from None
+        if changes_dynamic_table(block):
+            self._table_version += 1
+        else:
+            self._last_block, self._last_version, self._last_head = block, self._table_version, head
+        return head
+
+    def _on_header_block(self, flags: int, stream_id: int, block: bytes) -> None:
+        head = self._request_head(block)
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client: they must end its side
             if not flags & END_STREAM:
@@ -512,22 +596,11 @@ class _Connection(asyncio.Protocol):
             return
         stream = _Stream(stream_id, self._initial_send_window)
         self.streams[stream_id] = stream
-        method = path = content_type = None
-        metadata = []
-        for name, value in headers:
-            if name.startswith(b":"):
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                continue
-            if name == b"content-type":
-                content_type = value
-            metadata.append((name.decode("latin-1"), value.decode("latin-1")))
-        stream.metadata = tuple(metadata)
+        stream.metadata = head.metadata
+        path, content_type = head.path, head.content_type
         ended = bool(flags & END_STREAM)
         target = self._methods.get(path or b"")
-        if method != b"POST":
+        if head.method != b"POST":
             stream.request_ended = ended
             self._http_error(stream, b"405")
         elif content_type is None or not content_type.startswith(b"application/grpc"):

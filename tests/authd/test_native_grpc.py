@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from authd.authz.native_grpc import NativeGrpcServer, percent_encode
+from authd.authz.native_grpc import NativeGrpcServer, changes_dynamic_table, percent_encode
 
 T = TypeVar("T")
 TIMEOUT = 10.0  # the bound on every test, stop included; a working server needs far less
@@ -1122,3 +1122,62 @@ def test_after_the_peer_changes_its_header_table_size_our_next_block_says_ours_i
     blocks = run(scenario)
     assert blocks[0][:1] == b"\x20"  # a dynamic table size update to 0
     assert all(block[:1] != b"\x20" for block in blocks[1:])
+
+
+def indexed_literal(name: bytes, value: bytes) -> bytes:
+    """An HPACK literal with incremental indexing (it enters the dynamic table at 62)."""
+    return b"\x40" + bytes((len(name),)) + name + bytes((len(value),)) + value
+
+
+def test_a_repeated_indexed_block_is_decoded_again_once_the_table_has_changed() -> None:
+    """The same bytes of indexed fields mean other headers after an insertion."""
+    grpc_type = indexed_literal(b"content-type", b"application/grpc")
+    post_http = b"\x83\x86"  # static :method POST, :scheme http
+    indexed = post_http + b"\xbe\xbf"  # dynamic entries 62 and 63
+
+    async def scenario(served: Served) -> list[str]:
+        peer = await Peer.connect(served.port)
+        message = grpc_message(check("/echo", "x"))
+        unknown = grpc_type + indexed_literal(b":path", b"/x.Y/Unknown") + post_http
+        known = grpc_type + indexed_literal(b":path", CHECK.encode()) + post_http
+        statuses = []
+        for stream_id, block in ((1, unknown), (3, indexed), (5, known), (7, indexed)):
+            peer.send(frame(HEADERS, END_HEADERS, stream_id, block))
+            peer.send(frame(DATA, END_STREAM, stream_id, message))
+            statuses.append((await peer.response(stream_id)).grpc_status)
+        return statuses
+
+    # 62/63 are the unknown path and content-type for stream 3, the Check path and
+    # content-type for stream 7: a stale decoding would answer 12 (UNIMPLEMENTED) again.
+    assert run(scenario) == ["12", "12", "0", "0"]
+
+
+# Envoy 1.40's ext_authz header blocks, as captured: the first adds its headers to the table;
+# the next ones are its never-indexed :path literal (Huffman) and indexed fields.
+ENVOY_FIRST_BLOCK = bytes.fromhex(
+    "83049f60b5773fa5d05b3b98855c76a675fbb2bc36a673d86f63498f5317a7293aff41841da99fdf86400274"
+    "65864d833505b11f40899acac8b24d494f6a7f8408000a7f5f8b1d75d0620d263d4c4d6564408cf2b16aee7f"
+    "4b1aa496ca8747834d9697408bf2b4a7b3c0ec90b22d29ec870be25c0b89717f4096f2b16aee7f4b17cd6522"
+    "4b22d6765926a4a7b52b528f8308000f"
+)
+ENVOY_NEXT_BLOCK = bytes.fromhex(
+    "83049f60b5773fa5d05b3b98855c76a675fbb2bc36a673d86f63498f5317a7293affc486c3c2c1c0bfbe"
+)
+
+
+def test_changes_dynamic_table_tells_blocks_that_add_or_resize_from_those_that_do_not() -> None:
+    assert changes_dynamic_table(ENVOY_FIRST_BLOCK)
+    assert not changes_dynamic_table(ENVOY_NEXT_BLOCK)
+    encoder = hpack.Encoder()
+    long_value = "v" * 300  # lengths past the 7-bit prefix
+    never = hpack.NeverIndexedHeaderTuple("authorization", long_value)
+    assert not changes_dynamic_table(bytes(encoder.encode([never, (":method", "POST")])))
+    assert changes_dynamic_table(bytes(encoder.encode([(":path", "/x")], huffman=False)))
+    assert changes_dynamic_table(bytes(encoder.encode([("x-new", long_value)])))
+    again = bytes(encoder.encode([("x-new", long_value)]))  # now indexed (index 62)
+    assert not changes_dynamic_table(again)
+    encoder.header_table_size = 256  # the next block opens with a size update
+    assert changes_dynamic_table(bytes(encoder.encode([(":method", "POST")])))
+    decoder = hpack.Decoder()
+    decoder.decode(ENVOY_FIRST_BLOCK)
+    assert dict(decoder.decode(ENVOY_NEXT_BLOCK))[":path"] == CHECK
