@@ -16,18 +16,22 @@ One Envoy (``--concurrency 1``) serves four listeners that all answer with a
 Scenarios (the check is always: the caller is a workload under spiffe://example.org/ns/prod/
 and the path is below /orders/):
 
-    mtls   the caller's X.509-SVID over mTLS, declarative rules. h2load cannot present a
-           client certificate, so a second Envoy (egress, --concurrency 1) takes h2c from
-           h2load and originates mTLS with an authd-minted SVID, for all four listeners alike
-           (the sidecar shape of deploy/envoy/sidecar-*.yaml).
+    mtls   the caller's X.509-SVID over mTLS (h2 over TLS, ALPN), declarative rules, for all
+           four listeners alike (the sidecar shape of deploy/envoy/sidecar-*.yaml). h2load
+           cannot present a client certificate, so the bench builds bench/client_cert_shim.c
+           with gcc and preloads it into h2load, which then presents an authd-minted SVID.
+           Without gcc, a second Envoy (egress, --concurrency 1) takes h2c from h2load and
+           originates mTLS instead; that Envoy shares the cores, so the figures are lower.
     jwt    a JWT-SVID bearer token (h2load -H), declarative rules; RBAC gets jwt_authn with
            authd's JWT keys as a local JWKS.
     rego   like jwt, but authd runs deploy/policy/authz.rego (policy_engine = "rego").
 
 Per listener: h2load with 8 connections (-m 1) for req/s and p50/p99 (from --log-file), then
 1 connection for the unloaded p50. authd's CPU per check is the utime+stime delta of its
-process over ``authd_checks_total`` done in the 8-connection run. Everything shares the
-machine's cores (h2load, the Envoys and authd), as it would on a small node.
+process over ``authd_checks_total`` done in the 8-connection run; Envoy's per request
+likewise. Everything shares the machine's cores (h2load, Envoy and authd), as it would on a
+small node. ``--grpc-engine grpcio`` runs authd's gRPC listener on grpc.aio instead of its own
+HTTP/2 server, for comparison.
 """
 
 from __future__ import annotations

@@ -3,9 +3,12 @@
 Why it exists: measured here (``bench/extauthz.py``, Envoy ``--concurrency 1``), grpc.aio
 spends ~125 µs of CPU on a call that does nothing, because grpc core polls its completion queue
 on its own thread and hands each event to the event loop (5-7 context switches per call).
-The same call answered by an asyncio protocol in the loop thread costs ~27 µs. This is the
-default engine of authd's ext_authz gRPC listener (``authz.grpc_engine = "native"``); the
-grpc.aio server stays available as ``"grpcio"`` and serves the same servicers.
+The same call answered by an asyncio protocol in the loop thread costs ~11 µs, most of it
+the system calls (a header block that cannot change the HPACK table, which is what Envoy sends
+once its headers are indexed, is decoded once and remembered: Huffman decoding in Python was
+the dearest part otherwise). This is the default engine of authd's ext_authz gRPC listener
+(``authz.grpc_engine = "native"``); the grpc.aio server stays available as ``"grpcio"`` and
+serves the same servicers.
 
 What it speaks, server side only:
 
@@ -23,6 +26,9 @@ What it speaks, server side only:
   gets UNIMPLEMENTED), status and percent-encoded message in trailers (one Trailers-Only
   HEADERS frame when there is no message), UNIMPLEMENTED for an unknown method, HTTP 415 for a
   content-type that is not ``application/grpc``.
+- Limits: 1,000 concurrent streams per connection, 4 MiB per message, and 16 MiB of request
+  data held per connection: bytes are given back to the peer's window only once their request
+  is handed on, and a peer that sends beyond its window is disconnected (FLOW_CONTROL_ERROR).
 - Not: TLS, HTTP/1.1 upgrade, server push, deadlines (``grpc-timeout`` is not enforced; Envoy
   enforces its own ext_authz timeout) and client-streaming methods (no servicer here has one).
 """
