@@ -39,6 +39,9 @@ _ERROR_RESPONSE = (
     b"content-length: 22\r\n\r\nauthd could not decide"
 )
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+# Header names as Envoy sends them → their lower-case text: the same few names every time.
+_HEADER_NAMES_KEPT = 512
+_header_names: dict[bytes, str] = {}
 
 
 def _status_line(status: int) -> bytes:
@@ -102,7 +105,11 @@ class HttpCheckProtocol(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
+        key = _header_names.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_header_names) < _HEADER_NAMES_KEPT:
+                _header_names[name] = key
         text = value.decode("latin-1")
         previous = self._headers.get(key)
         self._headers[key] = text if previous is None else f"{previous},{text}"
