@@ -417,20 +417,21 @@ def _parse_spiffe_id(value: object) -> str:
     return str(spiffe_id)
 
 
-def _parse_non_negative_int(value: object) -> int:
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"must be a non-negative integer, not {value!r}")
-    return value
+def _parse_int_at_least(minimum: int) -> Callable[[object], int]:
+    words = {0: "non-negative", 1: "positive"}
+
+    def parse(value: object) -> int:
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"must be a {words[minimum]} integer, not {value!r}")
+        return value
+
+    return parse
 
 
-def _parse_positive_int(value: object) -> int:
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"must be a positive integer, not {value!r}")
-    return value
+_parse_non_negative_int = _parse_int_at_least(0)
+_parse_positive_int = _parse_int_at_least(1)
 
 
 _ISSUER_ALGORITHMS = (

@@ -252,16 +252,15 @@ class Daemon:
     ) -> NativeGrpcServer | grpc.aio.Server:
         """Check, health and reflection on the ext_authz gRPC listeners, by the chosen engine."""
         authz = self.config.authz
+        authorization = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"]
         reflection_names = (
-            external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
+            authorization.full_name,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         )
         if authz.grpc_engine == "native":
             native = NativeGrpcServer()
-            native.add_servicer(
-                external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"], ext_authz
-            )
+            native.add_servicer(authorization, ext_authz)
             native.add_servicer(health_pb2.DESCRIPTOR.services_by_name["Health"], self._health)
             native.add_servicer(
                 reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],

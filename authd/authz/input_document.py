@@ -247,17 +247,28 @@ def pruned_input_document(
     paths: Sequence[tuple[str, ...]],
     extra: Mapping[str, Callable[[], Any]] | None = None,
 ) -> dict[str, Any]:
-    """What ``prune_input(whole, paths)`` (authd.policy.rego) gives, computing only that.
+    """What ``prune_input(whole, paths)`` gives, computing only that.
 
     ``whole`` is ``input_document(ctx)`` with each ``extra`` member set to what its function
     returns (the pipeline adds ``authd`` so); a function is called only if a path starts with
     its name. Only the members on the way to ``paths`` are computed, each once; a path
     through a missing key or a non-object is left out, as there.
     """
-    lookup = _Lookup(ctx, extra or {})
+    return _assemble(paths, _Lookup(ctx, extra or {}).value_at)
+
+
+def prune_input(document: Mapping[str, Any], paths: Sequence[tuple[str, ...]]) -> dict[str, Any]:
+    """The parts of ``document`` at ``paths`` (and nothing else), in the same nesting."""
+    return _assemble(paths, lambda path: _walk(document, path, 0))
+
+
+def _assemble(
+    paths: Sequence[tuple[str, ...]], value_at: Callable[[tuple[str, ...]], Any]
+) -> dict[str, Any]:
+    """The values at ``paths`` (those not ``_MISSING``), nested as the paths say."""
     pruned: dict[str, Any] = {}
     for path in paths:
-        value = lookup.value_at(path)
+        value = value_at(path)
         if value is _MISSING:
             continue
         target = pruned

@@ -98,6 +98,7 @@ _share_loaded_libstdcxx()
 # After the call above, which must precede loading librego_shared.
 from regopy import Input, Interpreter, LogLevel, Output, RegoError, rego_shared  # noqa: E402
 
+from authd.authz.input_document import prune_input  # noqa: E402
 from authd.authz.model import CheckContext, Decision, Identities  # noqa: E402
 from authd.policy.base import InputDocument, PolicyError  # noqa: E402
 from authd.policy.result import decision_from_result, undefined_decision  # noqa: E402
@@ -466,23 +467,6 @@ def is_deterministic(sources: Iterable[str]) -> bool:
         if _NONDETERMINISTIC_CALL.search(code):
             return False
     return True
-
-
-def prune_input(document: Mapping[str, Any], paths: Sequence[tuple[str, ...]]) -> dict[str, Any]:
-    """The parts of ``document`` at ``paths`` (and nothing else), in the same nesting."""
-    pruned: dict[str, Any] = {}
-    for path in paths:
-        value: Any = document
-        for key in path:
-            if not isinstance(value, Mapping) or key not in value:
-                break
-            value = value[key]
-        else:
-            target = pruned
-            for key in path[:-1]:
-                target = target.setdefault(key, {})
-            target[path[-1]] = value
-    return pruned
 
 
 def normalize_entrypoint(entrypoint: str) -> str:
