@@ -48,6 +48,7 @@ class AuthzDaemon(Daemon):
         self.policy.write_text(POLICY)
         self.decisions = workdir / "decisions.log"
         self.grpc_socket = workdir / "authz.sock"
+        self.grpc_engine = grpc_engine
         super().__init__(workdir / "data")
         self.config.write_text(
             "[authz]\n"
@@ -181,7 +182,7 @@ def test_second_daemon_cannot_share_the_ext_authz_port(daemon: AuthzDaemon) -> N
         config = workdir / "authd.toml"
         config.write_text(
             f'[authz]\ngrpc_address = "127.0.0.1:{daemon.grpc_port}"\nhttp_address = ""\n'
-            'metrics_address = ""\n'
+            f'metrics_address = ""\ngrpc_engine = "{daemon.grpc_engine}"\n'
         )
         result = subprocess.run(
             [sys.executable, "-m", "authd", "run", "--data-dir", str(workdir / "d"),
