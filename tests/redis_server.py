@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -17,6 +16,8 @@ from pathlib import Path
 from types import TracebackType
 
 import redis
+
+from tests import ports
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
@@ -35,25 +36,11 @@ def redis_server_binary() -> str:
     return binary
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port(*, with_cluster_bus: bool = False) -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now (and, if asked, port + 10000)."""
     for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((HOST, 0))
-            port: int = probe.getsockname()[1]
-        if not with_cluster_bus:
-            return port
-        if port <= _HIGHEST_CLUSTER_PORT and _port_is_free(port + 10000):
+        port = ports.free_port(below=_HIGHEST_CLUSTER_PORT)
+        if not with_cluster_bus or ports.port_is_free(port + 10000):
             return port
     raise RuntimeError("found no free port pair for a cluster node")
 

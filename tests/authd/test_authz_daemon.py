@@ -21,7 +21,8 @@ from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.authd.test_cli_e2e import Daemon, authd, free_port
+from tests.authd.test_cli_e2e import Daemon, authd
+from tests.ports import free_port
 
 POLICY = """\
 version: 1

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from ca.bundle import TrustBundle
 from ca.jwtsvid import verify_jwt_svid
 from ca.spiffe_id import TrustDomain
 from ca.x509svid import verify_x509_svid
+from tests.ports import free_port
 
 AUTHD = [sys.executable, "-m", "authd"]
 NOBODY = 65534
@@ -36,12 +36,6 @@ def authd(*args: str, data_dir: Path, check: bool = True) -> subprocess.Complete
     if check and result.returncode != 0:
         raise AssertionError(f"authd {' '.join(args)} failed: {result.stderr}")
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Daemon:

@@ -80,7 +80,9 @@ def test_entry_create_show_list_update_delete(daemon: Daemon) -> None:
     assert re.search(r"^JWT-SVID TTL\s+: default$", shown, re.MULTILINE)
     assert entry_json(daemon, "entry", "show", web["id"]) == web
 
-    assert listed(daemon) == [web["id"], "api-1"]
+    # Listed oldest first; entries created in the same second come in entry-id order.
+    by_age = sorted([web, api], key=lambda e: (e["created_at"], e["id"]))
+    assert listed(daemon) == [e["id"] for e in by_age]
     assert listed(daemon, "--spiffe-id", "spiffe://example.org/api") == ["api-1"]
     assert listed(daemon, "--parent-id", "spiffe://example.org/authd") == [web["id"]]
     assert listed(daemon, "--selector", "unix:path:/usr/bin/web") == [web["id"]]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +21,7 @@ from authd.authz.pipeline import identity_document
 from authd.policy.base import PolicyError
 from authd.policy.opa import OpaPolicy
 from ca.spiffe_id import SpiffeId
+from tests.ports import free_port
 
 T = TypeVar("T")
 
@@ -228,9 +228,7 @@ def test_checks_reuse_one_keep_alive_connection(opa: FakeOpa) -> None:
 
 
 def test_connection_refused_is_a_policy_error() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     message = query_error(OpaPolicy(f"http://127.0.0.1:{port}"))
     assert message.startswith(f"cannot reach OPA at http://127.0.0.1:{port} (envoy/authz/allow)")
 

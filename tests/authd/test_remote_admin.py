@@ -42,7 +42,8 @@ from ca.revocation_list import RevocationList
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import RegistrationEntry, Selector, SQLiteStore
 from ca.x509svid import verify_x509_svid
-from tests.authd.test_cli_e2e import AUTHD, Daemon, authd, free_port
+from tests.authd.test_cli_e2e import AUTHD, Daemon, authd
+from tests.ports import free_port
 
 OPS = "spiffe://example.org/ops"
 CI = "spiffe://example.org/ci"

@@ -36,7 +36,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
-from tests.authd.test_cli_e2e import Daemon, authd, free_port
+from tests.authd.test_cli_e2e import Daemon, authd
+from tests.ports import free_port
 from tests.redis_server import RedisServer
 
 MAX_STALENESS = 3  # seconds; store.max_staleness of every replica

@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY_ENVOY = REPO / "deploy" / "envoy"
 ENVOY_BINARY = Path(envoy.__file__).resolve().parent / "_bin" / "envoy"
@@ -47,13 +49,6 @@ T = TypeVar("T")
 
 
 # --- small pieces -----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (for processes that need a number)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def short_tmpdir() -> Path:

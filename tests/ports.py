@@ -1,0 +1,54 @@
+"""Free TCP ports on 127.0.0.1 for the processes that tests start (daemons, Envoy, Redis).
+
+Two ways a port "that was free a moment ago" goes wrong, both seen in CI: the kernel's
+``bind(0)`` hands the same port to two callers in a row, and an outgoing connection takes the
+port as its ephemeral source port before the process meant for it binds. So ports come from a
+band just below the kernel's ephemeral range (never a source port) and this process never
+hands one out twice.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+from pathlib import Path
+
+HOST = "127.0.0.1"
+_BAND = 12_000  # ports below the ephemeral range that we draw from
+_given: set[int] = set()
+_lock = threading.Lock()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a listener could bind ``port`` on 127.0.0.1 now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(*, below: int = 65535) -> int:
+    """A port on 127.0.0.1 that nothing listens on, never returned before by this process.
+
+    ``below`` caps the port (Redis Cluster nodes also need port + 10000).
+    """
+    high = min(_ephemeral_low() - 1, below)
+    low = max(1024, high - _BAND)
+    with _lock:
+        for _ in range(1000):
+            port = random.randint(low, high)
+            if port not in _given and port_is_free(port):
+                _given.add(port)
+                return port
+    raise RuntimeError(f"found no free port in {low}..{high}")
