@@ -6,11 +6,25 @@ own key prefix, so nothing is ever flushed.
 
 from __future__ import annotations
 
+import compileall
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.redis_server import RedisCluster, RedisServer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Byte-compile authd's sources once before the many ``authd`` processes tests start.
+
+    Where PYTHONDONTWRITEBYTECODE is set (it is on our CI machines) no process caches its
+    bytecode, and every ``authd`` command would compile the whole package again (~0.2 s).
+    """
+    for package in ("authd", "ca", "protos"):
+        compileall.compile_dir(REPO / package, quiet=2)
 
 
 @pytest.fixture(scope="session")
