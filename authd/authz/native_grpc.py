@@ -733,6 +733,15 @@ class _Connection(asyncio.Protocol):
     def _call_done(self, stream: _Stream, result: Any, exc: BaseException | None) -> None:
         if stream.reset or stream.responded:
             return
+        self._answer(stream, result, exc)
+        # Send each answer as soon as it is ready, not with the rest of the batch it came in:
+        # the peer works on the first while we work on the next (one write per answer).
+        out = self._out
+        if out and self._transport is not None:
+            self._transport.write(b"".join(out))
+            out.clear()
+
+    def _answer(self, stream: _Stream, result: Any, exc: BaseException | None) -> None:
         if exc is None:
             context = stream.context
             if context is not None and context.code not in (None, grpc.StatusCode.OK):
@@ -968,12 +977,16 @@ class NativeGrpcServer:
                 response_streaming=method.server_streaming,
             )
 
+    def protocol(self) -> asyncio.Protocol:
+        """The protocol of one new connection (what the listeners make per accept)."""
+        return _Connection(self)
+
     async def listen_tcp(self, address: str) -> int:
         """Listen on ``host:port`` (port 0 picks one); returns the port. Raises OSError."""
         host, _, port = address.rpartition(":")
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: _Connection(self), host.strip("[]") or None, int(port), reuse_port=False
+            self.protocol, host.strip("[]") or None, int(port), reuse_port=False
         )
         self._servers.append(server)
         sockets = server.sockets
@@ -983,7 +996,7 @@ class NativeGrpcServer:
         """Listen on a Unix socket, replacing a stale socket file but never a live one."""
         _remove_stale_socket(path)
         loop = asyncio.get_running_loop()
-        self._servers.append(await loop.create_unix_server(lambda: _Connection(self), path))
+        self._servers.append(await loop.create_unix_server(self.protocol, path))
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, let calls in flight finish for up to ``grace`` seconds, close."""

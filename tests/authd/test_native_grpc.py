@@ -1181,3 +1181,67 @@ def test_changes_dynamic_table_tells_blocks_that_add_or_resize_from_those_that_d
     decoder = hpack.Decoder()
     decoder.decode(ENVOY_FIRST_BLOCK)
     assert dict(decoder.decode(ENVOY_NEXT_BLOCK))[":path"] == CHECK
+
+
+# --- how answers leave ------------------------------------------------------------------------
+
+
+class RecordingTransport(asyncio.Transport):
+    """Keeps each ``write`` apart, to see how the server groups its frames into writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def frames_of(data: bytes) -> list[Frame]:
+    frames, position = [], 0
+    while position < len(data):
+        word, flags, stream_id = struct.unpack_from(">IBI", data, position)
+        start = position + 9
+        position = start + (word >> 8)
+        frames.append(Frame(word & 0xFF, flags, stream_id, data[start:position]))
+    return frames
+
+
+def test_requests_read_together_are_answered_in_one_write_each() -> None:
+    # Envoy sends the checks of several requests in one segment; answering them all in one
+    # write at the end would leave Envoy idle while we work, then us idle while it works.
+    async def scenario() -> list[list[tuple[int, int, int]]]:
+        server = NativeGrpcServer()
+        server.add_servicer(AUTHORIZATION, Authorization())
+        connection = server.protocol()
+        transport = RecordingTransport()
+        connection.connection_made(transport)
+        encoder = hpack.Encoder()
+        block = bytes(encoder.encode([(":method", "POST"), (":scheme", "http"), (":path", CHECK),
+                                      (":authority", "authd"), ("content-type", "application/grpc"),
+                                      ("te", "trailers")]))  # fmt: skip
+        requests = [
+            frame(HEADERS, END_HEADERS, stream_id, block)
+            + frame(DATA, END_STREAM, stream_id, grpc_message(check("/", str(stream_id))))
+            for stream_id in (1, 3, 5)
+        ]
+        transport.writes.clear()  # the greeting
+        connection.data_received(PREFACE + settings() + b"".join(requests))
+        return [[(f.kind, f.flags & END_STREAM, f.stream_id) for f in frames_of(w)]
+                for w in transport.writes]  # fmt: skip
+
+    writes = asyncio.run(scenario())
+    # The SETTINGS ACK goes out with the first answer; then one answer per write, in order
+    # (ACK is the same bit as END_STREAM):
+    # HEADERS, DATA, trailers with END_STREAM.
+    assert writes == [
+        [(SETTINGS, ACK, 0), (HEADERS, 0, 1), (DATA, 0, 1), (HEADERS, END_STREAM, 1)],
+        [(HEADERS, 0, 3), (DATA, 0, 3), (HEADERS, END_STREAM, 3)],
+        [(HEADERS, 0, 5), (DATA, 0, 5), (HEADERS, END_STREAM, 5)],
+    ]
