@@ -2,22 +2,25 @@
 
 Run on purpose, never as a timed test (it installs h2load with apt-get if it is missing):
 
-    python bench/extauthz.py [--seconds N] [--scenario mtls|jwt|rego ...]
-                             [--listener rbac|grpc|http ...] [--grpc-engine native|grpcio]
+    python bench/extauthz.py [--seconds N] [--rounds N] [--scenario mtls|jwt|rego ...]
+                             [--listener rbac|grpc|http|null ...] [--grpc-engine native|grpcio]
 
-One Envoy (``--concurrency 1``) serves four listeners that all answer with a
+One Envoy (``--concurrency 1``) serves five listeners that all answer with a
 ``direct_response`` 200 (no upstream process to share the CPU with):
 
     none   no authorization
     rbac   Envoy's native RBAC doing the same check (plus jwt_authn for bearer tokens)
     grpc   ext_authz gRPC → authd (the filter and cluster of deploy/envoy/*-grpc.yaml)
     http   ext_authz HTTP service mode → authd (the same from deploy/envoy/*-http.yaml)
+    null   the http listener's filter, but its cluster is a second Envoy that answers 200 to
+           every check without looking at it: what the ext_authz HTTP filter costs Envoy by
+           itself. No authorization server can do better than this row.
 
 Scenarios (the check is always: the caller is a workload under spiffe://example.org/ns/prod/
 and the path is below /orders/):
 
     mtls   the caller's X.509-SVID over mTLS (h2 over TLS, ALPN), declarative rules, for all
-           four listeners alike (the sidecar shape of deploy/envoy/sidecar-*.yaml). h2load
+           listeners alike (the sidecar shape of deploy/envoy/sidecar-*.yaml). h2load
            cannot present a client certificate, so the bench builds bench/client_cert_shim.c
            with gcc and preloads it into h2load, which then presents an authd-minted SVID.
            Without gcc, a second Envoy (egress, --concurrency 1) takes h2c from h2load and
@@ -26,12 +29,15 @@ and the path is below /orders/):
            authd's JWT keys as a local JWKS.
     rego   like jwt, but authd runs deploy/policy/authz.rego (policy_engine = "rego").
 
-Per listener: h2load with 8 connections (-m 1) for req/s and p50/p99 (from --log-file), then
-1 connection for the unloaded p50. authd's CPU per check is the utime+stime delta of its
-process over ``authd_checks_total`` done in the 8-connection run; Envoy's per request
-likewise. Everything shares the machine's cores (h2load, Envoy and authd), as it would on a
-small node. ``--grpc-engine grpcio`` runs authd's gRPC listener on grpc.aio instead of its own
-HTTP/2 server, for comparison.
+The machine's speed drifts by tens of percent within a minute, so each listener is measured
+in rounds that alternate with the no-authz listener: none, X, none, X, ..., none. Each X run
+is divided by the mean of the two none runs around it, and the ratio shown is the median of
+those. req/s is the median of the runs, p50/p99 come from all of them (h2load with 8
+connections, -m 1); then one run with 1 connection gives the unloaded p50. authd's CPU per
+check is the utime+stime delta of its process over ``authd_checks_total`` during the loaded
+runs; Envoy's per request likewise. Everything shares the machine's cores (h2load, Envoy and
+authd), as it would on a small node. ``--grpc-engine grpcio`` runs authd's gRPC listener on
+grpc.aio instead of its own HTTP/2 server, for comparison.
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ from tests.envoy.harness import (  # noqa: E402
 CALLER = "spiffe://example.org/ns/prod/web"
 PATH = "/orders/42"
 AUDIENCE = "gateway"
-LISTENERS = ("none", "rbac", "grpc", "http")
+LISTENERS = ("none", "rbac", "grpc", "http", "null")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _TYPE = "type.googleapis.com/"
 JWT_AUTHN = _TYPE + "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
@@ -98,6 +104,7 @@ TARGETS = {  # (scenario, listener): minimum ratio to "none"
     ("jwt", "grpc"): 0.10,
     ("rego", "grpc"): 0.07,
 }
+WARM_UP = 1.0  # seconds of each h2load run before it starts counting
 HTTP_P99_TARGET_MS = 1.5  # HTTP mode at 8 connections
 GRPC_P50_TARGET_MS = 0.7  # gRPC at 1 connection
 
@@ -142,6 +149,7 @@ class Load:
     rps: float
     p50_ms: float
     p99_ms: float
+    micros: list[int]
 
 
 def h2load(
@@ -155,7 +163,8 @@ def h2load(
     env: dict[str, str] | None = None,
 ) -> Load:
     command = [h2load_bin, "-c", str(connections), "-m", "1", "-t", "1"]
-    command += ["-D", f"{seconds:g}", "--warm-up-time", "1", "--log-file", str(log_file)]
+    command += ["-D", f"{seconds:g}", "--warm-up-time", f"{WARM_UP:g}"]
+    command += ["--log-file", str(log_file)]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     command.append(url)
@@ -178,7 +187,7 @@ def h2load(
         raise RuntimeError(f"h2load logged no request:\n{done.stdout}")
     rps = _rps(done.stdout)
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-    return Load(len(latencies), ok, rps, cuts[49] / 1000, cuts[98] / 1000)
+    return Load(len(latencies), ok, rps, cuts[49] / 1000, cuts[98] / 1000, latencies)
 
 
 def _rps(output: str) -> float:
@@ -357,12 +366,15 @@ def hcm_listener(
     }
 
 
-def server_config(scenario: str, authd: Authd, cert_dir: Path | None, jwks: str) -> str:
+def server_config(
+    scenario: str, authd: Authd, cert_dir: Path | None, jwks: str, null_port: int
+) -> str:
     shape = "sidecar" if scenario == "mtls" else "gateway"
     grpc_filter, grpc_route, grpc_cluster = deploy_authz(
         f"{shape}-grpc.yaml", authd.grpc_port, "authd_grpc"
     )
     http_filter, _, http_cluster = deploy_authz(f"{shape}-http.yaml", authd.http_port, "authd_http")
+    null_filter, _, null_cluster = deploy_authz(f"{shape}-http.yaml", null_port, "null_http")
     direct = {"direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
     tls = server_tls(cert_dir) if cert_dir is not None else None
     listeners = [
@@ -370,10 +382,22 @@ def server_config(scenario: str, authd: Authd, cert_dir: Path | None, jwks: str)
         hcm_listener("rbac", rbac_filters(scenario, jwks), {}, direct, tls),
         hcm_listener("grpc", [grpc_filter], grpc_route, direct, tls),
         hcm_listener("http", [http_filter], {}, direct, tls),
+        hcm_listener("null", [null_filter], {}, direct, tls),
     ]
+    clusters = [grpc_cluster, http_cluster, null_cluster]
     config = {
         "admin": {"address": {"socket_address": {"address": HOST, "port_value": 0}}},
-        "static_resources": {"listeners": listeners, "clusters": [grpc_cluster, http_cluster]},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }
+    return json.dumps(config, indent=1)
+
+
+def null_server_config() -> str:
+    """A second Envoy that allows every check at once: the "null" listener's server."""
+    allow = {"direct_response": {"status": 200}}
+    config = {
+        "admin": {"address": {"socket_address": {"address": HOST, "port_value": 0}}},
+        "static_resources": {"listeners": [hcm_listener("allow", [], {}, allow)]},
     }
     return json.dumps(config, indent=1)
 
@@ -443,10 +467,27 @@ def cpu_seconds(pid: int) -> float:
 class Row:
     scenario: str
     listener: str
-    loaded: Load
+    loads: list[Load]  # the 8-connection runs
+    ratios: list[float]  # each run over the mean of the no-authz runs around it
     single: Load
     authd_us_per_check: float | None
     envoy_us_per_request: float
+
+    @property
+    def rps(self) -> float:
+        return statistics.median(load.rps for load in self.loads)
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def latency(self) -> tuple[float, float]:
+        """p50 and p99 in ms over the requests of all the loaded runs."""
+        cuts = statistics.quantiles(
+            [m for load in self.loads for m in load.micros], n=100, method="inclusive"
+        )
+        return cuts[49] / 1000, cuts[98] / 1000
 
 
 @contextmanager
@@ -476,9 +517,79 @@ def jwt_jwks(authd: Authd) -> str:
     return json.dumps({"keys": [k for k in keys if k.get("use") == "jwt-svid"]})
 
 
+@dataclass
+class Target:
+    """What one listener is loaded through: its URL, and h2load's headers and environment."""
+
+    url: str
+    headers: dict[str, str]
+    env: dict[str, str]
+
+
+class Meter:
+    """Runs h2load against the listeners and adds up authd's and Envoy's CPU per listener."""
+
+    def __init__(self, h2load_bin: str, tmp: Path, authd: Authd, envoy: Envoy) -> None:
+        self.h2load_bin, self.tmp, self.authd, self.envoy = h2load_bin, tmp, authd, envoy
+        self.runs = 0
+        # listener → [authd CPU seconds, checks counted, Envoy CPU seconds, requests]
+        self.totals: dict[str, list[float]] = {}
+
+    def load(self, target: Target, connections: int, seconds: float) -> Load:
+        self.runs += 1
+        load = h2load(
+            self.h2load_bin,
+            target.url,
+            connections=connections,
+            seconds=seconds,
+            headers=target.headers,
+            log_file=self.tmp / f"run-{self.runs}.log",
+            env=target.env,
+        )
+        if load.ok != load.requests:
+            raise RuntimeError(f"{target.url}: {load.requests - load.ok} answers were not 200")
+        return load
+
+    def measured(self, name: str, target: Target, seconds: float) -> Load:
+        """An 8-connection run, its CPU added to the listener's totals."""
+        authd0, checks0 = cpu_seconds(self.authd.process.pid), self.authd.checks_total()
+        envoy0 = cpu_seconds(self.envoy.process.pid)
+        loaded = self.load(target, 8, seconds)
+        authd1, checks1 = cpu_seconds(self.authd.process.pid), self.authd.checks_total()
+        envoy1 = cpu_seconds(self.envoy.process.pid)
+        totals = self.totals.setdefault(name, [0.0, 0.0, 0.0, 0.0])
+        for i, value in enumerate((authd1 - authd0, checks1 - checks0, envoy1 - envoy0)):
+            totals[i] += value
+        # The CPU deltas cover h2load's warm-up, whose requests it does not count.
+        totals[3] += loaded.requests + loaded.rps * WARM_UP
+        return loaded
+
+    def row(self, scenario: str, name: str, loads: list[Load], ratios: list[float]) -> Row:
+        authd_cpu, checks, envoy_cpu, requests = self.totals[name]
+        single = self.load(self.targets[name], 1, max(self.seconds // 2, 2))
+        authd_us = authd_cpu * 1e6 / checks if checks else None
+        return Row(scenario, name, loads, ratios, single, authd_us, envoy_cpu * 1e6 / requests)
+
+    targets: dict[str, Target]
+    seconds: float
+
+
+def measure_listener(meter: Meter, name: str, baseline: list[Load], rounds: int) -> list[Load]:
+    """``rounds`` runs of ``name``, each between two runs of the no-authz listener."""
+    meter.load(meter.targets[name], 1, 1)  # warm-up
+    if not baseline:
+        baseline.append(meter.measured("none", meter.targets["none"], meter.seconds))
+    loads = []
+    for _ in range(rounds):
+        loads.append(meter.measured(name, meter.targets[name], meter.seconds))
+        baseline.append(meter.measured("none", meter.targets["none"], meter.seconds))
+    return loads
+
+
 def run_scenario(
     scenario: str,
     seconds: float,
+    rounds: int,
     h2load_bin: str,
     tmp: Path,
     listeners: tuple[str, ...],
@@ -503,111 +614,93 @@ def run_scenario(
                 }
         else:
             headers["authorization"] = f"Bearer {authd.mint_jwt(CALLER, AUDIENCE)}"
-        server = start_envoy(
-            server_config(scenario, authd, cert_dir, jwt_jwks(authd)), tmp, f"server-{scenario}"
+        null = start_envoy(null_server_config(), tmp, f"null-{scenario}")
+        stack.callback(null.stop)
+        config = server_config(
+            scenario, authd, cert_dir, jwt_jwks(authd), null.listener_port("allow")
         )
+        server = start_envoy(config, tmp, f"server-{scenario}")
         stack.callback(server.stop)
         ports = {name: server.listener_port(name) for name in LISTENERS}
-        egress: Envoy | None = None
         if cert_dir is not None and scheme == "http":
             print("  no gcc: a second Envoy originates mTLS for h2load", flush=True)
             egress = start_envoy(egress_config(cert_dir, ports), tmp, f"egress-{scenario}")
             stack.callback(egress.stop)
             ports = {name: egress.listener_port(name) for name in LISTENERS}
+        targets = {
+            name: Target(f"{scheme}://{HOST}:{port}{PATH}", headers, env)
+            for name, port in ports.items()
+        }
+        meter = Meter(h2load_bin, tmp, authd, server)
+        meter.targets, meter.seconds = targets, seconds
+        meter.load(targets["none"], 1, 1)  # warm-up
+        baseline: list[Load] = []
         for name in listeners:
-            url = f"{scheme}://{HOST}:{ports[name]}{PATH}"
-            # A warm-up and a correctness check in one: every request must be allowed.
-            probe = h2load(
-                h2load_bin,
-                url,
-                connections=1,
-                seconds=1,
-                headers=headers,
-                log_file=tmp / "p.log",
-                env=env,
-            )
-            if probe.ok != probe.requests:
-                raise RuntimeError(f"{scenario}/{name}: {probe.requests - probe.ok} not 200")
-            cpu0, checks0 = cpu_seconds(authd.process.pid), authd.checks_total()
-            envoy0 = cpu_seconds(server.process.pid)
-            loaded = h2load(
-                h2load_bin,
-                url,
-                connections=8,
-                seconds=seconds,
-                headers=headers,
-                log_file=tmp / f"{scenario}-{name}-c8.log",
-                env=env,
-            )
-            cpu1, checks1 = cpu_seconds(authd.process.pid), authd.checks_total()
-            envoy1 = cpu_seconds(server.process.pid)
-            single = h2load(
-                h2load_bin,
-                url,
-                connections=1,
-                seconds=max(seconds // 2, 2),
-                headers=headers,
-                log_file=tmp / f"{scenario}-{name}-c1.log",
-                env=env,
-            )
-            for load in (loaded, single):
-                if load.ok != load.requests:
-                    raise RuntimeError(f"{scenario}/{name}: {load.requests - load.ok} not 200")
-            checks = checks1 - checks0
-            # h2load's warm-up second is not in `loaded.requests`; the CPU delta covers it.
-            rows.append(
-                Row(
-                    scenario,
-                    name,
-                    loaded,
-                    single,
-                    (cpu1 - cpu0) * 1e6 / checks if checks else None,
-                    (envoy1 - envoy0) * 1e6 / max(loaded.requests, 1),
-                )
-            )
-            print(f"  {scenario:<5} {name:<5} {loaded.rps:>9.0f} req/s", flush=True)
+            start = len(baseline)
+            loads = measure_listener(meter, name, baseline, rounds)
+            # Each run over the mean of the no-authz runs just before and just after it.
+            around = baseline[max(start - 1, 0) :]
+            ratios = [
+                load.rps / ((around[i].rps + around[i + 1].rps) / 2) for i, load in enumerate(loads)
+            ]
+            rows.append(meter.row(scenario, name, loads, ratios))
+            print(f"  {scenario:<5} {name:<5} {rows[-1].rps:>9.0f} req/s", flush=True)
+        rows.insert(0, meter.row(scenario, "none", baseline, [1.0]))
     return rows
 
 
 def print_table(rows: list[Row]) -> None:
     header = (
-        f"{'scenario':<8} {'listener':<8} {'req/s':>8} {'ratio':>6} {'target':>7} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'p50@1c':>7} {'authd µs/check':>15} {'envoy µs/req':>13}"
+        f"{'scenario':<8} {'listener':<8} {'req/s':>8} {'ratio':>6} {'(range)':>11} "
+        f"{'target':>7} {'p50 ms':>7} {'p99 ms':>7} {'p50@1c':>7} {'authd µs/check':>15} "
+        f"{'envoy µs/req':>13}"
     )
     print()
     print(header)
     print("-" * len(header))
-    base = {r.scenario: r.loaded.rps for r in rows if r.listener == "none"}
     misses = []
     for r in rows:
-        ratio = r.loaded.rps / base[r.scenario]
         target = TARGETS.get((r.scenario, r.listener))
         target_text = f"≥{target:.2f}" if target else ""
-        if target and ratio < target:
-            misses.append(f"{r.scenario}/{r.listener} ratio {ratio:.3f} < {target}")
+        if target and r.ratio < target:
+            misses.append(f"{r.scenario}/{r.listener} ratio {r.ratio:.3f} < {target}")
             target_text += "!"
-        if r.listener == "http" and r.loaded.p99_ms > HTTP_P99_TARGET_MS:
-            misses.append(f"{r.scenario}/http p99 {r.loaded.p99_ms:.2f} ms > {HTTP_P99_TARGET_MS}")
+        p50, p99 = r.latency
+        if r.listener == "http" and p99 > HTTP_P99_TARGET_MS:
+            misses.append(f"{r.scenario}/http p99 {p99:.2f} ms > {HTTP_P99_TARGET_MS}")
         if r.listener == "grpc" and r.single.p50_ms > GRPC_P50_TARGET_MS:
             misses.append(
                 f"{r.scenario}/grpc p50@1c {r.single.p50_ms:.2f} ms > {GRPC_P50_TARGET_MS}"
             )
+        spread = f"{min(r.ratios):.3f}-{max(r.ratios):.3f}" if r.listener != "none" else ""
         cpu = f"{r.authd_us_per_check:.0f}" if r.authd_us_per_check is not None else "-"
         print(
-            f"{r.scenario:<8} {r.listener:<8} {r.loaded.rps:>8.0f} {ratio:>6.3f} "
-            f"{target_text:>7} {r.loaded.p50_ms:>7.3f} {r.loaded.p99_ms:>7.3f} "
-            f"{r.single.p50_ms:>7.3f} {cpu:>15} {r.envoy_us_per_request:>13.0f}"
+            f"{r.scenario:<8} {r.listener:<8} {r.rps:>8.0f} {r.ratio:>6.3f} {spread:>11} "
+            f"{target_text:>7} {p50:>7.3f} {p99:>7.3f} {r.single.p50_ms:>7.3f} {cpu:>15} "
+            f"{r.envoy_us_per_request:>13.0f}"
         )
     print(
         f"\ntargets: ratios as shown; HTTP p99 ≤ {HTTP_P99_TARGET_MS} ms at 8 connections; "
         f"gRPC p50 ≤ {GRPC_P50_TARGET_MS} ms at 1 connection"
     )
     print("missed: " + ("; ".join(misses) if misses else "none"))
+    by = {(r.scenario, r.listener): r for r in rows}
+    shares = [
+        f"{scenario} {by[scenario, 'http'].ratio / by[scenario, 'null'].ratio:.2f}"
+        for scenario in dict.fromkeys(r.scenario for r in rows)
+        if (scenario, "http") in by and (scenario, "null") in by
+    ]
+    if shares:
+        print("HTTP mode's ratio over the null server's (1.00: authd costs Envoy nothing more "
+              "than a server that does no work): " + ", ".join(shares))  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=8, help="per 8-connection run")
+    parser.add_argument("--seconds", type=float, default=4, help="per 8-connection run")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="runs per listener, each between two no-authz runs"
+    )
     parser.add_argument(
         "--scenario", action="append", choices=["mtls", "jwt", "rego"], help="repeatable"
     )
@@ -629,14 +722,14 @@ def main() -> None:
     load = os.getloadavg()[0]
     if load > 0.5:
         print(f"note: load average {load:.2f} before starting; other work skews the numbers")
-    listeners = ("none", *(args.listener or LISTENERS[1:]))
+    listeners = tuple(args.listener or LISTENERS[1:])
     tmp = Path(tempfile.mkdtemp(prefix="authd-"))
     rows: list[Row] = []
     try:
         for scenario in args.scenario or ["mtls", "jwt", "rego"]:
             print(f"scenario {scenario}:", flush=True)
             rows += run_scenario(
-                scenario, args.seconds, h2load_bin, tmp, listeners, args.grpc_engine
+                scenario, args.seconds, args.rounds, h2load_bin, tmp, listeners, args.grpc_engine
             )
     finally:
         if args.keep:
