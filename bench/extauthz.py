@@ -12,8 +12,9 @@ One Envoy (``--concurrency 1``) serves five listeners that all answer with a
     rbac   Envoy's native RBAC doing the same check (plus jwt_authn for bearer tokens)
     grpc   ext_authz gRPC → authd (the filter and cluster of deploy/envoy/*-grpc.yaml)
     http   ext_authz HTTP service mode → authd (the same from deploy/envoy/*-http.yaml)
-    null   the http listener's filter, but its cluster is a second Envoy that answers 200 to
-           every check without looking at it: what the ext_authz HTTP filter costs Envoy by
+    null   the http listener's filter, but its cluster is bench/null_authz.c (built with gcc),
+           which answers every check at once with the headers authd gave the scenario's
+           check, without looking at it: what the ext_authz HTTP filter costs Envoy by
            itself. No authorization server can do better than this row.
 
 Scenarios (the check is always: the caller is a workload under spiffe://example.org/ns/prod/
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import http.client
 import json
 import os
 import shutil
@@ -57,6 +59,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 
@@ -127,19 +130,41 @@ def ensure_h2load() -> str:
     return found
 
 
-def build_client_cert_shim(tmp: Path) -> Path | None:
-    """bench/client_cert_shim.c built for LD_PRELOAD into h2load, or None without gcc."""
+def build_c(tmp: Path, name: str, *flags: str) -> Path | None:
+    """bench/NAME.c built with gcc into TMP, or None (with a note) without gcc or on error."""
     gcc = shutil.which("gcc")
     if gcc is None:
+        print(f"note: no gcc to build bench/{name}.c")
         return None
-    shim = tmp / "client_cert_shim.so"
-    source = REPO / "bench" / "client_cert_shim.c"
-    command = [gcc, "-shared", "-fPIC", "-O2", "-o", str(shim), str(source), "-ldl"]
+    output = tmp / name
+    command = [gcc, "-O2", *flags, "-o", str(output), str(REPO / "bench" / f"{name}.c")]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        print(f"note: cannot build the client-certificate shim:\n{done.stderr}")
+        print(f"note: cannot build bench/{name}.c:\n{done.stderr}")
         return None
-    return shim
+    return output
+
+
+def build_client_cert_shim(tmp: Path) -> Path | None:
+    """bench/client_cert_shim.c built for LD_PRELOAD into h2load, or None without gcc."""
+    return build_c(tmp, "client_cert_shim", "-shared", "-fPIC", "-ldl")
+
+
+@contextmanager
+def null_authz_server(tmp: Path, headers: list[str]) -> Iterator[int | None]:
+    """bench/null_authz.c answering every check with ``headers``; yields its port, or None
+    if it cannot be built."""
+    binary = build_c(tmp, "null_authz")
+    if binary is None:
+        yield None
+        return
+    process = subprocess.Popen([str(binary), *headers], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        yield int(process.stdout.readline())
+    finally:
+        process.kill()
+        process.wait(timeout=10)
 
 
 @dataclass
@@ -367,14 +392,13 @@ def hcm_listener(
 
 
 def server_config(
-    scenario: str, authd: Authd, cert_dir: Path | None, jwks: str, null_port: int
+    scenario: str, authd: Authd, cert_dir: Path | None, jwks: str, null_port: int | None
 ) -> str:
     shape = "sidecar" if scenario == "mtls" else "gateway"
     grpc_filter, grpc_route, grpc_cluster = deploy_authz(
         f"{shape}-grpc.yaml", authd.grpc_port, "authd_grpc"
     )
     http_filter, _, http_cluster = deploy_authz(f"{shape}-http.yaml", authd.http_port, "authd_http")
-    null_filter, _, null_cluster = deploy_authz(f"{shape}-http.yaml", null_port, "null_http")
     direct = {"direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
     tls = server_tls(cert_dir) if cert_dir is not None else None
     listeners = [
@@ -382,22 +406,15 @@ def server_config(
         hcm_listener("rbac", rbac_filters(scenario, jwks), {}, direct, tls),
         hcm_listener("grpc", [grpc_filter], grpc_route, direct, tls),
         hcm_listener("http", [http_filter], {}, direct, tls),
-        hcm_listener("null", [null_filter], {}, direct, tls),
     ]
-    clusters = [grpc_cluster, http_cluster, null_cluster]
+    clusters = [grpc_cluster, http_cluster]
+    if null_port is not None:
+        null_filter, _, null_cluster = deploy_authz(f"{shape}-http.yaml", null_port, "null_http")
+        listeners.append(hcm_listener("null", [null_filter], {}, direct, tls))
+        clusters.append(null_cluster)
     config = {
         "admin": {"address": {"socket_address": {"address": HOST, "port_value": 0}}},
         "static_resources": {"listeners": listeners, "clusters": clusters},
-    }
-    return json.dumps(config, indent=1)
-
-
-def null_server_config() -> str:
-    """A second Envoy that allows every check at once: the "null" listener's server."""
-    allow = {"direct_response": {"status": 200}}
-    config = {
-        "admin": {"address": {"socket_address": {"address": HOST, "port_value": 0}}},
-        "static_resources": {"listeners": [hcm_listener("allow", [], {}, allow)]},
     }
     return json.dumps(config, indent=1)
 
@@ -512,6 +529,27 @@ def running_authd(tmp: Path, scenario: str, grpc_engine: str) -> Iterator[Authd]
         authd.stop()
 
 
+def authd_allow_headers(authd: Authd, cert_dir: Path | None, headers: dict[str, str]) -> list[str]:
+    """The headers of authd's HTTP-mode answer to one check of the scenario, as Envoy sends it
+    (the null server answers with the same, so that Envoy does the same work with them)."""
+    check = dict(headers)
+    if cert_dir is not None:
+        leaf = (cert_dir / "svid.pem").read_text().split("-----END CERTIFICATE-----")[0]
+        check["x-authd-peer-uri-san"] = CALLER
+        check["x-authd-peer-cert"] = quote(leaf + "-----END CERTIFICATE-----\n", safe="")
+    connection = http.client.HTTPConnection(HOST, authd.http_port, timeout=10)
+    try:
+        connection.request("GET", PATH, headers=check)
+        response = connection.getresponse()
+        response.read()
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise RuntimeError(f"authd denied the bench's own check: {response.status}")
+    skip = {"content-length", "date", "server", "connection"}
+    return [f"{k}: {v}" for k, v in response.getheaders() if k.lower() not in skip]
+
+
 def jwt_jwks(authd: Authd) -> str:
     keys = json.loads(authd.cli("bundle", "show").stdout)["keys"]
     return json.dumps({"keys": [k for k in keys if k.get("use") == "jwt-svid"]})
@@ -614,19 +652,19 @@ def run_scenario(
                 }
         else:
             headers["authorization"] = f"Bearer {authd.mint_jwt(CALLER, AUDIENCE)}"
-        null = start_envoy(null_server_config(), tmp, f"null-{scenario}")
-        stack.callback(null.stop)
-        config = server_config(
-            scenario, authd, cert_dir, jwt_jwks(authd), null.listener_port("allow")
-        )
+        allow = authd_allow_headers(authd, cert_dir, headers)
+        null_port = stack.enter_context(null_authz_server(tmp, allow))
+        if null_port is None:
+            listeners = tuple(name for name in listeners if name != "null")
+        config = server_config(scenario, authd, cert_dir, jwt_jwks(authd), null_port)
         server = start_envoy(config, tmp, f"server-{scenario}")
         stack.callback(server.stop)
-        ports = {name: server.listener_port(name) for name in LISTENERS}
+        ports = {name: server.listener_port(name) for name in ("none", *listeners)}
         if cert_dir is not None and scheme == "http":
             print("  no gcc: a second Envoy originates mTLS for h2load", flush=True)
             egress = start_envoy(egress_config(cert_dir, ports), tmp, f"egress-{scenario}")
             stack.callback(egress.stop)
-            ports = {name: egress.listener_port(name) for name in LISTENERS}
+            ports = {name: egress.listener_port(name) for name in ports}
         targets = {
             name: Target(f"{scheme}://{HOST}:{port}{PATH}", headers, env)
             for name, port in ports.items()

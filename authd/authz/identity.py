@@ -199,7 +199,9 @@ class IdentityResolver:
             )
             for issuer in s.issuers
         }
-        self.peer_cache: TtlCache[tuple[bytes, int], _PeerResult] = TtlCache(
+        # Keyed by the certificate text itself (public, and hashing it each time cost more than
+        # the lookup); bearer tokens are keyed by their digest, never kept in memory.
+        self.peer_cache: TtlCache[tuple[str, int], _PeerResult] = TtlCache(
             clock, max_entries=s.cache_size
         )
         self.token_cache: TtlCache[_TokenKey, _TokenResult] = TtlCache(
@@ -261,7 +263,7 @@ class IdentityResolver:
 
     def _verified_certificate(self, encoded: str, bundle: TrustBundle) -> _PeerResult:
         """Verify (or recall verifying) the URL-encoded PEM chain Envoy sent."""
-        key = (_sha256(encoded), bundle.sequence)
+        key = (encoded, bundle.sequence)
         cached = self.peer_cache.get(key)
         if cached is not None:
             return cached
