@@ -567,8 +567,17 @@ class Target:
 class Meter:
     """Runs h2load against the listeners and adds up authd's and Envoy's CPU per listener."""
 
-    def __init__(self, h2load_bin: str, tmp: Path, authd: Authd, envoy: Envoy) -> None:
+    def __init__(
+        self,
+        h2load_bin: str,
+        tmp: Path,
+        authd: Authd,
+        envoy: Envoy,
+        targets: dict[str, Target],
+        seconds: float,
+    ) -> None:
         self.h2load_bin, self.tmp, self.authd, self.envoy = h2load_bin, tmp, authd, envoy
+        self.targets, self.seconds = targets, seconds
         self.runs = 0
         # listener → [authd CPU seconds, checks counted, Envoy CPU seconds, requests]
         self.totals: dict[str, list[float]] = {}
@@ -608,20 +617,24 @@ class Meter:
         authd_us = authd_cpu * 1e6 / checks if checks else None
         return Row(scenario, name, loads, ratios, single, authd_us, envoy_cpu * 1e6 / requests)
 
-    targets: dict[str, Target]
-    seconds: float
 
-
-def measure_listener(meter: Meter, name: str, baseline: list[Load], rounds: int) -> list[Load]:
-    """``rounds`` runs of ``name``, each between two runs of the no-authz listener."""
+def measure_listener(
+    meter: Meter, name: str, baseline: list[Load], rounds: int
+) -> tuple[list[Load], list[float]]:
+    """``rounds`` runs of ``name``, each between two runs of the no-authz listener (added to
+    ``baseline``); with each run's ratio to the mean of the two runs around it."""
     meter.load(meter.targets[name], 1, 1)  # warm-up
     if not baseline:
         baseline.append(meter.measured("none", meter.targets["none"], meter.seconds))
-    loads = []
+    loads, ratios = [], []
     for _ in range(rounds):
-        loads.append(meter.measured(name, meter.targets[name], meter.seconds))
-        baseline.append(meter.measured("none", meter.targets["none"], meter.seconds))
-    return loads
+        before = baseline[-1]
+        loaded = meter.measured(name, meter.targets[name], meter.seconds)
+        after = meter.measured("none", meter.targets["none"], meter.seconds)
+        baseline.append(after)
+        loads.append(loaded)
+        ratios.append(loaded.rps / ((before.rps + after.rps) / 2))
+    return loads, ratios
 
 
 def run_scenario(
@@ -669,18 +682,11 @@ def run_scenario(
             name: Target(f"{scheme}://{HOST}:{port}{PATH}", headers, env)
             for name, port in ports.items()
         }
-        meter = Meter(h2load_bin, tmp, authd, server)
-        meter.targets, meter.seconds = targets, seconds
+        meter = Meter(h2load_bin, tmp, authd, server, targets, seconds)
         meter.load(targets["none"], 1, 1)  # warm-up
         baseline: list[Load] = []
         for name in listeners:
-            start = len(baseline)
-            loads = measure_listener(meter, name, baseline, rounds)
-            # Each run over the mean of the no-authz runs just before and just after it.
-            around = baseline[max(start - 1, 0) :]
-            ratios = [
-                load.rps / ((around[i].rps + around[i + 1].rps) / 2) for i, load in enumerate(loads)
-            ]
+            loads, ratios = measure_listener(meter, name, baseline, rounds)
             rows.append(meter.row(scenario, name, loads, ratios))
             print(f"  {scenario:<5} {name:<5} {rows[-1].rps:>9.0f} req/s", flush=True)
         rows.insert(0, meter.row(scenario, "none", baseline, [1.0]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import socket
 import threading
+from functools import cache
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -20,6 +21,7 @@ _given: set[int] = set()
 _lock = threading.Lock()
 
 
+@cache
 def _ephemeral_low() -> int:
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])

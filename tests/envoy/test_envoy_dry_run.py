@@ -6,7 +6,6 @@ configs of deploy/envoy in both ext_authz modes.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,18 +21,10 @@ from tests.envoy.harness import (
     policy_yaml,
     render,
     request,
-    short_tmpdir,
     start_authd,
     start_envoy,
     tampered,
 )
-
-
-@pytest.fixture(scope="module")
-def tmp() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +35,6 @@ def authd(tmp: Path) -> Iterator[Authd]:
     daemon = start_authd(tmp / "d", config, files={"policy.yaml": policy_yaml("gateway")})
     yield daemon
     daemon.stop()
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[EchoUpstream]:
-    server = EchoUpstream()
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module", params=["grpc", "http"])

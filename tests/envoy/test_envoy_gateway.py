@@ -6,7 +6,6 @@ client speaks plaintext HTTP/1.1 to the gateway; the echo upstream reports what 
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from tests.envoy.harness import (
     policy_yaml,
     render,
     request,
-    short_tmpdir,
     start_authd,
     start_envoy,
     tampered,
@@ -67,13 +65,6 @@ def gateway_config(
 
 
 @pytest.fixture(scope="module")
-def tmp() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
 def authd(tmp: Path) -> Iterator[Authd]:
     config = authd_config(extra='jwt_svid_audiences = ["gateway"]\napi_keys_file = "api-keys.toml"')
     files = {"policy.yaml": policy_yaml("gateway"), "api-keys.toml": api_keys_toml()}
@@ -98,13 +89,6 @@ def tokens(authd: Authd) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def admin_svid(authd: Authd, tmp: Path) -> Path:
     return authd.mint_x509(ADMIN, tmp / "admin")
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[EchoUpstream]:
-    server = EchoUpstream()
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module", params=["grpc", "http"])

@@ -3,27 +3,23 @@
 authd's default gRPC engine is its own HTTP/2 server (``authz.grpc_engine = "native"``),
 which test_envoy_gateway.py exercises; ``"grpcio"`` must behave the same behind Envoy. The
 tests are test_envoy_gateway.py's own, collected again here with this module's fixtures: an
-authd on the grpcio engine and the gRPC gateway config only.
+authd on the grpcio engine and the gRPC gateway config only (``tokens`` is the gateway
+module's fixture, minting from this module's authd).
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.envoy.harness import (
-    INTRUDER,
-    WEB,
     Authd,
     EchoUpstream,
     api_keys_toml,
     authd_config,
     policy_yaml,
-    short_tmpdir,
     start_authd,
     start_envoy,
 )
@@ -38,14 +34,8 @@ from tests.envoy.test_envoy_gateway import (  # noqa: F401 - collected here with
     test_known_caller_not_allowed_is_403_with_json_reason,
     test_no_credentials_is_401_with_www_authenticate_and_json_reason,
     test_request_body_reaches_upstream_intact,
+    tokens,
 )
-
-
-@pytest.fixture(scope="module")
-def tmp() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -57,25 +47,6 @@ def authd(tmp: Path) -> Iterator[Authd]:
     daemon = start_authd(tmp / "d", authd_config(extra=extra), files=files)
     yield daemon
     daemon.stop()
-
-
-@pytest.fixture(scope="module")
-def tokens(authd: Authd) -> dict[str, str]:
-    wanted = {
-        "web": (WEB, "gateway"),
-        "intruder": (INTRUDER, "gateway"),
-        "web@orders": (WEB, "orders"),
-    }
-    with ThreadPoolExecutor(len(wanted)) as pool:
-        minted = {name: pool.submit(authd.mint_jwt, *args) for name, args in wanted.items()}
-        return {name: future.result() for name, future in minted.items()}
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[EchoUpstream]:
-    server = EchoUpstream()
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ except the foreign one.
 
 from __future__ import annotations
 
-import shutil
 import ssl
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,6 @@ from tests.envoy.harness import (
     policy_yaml,
     render,
     request,
-    short_tmpdir,
     start_authd,
     start_envoy,
     tampered,
@@ -51,13 +49,6 @@ class Mesh:
     inbound_port: int  # orders' mTLS listener
     outbound_port: int  # web's plaintext listener towards orders
     access_log: Path  # orders' access log
-
-
-@pytest.fixture(scope="module")
-def tmp() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
