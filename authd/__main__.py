@@ -1,5 +1,5 @@
 import sys
 
-from authd.cli import main
+from authd.cli.main import main
 
 sys.exit(main())

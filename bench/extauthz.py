@@ -66,7 +66,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.envoy.harness import (  # noqa: E402
+from tests.support.envoy import (  # noqa: E402
     HOST,
     Authd,
     Envoy,
@@ -551,7 +551,7 @@ def authd_allow_headers(authd: Authd, cert_dir: Path | None, headers: dict[str, 
 
 
 def jwt_jwks(authd: Authd) -> str:
-    keys = json.loads(authd.cli("bundle", "show").stdout)["keys"]
+    keys = json.loads(authd.cli.main("bundle", "show").stdout)["keys"]
     return json.dumps({"keys": [k for k in keys if k.get("use") == "jwt-svid"]})
 
 

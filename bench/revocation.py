@@ -56,8 +56,8 @@ sys.path.insert(0, str(REPO))
 from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
 from bench.extauthz import ensure_h2load  # noqa: E402
 from ca.store import RedisStore, Revocation  # noqa: E402
-from tests.envoy.harness import Authd, authd_config, start_authd, wait_for  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
+from tests.support.envoy import Authd, authd_config, start_authd, wait_for  # noqa: E402
+from tests.support.redis_server import RedisServer  # noqa: E402
 
 TD = "spiffe://example.org"
 AUDIENCE = "authd"

@@ -15,13 +15,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca import rotation
-from ca.authority import JwtAuthority, X509Authority
 from ca.bundle import TrustBundle
 from ca.clock import Clock
 from ca.errors import InvalidRequest
 from ca.issuance_log import IssuanceLog
 from ca.jwtsvid import JwtSvid, mint_jwt_svid, verify_jwt_svid
 from ca.keys import KeyStore, KeyType, PrivateKey, PublicKey, key_type_of, signature_hash
+from ca.signers import JwtAuthority, X509Authority
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import AuthorityRecord, IssuanceRecord, NotFound, Store
 from ca.templates import authority_key_id_of, signing_certificate

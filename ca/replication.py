@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 
 from ca.clock import Clock
-from ca.revocation_list import RevocationList
+from ca.revoker import RevocationList
 from ca.store import StoreError
 from ca.store.redis import ChangeFeed, ChangeFeedGap
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca.authority import X509Authority
 from ca.errors import InvalidRequest
+from ca.signers import X509Authority
 from ca.store import IssuanceRecord, Revocation
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_server import RedisCluster, RedisServer
+from tests.support.redis_server import RedisCluster, RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 

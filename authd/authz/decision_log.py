@@ -12,10 +12,10 @@ import json
 import sys
 from typing import IO, TYPE_CHECKING, Any
 
-from authd.authz.model import CheckContext
+from authd.check.model import CheckContext
 
 if TYPE_CHECKING:
-    from authd.authz.pipeline import Outcome
+    from authd.check.model import Outcome
 
 
 class DecisionLog:

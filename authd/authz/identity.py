@@ -37,8 +37,8 @@ from authd.authz.jwks import (
     JwksCache,
     JwksError,
 )
-from authd.authz.model import CheckContext, CredentialProblem, Identities, UserIdentity
 from authd.authz.token_cache import TtlCache
+from authd.check.model import CheckContext, CredentialProblem, Identities, UserIdentity
 from ca.bundle import TrustBundle
 from ca.clock import Clock
 from ca.errors import InvalidSpiffeId, VerificationError

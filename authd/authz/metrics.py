@@ -20,7 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from authd.authz.pipeline import Outcome
+    from authd.check.model import Outcome
 
 LATENCY_BUCKETS = (
     0.0001,

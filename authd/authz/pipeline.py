@@ -17,13 +17,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from authd.authz.decision_log import DecisionLog
-from authd.authz.input_document import input_document, pruned_input_document
 from authd.authz.metrics import AuthzMetrics
-from authd.authz.model import CheckContext, Decision, Identities, Reason
+from authd.check.input_document import input_document, pruned_input_document
+from authd.check.model import CheckContext, Decision, Identities, Outcome, Reason
 from authd.policy.base import Policy
 
 UNAUTHENTICATED = 401
@@ -39,22 +39,6 @@ class AuthzSettings:
     remove_headers: tuple[str, ...] = ("authorization", "x-api-key")
     realm: str = "authd"
     dry_run: bool = False
-
-
-@dataclass(slots=True)
-class Outcome:
-    """A decided check: what the adapters answer and what the decision log records."""
-
-    decision: Decision
-    identities: Identities
-    decision_id: str
-    status: int  # the HTTP status the client sees on deny (200 on allow)
-    allowed: bool  # what Envoy is told (dry-run turns a deny into an allow)
-    upstream_headers: dict[str, str] = field(default_factory=dict)
-    remove_headers: list[str] = field(default_factory=list)
-    deny_headers: dict[str, str] = field(default_factory=dict)
-    deny_body: str = ""
-    dynamic_metadata: dict[str, Any] = field(default_factory=dict)
 
 
 class _LazyInput:

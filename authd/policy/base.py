@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from authd.authz.model import CheckContext, Decision, Identities
+from authd.check.model import CheckContext, Decision, Identities
 
 InputDocument = Callable[[], dict[str, Any]]
 

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from opa_client import AsyncOpaClient
 
-from authd.authz.model import CheckContext, Decision, Identities
+from authd.check.model import CheckContext, Decision, Identities
 from authd.policy.base import InputDocument, PolicyError
 from authd.policy.rego import DEFAULT_ENTRYPOINT, normalize_entrypoint
 from authd.policy.result import decision_from_result, undefined_decision

@@ -98,8 +98,8 @@ _share_loaded_libstdcxx()
 # After the call above, which must precede loading librego_shared.
 from regopy import Input, Interpreter, LogLevel, Output, RegoError, rego_shared  # noqa: E402
 
-from authd.authz.input_document import prune_input  # noqa: E402
-from authd.authz.model import CheckContext, Decision, Identities  # noqa: E402
+from authd.check.input_document import prune_input  # noqa: E402
+from authd.check.model import CheckContext, Decision, Identities  # noqa: E402
 from authd.policy.base import InputDocument, PolicyError  # noqa: E402
 from authd.policy.result import decision_from_result, undefined_decision  # noqa: E402
 

@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from authd.authz.model import CheckContext, Decision, Identities
+from authd.check.model import CheckContext, Decision, Identities
 from authd.policy.base import InputDocument, Policy, PolicyError
 
 log = logging.getLogger(__name__)

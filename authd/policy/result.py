@@ -19,7 +19,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from authd.authz.model import Decision, Reason
+from authd.check.model import Decision, Reason
 from authd.policy.base import PolicyError
 
 _STATUS_CODES = frozenset(status.value for status in HTTPStatus)

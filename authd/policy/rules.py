@@ -63,7 +63,7 @@ from typing import Any, Final
 
 import yaml
 
-from authd.authz.model import CheckContext, Decision, Identities, Reason
+from authd.check.model import CheckContext, Decision, Identities, Reason
 from authd.policy.base import InputDocument, PolicyError
 from ca.errors import InvalidSpiffeId
 from ca.spiffe_id import SpiffeId

@@ -1,8 +1,8 @@
 """Unix workload attestation: a caller's selectors, from what the kernel says about it.
 
-A caller on the Workload API or SDS socket is known by its connection's SO_PEERCRED (pid, uid,
-gid and the pid's start time, recorded by :mod:`authd.peercred`) and by what ``/proc/<pid>``
-says about that process; never by anything it sends. :func:`attest` turns these into
+A caller on the Workload API or SDS socket is known by its connection's SO_PEERCRED (pid,
+uid, gid and the pid's start time, recorded by :mod:`authd.transport.peercred`) and by what
+``/proc/<pid>`` says about that process; never by anything it sends. :func:`attest` turns these into
 ``unix`` selectors with the keys of SPIRE's unix workload attestor: ``uid``, ``user``,
 ``gid``, ``group``, ``supplementary_gid``, ``supplementary_group``, ``path``, ``sha256``.
 
@@ -50,7 +50,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
-from authd.peercred import PeerCredentials, read_process_stat
+from authd.transport.peercred import PeerCredentials, read_process_stat
 from ca.store import Selector
 
 __all__ = [

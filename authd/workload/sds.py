@@ -59,7 +59,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 from google.protobuf import any_pb2
 
-from authd.peercred import PeerCredentials, PeerCredGateway
+from authd.transport.peercred import PeerCredentials, PeerCredGateway
 from authd.workload.attestation import AttestationError
 from authd.workload.change_signal import ChangeSignal
 from authd.workload.svids import SvidProvider, WorkloadX509Svid
@@ -67,7 +67,7 @@ from ca.bundle import TrustBundle
 from ca.certificate_authority import CertificateAuthority
 from ca.errors import InvalidSpiffeId
 from ca.revocation import crl_pem
-from ca.revocation_list import RevocationList
+from ca.revoker import RevocationList
 from ca.spiffe_id import SpiffeId
 from ca.store import RegistrationEntry, Selector
 

@@ -18,13 +18,13 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from authd.api.spiffe.workload import workload_pb2_grpc
-from authd.peercred import PeerCredGateway
+from authd.transport.peercred import PeerCredGateway
 from authd.workload.attestation import attest
 from authd.workload.sds import SecretDiscoveryService
 from authd.workload.svids import SvidProvider
 from authd.workload.workload_api import WorkloadApiService
 from ca.certificate_authority import CertificateAuthority
-from ca.revocation_list import RevocationList
+from ca.revoker import RevocationList
 
 log = logging.getLogger(__name__)
 

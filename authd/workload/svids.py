@@ -25,7 +25,7 @@ from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
 from ca.jwtsvid import JwtSvid
 from ca.keys import KeyType, PrivateKey
-from ca.revocation_list import RevocationList
+from ca.revoker import RevocationList
 from ca.spiffe_id import SpiffeId
 from ca.store import RegistrationEntry, Selector
 

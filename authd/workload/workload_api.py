@@ -31,7 +31,7 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 
 from authd.api.spiffe.workload import workload_pb2, workload_pb2_grpc
-from authd.peercred import PeerCredentials, PeerCredGateway
+from authd.transport.peercred import PeerCredentials, PeerCredGateway
 from authd.workload.svids import SvidProvider
 from ca.bundle import TrustBundle
 from ca.certificate_authority import CertificateAuthority

@@ -485,10 +485,10 @@ def _client_for(url: str) -> tuple[_Client, list[redis.Redis], float | None]:
         sentinel_options["retry"] = Retry(NoBackoff(), 0)
         if tls:
             options["ssl"] = sentinel_options["ssl"] = True
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             _addresses(hosts, _SENTINEL_PORT), sentinel_kwargs=sentinel_options, **options
         )
-        master: redis.Redis = sentinel.master_for(parts[0])  # type: ignore[no-untyped-call]
+        master: redis.Redis = sentinel.master_for(parts[0])  # type: ignore[no-untyped-call,unused-ignore]
         return master, list(sentinel.sentinels), options["socket_timeout"]
     if path.strip("/"):
         raise ValueError("a Cluster URL has no path: a Cluster has only db 0")
@@ -496,7 +496,7 @@ def _client_for(url: str) -> tuple[_Client, list[redis.Redis], float | None]:
         raise ValueError("a Cluster has only db 0")
     retry = options.pop("retry")
     nodes = [
-        ClusterNode(host, port)  # type: ignore[no-untyped-call]
+        ClusterNode(host, port)  # type: ignore[no-untyped-call,unused-ignore]
         for host, port in _addresses(hosts, _REDIS_PORT)
     ]
     cluster = RedisCluster(startup_nodes=nodes, retry=retry, ssl=tls, **options)
@@ -505,7 +505,7 @@ def _client_for(url: str) -> tuple[_Client, list[redis.Redis], float | None]:
 
 def _parse_url(url: str) -> dict[str, Any]:
     """redis-py's reading of a ``redis://``, ``rediss://`` or ``unix://`` URL as client options."""
-    options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+    options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call,unused-ignore]
     return options
 
 
@@ -691,7 +691,7 @@ class RedisStore(Store):
             for attempt in range(_MAX_ATTEMPTS):
                 with _transaction_pipeline(client) as pipe:
                     try:
-                        pipe.watch(*watched)  # type: ignore[no-untyped-call]
+                        pipe.watch(*watched)  # type: ignore[no-untyped-call,unused-ignore]
                         write, result = prepare(pipe)
                         pipe.multi()
                         write(pipe)

@@ -16,7 +16,7 @@ from ca.clock import FakeClock
 from ca.errors import InvalidRequest, InvalidSpiffeId
 from ca.keys import KeyStore
 from ca.revocation import RevocationQuery, RevocationReason
-from ca.revocation_list import RevocationList
+from ca.revoker import RevocationList
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import SQLiteStore
 from ca.x509svid import X509Svid

@@ -38,7 +38,7 @@ from ca.store import (
     open_store,
 )
 from ca.store.redis import Change, ChangeFeedGap, redact_url
-from tests.redis_server import RedisServer, free_port
+from tests.support.redis_server import RedisServer, free_port
 
 OpenReplica = Callable[[], RedisStore]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.envoy.harness import EchoUpstream, short_tmpdir
+from tests.support.envoy import EchoUpstream, short_tmpdir
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.envoy.harness import (
+from tests.support.envoy import (
     ENVOY_BINARY,
     HOST,
     TRUST_DOMAIN,
@@ -51,7 +51,7 @@ from tests.envoy.harness import (
     start_authd,
     wait_for,
 )
-from tests.envoy.test_sds_rotation import (
+from tests.support.sidecars import (
     NOBODY,
     ServiceUser,
     leaf_hash,

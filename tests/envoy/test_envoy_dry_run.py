@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.envoy.harness import (
+from tests.support.envoy import (
     ADMIN,
     HOST,
     WEB,

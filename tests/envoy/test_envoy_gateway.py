@@ -1,7 +1,8 @@
 """The front door: deploy/envoy/gateway-{grpc,http}.yaml with a real Envoy and a real authd.
 
-Every test runs against both ext_authz modes unless the feature exists in one only. The
-client speaks plaintext HTTP/1.1 to the gateway; the echo upstream reports what got through.
+Every test runs against both ext_authz modes unless the feature exists in one only, and with
+both of authd's gRPC engines (its own HTTP/2 server, and grpc.aio). The client speaks
+plaintext HTTP/1.1 to the gateway; the echo upstream reports what got through.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.envoy.harness import (
+from tests.support.envoy import (
     ADMIN,
     API_KEY,
     HOST,
@@ -64,11 +65,16 @@ def gateway_config(
     return render(f"gateway-{mode}.yaml", **(values | overrides))
 
 
-@pytest.fixture(scope="module")
-def authd(tmp: Path) -> Iterator[Authd]:
-    config = authd_config(extra='jwt_svid_audiences = ["gateway"]\napi_keys_file = "api-keys.toml"')
+@pytest.fixture(scope="module", params=["native", "grpcio"])
+def authd(request: pytest.FixtureRequest, tmp: Path) -> Iterator[Authd]:
+    engine = request.param
+    config = authd_config(
+        extra=f'grpc_engine = "{engine}"\n'
+        'jwt_svid_audiences = ["gateway"]\napi_keys_file = "api-keys.toml"'
+    )
     files = {"policy.yaml": policy_yaml("gateway"), "api-keys.toml": api_keys_toml()}
-    daemon = start_authd(tmp / "d", config, files=files)
+    daemon = start_authd(tmp / f"d-{engine}", config, files=files)
+    daemon.engine = engine
     yield daemon
     daemon.stop()
 
@@ -96,10 +102,9 @@ def gateway(
     request: pytest.FixtureRequest, authd: Authd, upstream: EchoUpstream, tmp: Path
 ) -> Iterator[Gateway]:
     mode = request.param
-    access_log = tmp / f"gateway-{mode}.access.log"
-    envoy = start_envoy(
-        gateway_config(mode, authd, upstream, access_log), tmp, name=f"gateway-{mode}"
-    )
+    name = f"gateway-{mode}-{authd.engine}"
+    access_log = tmp / f"{name}.access.log"
+    envoy = start_envoy(gateway_config(mode, authd, upstream, access_log), tmp, name=name)
     yield Gateway(mode, envoy, envoy.listener_port("gateway"), access_log)
     envoy.stop()
 
@@ -264,7 +269,7 @@ def test_authd_unreachable_fails_closed_with_503(
 ) -> None:
     dead_port = free_port()  # nothing listens there
     config = gateway_config(gateway.mode, authd, upstream, tmp / "outage.log", AUTHZ_PORT=dead_port)
-    envoy = start_envoy(config, tmp, name=f"outage-{gateway.mode}")
+    envoy = start_envoy(config, tmp, name=f"outage-{gateway.mode}-{authd.engine}")
     try:
         reached = len(upstream.seen)
         reply = request(envoy.listener_port("gateway"), "/public/logo.png")
@@ -279,9 +284,14 @@ def test_grpc_context_extensions_select_rule_set_and_jwt_audience(
 ) -> None:
     """``policy`` and ``audience`` per route (gRPC only: HTTP mode cannot carry them)."""
     config = gateway_config(
-        "grpc", authd, upstream, tmp / "orders-route.log", POLICY="orders", JWT_AUDIENCE="orders"
+        "grpc",
+        authd,
+        upstream,
+        tmp / f"orders-route-{authd.engine}.log",
+        POLICY="orders",
+        JWT_AUDIENCE="orders",
     )
-    envoy = start_envoy(config, tmp, name="orders-route")
+    envoy = start_envoy(config, tmp, name=f"orders-route-{authd.engine}")
     try:
         port = envoy.listener_port("gateway")
         allowed = request(port, "/orders/42", headers=bearer(tokens["web@orders"]))
@@ -295,3 +305,7 @@ def test_grpc_context_extensions_select_rule_set_and_jwt_audience(
         assert wrong_audience.status == 401
     finally:
         envoy.stop()
+
+
+def test_the_configured_grpc_engine_serves(authd: Authd) -> None:
+    assert f"({authd.engine} engine)" in authd.stderr_path.read_text()

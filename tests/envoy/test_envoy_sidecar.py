@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.envoy.harness import (
+from tests.support.envoy import (
     ADMIN,
     HOST,
     INTRUDER,

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.envoy.harness import (
+from tests.support.envoy import (
     ADMIN,
     HOST,
     WEB,
@@ -38,7 +38,7 @@ from tests.envoy.harness import (
     start_envoy,
     wait_for,
 )
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 MAX_STALENESS = 3  # seconds; store.max_staleness of every replica
 PROPAGATION_LIMIT = 1.0  # seconds from `authd revoke` returning to N consecutive denials

@@ -1,0 +1,156 @@
+"""Assembling the decision point from the config: resolver, policy, pipeline, listeners.
+
+``build_authorizer`` is shared by ``authd run`` and the offline ``authd policy check``, so
+both decide with exactly the same pieces.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from authd.authz.api_keys import ApiKeyStore
+from authd.authz.decision_log import DecisionLog
+from authd.authz.identity import (
+    IdentityResolver,
+    IdentitySettings,
+    IssuerSettings,
+    never_revoked,
+)
+from authd.authz.metrics import AuthzMetrics
+from authd.authz.pipeline import Authorizer, AuthzSettings
+from authd.config.settings import Config
+from authd.policy.base import Policy, PolicyError
+from ca.bundle import TrustBundle
+from ca.clock import Clock
+from ca.revocation import RevocationQuery
+from ca.spiffe_id import TrustDomain
+
+log = logging.getLogger(__name__)
+
+# With no policy file, a workload of our own trust domain that proves who it is may call;
+# anyone else is denied. Zero trust's baseline: authenticated, then authorized.
+DEFAULT_RULES = """\
+version: 1
+rule_sets:
+  default:
+    rules:
+      - name: same-trust-domain
+        effect: allow
+        callers: ["spiffe://{trust_domain}/*"]
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySource:
+    """How to (re)load the configured policy, and which files to watch for changes."""
+
+    load: Callable[[], Policy]
+    files: tuple[Path, ...]
+
+
+def policy_source(config: Config) -> PolicySource:
+    authz = config.authz
+    if authz.policy_engine == "rego":
+        from authd.policy.rego import RegoPolicy
+
+        files = tuple(config.resolve_path(f) for f in authz.rego_files)
+        return PolicySource(
+            lambda: RegoPolicy.load(
+                list(files),
+                entrypoint=authz.rego_entrypoint,
+                decision_cache=authz.rego_decision_cache,
+            ),
+            files,
+        )
+    if authz.policy_engine == "opa":
+        from authd.policy.opa import OpaPolicy
+
+        policy = OpaPolicy(
+            url=authz.opa_url, path=authz.opa_path, timeout=authz.opa_timeout_ms / 1000
+        )
+        return PolicySource(lambda: policy, ())
+    from authd.policy.rules import RulesPolicy, load_rules_policy
+
+    if authz.policy_file:
+        path = config.resolve_path(authz.policy_file)
+        return PolicySource(lambda: load_rules_policy(path), (path,))
+    text = DEFAULT_RULES.format(trust_domain=config.trust_domain)
+    return PolicySource(lambda: RulesPolicy.from_text(text, "<default policy>"), ())
+
+
+def identity_settings(config: Config) -> IdentitySettings:
+    authz = config.authz
+    return IdentitySettings(
+        jwt_svid_header=authz.jwt_svid_header,
+        jwt_svid_audiences=authz.jwt_svid_audiences,
+        issuers=tuple(
+            IssuerSettings(
+                name=i.name,
+                issuer=i.issuer,
+                jwks_uri=i.jwks_uri,
+                audiences=i.audiences,
+                algorithms=i.algorithms,
+                header=i.header,
+                leeway=i.leeway,
+            )
+            for i in authz.issuers
+        ),
+        api_key_header=authz.api_key_header,
+        trust_principal_without_certificate=authz.trust_principal_without_certificate,
+    )
+
+
+def authz_settings(config: Config) -> AuthzSettings:
+    authz = config.authz
+    return AuthzSettings(
+        caller_header=authz.caller_header,
+        subject_header=authz.subject_header,
+        decision_id_header=authz.decision_id_header,
+        remove_headers=authz.remove_headers,
+        dry_run=authz.dry_run,
+    )
+
+
+def build_resolver(
+    config: Config,
+    *,
+    bundle: Callable[[], TrustBundle],
+    clock: Clock,
+    is_revoked: Callable[[RevocationQuery], bool] = never_revoked,
+) -> IdentityResolver:
+    api_keys = None
+    if config.authz.api_keys_file:
+        try:
+            api_keys = ApiKeyStore.load(config.resolve_path(config.authz.api_keys_file))
+        except (OSError, ValueError) as exc:
+            raise PolicyError(f"authz.api_keys_file: {exc}") from None
+    return IdentityResolver(
+        trust_domain=TrustDomain.parse(config.trust_domain),
+        bundle=bundle,
+        clock=clock,
+        settings=identity_settings(config),
+        api_keys=api_keys,
+        is_revoked=is_revoked,
+    )
+
+
+def build_authorizer(
+    config: Config,
+    *,
+    resolver: IdentityResolver,
+    policy: Callable[[], Policy],
+    metrics: AuthzMetrics | None = None,
+    decision_log: DecisionLog | None = None,
+    fresh: Callable[[], bool] = lambda: True,
+) -> Authorizer:
+    return Authorizer(
+        fresh=fresh,
+        resolver=resolver,
+        policy=policy,
+        settings=authz_settings(config),
+        decision_log=decision_log,
+        metrics=metrics,
+    )

@@ -1,0 +1,163 @@
+"""The values that flow through a check: the question, the verified identities, the answer.
+
+``CheckContext`` is transport-neutral: the gRPC adapter builds it from a CheckRequest, the
+HTTP-service adapter from Envoy's HTTP request; everything after that sees only this.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+from urllib.parse import parse_qs
+
+from ca.spiffe_id import SpiffeId
+
+_EMPTY: Mapping[str, str] = {}
+
+
+class CheckContext:
+    """One authorization question: the request Envoy is about to let through, or not."""
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        host: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes = b"",
+        truncated_body: bool = False,
+        source_principal: str = "",
+        source_certificate: str = "",
+        source_address: str = "",
+        context_extensions: Mapping[str, str] = _EMPTY,
+        protocol: str = "",
+        scheme: str = "",
+        request_id: str = "",
+        transport: str = "grpc",
+        check_request: Any = None,
+    ) -> None:
+        self.method = method
+        self.host = host
+        # As Envoy gives it: undecoded, with the query string.
+        self.path = path
+        # Lower-case names (Envoy sends them lower-case over both transports).
+        self.headers = headers
+        self.body = body
+        self.truncated_body = truncated_body
+        # Set by Envoy from the downstream connection, never taken from a request header
+        # the client could write (see the HTTP adapter for how that is guaranteed there).
+        self.source_principal = source_principal
+        # URL-encoded PEM of the peer certificate (Envoy's include_peer_certificate).
+        self.source_certificate = source_certificate
+        self.source_address = source_address
+        self.context_extensions = context_extensions
+        self.protocol = protocol
+        self.scheme = scheme
+        self.request_id = request_id
+        self.transport = transport  # "grpc" or "http"
+        # The raw envoy.service.auth.v3.CheckRequest when the check came over gRPC.
+        self.check_request = check_request
+
+    @cached_property
+    def path_only(self) -> str:
+        """The path without query string or fragment."""
+        return self.path.split("?", 1)[0].split("#", 1)[0]
+
+    @cached_property
+    def query(self) -> dict[str, list[str]]:
+        _, _, query = self.path.partition("?")
+        return parse_qs(query.split("#", 1)[0], keep_blank_values=True)
+
+
+@dataclass(frozen=True, slots=True)
+class UserIdentity:
+    """An end user, from a JWT that an external issuer signed and we verified."""
+
+    issuer: str
+    subject: str
+    claims: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialProblem:
+    """A credential that was presented but did not verify: what it was and why."""
+
+    kind: str  # "peer_certificate" | "jwt_svid" | "user_jwt" | "api_key"
+    reason: str  # the verifier's message (safe to log; never the credential itself)
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Identities:
+    """Who is calling, as far as verified credentials tell."""
+
+    peer: SpiffeId | None = None  # the mTLS peer's SPIFFE ID
+    peer_serial: str | None = None  # its certificate serial (lowercase hex), when sent
+    workload: SpiffeId | None = None  # the subject of a verified JWT-SVID
+    workload_token_id: str | None = None  # the JWT-SVID's jti, when present
+    user: UserIdentity | None = None
+    api_key: str | None = None  # the name of the API key that matched
+    problems: tuple[CredentialProblem, ...] = ()
+
+    @property
+    def caller(self) -> SpiffeId | None:
+        """The calling workload: the JWT-SVID's subject if one was sent, else the mTLS peer."""
+        return self.workload or self.peer
+
+    @property
+    def authenticated(self) -> bool:
+        return bool(self.peer or self.workload or self.user or self.api_key)
+
+
+class Reason(enum.StrEnum):
+    """Why a check was decided as it was: the reason code in logs, metrics and deny bodies."""
+
+    ALLOWED = "allowed"
+    DENIED_BY_RULE = "denied_by_rule"
+    NO_MATCHING_RULE = "no_matching_rule"
+    POLICY_DENIED = "policy_denied"  # Rego/OPA said no
+    MISSING_CREDENTIALS = "missing_credentials"
+    INVALID_CREDENTIALS = "invalid_credentials"
+    REVOKED = "revoked"
+    STALE = "revocations_stale"  # this replica lost the shared store too long ago
+
+
+@dataclass(slots=True)
+class Decision:
+    """The policy's answer, in the vocabulary of OPA-Envoy results.
+
+    On allow, ``headers`` go to the upstream request; on deny, to the client's response.
+    ``http_status`` 0 means the default: 200 on allow, 401 or 403 on deny (see Reason).
+    """
+
+    allowed: bool
+    reason: Reason
+    rule: str = ""  # the rule (or policy entrypoint) that decided
+    http_status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    response_headers_to_add: dict[str, str] = field(default_factory=dict)
+    request_headers_to_remove: list[str] = field(default_factory=list)
+    query_parameters_to_set: dict[str, str] = field(default_factory=dict)
+    query_parameters_to_remove: list[str] = field(default_factory=list)
+    body: str = ""
+    dynamic_metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A decided check: what the adapters answer and what the decision log records."""
+
+    decision: Decision
+    identities: Identities
+    decision_id: str
+    status: int  # the HTTP status the client sees on deny (200 on allow)
+    allowed: bool  # what Envoy is told (dry-run turns a deny into an allow)
+    upstream_headers: dict[str, str] = field(default_factory=dict)
+    remove_headers: list[str] = field(default_factory=list)
+    deny_headers: dict[str, str] = field(default_factory=dict)
+    deny_body: str = ""
+    dynamic_metadata: dict[str, Any] = field(default_factory=dict)

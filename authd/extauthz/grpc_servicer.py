@@ -1,0 +1,154 @@
+"""ext_authz over gRPC: envoy.service.auth.v3.Authorization/Check as a thin adapter.
+
+CheckRequest → CheckContext → Authorizer → CheckResponse. A failure inside the handler never
+looks like a deny: it is logged with its traceback, counted, and answered as a gRPC error so
+Envoy's ``status_on_error`` / ``failure_mode_allow`` decide.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from authd.authz.metrics import AuthzMetrics
+from authd.authz.pipeline import UNAUTHENTICATED, Authorizer
+from authd.check.model import CheckContext, Outcome
+
+log = logging.getLogger(__name__)
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_OK = status_pb2.Status(code=code_pb2.OK)
+_DENIED = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
+_UNAUTHENTICATED = status_pb2.Status(code=code_pb2.UNAUTHENTICATED)
+
+
+def context_from_check_request(request: Any) -> CheckContext:
+    attributes = request.attributes
+    http = attributes.request.http
+    source = attributes.source
+    address = source.address.socket_address
+    headers: Any = http.headers
+    if not headers and http.HasField("header_map"):
+        headers = {
+            h.key: h.value or h.raw_value.decode("utf-8", "replace")
+            for h in http.header_map.headers
+        }
+    body = http.raw_body or http.body.encode("utf-8")
+    return CheckContext(
+        method=http.method,
+        host=http.host,
+        path=http.path,
+        headers=headers,
+        body=body,
+        truncated_body=headers.get("x-envoy-auth-partial-body") == "true",
+        source_principal=source.principal,
+        source_certificate=source.certificate,
+        source_address=f"{address.address}:{address.port_value}" if address.address else "",
+        context_extensions=attributes.context_extensions,
+        protocol=http.protocol,
+        scheme=http.scheme,
+        request_id=http.id,
+        transport="grpc",
+        check_request=request,
+    )
+
+
+_HEADER_CACHE_SIZE = 1024
+# Header options seen recently (the caller's SPIFFE ID, say), built once: a message is copied
+# into the response, so sharing one is safe. Unique values (decision ids) are not kept.
+_header_options: dict[tuple[str, str], base_pb2.HeaderValueOption] = {}
+
+
+def _header_option(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE
+    )
+
+
+def _headers(headers: dict[str, str], unique: str = "") -> list[base_pb2.HeaderValueOption]:
+    options = []
+    for key, value in headers.items():
+        if value == unique:
+            options.append(_header_option(key, value))
+            continue
+        option = _header_options.get((key, value))
+        if option is None:
+            if len(_header_options) >= _HEADER_CACHE_SIZE:
+                _header_options.clear()
+            option = _header_options[(key, value)] = _header_option(key, value)
+        options.append(option)
+    return options
+
+
+def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    """``values`` as a Struct; strings are set directly (Struct.update is slower)."""
+    struct = struct_pb2.Struct()
+    fields = struct.fields
+    rest = {}
+    for key, value in values.items():
+        if type(value) is str:
+            fields[key].string_value = value
+        else:
+            rest[key] = value
+    if rest:
+        struct.update(rest)
+    return struct
+
+
+def check_response(outcome: Outcome) -> external_auth_pb2.CheckResponse:
+    metadata = _struct(outcome.dynamic_metadata)
+    decision = outcome.decision
+    if outcome.allowed:
+        ok = external_auth_pb2.OkHttpResponse(
+            headers=_headers(outcome.upstream_headers, outcome.decision_id),
+            headers_to_remove=outcome.remove_headers,
+        )
+        if decision.response_headers_to_add:
+            ok.response_headers_to_add.extend(_headers(decision.response_headers_to_add))
+        if decision.query_parameters_to_set:
+            ok.query_parameters_to_set.extend(
+                base_pb2.QueryParameter(key=k, value=v)
+                for k, v in decision.query_parameters_to_set.items()
+            )
+        if decision.query_parameters_to_remove:
+            ok.query_parameters_to_remove.extend(decision.query_parameters_to_remove)
+        return external_auth_pb2.CheckResponse(
+            status=_OK, ok_response=ok, dynamic_metadata=metadata
+        )
+    return external_auth_pb2.CheckResponse(
+        status=_UNAUTHENTICATED if outcome.status == UNAUTHENTICATED else _DENIED,
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=outcome.status),
+            headers=_headers(outcome.deny_headers, outcome.decision_id),
+            body=outcome.deny_body,
+        ),
+        dynamic_metadata=metadata,
+    )
+
+
+class ExtAuthzService(external_auth_pb2_grpc.AuthorizationServicer):
+    def __init__(self, authorizer: Authorizer, metrics: AuthzMetrics | None = None) -> None:
+        self._authorizer = authorizer
+        self._metrics = metrics
+
+    async def Check(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> external_auth_pb2.CheckResponse:
+        try:
+            outcome = await self._authorizer.check(context_from_check_request(request))
+            return check_response(outcome)
+        except Exception as exc:
+            log.exception("ext_authz check failed")
+            if self._metrics is not None:
+                self._metrics.error("grpc")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"authd could not decide: {type(exc).__name__}"
+            )
+            raise
