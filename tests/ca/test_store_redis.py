@@ -240,12 +240,13 @@ def test_change_feed_delivers_revocation_adds_and_removes_in_order(
     open_replica: OpenReplica,
 ) -> None:
     writer, reader = open_replica(), open_replica()
-    start = reader.change_feed().latest_change_id()
+    feed = reader.change_feed()
+    start = feed.latest_change_id()
 
     writer.add_revocation(revocation("01"))
     writer.add_revocation(revocation(WEB, target_kind="spiffe_id"))
     writer.remove_revocation("serial", "01")
-    last, changes = reader.change_feed().changes_since(start)
+    last, changes = feed.changes_since(start)
 
     assert events(changes) == [
         ("revocation", "add", "serial:01"),
@@ -254,13 +255,14 @@ def test_change_feed_delivers_revocation_adds_and_removes_in_order(
     ]
     ids = [c["id"] for c in changes]
     assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
-    assert last == ids[-1] == reader.change_feed().latest_change_id()
-    assert reader.change_feed().changes_since(last) == (last, [])
+    assert last == ids[-1] == feed.latest_change_id()
+    assert feed.changes_since(last) == (last, [])
 
 
 def test_change_feed_records_entry_and_authority_changes(open_replica: OpenReplica) -> None:
     store = open_replica()
-    start = store.change_feed().latest_change_id()
+    feed = store.change_feed()
+    start = feed.latest_change_id()
 
     created = store.create_entry(entry("e1"))
     store.update_entry(dataclasses.replace(created, hint="x"), expected_revision=0)
@@ -268,7 +270,7 @@ def test_change_feed_records_entry_and_authority_changes(open_replica: OpenRepli
     store.save_authorities([authority("a1")])
     store.save_authorities([authority("a1", state="retired"), authority("a2")])
     store.delete_authority("a1")
-    _, changes = store.change_feed().changes_since(start)
+    _, changes = feed.changes_since(start)
 
     assert events(changes) == [
         ("entry", "add", "e1"),
@@ -283,10 +285,11 @@ def test_change_feed_records_entry_and_authority_changes(open_replica: OpenRepli
 
 def test_refused_writes_add_no_change(open_replica: OpenReplica) -> None:
     store = open_replica()
+    feed = store.change_feed()
     created = store.create_entry(entry("e1"))
     store.add_revocation(revocation("01"))
     store.save_authorities([authority("a1")])
-    start = store.change_feed().latest_change_id()
+    start = feed.latest_change_id()
 
     with pytest.raises(AlreadyExists):
         store.add_revocation(revocation("01"))
@@ -303,19 +306,20 @@ def test_refused_writes_add_no_change(open_replica: OpenReplica) -> None:
     with pytest.raises(NotFound):
         store.delete_authority("a9")
 
-    assert store.change_feed().changes_since(start) == (start, [])
-    assert store.change_feed().latest_change_id() == start
+    assert feed.changes_since(start) == (start, [])
+    assert feed.latest_change_id() == start
 
 
 def test_changes_since_waits_for_the_next_change(open_replica: OpenReplica) -> None:
     writer, reader = open_replica(), open_replica()
-    start = reader.change_feed().latest_change_id()
+    feed = reader.change_feed()
+    start = feed.latest_change_id()
     timer = threading.Timer(0.3, writer.add_revocation, args=(revocation("01"),))
 
     began = time.monotonic()
     timer.start()
     try:
-        last, changes = reader.change_feed().changes_since(start, block_ms=10_000)
+        last, changes = feed.changes_since(start, block_ms=10_000)
     finally:
         timer.join(timeout=5)
     waited = time.monotonic() - began
@@ -327,20 +331,22 @@ def test_changes_since_waits_for_the_next_change(open_replica: OpenReplica) -> N
 
 def test_changes_since_returns_nothing_when_block_ms_passes(open_replica: OpenReplica) -> None:
     store = open_replica()
+    feed = store.change_feed()
     store.add_revocation(revocation("01"))
-    last = store.change_feed().latest_change_id()
+    last = feed.latest_change_id()
 
     began = time.monotonic()
-    assert store.change_feed().changes_since(last, block_ms=400) == (last, [])
+    assert feed.changes_since(last, block_ms=400) == (last, [])
     assert 0.35 <= time.monotonic() - began < 3
 
 
 def test_a_wait_longer_than_the_socket_timeout_is_not_an_error(redis_url: str) -> None:
     with RedisStore(f"{redis_url}?socket_timeout=0.3", key_prefix=fresh_prefix()) as store:
-        last = store.change_feed().latest_change_id()
+        feed = store.change_feed()
+        last = feed.latest_change_id()
         began = time.monotonic()
 
-        assert store.change_feed().changes_since(last, block_ms=1_000) == (last, [])
+        assert feed.changes_since(last, block_ms=1_000) == (last, [])
         assert 0.95 <= time.monotonic() - began < 4
 
 
@@ -348,53 +354,54 @@ def test_changes_since_without_a_wait_returns_at_once_and_checks_its_arguments(
     open_replica: OpenReplica,
 ) -> None:
     store = open_replica()
+    feed = store.change_feed()
 
-    assert store.change_feed().latest_change_id() == "0-0"
-    assert store.change_feed().changes_since("0-0") == ("0-0", [])
-    assert store.change_feed().changes_since("0") == ("0", [])
+    assert feed.latest_change_id() == "0-0"
+    assert feed.changes_since("0-0") == ("0-0", [])
+    assert feed.changes_since("0") == ("0", [])
     with pytest.raises(ValueError, match="not a stream entry id"):
-        store.change_feed().changes_since("latest")
+        feed.changes_since("latest")
     with pytest.raises(ValueError, match="block_ms"):
-        store.change_feed().changes_since("0-0", block_ms=0)
+        feed.changes_since("0-0", block_ms=0)
 
 
 def test_changes_since_reports_changes_trimmed_away(redis_server: RedisServer) -> None:
     prefix = fresh_prefix()
     with RedisStore(redis_server.url, key_prefix=prefix) as store:
+        feed = store.change_feed()
         ids = []
         for n in range(5):
             store.add_revocation(revocation(f"0{n}"))
-            ids.append(store.change_feed().latest_change_id())
+            ids.append(feed.latest_change_id())
         # What CHANGES_MAXLEN does to a feed that outgrew it, on a scale a test can afford.
         redis_server.client().xtrim(tagged(prefix) + "changes", maxlen=2, approximate=False)
 
         with pytest.raises(ChangeFeedGap, match="no longer in the feed: rebuild the view"):
-            store.change_feed().changes_since(ids[0])
+            feed.changes_since(ids[0])
         with pytest.raises(ChangeFeedGap):
-            store.change_feed().changes_since("0-0")
-        last, changes = store.change_feed().changes_since(ids[3])
+            feed.changes_since("0-0")
+        last, changes = feed.changes_since(ids[3])
         assert events(changes) == [("revocation", "add", "serial:04")]
-        assert store.change_feed().changes_since(last) == (last, [])
+        assert feed.changes_since(last) == (last, [])
 
 
 def test_changes_since_reports_a_reset_feed(redis_server: RedisServer) -> None:
     prefix = fresh_prefix()
     with RedisStore(redis_server.url, key_prefix=prefix) as store:
+        feed = store.change_feed()
         store.add_revocation(revocation("01"))
-        seen = store.change_feed().latest_change_id()
+        seen = feed.latest_change_id()
         redis_server.client().delete(tagged(prefix) + "changes")
 
         with pytest.raises(ChangeFeedGap, match="gone"):
-            store.change_feed().changes_since(seen)
+            feed.changes_since(seen)
 
         store.add_revocation(revocation("02"))  # a new feed, whose ids all follow `seen`
         with pytest.raises(ChangeFeedGap, match="no longer in the feed"):
-            store.change_feed().changes_since(seen)
+            feed.changes_since(seen)
         with pytest.raises(ChangeFeedGap, match="newer than the feed's newest"):
-            store.change_feed().changes_since("99999999999999-0")
-        assert events(store.change_feed().changes_since("0-0")[1]) == [
-            ("revocation", "add", "serial:02")
-        ]
+            feed.changes_since("99999999999999-0")
+        assert events(feed.changes_since("0-0")[1]) == [("revocation", "add", "serial:02")]
 
 
 # -- a server that stops, freezes or refuses ---------------------------------------------
@@ -404,9 +411,10 @@ def test_a_stopped_server_fails_calls_and_a_restarted_one_serves_the_same_data(
     private_server: RedisServer,
 ) -> None:
     store = RedisStore(private_server.url)
+    feed = store.change_feed()
     created = store.create_entry(entry("e1"))
     store.add_revocation(revocation("01"))
-    feed_position = store.change_feed().latest_change_id()
+    feed_position = feed.latest_change_id()
 
     private_server.stop()
     began = time.monotonic()
@@ -421,7 +429,7 @@ def test_a_stopped_server_fails_calls_and_a_restarted_one_serves_the_same_data(
     private_server.start()  # the same port; the append-only file brings the data back
     assert store.get_entry("e1") == created
     assert store.list_revocations() == [revocation("01")]
-    assert store.change_feed().latest_change_id() == feed_position
+    assert feed.latest_change_id() == feed_position
     store.add_revocation(revocation("02"))
     assert [r.target for r in RedisStore(private_server.url).list_revocations()] == ["01", "02"]
     store.close()
@@ -696,7 +704,8 @@ def test_fields_of_the_wrong_type_are_refused_before_anything_is_written(
     open_replica: OpenReplica,
 ) -> None:
     store = open_replica()
-    start = store.change_feed().latest_change_id()
+    feed = store.change_feed()
+    start = feed.latest_change_id()
 
     with pytest.raises(StoreError, match="x509_svid_ttl must be a 64-bit integer, not '1h'"):
         store.create_entry(entry("e1", x509_svid_ttl="1h"))
@@ -715,7 +724,7 @@ def test_fields_of_the_wrong_type_are_refused_before_anything_is_written(
     assert store.list_revocations() == []
     assert store.list_issuances() == []
     assert store.list_authorities() == []
-    assert store.change_feed().changes_since(start) == (start, [])
+    assert feed.changes_since(start) == (start, [])
 
 
 def test_a_batch_repeating_a_serial_records_nothing(open_replica: OpenReplica) -> None:
