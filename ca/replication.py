@@ -1,4 +1,4 @@
-"""Keeping one replica's in-memory state in step with the shared store (Redis).
+"""Keeping one replica's in-memory state in step with a shared store, through its ``ChangeFeed``.
 
 Every replica reads the store's change feed in a thread: a revocation made on any replica
 reaches this one's ``RevocationView`` within the feed's blocking read (no polling delay),
@@ -17,8 +17,7 @@ from collections.abc import Callable
 
 from ca.clock import Clock
 from ca.revoker import RevocationList
-from ca.store import StoreError
-from ca.store.redis import ChangeFeed, ChangeFeedGap
+from ca.store import ChangeFeed, ChangeFeedGap, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ from ca.keys import KeyStore, KeyType
 from ca.replication import ReplicaFollower
 from ca.revoker import RevocationList
 from ca.spiffe_id import SpiffeId, TrustDomain
-from ca.store import RedisStore, Store, open_store
+from ca.store import Store, open_store
 
 log = logging.getLogger("authd")
 
@@ -138,7 +138,8 @@ class Daemon:
         self._store = open_store(config.store_url, data_dir=data_dir)
         # With a shared store, note where its change feed stands before loading anything, so
         # the follower replays whatever changes while we load.
-        start_from = self._store.latest_change_id() if isinstance(self._store, RedisStore) else None
+        feed = self._store.change_feed()
+        start_from = feed.latest_change_id() if feed is not None else None
         self._ca = CertificateAuthority(
             trust_domain=TrustDomain.parse(config.trust_domain),
             store=self._store,
@@ -157,9 +158,9 @@ class Daemon:
             crl_refresh=config.ca.crl_refresh,
             notify=loop.call_soon_threadsafe,
         )
-        if isinstance(self._store, RedisStore):
+        if feed is not None:
             self.follower = ReplicaFollower(
-                self._store,
+                feed,
                 self.revocations,
                 self.clock,
                 on_entries=lambda: loop.call_soon_threadsafe(self.entry_registry.reload),

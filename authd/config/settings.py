@@ -22,7 +22,7 @@ from cryptography import x509
 from authd.transport.limits import ListenerLimits
 from ca.errors import InvalidSpiffeId
 from ca.spiffe_id import SpiffeId
-from ca.store.redis import REDIS_URL_SCHEMES, redact_url
+from ca.store.urls import REDIS_URL_SCHEMES, redact_url
 
 __all__ = [
     "ENV_CONFIG_PATH",

@@ -1,4 +1,8 @@
-"""Persistent CA state behind one interface (``Store``): SQLite embedded, Redis shared."""
+"""Persistent CA state behind one interface (``Store``): SQLite embedded, Redis shared.
+
+A shared store also offers a ``ChangeFeed`` (``Store.change_feed()``), which replicas follow;
+``ca.store.urls`` reads store URLs without opening anything.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,9 @@ from pathlib import Path
 
 from ca.store.base import (
     AlreadyExists,
+    Change,
+    ChangeFeed,
+    ChangeFeedGap,
     Conflict,
     CorruptRecord,
     NotFound,
@@ -23,14 +30,18 @@ from ca.store.records import (
     Selector,
     audit_record_hash,
 )
-from ca.store.redis import REDIS_URL_SCHEMES, RedisStore, redact_url
+from ca.store.redis import RedisStore
 from ca.store.sqlite import SQLiteStore
+from ca.store.urls import SQLITE_SCHEME, is_shared, redact_url
 
 __all__ = [
     "AUDIT_GENESIS_HASH",
     "AlreadyExists",
     "AuditRecord",
     "AuthorityRecord",
+    "Change",
+    "ChangeFeed",
+    "ChangeFeedGap",
     "Conflict",
     "CorruptRecord",
     "IssuanceRecord",
@@ -44,7 +55,9 @@ __all__ = [
     "Store",
     "StoreError",
     "audit_record_hash",
+    "is_shared",
     "open_store",
+    "redact_url",
 ]
 
 
@@ -54,14 +67,14 @@ def open_store(url: str, *, data_dir: Path) -> Store:
     ``sqlite:///abs/path.db`` is an absolute path, ``sqlite://name.db`` and a bare relative
     path are relative to ``data_dir``, and a bare absolute path is used as it is. Redis URLs
     (``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``, ``redis+cluster://`` and
-    their TLS forms) open a ``RedisStore``; ``ca.store.redis`` documents each.
+    their TLS forms) open a ``RedisStore``; ``ca.store.redis.client`` documents each.
     """
     scheme, separator, rest = url.partition("://")
     if not separator:
-        scheme, rest = "sqlite", url
-    if scheme in REDIS_URL_SCHEMES:
+        scheme, rest = SQLITE_SCHEME, url
+    if is_shared(url):
         return RedisStore(url)
-    if scheme != "sqlite":
+    if scheme != SQLITE_SCHEME:
         raise StoreError(f"unknown store backend {scheme!r} in store URL {redact_url(url)!r}")
     if not rest:
         raise StoreError(f"store URL {url!r} names no database file")

@@ -1,4 +1,5 @@
-"""The one store interface every backend implements, and the errors it raises.
+"""The one store interface every backend implements, the errors it raises, and the port
+through which replicas sharing a store follow each other's changes (``ChangeFeed``).
 
 Backends are synchronous and safe to share between threads. They keep what they are given and
 nothing more: changing an entry does not append audit, rotating does not revoke; callers do.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, Self, TypedDict
 
 from ca.store.records import (
     AUDIT_GENESIS_HASH,
@@ -48,10 +49,46 @@ class SchemaError(StoreError):
     """The stored data was written by a newer schema than this code knows."""
 
 
+class ChangeFeedGap(StoreError):
+    """Events after the consumer's last id are gone (trimmed, or the feed was reset): the
+    consumer must rebuild its whole view from the store."""
+
+
+class Change(TypedDict):
+    """One change-feed event. ``key`` is the authority_id, the entry_id, or for a
+    revocation ``"<target_kind>:<target>"`` (target kinds never contain a colon)."""
+
+    id: str
+    kind: str  # "revocation" | "entry" | "authority"
+    op: str  # "add" | "remove" | "update"
+    key: str
+
+
+class ChangeFeed(Protocol):
+    """The changes every handle on a shared store makes, in order, for views kept in step.
+
+    To (re)build a view: ``last = latest_change_id()``, then load the view from the store,
+    then apply ``changes_since(last)`` in a loop; events the load already saw replay
+    harmlessly if applying is idempotent. On ``ChangeFeedGap``, rebuild.
+    """
+
+    def latest_change_id(self) -> str:
+        """The id of the newest change: the point a view loaded from the store now is at."""
+        ...
+
+    def changes_since(
+        self, last_id: str, *, block_ms: int | None = None
+    ) -> tuple[str, list[Change]]:
+        """Changes after ``last_id``, oldest first, and the id to ask from next; with
+        ``block_ms``, waits up to that long for a first one. ``ChangeFeedGap`` if some are
+        gone."""
+        ...
+
+
 class Store(abc.ABC):
     """Persistent CA state: authorities, counters, issuances, entries, revocations, audit."""
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -69,6 +106,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def schema_version(self) -> int:
         """The version of the stored schema."""
+
+    def change_feed(self) -> ChangeFeed | None:
+        """The feed of changes made through any handle, for a store several replicas share;
+        None for a store only this process writes (SQLite), where there is nothing to follow."""
+        return None
 
     # -- authorities ---------------------------------------------------------------------
 

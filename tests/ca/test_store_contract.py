@@ -749,6 +749,30 @@ def test_two_handles_on_the_same_storage_see_each_other(open_backend: Opener) ->
     assert values == {1, 2}
 
 
+def test_a_shared_backend_feeds_every_handles_changes_to_the_others(open_backend: Opener) -> None:
+    first, second = open_backend(), open_backend()
+    feed = second.change_feed()
+    if isinstance(second, SQLiteStore):
+        assert feed is None  # one process writes the file: nothing to follow
+        return
+    assert feed is not None
+    start = feed.latest_change_id()
+
+    first.create_entry(entry("e1"))
+    first.add_revocation(revocation("0a"))
+    first.save_authorities([authority("a1")])
+    first.next_sequence("serial")  # counters and audit are not followed
+    first.append_audit(time=1, actor="a", action="x", subject="s", details={})
+
+    last, changes = feed.changes_since(start)
+    assert [(c["kind"], c["op"], c["key"]) for c in changes] == [
+        ("entry", "add", "e1"),
+        ("revocation", "add", "serial:0a"),
+        ("authority", "add", "a1"),
+    ]
+    assert last == changes[-1]["id"] == feed.latest_change_id()
+
+
 # -- SQLite backend specifics ------------------------------------------------------------
 
 
