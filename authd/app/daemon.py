@@ -410,8 +410,7 @@ class Daemon:
             self.ca, self.entry_registry, self.clock, revocations=self.revocations
         )
         endpoint = WorkloadEndpoint(
-            ca=self.ca,
-            provider=self.svids,
+            identities=self.svids,
             socket_path=config.workload_socket_path,
             private_dir=config.data_dir / "private-workload",
             health=self._health,

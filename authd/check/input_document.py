@@ -116,7 +116,8 @@ def _metadata(metadata: Any) -> dict[str, Any]:
     return {"filterMetadata": MessageToDict(metadata)["filterMetadata"]}
 
 
-def _check_request_headers(http: Any) -> dict[str, str] | None:
+def check_request_headers(http: Any) -> dict[str, str] | None:
+    """The request's headers: ``headers``, else ``header_map`` (raw values as UTF-8); or None."""
     if http.headers:
         return dict(http.headers)
     if http.HasField("header_map"):
@@ -137,7 +138,7 @@ _CHECK_REQUEST_HTTP: _Members = {
     "fragment": lambda http: http.fragment or None,
     "protocol": lambda http: http.protocol or None,
     "body": lambda http: http.body or None,
-    "headers": _check_request_headers,
+    "headers": check_request_headers,
     "size": lambda http: str(http.size) if http.size else None,
     "rawBody": lambda http: (
         base64.b64encode(http.raw_body).decode("ascii") if http.raw_body else None

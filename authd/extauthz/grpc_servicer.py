@@ -19,6 +19,7 @@ from google.rpc import code_pb2, status_pb2
 
 from authd.authz.metrics import AuthzMetrics
 from authd.authz.pipeline import UNAUTHENTICATED, Authorizer
+from authd.check.input_document import check_request_headers
 from authd.check.model import CheckContext, Outcome
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,7 @@ def context_from_check_request(request: Any) -> CheckContext:
     http = attributes.request.http
     source = attributes.source
     address = source.address.socket_address
-    headers: Any = http.headers
-    if not headers and http.HasField("header_map"):
-        headers = {
-            h.key: h.value or h.raw_value.decode("utf-8", "replace")
-            for h in http.header_map.headers
-        }
+    headers = check_request_headers(http) or {}
     body = http.raw_body or http.body.encode("utf-8")
     return CheckContext(
         method=http.method,

@@ -59,17 +59,16 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 from google.protobuf import any_pb2
 
+from authd.ports.identity_source import IdentitySource, WorkloadX509Svid
 from authd.transport.peercred import PeerCredentials, PeerCredGateway
-from authd.workload.attestation import AttestationError
+from authd.workload.caller import AttestCredentials, Caller, abort, attested_caller
 from authd.workload.change_signal import ChangeSignal
-from authd.workload.svids import SvidProvider, WorkloadX509Svid
 from ca.bundle import TrustBundle
-from ca.certificate_authority import CertificateAuthority
 from ca.errors import InvalidSpiffeId
 from ca.revocation import crl_pem
 from ca.revoker import RevocationList
 from ca.spiffe_id import SpiffeId
-from ca.store import RegistrationEntry, Selector
+from ca.store import RegistrationEntry
 
 __all__ = [
     "ALL_BUNDLES",
@@ -92,7 +91,6 @@ ROOT_BUNDLE = "ROOTCA"
 ALL_BUNDLES = "ALL"
 SPIFFE_VALIDATOR = "envoy.tls.cert_validator.spiffe"
 
-Attest = Callable[[PeerCredentials], frozenset[Selector]]
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -155,19 +153,28 @@ def _workload_id(name: str) -> SpiffeId | None:
         return None
 
 
+def _is_trusted_ca(name: str, spiffe_id: SpiffeId | None, bundle: TrustBundle) -> bool:
+    return name == ROOT_BUNDLE or spiffe_id == bundle.trust_domain.id
+
+
+def wants_crls(names: Iterable[str], bundle: TrustBundle) -> bool:
+    """Whether any of ``names`` is a trusted-CA validation context (the ones with CRLs)."""
+    return any(_is_trusted_ca(name, _workload_id(name), bundle) for name in names)
+
+
 def requested_secrets(
     names: Iterable[str],
     *,
     entries: Sequence[RegistrationEntry],
     svid_for: Callable[[RegistrationEntry], WorkloadX509Svid],
     bundle: TrustBundle,
-    crls: Callable[[], bytes] | None = None,
+    crls: bytes = b"",
 ) -> list[Any]:
     """The secrets among ``names`` the caller may have, in the order asked, each once.
 
     ``entries`` are the caller's registration entries, oldest first; ``svid_for`` gives an
     entry's current SVID; ``crls`` the current CRLs as PEM, for the trusted-CA contexts
-    (None: no CRL). Raises :class:`NoIdentity` when a certificate is asked for and
+    (empty: no CRL). Raises :class:`NoIdentity` when a certificate is asked for and
     ``entries`` is empty; leaves out every other name it does not know.
     """
     secrets: list[Any] = []
@@ -180,8 +187,8 @@ def requested_secrets(
             raise NoIdentity(f"no registration entry matches the caller, so no {name!r}")
         if name == DEFAULT_SVID:
             secrets.append(tls_certificate_secret(name, svid_for(entries[0])))
-        elif name == ROOT_BUNDLE or spiffe_id == bundle.trust_domain.id:
-            secrets.append(trusted_ca_secret(name, bundle, crls() if crls else b""))
+        elif _is_trusted_ca(name, spiffe_id, bundle):
+            secrets.append(trusted_ca_secret(name, bundle, crls))
         elif name == ALL_BUNDLES:
             secrets.append(spiffe_validator_secret(name, [bundle]))
         elif wants_certificate:
@@ -238,7 +245,7 @@ class SdsStream:
     nacks: int = 0
     stale: int = 0
     responses: int = 0
-    provider_version: int = 0  # the provider version last looked at
+    provider_version: int = 0  # the identity source's version last looked at
     crl_version: int = 0  # the CrlFeed version last looked at
     _nonces: itertools.count[int] = field(default_factory=lambda: itertools.count(1), repr=False)
 
@@ -281,7 +288,8 @@ class CrlFeed:
     thread) and whenever ``RevocationList.crls()`` hands out new CRLs, which it does before
     their nextUpdate; the streams poll for that every ``check_interval`` seconds, a quarter of
     ``crl_refresh`` unless told, so a re-signed CRL reaches Envoy at most three quarters of
-    ``crl_refresh`` after the one it replaces was signed.
+    ``crl_refresh`` after the one it replaces was signed. Building CRLs reads the store and
+    signs, so it runs in a worker thread, never on the loop that serves the streams.
     """
 
     def __init__(self, revocations: RevocationList, *, check_interval: float | None = None) -> None:
@@ -299,27 +307,27 @@ class CrlFeed:
     def version(self) -> int:
         return self._signal.version
 
-    def pem(self) -> bytes:
+    async def pem(self) -> bytes:
         """The current CRLs, concatenated PEM (the last good ones if they cannot be built)."""
         try:
-            crls = self._revocations.crls()
+            crls = await asyncio.to_thread(self._revocations.crls)
+            if crls is not self._pem_of:
+                self._pem_of, self._pem = crls, await asyncio.to_thread(crl_pem, crls)
         except Exception:
             log.exception("SDS: cannot build the CRLs; serving the last ones")
             return self._pem
-        if crls is not self._pem_of:
-            self._pem_of, self._pem = crls, crl_pem(crls)
         self._noticed = crls
         return self._pem
 
     async def wait_for_change(self, version: int) -> int:
         """Return the new version once it differs from ``version`` (on the serving loop)."""
         while not await self._signal.wait(version, self.check_interval):
-            self._poll()
+            await self._poll()
         return self.version
 
-    def _poll(self) -> None:
+    async def _poll(self) -> None:
         try:
-            crls = self._revocations.crls()
+            crls = await asyncio.to_thread(self._revocations.crls)
         except Exception:
             log.exception("SDS: cannot build the CRLs; will retry")
             return
@@ -342,16 +350,14 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
 
     def __init__(
         self,
-        provider: SvidProvider,
-        ca: CertificateAuthority,
+        identities: IdentitySource,
         gateway: PeerCredGateway,
-        attest: Attest,
+        attest: AttestCredentials,
         *,
         revocations: RevocationList | None = None,
         crl_check_interval: float | None = None,
     ) -> None:
-        self._provider = provider
-        self._ca = ca
+        self._identities = identities
         self._gateway = gateway
         self._attest = attest
         self.crls = (
@@ -370,74 +376,57 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         """End every open stream (cleanly, status OK) and refuse new ones."""
         self._closing.set()
 
-    async def _caller(self, context: Context) -> tuple[PeerCredentials, frozenset[Selector]]:
-        creds = self._gateway.peer_credentials(context)
-        if creds is None:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "caller not attested: connect through authd's workload socket",
-            )
+    async def _secrets(self, names: Sequence[str], caller: Caller, context: Context) -> list[Any]:
+        identities, feed = self._identities, self.crls
+        creds = caller.credentials
         try:
-            # Attestation reads /proc and may hash the caller's binary: not on the loop that
-            # also answers ext_authz.
-            selectors = await asyncio.to_thread(self._attest, creds)
-        except AttestationError as exc:
-            log.warning("SDS: cannot attest pid %d (uid %d): %s", creds.pid, creds.uid, exc)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except Exception:
-            log.exception("SDS: attesting pid %d (uid %d) failed", creds.pid, creds.uid)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "attestation failed")
-        return creds, selectors
-
-    async def _secrets(
-        self,
-        names: Iterable[str],
-        selectors: frozenset[Selector],
-        creds: PeerCredentials,
-        context: Context,
-    ) -> list[Any]:
-        provider = self._provider
-        try:
-            return requested_secrets(
+            bundle = identities.bundle
+            crls = await feed.pem() if feed is not None and wants_crls(names, bundle) else b""
+            secrets = requested_secrets(
                 names,
-                entries=provider.entries_for(selectors),
-                svid_for=provider.x509_svid,
-                bundle=self._ca.bundle,
-                crls=self.crls.pem if self.crls is not None else None,
+                entries=identities.entries_for(caller.selectors),
+                svid_for=identities.x509_svid,
+                bundle=bundle,
+                crls=crls,
             )
+            if any(secret.HasField("tls_certificate") for secret in secrets):
+                await identities.commit()  # no SVID leaves before it can be revoked
+            return secrets
         except NoIdentity as exc:
             log.info("SDS: pid %d (uid %d) denied: %s", creds.pid, creds.uid, exc)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except Exception:
             log.exception("SDS: cannot build secrets for pid %d (uid %d)", creds.pid, creds.uid)
-            await context.abort(grpc.StatusCode.INTERNAL, "cannot build the secrets")
+            await abort(context, grpc.StatusCode.INTERNAL, "cannot build the secrets")
 
     @staticmethod
     def _check_type(request: Any) -> bool:
         return request.type_url in ("", SECRET_TYPE_URL)
 
     async def FetchSecrets(self, request: Any, context: Context) -> Any:
-        creds, selectors = await self._caller(context)
+        caller = await attested_caller(context, self._gateway, self._attest)
+        creds = caller.credentials
         if not self._check_type(request):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"type_url must be {SECRET_TYPE_URL}"
             )
-        secrets = await self._secrets(request.resource_names, selectors, creds, context)
+        secrets = await self._secrets(list(request.resource_names), caller, context)
         self._log_left_out(request.resource_names, secrets, creds)
         return discovery_response(secrets, secrets_version(secrets))
 
     async def StreamSecrets(
         self, request_iterator: AsyncIterator[Any], context: Context
     ) -> AsyncIterator[Any]:
-        creds, selectors = await self._caller(context)
-        provider, feed = self._provider, self.crls
+        caller = await attested_caller(context, self._gateway, self._attest)
+        creds = caller.credentials
+        identities, feed = self._identities, self.crls
         stream = SdsStream(
-            provider_version=provider.version, crl_version=feed.version if feed else 0
+            provider_version=identities.version, crl_version=feed.version if feed else 0
         )
         requests = aiter(request_iterator)
         reader: asyncio.Future[Any] = asyncio.ensure_future(anext(requests, None))
         change: asyncio.Future[int] = asyncio.ensure_future(
-            provider.wait_for_change(stream.provider_version)
+            identities.wait_for_change(stream.provider_version)
         )
         # Without a feed, a future that never completes keeps the loop below uniform.
         crl_change: asyncio.Future[int] = (
@@ -469,7 +458,7 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
                 if change.done():
                     stream.provider_version = change.result()
                     change = asyncio.ensure_future(
-                        provider.wait_for_change(stream.provider_version)
+                        identities.wait_for_change(stream.provider_version)
                     )
                     look_again = stream.names is not None
                 if crl_change.done():
@@ -480,7 +469,7 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
                 if not (must_answer or look_again):
                     continue
                 assert stream.names is not None
-                secrets = await self._secrets(stream.names, selectors, creds, context)
+                secrets = await self._secrets(stream.names, caller, context)
                 version = secrets_version(secrets)
                 if must_answer:
                     self._log_left_out(stream.names, secrets, creds)

@@ -1,8 +1,9 @@
 """The workload endpoint: SPIFFE Workload API and Envoy SDS on one Unix socket.
 
 Both services attest the caller from its connection's kernel credentials (through the
-peer-credential gateway) and hand out what its registration entries grant. SVIDs are
-rotated by ``SvidProvider.rotate_due``, called here every ``rotation_check_interval``. Given
+peer-credential gateway) and hand out what its registration entries grant, as the
+``IdentitySource`` they are given says; neither knows which CA signed it. SVIDs are
+renewed by ``IdentitySource.rotate_due``, called here every ``rotation_check_interval``. Given
 the daemon's ``RevocationList``, SDS puts its CRLs into the trusted-CA validation contexts.
 """
 
@@ -18,12 +19,11 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from authd.api.spiffe.workload import workload_pb2_grpc
+from authd.ports.identity_source import IdentitySource
 from authd.transport.peercred import PeerCredGateway
 from authd.workload.attestation import attest
 from authd.workload.sds import SecretDiscoveryService
-from authd.workload.svids import SvidProvider
 from authd.workload.workload_api import WorkloadApiService
-from ca.certificate_authority import CertificateAuthority
 from ca.revoker import RevocationList
 
 log = logging.getLogger(__name__)
@@ -33,16 +33,14 @@ class WorkloadEndpoint:
     def __init__(
         self,
         *,
-        ca: CertificateAuthority,
-        provider: SvidProvider,
+        identities: IdentitySource,
         socket_path: Path,
         private_dir: Path,
         health: health_pb2_grpc.HealthServicer,
         rotation_interval: float = 1.0,
         revocations: RevocationList | None = None,
     ) -> None:
-        self._ca = ca
-        self.provider = provider
+        self.identities = identities
         self._revocations = revocations
         self._gateway = PeerCredGateway(socket_path, private_dir, public_mode=0o666)
         self._health = health
@@ -56,12 +54,11 @@ class WorkloadEndpoint:
         await self._gateway.start()
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         self._workload_api = WorkloadApiService(
-            provider=self.provider, ca=self._ca, gateway=self._gateway, attest=attest
+            identities=self.identities, gateway=self._gateway, attest=attest
         )
         workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(self._workload_api, server)
         self._sds = SecretDiscoveryService(
-            provider=self.provider,
-            ca=self._ca,
+            identities=self.identities,
             gateway=self._gateway,
             attest=attest,
             revocations=self._revocations,
@@ -77,7 +74,7 @@ class WorkloadEndpoint:
         while True:
             await asyncio.sleep(self._interval)
             try:
-                rotated = self.provider.rotate_due()
+                rotated = self.identities.rotate_due()
             except Exception:
                 log.exception("SVID rotation failed; will retry")
                 continue

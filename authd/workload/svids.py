@@ -1,71 +1,44 @@
 """SVIDs for attested workloads: issued on first request, rotated at half-life, pushed.
 
-This is the agent half of authd (what SPIRE's agent does next to its server): for each
-registration entry a workload has asked for, one current X.509-SVID with a key authd made
-for it. An SVID is re-issued once it has lived half its life minus a random jitter (so a
-thousand workloads do not rotate in the same second), at once when its authority is
-tainted or leaves the bundle, and when its entry changes. Every change bumps ``version``
-and wakes the streams (Workload API, SDS) waiting in ``wait_for_change``, which then send
-their workload's complete new state.
+The local CA's ``IdentitySource``. This is the agent half of authd (what SPIRE's agent
+does next to its server): for each registration entry a workload has asked for, one
+current X.509-SVID with a key authd made for it. An SVID is re-issued once it has lived
+half its life minus a random jitter (so a thousand workloads do not rotate in the same
+second), at once when its authority is tainted or leaves the bundle, and when its entry
+changes. Every change bumps ``version`` and wakes the streams (Workload API, SDS) waiting
+in ``wait_for_change``, which then send their workload's complete new state.
+
+Signing happens in memory; what waits on the store (the issuance log, written before an
+SVID leaves authd so it can be revoked) happens in :meth:`SvidProvider.commit`, in a worker
+thread, so a slow store never stalls the event loop that serves every other stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
+from authd.ports.identity_source import WorkloadX509Svid
 from authd.workload.change_signal import ChangeSignal
 from authd.workload.registry import EntryRegistry
+from ca.bundle import TrustBundle
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
 from ca.jwtsvid import JwtSvid
-from ca.keys import KeyType, PrivateKey
+from ca.keys import KeyType
 from ca.revoker import RevocationList
 from ca.spiffe_id import SpiffeId
 from ca.store import RegistrationEntry, Selector
+
+__all__ = ["SvidProvider", "WorkloadX509Svid", "rotation_time"]
 
 log = logging.getLogger(__name__)
 
 ROTATE_AT = 0.5  # of an SVID's lifetime
 MAX_CACHED_JWT_SVIDS = 10_000
 JITTER = 0.1  # up to this fraction of the lifetime earlier
-
-
-@dataclass(frozen=True, slots=True)
-class WorkloadX509Svid:
-    """An X.509-SVID with its key, ready to hand out in the encodings both APIs need."""
-
-    entry_id: str
-    entry_revision: int
-    spiffe_id: SpiffeId
-    hint: str
-    chain: tuple[x509.Certificate, ...]
-    private_key: PrivateKey
-    authority_id: str
-    issued_at: float
-    expires_at: float
-    rotate_at: float
-    chain_der: bytes = field(init=False)  # Workload API: concatenated DER, leaf first
-    key_der: bytes = field(init=False)  # Workload API: unencrypted PKCS#8 DER
-    chain_pem: bytes = field(init=False)  # SDS: PEM
-    key_pem: bytes = field(init=False)
-
-    @property
-    def serial(self) -> str:
-        return format(self.chain[0].serial_number, "x")
-
-    def __post_init__(self) -> None:
-        der, pem = serialization.Encoding.DER, serialization.Encoding.PEM
-        pkcs8, none = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        object.__setattr__(self, "chain_der", b"".join(c.public_bytes(der) for c in self.chain))
-        object.__setattr__(self, "chain_pem", b"".join(c.public_bytes(pem) for c in self.chain))
-        object.__setattr__(self, "key_der", self.private_key.private_bytes(der, pkcs8, none))
-        object.__setattr__(self, "key_pem", self.private_key.private_bytes(pem, pkcs8, none))
 
 
 def rotation_time(issued_at: float, expires_at: float, rng: random.Random) -> float:
@@ -75,6 +48,8 @@ def rotation_time(issued_at: float, expires_at: float, rng: random.Random) -> fl
 
 
 class SvidProvider:
+    """SVIDs the local CA signs for attested workloads (an ``IdentitySource``)."""
+
     def __init__(
         self,
         ca: CertificateAuthority,
@@ -95,6 +70,8 @@ class SvidProvider:
         self._jwt: dict[tuple[str, tuple[str, ...]], tuple[JwtSvid, float]] = {}
         self._distrusted: frozenset[str] = frozenset()  # tainted or revoked authorities
         self._signal = ChangeSignal()
+        self._signed = 0  # SVIDs signed so far
+        self._committed = 0  # of those, how many are known to be in the issuance log
         ca.add_listener(self._authorities_changed)
         registry.add_listener(self._entries_changed)
         if revocations is not None:
@@ -110,21 +87,33 @@ class SvidProvider:
             return entries
         return [e for e in entries if not revocations.blocks_issuance(e.spiffe_id, e.entry_id)]
 
+    @property
+    def bundle(self) -> TrustBundle:
+        return self._ca.bundle
+
     def x509_svid(self, entry: RegistrationEntry) -> WorkloadX509Svid:
-        """The entry's current SVID, issued now if there is none or it is due."""
+        """The entry's current SVID, issued now if there is none or it is due.
+
+        A new SVID may leave authd only after :meth:`commit`.
+        """
         svid = self._x509.get(entry.entry_id)
         if svid is None:
             svid = self._issue(entry)
-            self._logged()
         elif self._due(svid, entry, self._clock.now()):
             svid = self._issue(entry)
-            self._logged()
             self._bump()  # streams holding the old one must hear of the new one
         return svid
 
-    def _logged(self) -> None:
-        # Before an SVID leaves authd its serial is in the issuance log, so it can be revoked.
-        self._ca.issuance_log.flush()
+    async def commit(self) -> None:
+        """Return once every SVID signed so far is in the issuance log (written in a thread)."""
+        signed = self._signed
+        if self._committed < signed:
+            # flush() returns only after any flush already under way has written its batch.
+            await asyncio.to_thread(self._ca.issuance_log.flush)
+            self._committed = max(self._committed, signed)
+
+    def verify_jwt_svid(self, token: str, audience: Sequence[str]) -> JwtSvid:
+        return self._ca.verify_jwt_svid(token, audience)
 
     def jwt_svid(self, entry: RegistrationEntry, audience: Sequence[str]) -> JwtSvid:
         """A JWT-SVID for ``entry`` and ``audience``, reused until half its life has passed."""
@@ -180,8 +169,7 @@ class SvidProvider:
                 self._issue(entry)
                 rotated += 1
         if rotated:
-            self._logged()
-            self._bump()
+            self._bump()  # the streams commit before they send the new SVIDs
         return rotated
 
     def _due(self, svid: WorkloadX509Svid, entry: RegistrationEntry, now: float) -> bool:
@@ -216,6 +204,7 @@ class SvidProvider:
             rotate_at=rotation_time(self._clock.now(), issued.expires_at, self._rng),
         )
         self._x509[entry.entry_id] = svid
+        self._signed += 1
         return svid
 
     def _authorities_changed(self) -> None:

@@ -1,4 +1,4 @@
-"""The SPIFFE Workload API (``SpiffeWorkloadAPI``): a thin gRPC adapter over the SvidProvider.
+"""The SPIFFE Workload API (``SpiffeWorkloadAPI``): a thin gRPC adapter over an IdentitySource.
 
 Workloads find the endpoint through ``SPIFFE_ENDPOINT_SOCKET``, which for authd is
 ``unix:///abs/path/to/the/public.sock`` (``unix:`` plus an absolute path, hence three
@@ -6,11 +6,12 @@ slashes; the spec's other form, ``tcp://IP:port``, cannot carry kernel credentia
 served). Every request must carry the metadata ``workload.spiffe.io: true``, else
 INVALID_ARGUMENT. There is no TLS and no client authentication: the caller is attested from
 the kernel credentials of its connection (``PeerCredGateway``), turned into selectors by
-``attest``, and gets the SVIDs of every registration entry those selectors satisfy. A caller
+``attest`` (one path for both services: :mod:`authd.workload.caller`), and gets the SVIDs of
+every registration entry those selectors satisfy. A caller
 with no entry is PERMISSION_DENIED ("no identity issued"), on every method.
 
 The streams (``FetchX509SVID``, ``FetchX509Bundles``, ``FetchJWTBundles``) answer at once and
-then wait for ``SvidProvider.wait_for_change``. Each change re-matches the caller's entries
+then wait for ``IdentitySource.wait_for_change``. Each change re-matches the caller's entries
 (an entry added, changed or removed for it counts; none left ends the stream with
 PERMISSION_DENIED) and sends the complete new state, but only if what this caller would
 receive differs from what it last got: a fingerprint of (entry ID, leaf serial) pairs and the
@@ -22,45 +23,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from cryptography.hazmat.primitives import serialization
 
 from authd.api.spiffe.workload import workload_pb2, workload_pb2_grpc
-from authd.transport.peercred import PeerCredentials, PeerCredGateway
-from authd.workload.svids import SvidProvider
+from authd.ports.identity_source import IdentitySource
+from authd.transport.peercred import PeerCredGateway
+from authd.workload.caller import AttestCredentials, Caller, abort, attested_caller
 from ca.bundle import TrustBundle
-from ca.certificate_authority import CertificateAuthority
 from ca.errors import CAError, InvalidSpiffeId, VerificationError
 from ca.spiffe_id import SpiffeId
-from ca.store import RegistrationEntry, Selector
+from ca.store import RegistrationEntry
 
-__all__ = ["WORKLOAD_API_HEADER", "Attestor", "WorkloadApiService"]
+__all__ = ["WORKLOAD_API_HEADER", "WorkloadApiService"]
 
 log = logging.getLogger(__name__)
 
 WORKLOAD_API_HEADER = ("workload.spiffe.io", "true")
 
-Attestor = Callable[[PeerCredentials], frozenset[Selector]]
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class _Caller:
-    """An attested caller: its kernel credentials and the selectors they map to."""
-
-    credentials: PeerCredentials
-    selectors: frozenset[Selector]
-
-
-async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("context.abort raises")
 
 
 def _has_workload_header(context: Context) -> bool:
@@ -94,13 +80,11 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     def __init__(
         self,
         *,
-        provider: SvidProvider,
-        ca: CertificateAuthority,
+        identities: IdentitySource,
         gateway: PeerCredGateway,
-        attest: Attestor,
+        attest: AttestCredentials,
     ) -> None:
-        self._provider = provider
-        self._ca = ca
+        self._identities = identities
         self._gateway = gateway
         self._attest = attest
         self._closing = asyncio.Event()
@@ -117,35 +101,22 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
 
     # --- who is calling ---------------------------------------------------------------
 
-    async def _caller(self, context: Context) -> _Caller:
+    async def _caller(self, context: Context) -> Caller:
         if not _has_workload_header(context):
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "missing or invalid workload.spiffe.io header",
             )
-        credentials = self._gateway.peer_credentials(context)
-        if credentials is None:
-            await _abort(
-                context,
-                grpc.StatusCode.PERMISSION_DENIED,
-                "caller's connection did not come through the peer-credential gateway",
-            )
-        try:
-            # Blocking: it reads /proc and may hash a large binary the first time.
-            selectors = frozenset(await asyncio.to_thread(self._attest, credentials))
-        except Exception as exc:  # any attestation failure denies (fail closed)
-            log.warning("attestation of pid %d failed: %s", credentials.pid, exc)
-            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"attestation failed: {exc}")
-        return _Caller(credentials, selectors)
+        return await attested_caller(context, self._gateway, self._attest)
 
-    async def _entries(self, context: Context, caller: _Caller) -> list[RegistrationEntry]:
-        entries = self._provider.entries_for(caller.selectors)
+    async def _entries(self, context: Context, caller: Caller) -> list[RegistrationEntry]:
+        entries = self._identities.entries_for(caller.selectors)
         if not entries:
             log.info(
                 "no identity for uid %d (pid %d)", caller.credentials.uid, caller.credentials.pid
             )
-            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, "no identity issued")
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, "no identity issued")
         return entries
 
     # --- the streams --------------------------------------------------------------------
@@ -157,19 +128,19 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         try:
             while True:
                 if self._closing.is_set():
-                    await _abort(
+                    await abort(
                         context, grpc.StatusCode.UNAVAILABLE, "the Workload API is shutting down"
                     )
                 # Read the version first: a change while the state is built is not missed.
-                version = self._provider.version
+                version = self._identities.version
                 yield await self._entries(context, caller)
                 await self._next_change(version)
         finally:
             self._open_streams -= 1
 
     async def _next_change(self, version: int) -> None:
-        """Return once the provider is past ``version`` or the service is closing."""
-        changed = asyncio.ensure_future(self._provider.wait_for_change(version))
+        """Return once the identity source is past ``version`` or the service is closing."""
+        changed = asyncio.ensure_future(self._identities.wait_for_change(version))
         closing = asyncio.ensure_future(self._closing.wait())
         try:
             await asyncio.wait((changed, closing), return_when=asyncio.FIRST_COMPLETED)
@@ -188,24 +159,25 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                 response, fingerprint = await self._x509_state(context, entries)
                 if fingerprint != sent:
                     sent = fingerprint
+                    await self._identities.commit()  # no SVID leaves before it can be revoked
                     yield response
 
     async def _x509_state(
         self, context: Context, entries: Sequence[RegistrationEntry]
     ) -> tuple[workload_pb2.X509SVIDResponse, object]:
-        bundle = self._ca.bundle
+        bundle = self._identities.bundle
         roots = _der_roots(bundle)
         svids = []
         failures = []
         for entry in entries:
             try:
-                svids.append((entry, self._provider.x509_svid(entry)))
+                svids.append((entry, self._identities.x509_svid(entry)))
             except CAError as exc:
                 log.error("cannot issue an X.509-SVID for entry %s: %s", entry.entry_id, exc)
                 failures.append(f"{entry.entry_id}: {exc}")
         svids = _unique_hints(svids)
         if not svids:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.UNAVAILABLE,
                 f"no X.509-SVID could be issued ({'; '.join(failures)})",
@@ -234,7 +206,7 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         sent: int | None = None
         async with aclosing(self._states(context)) as states:
             async for _ in states:
-                bundle = self._ca.bundle
+                bundle = self._identities.bundle
                 if bundle.sequence != sent:
                     sent = bundle.sequence
                     roots = _der_roots(bundle)
@@ -246,7 +218,7 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         sent: int | None = None
         async with aclosing(self._states(context)) as states:
             async for _ in states:
-                bundle = self._ca.bundle
+                bundle = self._identities.bundle
                 if bundle.sequence != sent:
                     sent = bundle.sequence
                     jwks = bundle.jwt_jwks_json().encode()
@@ -254,7 +226,7 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
 
     @property
     def _trust_domain_id(self) -> str:
-        return str(self._ca.trust_domain.id)
+        return str(self._identities.bundle.trust_domain.id)
 
     # --- JWT-SVIDs ----------------------------------------------------------------------
 
@@ -264,24 +236,24 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         caller = await self._caller(context)
         audience = list(request.audience)
         if not audience or not all(audience):
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
         entries = await self._entries(context, caller)
         if request.spiffe_id:
             try:
                 wanted = str(SpiffeId.parse(request.spiffe_id))
             except InvalidSpiffeId as exc:
-                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             entries = [e for e in entries if e.spiffe_id == wanted]
             if not entries:
-                await _abort(
+                await abort(
                     context,
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"no identity issued for {wanted}",
                 )
         try:
-            svids = [(entry, self._provider.jwt_svid(entry, audience)) for entry in entries]
+            svids = [(entry, self._identities.jwt_svid(entry, audience)) for entry in entries]
         except CAError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return workload_pb2.JWTSVIDResponse(
             svids=[
                 workload_pb2.JWTSVID(
@@ -296,14 +268,14 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     ) -> workload_pb2.ValidateJWTSVIDResponse:
         caller = await self._caller(context)
         if not request.audience:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
         if not request.svid:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "svid must be specified")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "svid must be specified")
         await self._entries(context, caller)
         try:
-            svid = self._ca.verify_jwt_svid(request.svid, [request.audience])
+            svid = self._identities.verify_jwt_svid(request.svid, [request.audience])
         except VerificationError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         response = workload_pb2.ValidateJWTSVIDResponse(spiffe_id=str(svid.spiffe_id))
         response.claims.update(dict(svid.claims))
         return response

@@ -123,11 +123,13 @@ async def world(
     *,
     crl_refresh: int | None = None,
     crl_check_interval: float | None = None,
+    store_type: type[SQLiteStore] = SQLiteStore,
 ) -> AsyncIterator[World]:
     """With ``crl_refresh``, SDS (and only SDS: the provider does not hear of revocations,
-    so a push after one is SDS's own doing) gets a ``RevocationList`` refreshed that often."""
+    so a push after one is SDS's own doing) gets a ``RevocationList`` refreshed that often.
+    ``store_type``: a ``SQLiteStore`` subclass to build the store with."""
     clock = FakeClock()
-    store = SQLiteStore(directory / "store.db")
+    store = store_type(directory / "store.db")
     ca = CertificateAuthority(
         trust_domain=TRUST_DOMAIN, store=store, keystore=KeyStore(directory / "keys"), clock=clock
     )
@@ -141,8 +143,7 @@ async def world(
     gateway = PeerCredGateway(directory / "workload.sock", directory / "private", public_mode=0o666)
     await gateway.start()
     service = SecretDiscoveryService(
-        provider=provider,
-        ca=ca,
+        identities=provider,
         gateway=gateway,
         attest=attest,
         revocations=revocations,

@@ -45,6 +45,16 @@ NO_SUCH_ID = 54321  # a uid and gid with no passwd or group entry
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
+def interpreter_env() -> dict[str, str]:
+    """The environment for a copy of this interpreter to import what this one imports.
+
+    In a virtualenv the interpreter's binary is the base one, and a copy of it in another
+    directory finds no ``pyvenv.cfg``, so it would not see the venv's site-packages: hand it
+    this interpreter's import path instead (the binary, which the tests attest, stays the same).
+    """
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
@@ -244,6 +254,7 @@ async def client(
         str(gid),
         ",".join(map(str, groups)),
         cwd=directory,
+        env=interpreter_env(),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )

@@ -16,8 +16,6 @@ version before making the change that must be pushed.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,16 +51,6 @@ from tests.support.sds import (
     uri_of,
     world,
 )
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """Unix socket paths must stay under 108 bytes; pytest's tmp_path can be too long."""
-    path = Path(tempfile.mkdtemp(prefix="authd-sds-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

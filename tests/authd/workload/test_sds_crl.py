@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,16 +35,6 @@ from tests.support.sds import (
 
 CRL_REFRESH = 60
 _END = b"-----END X509 CRL-----\n"
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """Unix socket paths must stay under 108 bytes; pytest's tmp_path can be too long."""
-    path = Path(tempfile.mkdtemp(prefix="authd-sds-crl-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -355,13 +343,13 @@ def test_crls_that_cannot_be_built_leave_the_last_good_ones_in_place(
             revoke_serial(w, w.provider.x509_svid(entry).chain[0].serial_number)
             feed = w.service.crls
             assert feed is not None
-            good = feed.pem()
+            good = await feed.pem()
 
             def broken() -> list[x509.CertificateRevocationList]:
                 raise OSError("store unreachable")
 
             monkeypatch.setattr(revocations(w), "crls", broken)
-            assert feed.pem() == good
+            assert await feed.pem() == good
 
     run(scenario())
     assert any("cannot build the CRLs" in r.getMessage() for r in caplog.records)

@@ -105,7 +105,7 @@ class WorkloadApi:
             directory / "api.sock", directory / "private", public_mode=0o666
         )
         self.service = WorkloadApiService(
-            provider=self.provider, ca=self.ca, gateway=self.gateway, attest=attest
+            identities=self.provider, gateway=self.gateway, attest=attest
         )
         self.socket_url = f"unix://{self.gateway.public_path}"  # unix:///abs/path
         self._created = 0
