@@ -9,6 +9,9 @@ from ca.store import AlreadyExists, Conflict, CorruptRecord, NotFound, StoreErro
 
 log = logging.getLogger(__name__)
 
+#: How a ``StoreUnavailable`` message starts; a client tells it from an unreachable daemon.
+STORE_FAILURE = "store error: "
+
 
 class AdminError(Exception):
     """An admin operation refused; the message says why, for the caller to read."""
@@ -53,4 +56,4 @@ def store_refusal(exc: StoreError) -> AdminError:
     if isinstance(exc, CorruptRecord):
         return DataLoss(f"cannot read the store: {exc}")
     log.error("store failure in an admin operation: %s", exc)
-    return StoreUnavailable(f"store error: {exc}")
+    return StoreUnavailable(f"{STORE_FAILURE}{exc}")
