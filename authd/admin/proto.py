@@ -1,0 +1,139 @@
+"""Conversions between the admin API's messages (``authd.admin.v1``) and the CA's records."""
+
+from __future__ import annotations
+
+from cryptography import x509
+
+from authd.admin.authorities import AuthorityStep, CAState
+from authd.admin.issuance import IssuedSvid
+from authd.api.authd.admin.v1 import admin_pb2
+from ca.audit import AuditVerdict
+from ca.revocation import RevocationReason
+from ca.store import AuditRecord, AuthorityRecord, RegistrationEntry, Revocation, Selector
+from ca.store.records import canonical_json
+
+
+def entry_to_proto(entry: RegistrationEntry) -> admin_pb2.Entry:
+    return admin_pb2.Entry(
+        id=entry.entry_id,
+        spiffe_id=entry.spiffe_id,
+        parent_id=entry.parent_id,
+        selectors=[admin_pb2.Selector(type=s.type, value=s.value) for s in entry.selectors],
+        x509_svid_ttl=entry.x509_svid_ttl,
+        jwt_svid_ttl=entry.jwt_svid_ttl,
+        dns_names=entry.dns_names,
+        federates_with=entry.federates_with,
+        admin=entry.admin,
+        downstream=entry.downstream,
+        hint=entry.hint,
+        expires_at=entry.expires_at,
+        revision=entry.revision,
+        created_at=entry.created_at,
+    )
+
+
+def entry_from_proto(message: admin_pb2.Entry) -> RegistrationEntry:
+    """The entry as sent, unchecked; ``EntryRules.check`` decides whether it is valid."""
+    return RegistrationEntry(
+        entry_id=message.id,
+        spiffe_id=message.spiffe_id,
+        parent_id=message.parent_id,
+        selectors=tuple(Selector(s.type, s.value) for s in message.selectors),
+        x509_svid_ttl=message.x509_svid_ttl,
+        jwt_svid_ttl=message.jwt_svid_ttl,
+        dns_names=tuple(message.dns_names),
+        federates_with=tuple(message.federates_with),
+        admin=message.admin,
+        downstream=message.downstream,
+        hint=message.hint,
+        expires_at=message.expires_at,
+        revision=message.revision,
+        created_at=message.created_at,
+    )
+
+
+def authority_to_proto(record: AuthorityRecord) -> admin_pb2.Authority:
+    subject = ""
+    if record.certificate_der:
+        certificate = x509.load_der_x509_certificate(record.certificate_der)
+        subject = certificate.subject.rfc4514_string()
+    return admin_pb2.Authority(
+        authority_id=record.authority_id,
+        kind=record.kind,
+        state=record.state,
+        key_type=record.key_type,
+        not_before=record.not_before,
+        not_after=record.not_after,
+        certificate_der=record.certificate_der,
+        subject=subject,
+        tainted=record.tainted,
+        revoked=record.revoked,
+    )
+
+
+def ca_state_to_proto(state: CAState) -> admin_pb2.ShowCAResponse:
+    return admin_pb2.ShowCAResponse(
+        trust_domain=state.trust_domain,
+        authorities=[authority_to_proto(record) for record in state.authorities],
+        bundle_sequence=state.bundle_sequence,
+        upstream=state.upstream,
+    )
+
+
+def authority_step_to_proto(step: AuthorityStep) -> admin_pb2.AuthorityResponse:
+    return admin_pb2.AuthorityResponse(
+        authority=authority_to_proto(step.authority), bundle_sequence=step.bundle_sequence
+    )
+
+
+def revocation_to_proto(revocation: Revocation) -> admin_pb2.Revocation:
+    reason = RevocationReason(revocation.reason)
+    return admin_pb2.Revocation(
+        kind=revocation.target_kind,
+        target=revocation.target,
+        reason=reason.label,
+        reason_code=int(reason),
+        note=revocation.note,
+        revoked_at=revocation.revoked_at,
+        revoked_by=revocation.revoked_by,
+    )
+
+
+def svid_to_proto(svid: IssuedSvid) -> admin_pb2.Svid:
+    issuance = svid.issuance
+    message = admin_pb2.Svid(
+        serial=issuance.serial,
+        kind=issuance.kind,
+        spiffe_id=issuance.spiffe_id,
+        authority_id=issuance.authority_id,
+        not_before=issuance.not_before,
+        not_after=issuance.not_after,
+        issued_at=issuance.issued_at,
+        requester=issuance.requester,
+    )
+    if svid.revocation is not None:
+        message.revocation.CopyFrom(revocation_to_proto(svid.revocation))
+    return message
+
+
+def audit_to_proto(record: AuditRecord) -> admin_pb2.AuditRecord:
+    return admin_pb2.AuditRecord(
+        seq=record.seq,
+        time=record.time,
+        actor=record.actor,
+        action=record.action,
+        subject=record.subject,
+        details_json=canonical_json(record.details),
+        prev_hash=record.prev_hash,
+        hash=record.hash,
+    )
+
+
+def audit_verdict_to_proto(verdict: AuditVerdict) -> admin_pb2.VerifyAuditResponse:
+    return admin_pb2.VerifyAuditResponse(
+        intact=verdict.intact,
+        records=verdict.records,
+        broken_seq=verdict.broken_seq or 0,
+        problem=verdict.problem,
+        last_hash=verdict.last_hash,
+    )

@@ -1,0 +1,116 @@
+"""`authd policy check` (an offline decision, explained) and `authd apikey hash`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+
+from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
+from authd.cli.client import CommandError, call, cli_config, local_channel
+from authd.config.settings import Config
+from ca.bundle import TrustBundle
+from ca.spiffe_id import TrustDomain
+
+
+def _bundle_for_policy_check(config: Config) -> tuple[TrustBundle, str]:
+    """The daemon's trust bundle over the admin API, or an empty one and a note why not."""
+    trust_domain = TrustDomain.parse(config.trust_domain)
+    try:
+        channel = local_channel(config)
+        with channel:
+            reply = call(admin_pb2_grpc.AdminStub(channel).GetBundle, admin_pb2.GetBundleRequest())
+    except CommandError as exc:
+        note = f"note: no trust bundle ({exc}); SVIDs and certificates cannot be verified"
+        return TrustBundle(trust_domain), note
+    return TrustBundle.parse(reply.spiffe_jwks, trust_domain), ""
+
+
+DENIED_EXIT = 3
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from google.protobuf.json_format import ParseDict
+    from google.protobuf.json_format import ParseError as ProtoParseError
+
+    from authd.authz import assembly as authz_service
+    from authd.extauthz.grpc_servicer import context_from_check_request
+    from authd.policy.base import PolicyError
+    from ca.clock import SystemClock
+
+    config = cli_config(args)
+    try:
+        document = json.loads(Path(args.input).read_text())
+        attributes = document.get("attributes") if isinstance(document, dict) else None
+        if not isinstance(attributes, dict):
+            raise CommandError(f"{args.input}: expected a JSON object with 'attributes'")
+        request = ParseDict({"attributes": attributes}, CheckRequest(), ignore_unknown_fields=True)
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.input}: {exc.strerror}") from None
+    except (ValueError, ProtoParseError) as exc:
+        raise CommandError(f"{args.input}: not a CheckRequest or OPA-Envoy input: {exc}") from None
+    bundle, note = _bundle_for_policy_check(config)
+    try:
+        policy = authz_service.policy_source(config).load()
+        resolver = authz_service.build_resolver(config, bundle=lambda: bundle, clock=SystemClock())
+    except (PolicyError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    authorizer = authz_service.build_authorizer(config, resolver=resolver, policy=lambda: policy)
+    ctx = context_from_check_request(request)
+    outcome = asyncio.run(authorizer.check(ctx))
+    identities = outcome.identities
+    explain = getattr(policy, "explain", None)
+    explanation: list[str] = explain(ctx, identities) if explain is not None else []
+    decision = outcome.decision
+    report = {
+        "allowed": outcome.allowed,
+        "status": outcome.status,
+        "reason": str(decision.reason),
+        "rule": decision.rule,
+        "policy": policy.name,
+        "identities": {
+            "peer": str(identities.peer) if identities.peer else None,
+            "peer_serial": identities.peer_serial,
+            "workload": str(identities.workload) if identities.workload else None,
+            "user": identities.user.subject if identities.user else None,
+            "api_key": identities.api_key,
+            "problems": [f"{p.kind}: {p.reason}" for p in identities.problems],
+        },
+        "upstream_headers": outcome.upstream_headers,
+        "removed_headers": outcome.remove_headers,
+        "explanation": explanation,
+    }
+    if note:
+        print(note, file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        verdict = "ALLOW" if outcome.allowed else f"DENY {outcome.status}"
+        print(f"{verdict}  reason={decision.reason}  rule={decision.rule or '-'}")
+        print(f"policy: {policy.name}")
+        print("identities:")
+        for key, value in report["identities"].items():  # type: ignore[attr-defined]
+            if value:
+                print(f"  {key}: {value}")
+        if not identities.authenticated and not identities.problems:
+            print("  (none: no verified credential in the request)")
+        for line in explanation:
+            print(f"  {line}")
+        for name, value in outcome.upstream_headers.items():
+            print(f"upstream header {name}: {value}")
+    return 0 if outcome.allowed else DENIED_EXIT
+
+
+def cmd_apikey_hash(args: argparse.Namespace) -> int:
+    from authd.authz.api_keys import hash_api_key
+
+    key = sys.stdin.readline().rstrip("\r\n")
+    if not key:
+        raise CommandError("no API key on standard input")
+    print(f'[[keys]]\nname = "{args.name}"\nsha256 = "{hash_api_key(key)}"')
+    return 0
