@@ -1,4 +1,4 @@
-"""Revoking and un-revoking, durably, and the CRLs that say so.
+"""Revoking and un-revoking, durably, and the CRLs that say so (built by ``ca.crl``).
 
 Every revocation is written to the store (and the audit log) before it is acknowledged, then
 applied to the in-memory ``RevocationView``. Revoking a SPIFFE ID or a registration entry
@@ -15,15 +15,18 @@ from cryptography import x509
 
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
+from ca.crl import build_crl
 from ca.errors import AlreadyRevoked, FinalRevocation, InvalidRequest, NotRevoked
-from ca.revocation import RevocationReason, RevocationView, build_crl
+from ca.revocation_view import RevocationReason, RevocationView
 from ca.spiffe_id import SpiffeId
 from ca.store import AlreadyExists, IssuanceRecord, NotFound, Revocation, Store
 
 CRL_NUMBER = "crl"
 
 
-class RevocationList:
+class Revoker:
+    """Revokes and un-revokes durably, keeps the ``RevocationView`` in step, serves CRLs."""
+
     def __init__(
         self,
         ca: CertificateAuthority,

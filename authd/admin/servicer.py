@@ -9,7 +9,7 @@ unrevoked registration entry with ``admin: true``. Everything else is translatio
 request fields to CA and store calls, their errors to gRPC statuses with a message. What
 makes an entry valid is ``authd.workload.entries``; every entry change is audited and
 reloaded into the in-memory registry before the reply. Revocations go through the daemon's
-``RevocationList``, which stores and audits each one before the reply; what the audit chain
+``Revoker``, which stores and audits each one before the reply; what the audit chain
 proves is ``ca.audit``.
 """
 
@@ -40,8 +40,8 @@ from ca.errors import (
     NotRevoked,
     VerificationError,
 )
-from ca.revocation import RevocationQuery, RevocationReason
-from ca.revoker import RevocationList
+from ca.revocation_view import RevocationQuery, RevocationReason
+from ca.revoker import Revoker
 from ca.spiffe_id import SpiffeId
 from ca.store import (
     AlreadyExists,
@@ -67,7 +67,7 @@ AUTHORITY_KINDS = ("x509", "jwt")
 REVOCATION_KINDS = ("serial", "spiffe_id", "entry")
 
 # Refusals about what is stored, not about the request, get the status that says so; the
-# rest of RevocationList's InvalidRequest refusals are INVALID_ARGUMENT.
+# rest of Revoker's InvalidRequest refusals are INVALID_ARGUMENT.
 _REVOCATION_STATE_REFUSALS: tuple[tuple[type[InvalidRequest], grpc.StatusCode], ...] = (
     (AlreadyRevoked, grpc.StatusCode.ALREADY_EXISTS),
     (NotRevoked, grpc.StatusCode.NOT_FOUND),
@@ -258,7 +258,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         gateway: PeerCredGateway,
         allows_uid: Callable[[int], bool],
         registry: EntryRegistry,
-        revocations: RevocationList | None = None,
+        revocations: Revoker | None = None,
     ) -> None:
         """``revocations`` is the daemon's list, the one ext_authz and the Workload API
         consult; without it the service keeps one of its own over the CA's store."""
@@ -268,7 +268,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self._allows_uid = allows_uid
         self._registry = registry
         self._rules = EntryRules(ca.trust_domain, ca.settings.max_svid_ttl)
-        self._revocations = revocations or RevocationList(ca, ca.store, ca.clock)
+        self._revocations = revocations or Revoker(ca, ca.store, ca.clock)
 
     async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any]) -> AdminCaller:
         """The caller, if it may use the admin API; anyone else gets PERMISSION_DENIED."""

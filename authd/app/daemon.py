@@ -49,7 +49,7 @@ from ca.clock import Clock, SystemClock
 from ca.errors import InvalidRequest
 from ca.keys import KeyStore, KeyType
 from ca.replication import ReplicaFollower
-from ca.revoker import RevocationList
+from ca.revoker import Revoker
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import RedisStore, Store, open_store
 
@@ -150,7 +150,7 @@ class Daemon:
         )
         self.entry_registry = EntryRegistry(self._store, self.clock)
         loop = asyncio.get_running_loop()
-        self.revocations = RevocationList(
+        self.revocations = Revoker(
             self.ca,
             self._store,
             self.clock,

@@ -25,7 +25,7 @@ from authd.config.settings import Config
 from authd.policy.base import Policy, PolicyError
 from ca.bundle import TrustBundle
 from ca.clock import Clock
-from ca.revocation import RevocationQuery
+from ca.revocation_view import RevocationQuery
 from ca.spiffe_id import TrustDomain
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ from ca.bundle import TrustBundle
 from ca.clock import Clock
 from ca.errors import InvalidSpiffeId, VerificationError
 from ca.jwtsvid import ALLOWED_ALGORITHMS, b64url_decode, verify_jwt_svid
-from ca.revocation import RevocationQuery
+from ca.revocation_view import RevocationQuery
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.x509svid import verify_x509_svid
 

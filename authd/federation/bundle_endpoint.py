@@ -15,8 +15,8 @@ import logging
 from cryptography.hazmat.primitives import serialization
 
 from ca.certificate_authority import CertificateAuthority
-from ca.revocation import crl_pem
-from ca.revoker import RevocationList
+from ca.crl import crl_pem
+from ca.revoker import Revoker
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ MAX_REQUEST = 8192
 
 class BundleEndpoint:
     def __init__(
-        self, ca: CertificateAuthority, revocations: RevocationList, *, host: str, port: int
+        self, ca: CertificateAuthority, revocations: Revoker, *, host: str, port: int
     ) -> None:
         self._ca = ca
         self._revocations = revocations

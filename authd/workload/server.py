@@ -3,7 +3,7 @@
 Both services attest the caller from its connection's kernel credentials (through the
 peer-credential gateway) and hand out what its registration entries grant. SVIDs are
 rotated by ``SvidProvider.rotate_due``, called here every ``rotation_check_interval``. Given
-the daemon's ``RevocationList``, SDS puts its CRLs into the trusted-CA validation contexts.
+the daemon's ``Revoker``, SDS puts its CRLs into the trusted-CA validation contexts.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from authd.workload.sds import SecretDiscoveryService
 from authd.workload.svids import SvidProvider
 from authd.workload.workload_api import WorkloadApiService
 from ca.certificate_authority import CertificateAuthority
-from ca.revoker import RevocationList
+from ca.revoker import Revoker
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class WorkloadEndpoint:
         private_dir: Path,
         health: health_pb2_grpc.HealthServicer,
         rotation_interval: float = 1.0,
-        revocations: RevocationList | None = None,
+        revocations: Revoker | None = None,
     ) -> None:
         self._ca = ca
         self.provider = provider

@@ -28,7 +28,7 @@ from authd.workload.svids import SvidProvider
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import FakeClock
 from ca.keys import KeyStore
-from ca.revoker import RevocationList
+from ca.revoker import Revoker
 from ca.spiffe_id import TrustDomain
 from ca.store import RegistrationEntry, Selector, SQLiteStore
 
@@ -73,7 +73,7 @@ class World:
     provider: SvidProvider
     gateway: PeerCredGateway
     service: SecretDiscoveryService
-    revocations: RevocationList | None = None
+    revocations: Revoker | None = None
 
     def add_entry(self, spiffe_id: str, uid: int = ME, ttl: int = SVID_TTL) -> RegistrationEntry:
         """A registration entry for callers of ``uid``; later entries are younger."""
@@ -125,7 +125,7 @@ async def world(
     crl_check_interval: float | None = None,
 ) -> AsyncIterator[World]:
     """With ``crl_refresh``, SDS (and only SDS: the provider does not hear of revocations,
-    so a push after one is SDS's own doing) gets a ``RevocationList`` refreshed that often."""
+    so a push after one is SDS's own doing) gets a ``Revoker`` refreshed that often."""
     clock = FakeClock()
     store = SQLiteStore(directory / "store.db")
     ca = CertificateAuthority(
@@ -134,7 +134,7 @@ async def world(
     registry = EntryRegistry(store, clock)
     provider = SvidProvider(ca, registry, clock)
     revocations = (
-        RevocationList(ca, store, clock, crl_refresh=crl_refresh)
+        Revoker(ca, store, clock, crl_refresh=crl_refresh)
         if crl_refresh is not None
         else None
     )

@@ -16,7 +16,7 @@ from authd.federation.bundle_endpoint import BundleEndpoint
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import SystemClock
 from ca.keys import KeyStore
-from ca.revoker import RevocationList
+from ca.revoker import Revoker
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import SQLiteStore
 
@@ -37,7 +37,7 @@ def test_bundle_and_crls_are_served(tmp_path: Path) -> None:
         keystore=KeyStore(tmp_path / "keys"),
         clock=SystemClock(),
     )
-    revocations = RevocationList(ca, store, SystemClock(), crl_refresh=60)
+    revocations = Revoker(ca, store, SystemClock(), crl_refresh=60)
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
