@@ -43,7 +43,8 @@ class Revoker:
         self.view = view or RevocationView()
         self.crl_refresh = crl_refresh
         self._lock = threading.Lock()
-        self._crls: tuple[list[x509.CertificateRevocationList], float] | None = None
+        # The CRLs by issuing authority id, in live order, and when to rebuild them.
+        self._crls: tuple[dict[str, x509.CertificateRevocationList], float] | None = None
         self._listeners: list[Callable[[], None]] = []
         # How listeners are called: directly, or handed to the serving loop by a caller
         # whose changes arrive on another thread (a replica following the shared store).
@@ -199,6 +200,19 @@ class Revoker:
 
     def crls(self) -> list[x509.CertificateRevocationList]:
         """One CRL per live X.509 authority, rebuilt on change or before nextUpdate."""
+        return list(self._crls_by_authority().values())
+
+    def crl_of(self, authority_id: str | None = None) -> x509.CertificateRevocationList | None:
+        """The CRL of live X.509 authority ``authority_id`` (None: the active one), if any."""
+        by_authority = self._crls_by_authority()  # first: it may follow a rotation
+        if authority_id is None:
+            active = self._ca.timeline.signing.x509_active
+            if active is None:
+                return None
+            authority_id = active.authority_id
+        return by_authority.get(authority_id)
+
+    def _crls_by_authority(self) -> dict[str, x509.CertificateRevocationList]:
         now = self._clock.now()
         with self._lock:
             cached = self._crls
@@ -209,7 +223,7 @@ class Revoker:
             self._crls = (crls, now + self.crl_refresh / 2)
             return crls
 
-    def _build(self, now: float) -> list[x509.CertificateRevocationList]:
+    def _build(self, now: float) -> dict[str, x509.CertificateRevocationList]:
         self._ca.issuance_log.flush()
         revoked: dict[str, list[tuple[IssuanceRecord, Revocation]]] = {}
         for revocation in self._store.list_revocations():
@@ -218,8 +232,8 @@ class Revoker:
                     # Expired certificates need not be listed (RFC 5280 3.3).
                     revoked.setdefault(issuance.authority_id, []).append((issuance, revocation))
         number = self._store.next_sequence(CRL_NUMBER)
-        return [
-            build_crl(
+        return {
+            authority.authority_id: build_crl(
                 authority,
                 revoked.get(authority.authority_id, []),
                 now=now,
@@ -227,7 +241,7 @@ class Revoker:
                 number=number,
             )
             for authority in self._ca.live_x509_authorities()
-        ]
+        }
 
     def _issued_to(self, revocation: Revocation) -> list[IssuanceRecord]:
         """The SVIDs a revocation covers, from the issuance log."""

@@ -49,6 +49,7 @@ from ca.clock import Clock, SystemClock
 from ca.errors import InvalidRequest
 from ca.keys import KeyStore, KeyType
 from ca.replication import ReplicaFollower
+from ca.revocation_view import RevocationView
 from ca.revoker import Revoker
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import RedisStore, Store, open_store
@@ -156,6 +157,7 @@ class Daemon:
             self.clock,
             crl_refresh=config.ca.crl_refresh,
             notify=loop.call_soon_threadsafe,
+            view=RevocationView(self.clock) if isinstance(self._store, RedisStore) else None,
         )
         if isinstance(self._store, RedisStore):
             self.follower = ReplicaFollower(
@@ -304,9 +306,9 @@ class Daemon:
             self._policy = PolicyHolder(source.load, source.files)
             resolver = authz_service.build_resolver(
                 config,
-                bundle=lambda: self.ca.bundle,
+                bundles=self.ca,
                 clock=self.clock,
-                is_revoked=self.revocations.view.is_revoked,
+                revocations=self.revocations.view,
             )
         except (PolicyError, ValueError) as exc:
             raise StartupError(f"cannot load the policy: {exc}") from None
