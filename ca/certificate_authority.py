@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from cryptography import x509
 
+from ca.authorities import JwtAuthority, X509Authority
 from ca.bundle import TrustBundle
 from ca.clock import Clock
 from ca.errors import InvalidRequest
@@ -20,7 +21,6 @@ from ca.jwtsvid import JwtSvid, verify_jwt_svid
 from ca.keys import KeyStore, PublicKey
 from ca.settings import DEFAULT_SUBJECT, CASettings, UpstreamAuthority
 from ca.signer import Signer
-from ca.signers import JwtAuthority, X509Authority
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import AuthorityRecord, Store
 from ca.timeline import BUNDLE_SEQUENCE, AuthorityTimeline

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ca.authorities import X509Authority
 from ca.revocation_view import RevocationReason
-from ca.signers import X509Authority
 from ca.store import IssuanceRecord, Revocation
 
 

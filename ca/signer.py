@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ca.authorities import SigningAuthorities
 from ca.clock import Clock
 from ca.errors import InvalidRequest
 from ca.issuance_log import IssuanceLog
 from ca.jwtsvid import JwtSvid, mint_jwt_svid
 from ca.keys import PublicKey
 from ca.settings import CASettings
-from ca.signers import SigningAuthorities
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import IssuanceRecord
 from ca.x509svid import X509Svid, check_dns_names, public_key_of_csr, sign_x509_svid

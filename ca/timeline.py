@@ -20,13 +20,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca import rotation
+from ca.authorities import SigningAuthorities
 from ca.authority_factory import make_authority
 from ca.bundle import TrustBundle
 from ca.clock import Clock
 from ca.errors import InvalidRequest
 from ca.keys import KeyStore, PublicKey
 from ca.settings import CASettings, UpstreamAuthority
-from ca.signers import SigningAuthorities
 from ca.spiffe_id import TrustDomain
 from ca.store import AuthorityRecord, NotFound, Store
 

@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
+from ca.authorities import SigningAuthorities
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import FakeClock
 from ca.errors import InvalidRequest
 from ca.settings import CASettings
 from ca.signer import Signer
-from ca.signers import SigningAuthorities
 from ca.spiffe_id import SpiffeId
 
 WORKLOAD = SpiffeId.parse("spiffe://example.org/workload")

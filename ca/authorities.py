@@ -1,4 +1,4 @@
-"""Signing authorities in memory: a CA key with its certificate (X.509) or key id (JWT).
+"""Authorities in memory, ready to sign: a CA key with its certificate (X.509) or key id (JWT).
 
 Built from a persisted ``AuthorityRecord`` plus the key from the key store. The state of an
 authority on its timeline (prepared / active / retired) lives in the record; which one signs
