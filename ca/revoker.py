@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from cryptography import x509
 
@@ -22,6 +23,13 @@ from ca.spiffe_id import SpiffeId
 from ca.store import AlreadyExists, IssuanceRecord, NotFound, Revocation, Store
 
 CRL_NUMBER = "crl"
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedCrls:
+    by_authority: dict[str, x509.CertificateRevocationList]
+    crls: list[x509.CertificateRevocationList]
+    rebuild_at: float
 
 
 class Revoker:
@@ -43,8 +51,9 @@ class Revoker:
         self.view = view or RevocationView()
         self.crl_refresh = crl_refresh
         self._lock = threading.Lock()
-        # The CRLs by issuing authority id, in live order, and when to rebuild them.
-        self._crls: tuple[dict[str, x509.CertificateRevocationList], float] | None = None
+        # The CRLs by issuing authority id (in live order), the same as one list (the same
+        # object until they change: callers tell new CRLs by identity), and when to rebuild.
+        self._crls: _CachedCrls | None = None
         self._listeners: list[Callable[[], None]] = []
         # How listeners are called: directly, or handed to the serving loop by a caller
         # whose changes arrive on another thread (a replica following the shared store).
@@ -200,11 +209,11 @@ class Revoker:
 
     def crls(self) -> list[x509.CertificateRevocationList]:
         """One CRL per live X.509 authority, rebuilt on change or before nextUpdate."""
-        return list(self._crls_by_authority().values())
+        return self._cached().crls
 
     def crl_of(self, authority_id: str | None = None) -> x509.CertificateRevocationList | None:
         """The CRL of live X.509 authority ``authority_id`` (None: the active one), if any."""
-        by_authority = self._crls_by_authority()  # first: it may follow a rotation
+        by_authority = self._cached().by_authority  # first: it may follow a rotation
         if authority_id is None:
             active = self._ca.timeline.signing.x509_active
             if active is None:
@@ -212,16 +221,18 @@ class Revoker:
             authority_id = active.authority_id
         return by_authority.get(authority_id)
 
-    def _crls_by_authority(self) -> dict[str, x509.CertificateRevocationList]:
+    def _cached(self) -> _CachedCrls:
         now = self._clock.now()
         with self._lock:
             cached = self._crls
-            if cached is not None and now < cached[1]:
-                return cached[0]
-            crls = self._build(now)
+            if cached is not None and now < cached.rebuild_at:
+                return cached
+            by_authority = self._build(now)
             # Rebuild at half the refresh so a relying party never holds an expired CRL.
-            self._crls = (crls, now + self.crl_refresh / 2)
-            return crls
+            self._crls = _CachedCrls(
+                by_authority, list(by_authority.values()), now + self.crl_refresh / 2
+            )
+            return self._crls
 
     def _build(self, now: float) -> dict[str, x509.CertificateRevocationList]:
         self._ca.issuance_log.flush()
