@@ -36,6 +36,8 @@ __all__ = [
 
 
 class CertificateAuthority:
+    """One trust domain's CA: its timeline, its signer, and verification against its bundle."""
+
     def __init__(
         self,
         *,

@@ -23,6 +23,8 @@ from ca.x509svid import X509Svid, check_dns_names, public_key_of_csr, sign_x509_
 
 
 class Signer:
+    """Issues X.509-SVIDs and JWT-SVIDs with the authorities ``authorities()`` returns."""
+
     def __init__(
         self,
         *,

@@ -35,6 +35,8 @@ KINDS = ("x509", "jwt")
 
 
 class AuthorityTimeline:
+    """The persisted X.509 and JWT authority timelines, the bundle and signers they give."""
+
     def __init__(
         self,
         *,
