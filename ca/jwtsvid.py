@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from ca.authorities import JwtAuthority
 from ca.errors import InvalidRequest, InvalidSpiffeId, VerificationError
 from ca.keys import PrivateKey, PublicKey
-from ca.signers import JwtAuthority
 from ca.spiffe_id import SpiffeId, TrustDomain
 
 ALLOWED_ALGORITHMS = frozenset(

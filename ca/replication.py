@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 
 from ca.clock import Clock
-from ca.revoker import RevocationList
+from ca.revoker import Revoker
 from ca.store import ChangeFeed, ChangeFeedGap, StoreError
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class ReplicaFollower:
     def __init__(
         self,
         feed: ChangeFeed,
-        revocations: RevocationList,
+        revocations: Revoker,
         clock: Clock,
         *,
         on_entries: Callable[[], object] = lambda: None,

@@ -1,4 +1,4 @@
-"""Revoking and un-revoking, durably, and the CRLs that say so.
+"""Revoking and un-revoking, durably, and the CRLs that say so (built by ``ca.crl``).
 
 Every revocation is written to the store (and the audit log) before it is acknowledged, then
 applied to the in-memory ``RevocationView``. Revoking a SPIFFE ID or a registration entry
@@ -10,20 +10,31 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from cryptography import x509
 
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
+from ca.crl import build_crl
 from ca.errors import AlreadyRevoked, FinalRevocation, InvalidRequest, NotRevoked
-from ca.revocation import RevocationReason, RevocationView, build_crl
+from ca.revocation_view import RevocationReason, RevocationView
 from ca.spiffe_id import SpiffeId
 from ca.store import AlreadyExists, IssuanceRecord, NotFound, Revocation, Store
 
 CRL_NUMBER = "crl"
 
 
-class RevocationList:
+@dataclass(frozen=True, slots=True)
+class _CachedCrls:
+    by_authority: dict[str, x509.CertificateRevocationList]
+    crls: list[x509.CertificateRevocationList]
+    rebuild_at: float
+
+
+class Revoker:
+    """Revokes and un-revokes durably, keeps the ``RevocationView`` in step, serves CRLs."""
+
     def __init__(
         self,
         ca: CertificateAuthority,
@@ -40,7 +51,9 @@ class RevocationList:
         self.view = view or RevocationView()
         self.crl_refresh = crl_refresh
         self._lock = threading.Lock()
-        self._crls: tuple[list[x509.CertificateRevocationList], float] | None = None
+        # The CRLs by issuing authority id (in live order), the same as one list (the same
+        # object until they change: callers tell new CRLs by identity), and when to rebuild.
+        self._crls: _CachedCrls | None = None
         self._listeners: list[Callable[[], None]] = []
         # How listeners are called: directly, or handed to the serving loop by a caller
         # whose changes arrive on another thread (a replica following the shared store).
@@ -196,17 +209,32 @@ class RevocationList:
 
     def crls(self) -> list[x509.CertificateRevocationList]:
         """One CRL per live X.509 authority, rebuilt on change or before nextUpdate."""
+        return self._cached().crls
+
+    def crl_of(self, authority_id: str | None = None) -> x509.CertificateRevocationList | None:
+        """The CRL of live X.509 authority ``authority_id`` (None: the active one), if any."""
+        by_authority = self._cached().by_authority  # first: it may follow a rotation
+        if authority_id is None:
+            active = self._ca.timeline.signing.x509_active
+            if active is None:
+                return None
+            authority_id = active.authority_id
+        return by_authority.get(authority_id)
+
+    def _cached(self) -> _CachedCrls:
         now = self._clock.now()
         with self._lock:
             cached = self._crls
-            if cached is not None and now < cached[1]:
-                return cached[0]
-            crls = self._build(now)
+            if cached is not None and now < cached.rebuild_at:
+                return cached
+            by_authority = self._build(now)
             # Rebuild at half the refresh so a relying party never holds an expired CRL.
-            self._crls = (crls, now + self.crl_refresh / 2)
-            return crls
+            self._crls = _CachedCrls(
+                by_authority, list(by_authority.values()), now + self.crl_refresh / 2
+            )
+            return self._crls
 
-    def _build(self, now: float) -> list[x509.CertificateRevocationList]:
+    def _build(self, now: float) -> dict[str, x509.CertificateRevocationList]:
         self._ca.issuance_log.flush()
         revoked: dict[str, list[tuple[IssuanceRecord, Revocation]]] = {}
         for revocation in self._store.list_revocations():
@@ -215,8 +243,8 @@ class RevocationList:
                     # Expired certificates need not be listed (RFC 5280 3.3).
                     revoked.setdefault(issuance.authority_id, []).append((issuance, revocation))
         number = self._store.next_sequence(CRL_NUMBER)
-        return [
-            build_crl(
+        return {
+            authority.authority_id: build_crl(
                 authority,
                 revoked.get(authority.authority_id, []),
                 now=now,
@@ -224,7 +252,7 @@ class RevocationList:
                 number=number,
             )
             for authority in self._ca.live_x509_authorities()
-        ]
+        }
 
     def _issued_to(self, revocation: Revocation) -> list[IssuanceRecord]:
         """The SVIDs a revocation covers, from the issuance log."""

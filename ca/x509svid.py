@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
 
 from ca import templates
+from ca.authorities import X509Authority
 from ca.errors import InvalidRequest, InvalidSpiffeId, VerificationError
 from ca.keys import PrivateKey, PublicKey, check_public_key
-from ca.signers import X509Authority
 from ca.spiffe_id import SpiffeId, TrustDomain
 
 MAX_DNS_NAMES = 32

@@ -19,8 +19,8 @@ from authd.transport.peercred import PeerCredentials
 from authd.workload.registry import EntryRegistry
 from ca.certificate_authority import CertificateAuthority
 from ca.errors import VerificationError
-from ca.revocation import RevocationQuery
-from ca.revoker import RevocationList
+from ca.revocation_view import RevocationQuery
+from ca.revoker import Revoker
 from ca.store import StoreError
 
 LOCAL_ADMINS = "root or admin.allowed_uids"
@@ -49,7 +49,7 @@ class AdminGate:
         ca: CertificateAuthority,
         allows_uid: Callable[[int], bool],
         registry: EntryRegistry,
-        revocations: RevocationList,
+        revocations: Revoker,
     ) -> None:
         self._ca = ca
         self._allows_uid = allows_uid

@@ -14,7 +14,7 @@ from ca.bundle import TrustBundle
 from ca.certificate_authority import CertificateAuthority
 from ca.errors import InvalidRequest, InvalidSpiffeId
 from ca.jwtsvid import JwtSvid
-from ca.revoker import RevocationList
+from ca.revoker import Revoker
 from ca.spiffe_id import SpiffeId
 from ca.store import IssuanceRecord, Revocation, StoreError
 from ca.x509svid import X509Svid
@@ -51,7 +51,7 @@ def spiffe_id_filter(value: str) -> str | None:
 
 
 class IssuanceOperations:
-    def __init__(self, ca: CertificateAuthority, revocations: RevocationList) -> None:
+    def __init__(self, ca: CertificateAuthority, revocations: Revoker) -> None:
         self._ca = ca
         self._revocations = revocations
 

@@ -8,7 +8,7 @@ from authd.admin.authorities import AuthorityStep, CAState
 from authd.admin.issuance import IssuedSvid
 from authd.api.authd.admin.v1 import admin_pb2
 from ca.audit import AuditVerdict
-from ca.revocation import RevocationReason
+from ca.revocation_view import RevocationReason
 from ca.store import AuditRecord, AuthorityRecord, RegistrationEntry, Revocation, Selector
 from ca.store.records import canonical_json
 

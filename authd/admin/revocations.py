@@ -1,4 +1,4 @@
-"""Revocations as admin operations, through the daemon's ``RevocationList``, which stores
+"""Revocations as admin operations, through the daemon's ``Revoker``, which stores
 and audits each one before it returns.
 
 Refusals about what is stored rather than about the request say so: revoking what is
@@ -20,8 +20,8 @@ from authd.admin.errors import (
     store_refusal,
 )
 from ca.errors import AlreadyRevoked, FinalRevocation, InvalidRequest, InvalidSpiffeId, NotRevoked
-from ca.revocation import RevocationReason
-from ca.revoker import RevocationList
+from ca.revocation_view import RevocationReason
+from ca.revoker import Revoker
 from ca.store import Revocation, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def check_kind(kind: str, *, optional: bool = False) -> str:
 
 
 class RevocationOperations:
-    def __init__(self, revocations: RevocationList, store: Store) -> None:
+    def __init__(self, revocations: Revoker, store: Store) -> None:
         self._revocations = revocations
         self._store = store
 

@@ -37,7 +37,7 @@ from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
 from authd.transport.peercred import PeerCredGateway
 from authd.workload.registry import EntryRegistry
 from ca.certificate_authority import CertificateAuthority
-from ca.revoker import RevocationList
+from ca.revoker import Revoker
 
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -64,11 +64,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         gateway: PeerCredGateway,
         allows_uid: Callable[[int], bool],
         registry: EntryRegistry,
-        revocations: RevocationList | None = None,
+        revocations: Revoker | None = None,
     ) -> None:
         """``revocations`` is the daemon's list, the one ext_authz and the Workload API
         consult; without it the service keeps one of its own over the CA's store."""
-        revocations = revocations or RevocationList(ca, ca.store, ca.clock)
+        revocations = revocations or Revoker(ca, ca.store, ca.clock)
         self._gateway = gateway
         self._gate = AdminGate(ca, allows_uid, registry, revocations)
         self._entries = EntryOperations(ca, registry)

@@ -49,7 +49,8 @@ from ca.clock import Clock, SystemClock
 from ca.errors import InvalidRequest
 from ca.keys import KeyStore, KeyType
 from ca.replication import ReplicaFollower
-from ca.revoker import RevocationList
+from ca.revocation_view import RevocationView
+from ca.revoker import Revoker
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import Store, open_store
 
@@ -151,12 +152,13 @@ class Daemon:
         )
         self.entry_registry = EntryRegistry(self._store, self.clock)
         loop = asyncio.get_running_loop()
-        self.revocations = RevocationList(
+        self.revocations = Revoker(
             self.ca,
             self._store,
             self.clock,
             crl_refresh=config.ca.crl_refresh,
             notify=loop.call_soon_threadsafe,
+            view=RevocationView(self.clock) if feed is not None else None,
         )
         if feed is not None:
             self.follower = ReplicaFollower(
@@ -305,9 +307,9 @@ class Daemon:
             self._policy = PolicyHolder(source.load, source.files)
             resolver = authz_service.build_resolver(
                 config,
-                bundle=lambda: self.ca.bundle,
+                bundles=self.ca,
                 clock=self.clock,
-                is_revoked=self.revocations.view.is_revoked,
+                revocations=self.revocations.view,
             )
         except (PolicyError, ValueError) as exc:
             raise StartupError(f"cannot load the policy: {exc}") from None

@@ -17,15 +17,14 @@ from authd.authz.identity import (
     IdentityResolver,
     IdentitySettings,
     IssuerSettings,
-    never_revoked,
 )
 from authd.authz.metrics import AuthzMetrics
 from authd.authz.pipeline import Authorizer, AuthzSettings
 from authd.config.settings import Config
 from authd.policy.base import Policy, PolicyError
-from ca.bundle import TrustBundle
+from authd.ports.bundle_view import BundleView
+from authd.ports.revocation_view import RevocationView
 from ca.clock import Clock
-from ca.revocation import RevocationQuery
 from ca.spiffe_id import TrustDomain
 
 log = logging.getLogger(__name__)
@@ -117,9 +116,9 @@ def authz_settings(config: Config) -> AuthzSettings:
 def build_resolver(
     config: Config,
     *,
-    bundle: Callable[[], TrustBundle],
+    bundles: BundleView,
     clock: Clock,
-    is_revoked: Callable[[RevocationQuery], bool] = never_revoked,
+    revocations: RevocationView | None = None,
 ) -> IdentityResolver:
     api_keys = None
     if config.authz.api_keys_file:
@@ -129,11 +128,11 @@ def build_resolver(
             raise PolicyError(f"authz.api_keys_file: {exc}") from None
     return IdentityResolver(
         trust_domain=TrustDomain.parse(config.trust_domain),
-        bundle=bundle,
+        bundles=bundles,
         clock=clock,
         settings=identity_settings(config),
         api_keys=api_keys,
-        is_revoked=is_revoked,
+        revocations=revocations,
     )
 
 

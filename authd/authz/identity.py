@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -39,11 +39,13 @@ from authd.authz.jwks import (
 )
 from authd.authz.token_cache import TtlCache
 from authd.check.model import CheckContext, CredentialProblem, Identities, UserIdentity
+from authd.ports.bundle_view import BundleView
+from authd.ports.revocation_view import NeverRevoked, RevocationView
 from ca.bundle import TrustBundle
 from ca.clock import Clock
 from ca.errors import InvalidSpiffeId, VerificationError
 from ca.jwtsvid import ALLOWED_ALGORITHMS, b64url_decode, verify_jwt_svid
-from ca.revocation import RevocationQuery
+from ca.revocation_view import RevocationQuery
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.x509svid import verify_x509_svid
 
@@ -53,11 +55,6 @@ PEER = "peer_certificate"
 JWT_SVID = "jwt_svid"
 USER_JWT = "user_jwt"
 API_KEY = "api_key"
-
-
-def never_revoked(query: RevocationQuery) -> bool:
-    """The revocation hook until a revocation list is plugged in."""
-    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,18 +168,18 @@ class IdentityResolver:
         self,
         *,
         trust_domain: TrustDomain,
-        bundle: Callable[[], TrustBundle],
+        bundles: BundleView,
         clock: Clock,
         settings: IdentitySettings | None = None,
         api_keys: ApiKeyStore | None = None,
-        is_revoked: Callable[[RevocationQuery], bool] = never_revoked,
+        revocations: RevocationView | None = None,
     ) -> None:
         self.trust_domain = trust_domain
         self.settings = s = settings or IdentitySettings()
-        self._bundle = bundle
+        self._bundles = bundles
         self._clock = clock
         self._api_keys = api_keys
-        self._is_revoked = is_revoked
+        self._is_revoked = (revocations or NeverRevoked()).is_revoked
         self._foreign = frozenset(TrustDomain.parse(n) for n in s.allowed_foreign_trust_domains)
         self._issuers: dict[str, dict[str, IssuerSettings]] = {}
         for issuer in s.issuers:
@@ -213,7 +210,7 @@ class IdentityResolver:
         return self._jwks[issuer_name]
 
     async def resolve(self, ctx: CheckContext) -> Identities:
-        bundle = self._bundle()  # one snapshot for the whole request
+        bundle = self._bundles.bundle  # one snapshot for the whole request
         found = _Found()
         if ctx.source_certificate:
             self._peer_from_certificate(ctx, bundle, found)

@@ -41,6 +41,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     from authd.authz import assembly as authz_service
     from authd.extauthz.grpc_servicer import context_from_check_request
     from authd.policy.base import PolicyError
+    from authd.ports.bundle_view import StaticBundles
     from ca.clock import SystemClock
 
     config = cli_config(args)
@@ -57,7 +58,9 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     bundle, note = _bundle_for_policy_check(config)
     try:
         policy = authz_service.policy_source(config).load()
-        resolver = authz_service.build_resolver(config, bundle=lambda: bundle, clock=SystemClock())
+        resolver = authz_service.build_resolver(
+            config, bundles=StaticBundles(bundle), clock=SystemClock()
+        )
     except (PolicyError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     authorizer = authz_service.build_authorizer(config, resolver=resolver, policy=lambda: policy)

@@ -14,9 +14,9 @@ import logging
 
 from cryptography.hazmat.primitives import serialization
 
-from ca.certificate_authority import CertificateAuthority
-from ca.revocation import crl_pem
-from ca.revoker import RevocationList
+from authd.ports.bundle_view import BundleView
+from ca.crl import crl_pem
+from ca.revoker import Revoker
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +24,8 @@ MAX_REQUEST = 8192
 
 
 class BundleEndpoint:
-    def __init__(
-        self, ca: CertificateAuthority, revocations: RevocationList, *, host: str, port: int
-    ) -> None:
-        self._ca = ca
+    def __init__(self, bundles: BundleView, revocations: Revoker, *, host: str, port: int) -> None:
+        self._bundles = bundles
         self._revocations = revocations
         self.host = host
         self.port = port
@@ -45,18 +43,16 @@ class BundleEndpoint:
     def respond(self, path: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for ``path``."""
         if path == "/bundle":
-            return 200, "application/json", self._ca.bundle.to_json().encode()
-        crls = self._revocations.crls()
+            return 200, "application/json", self._bundles.bundle.to_json().encode()
         if path == "/crl.pem":
-            return 200, "application/x-pem-file", crl_pem(crls)
-        wanted = path.removeprefix("/crl/") if path.startswith("/crl/") else None
+            return 200, "application/x-pem-file", crl_pem(self._revocations.crls())
+        crl = None
         if path == "/crl":
-            wanted = self._ca.x509_authority.authority_id
-        if wanted is not None:
-            for authority, crl in zip(self._ca.live_x509_authorities(), crls, strict=True):
-                if authority.authority_id == wanted:
-                    der = crl.public_bytes(serialization.Encoding.DER)
-                    return 200, "application/pkix-crl", der
+            crl = self._revocations.crl_of(None)
+        elif path.startswith("/crl/"):
+            crl = self._revocations.crl_of(path.removeprefix("/crl/"))
+        if crl is not None:
+            return 200, "application/pkix-crl", crl.public_bytes(serialization.Encoding.DER)
         return 404, "text/plain", b"not found\n"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -8,7 +8,7 @@ this Envoy may have. Resource names, as SPIRE's agent spells them:
   first, and its key PEM). ``default`` is the caller's oldest entry.
 - ``ROOTCA``, or the trust domain's ID (``spiffe://example.org``): a ``validation_context``
   whose ``trusted_ca`` is the bundle PEM and, when the service has the daemon's
-  ``RevocationList``, whose ``crl`` holds one CRL per live X.509 authority, checked for the
+  ``Revoker``, whose ``crl`` holds one CRL per live X.509 authority, checked for the
   leaf only (``only_verify_leaf_cert_crl``: an upstream root we hold no CRL for must not fail
   every chain). Envoy then refuses a revoked SVID at the handshake of a new connection.
 - ``ALL``: a ``validation_context`` with Envoy's SPIFFE certificate validator holding the
@@ -64,9 +64,9 @@ from authd.transport.peercred import PeerCredentials, PeerCredGateway
 from authd.workload.caller import AttestCredentials, Caller, abort, attested_caller
 from authd.workload.change_signal import ChangeSignal
 from ca.bundle import TrustBundle
+from ca.crl import crl_pem
 from ca.errors import InvalidSpiffeId
-from ca.revocation import crl_pem
-from ca.revoker import RevocationList
+from ca.revoker import Revoker
 from ca.spiffe_id import SpiffeId
 from ca.store import RegistrationEntry
 
@@ -284,15 +284,15 @@ class SdsStream:
 class CrlFeed:
     """The CRLs that go into validation contexts, and a wake-up for the streams that carry them.
 
-    ``version`` grows on every revocation change (``RevocationList`` calls us, from any
-    thread) and whenever ``RevocationList.crls()`` hands out new CRLs, which it does before
+    ``version`` grows on every revocation change (``Revoker`` calls us, from any
+    thread) and whenever ``Revoker.crls()`` hands out new CRLs, which it does before
     their nextUpdate; the streams poll for that every ``check_interval`` seconds, a quarter of
     ``crl_refresh`` unless told, so a re-signed CRL reaches Envoy at most three quarters of
     ``crl_refresh`` after the one it replaces was signed. Building CRLs reads the store and
     signs, so it runs in a worker thread, never on the loop that serves the streams.
     """
 
-    def __init__(self, revocations: RevocationList, *, check_interval: float | None = None) -> None:
+    def __init__(self, revocations: Revoker, *, check_interval: float | None = None) -> None:
         self._revocations = revocations
         self.check_interval = (
             check_interval if check_interval is not None else revocations.crl_refresh / 4
@@ -354,7 +354,7 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         gateway: PeerCredGateway,
         attest: AttestCredentials,
         *,
-        revocations: RevocationList | None = None,
+        revocations: Revoker | None = None,
         crl_check_interval: float | None = None,
     ) -> None:
         self._identities = identities

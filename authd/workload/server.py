@@ -4,7 +4,7 @@ Both services attest the caller from its connection's kernel credentials (throug
 peer-credential gateway) and hand out what its registration entries grant, as the
 ``IdentitySource`` they are given says; neither knows which CA signed it. SVIDs are
 renewed by ``IdentitySource.rotate_due``, called here every ``rotation_check_interval``. Given
-the daemon's ``RevocationList``, SDS puts its CRLs into the trusted-CA validation contexts.
+the daemon's ``Revoker``, SDS puts its CRLs into the trusted-CA validation contexts.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from authd.transport.peercred import PeerCredGateway
 from authd.workload.attestation import attest
 from authd.workload.sds import SecretDiscoveryService
 from authd.workload.workload_api import WorkloadApiService
-from ca.revoker import RevocationList
+from ca.revoker import Revoker
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class WorkloadEndpoint:
         private_dir: Path,
         health: health_pb2_grpc.HealthServicer,
         rotation_interval: float = 1.0,
-        revocations: RevocationList | None = None,
+        revocations: Revoker | None = None,
     ) -> None:
         self.identities = identities
         self._revocations = revocations

@@ -28,7 +28,7 @@ from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
 from ca.jwtsvid import JwtSvid
 from ca.keys import KeyType
-from ca.revoker import RevocationList
+from ca.revoker import Revoker
 from ca.spiffe_id import SpiffeId
 from ca.store import RegistrationEntry, Selector
 
@@ -58,7 +58,7 @@ class SvidProvider:
         *,
         key_type: KeyType = KeyType.EC_P256,
         rng: random.Random | None = None,
-        revocations: RevocationList | None = None,
+        revocations: Revoker | None = None,
     ) -> None:
         self._ca = ca
         self._registry = registry

@@ -15,8 +15,8 @@ from ca.certificate_authority import CertificateAuthority
 from ca.clock import FakeClock
 from ca.errors import InvalidRequest, InvalidSpiffeId
 from ca.keys import KeyStore
-from ca.revocation import RevocationQuery, RevocationReason
-from ca.revoker import RevocationList
+from ca.revocation_view import RevocationQuery, RevocationReason
+from ca.revoker import Revoker
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import SQLiteStore
 from ca.x509svid import X509Svid
@@ -36,7 +36,7 @@ class World:
             keystore=KeyStore(tmp / "keys"),
             clock=self.clock,
         )
-        self.revocations = RevocationList(self.ca, self.store, self.clock, crl_refresh=60)
+        self.revocations = Revoker(self.ca, self.store, self.clock, crl_refresh=60)
 
     def issue(self, spiffe_id: SpiffeId = WEB, ttl: int = 3600) -> X509Svid:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -192,6 +192,6 @@ def test_one_crl_per_live_authority(world: World) -> None:
 def test_view_resynchronises_from_the_store(world: World) -> None:
     svid = world.issue()
     world.revocations.revoke("serial", svid.serial, reason=1, note="", actor="op")
-    replica = RevocationList(world.ca, world.store, world.clock)  # a second reader
+    replica = Revoker(world.ca, world.store, world.clock)  # a second reader
     assert replica.view.is_revoked(RevocationQuery(serial=svid.serial))
     assert replica.view.synced_at == world.clock.now()

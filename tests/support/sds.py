@@ -28,7 +28,7 @@ from authd.workload.svids import SvidProvider
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import FakeClock
 from ca.keys import KeyStore
-from ca.revoker import RevocationList
+from ca.revoker import Revoker
 from ca.spiffe_id import TrustDomain
 from ca.store import RegistrationEntry, Selector, SQLiteStore
 
@@ -73,7 +73,7 @@ class World:
     provider: SvidProvider
     gateway: PeerCredGateway
     service: SecretDiscoveryService
-    revocations: RevocationList | None = None
+    revocations: Revoker | None = None
 
     def add_entry(self, spiffe_id: str, uid: int = ME, ttl: int = SVID_TTL) -> RegistrationEntry:
         """A registration entry for callers of ``uid``; later entries are younger."""
@@ -126,7 +126,7 @@ async def world(
     store_type: type[SQLiteStore] = SQLiteStore,
 ) -> AsyncIterator[World]:
     """With ``crl_refresh``, SDS (and only SDS: the provider does not hear of revocations,
-    so a push after one is SDS's own doing) gets a ``RevocationList`` refreshed that often.
+    so a push after one is SDS's own doing) gets a ``Revoker`` refreshed that often.
     ``store_type``: a ``SQLiteStore`` subclass to build the store with."""
     clock = FakeClock()
     store = store_type(directory / "store.db")
@@ -136,9 +136,7 @@ async def world(
     registry = EntryRegistry(store, clock)
     provider = SvidProvider(ca, registry, clock)
     revocations = (
-        RevocationList(ca, store, clock, crl_refresh=crl_refresh)
-        if crl_refresh is not None
-        else None
+        Revoker(ca, store, clock, crl_refresh=crl_refresh) if crl_refresh is not None else None
     )
     gateway = PeerCredGateway(directory / "workload.sock", directory / "private", public_mode=0o666)
     await gateway.start()

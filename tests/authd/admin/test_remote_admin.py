@@ -38,7 +38,7 @@ from authd.workload.registry import EntryRegistry
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import FakeClock, SystemClock
 from ca.keys import KeyStore, KeyType, PrivateKey
-from ca.revoker import RevocationList
+from ca.revoker import Revoker
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import RegistrationEntry, Selector, SQLiteStore
 from ca.x509svid import verify_x509_svid
@@ -530,7 +530,7 @@ class World:
             clock=self.clock,
         )
         self.registry = EntryRegistry(self.store, self.clock)
-        self.revocations = RevocationList(self.ca, self.store, self.clock)
+        self.revocations = Revoker(self.ca, self.store, self.clock)
         # Never started: it knows no connection, so no call here is a Unix-socket call.
         gateway = PeerCredGateway("/nonexistent/admin.sock", "/nonexistent/private")
         self.service = AdminService(

@@ -30,6 +30,7 @@ from authd.authz.identity import (
     RevocationQuery,
 )
 from authd.check.model import CheckContext, CredentialProblem, Identities
+from authd.ports.bundle_view import StaticBundles
 from ca.bundle import TrustBundle
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import FakeClock
@@ -143,22 +144,28 @@ class RevocationHook:
         self.revoked = set(revoked)
         self.queries: list[RevocationQuery] = []
 
-    def __call__(self, query: RevocationQuery) -> bool:
+    def is_revoked(self, query: RevocationQuery) -> bool:
         self.queries.append(query)
         return bool({query.serial, query.spiffe_id, query.jti} & self.revoked)
+
+    def contains(self, kind: str, target: str) -> bool:
+        return target in self.revoked
+
+    def staleness(self) -> float:
+        return 0.0
 
 
 def make_resolver(
     ca: CertificateAuthority,
     clock: FakeClock,
     *,
-    bundle: Any = None,
+    bundles: Any = None,
     **settings: Any,
 ) -> IdentityResolver:
     settings.setdefault("jwt_svid_audiences", ("orders",))
     return IdentityResolver(
         trust_domain=ca.trust_domain,
-        bundle=bundle or (lambda: ca.bundle),
+        bundles=bundles or ca,
         clock=clock,
         settings=IdentitySettings(**settings),
     )
@@ -324,11 +331,11 @@ def test_failures_are_cached_briefly(ca, impostor, clock):
 def test_a_failure_is_never_cached_across_a_bundle_change(ca, clock):
     # authd starts before it has the CA's roots: the first check fails, the next one, with
     # the real bundle, must not be answered from the failure cache.
-    bundles = [TrustBundle(EXAMPLE, sequence=ca.bundle.sequence + 100)]
-    resolver = make_resolver(ca, clock, bundle=lambda: bundles[0])
+    bundles = StaticBundles(TrustBundle(EXAMPLE, sequence=ca.bundle.sequence + 100))
+    resolver = make_resolver(ca, clock, bundles=bundles)
     ctx = context(certificate=envoy_certificate(issue(ca)))
     assert only_problem(resolve(resolver, ctx)).reason.startswith("x509-svid/bundle")
-    bundles[0] = ca.bundle
+    bundles.bundle = ca.bundle
     assert resolve(resolver, ctx).peer == FRONTEND
 
 
@@ -449,12 +456,14 @@ def test_bundle_rotation_makes_the_cached_jwt_svid_verify_again(ca, clock):
 
 def test_a_jwt_svid_failure_is_never_cached_across_a_bundle_change(ca, clock):
     token = ca.mint_jwt_svid(spiffe_id=BACKEND, audience=["orders"]).token
-    bundles = [replace(ca.bundle, jwt_authorities={}, sequence=ca.bundle.sequence + 100)]
-    resolver = make_resolver(ca, clock, bundle=lambda: bundles[0])
+    bundles = StaticBundles(
+        replace(ca.bundle, jwt_authorities={}, sequence=ca.bundle.sequence + 100)
+    )
+    resolver = make_resolver(ca, clock, bundles=bundles)
     assert only_problem(resolve(resolver, context(headers=bearer(token)))).reason.startswith(
         "jwt-svid/kid"
     )
-    bundles[0] = ca.bundle
+    bundles.bundle = ca.bundle
     assert resolve(resolver, context(headers=bearer(token))).workload == BACKEND
 
 
@@ -509,9 +518,7 @@ def test_spiffe_subject_in_an_issuer_header_is_not_taken_for_a_jwt_svid(ca, cloc
 def test_revocation_hook_is_asked_about_every_peer_certificate(ca, clock):
     svid = issue(ca)
     hook = RevocationHook()
-    resolver = IdentityResolver(
-        trust_domain=EXAMPLE, bundle=lambda: ca.bundle, clock=clock, is_revoked=hook
-    )
+    resolver = IdentityResolver(trust_domain=EXAMPLE, bundles=ca, clock=clock, revocations=hook)
     ctx = context(certificate=envoy_certificate(svid))
     resolve(resolver, ctx)
     resolve(resolver, ctx)  # from the cache, and still asked: revocation is never cached
@@ -522,9 +529,7 @@ def test_revocation_hook_is_asked_about_every_peer_certificate(ca, clock):
 def test_revoked_peer_certificate_is_a_revoked_problem(ca, clock):
     svid = issue(ca)
     hook = RevocationHook(svid.serial)
-    resolver = IdentityResolver(
-        trust_domain=EXAMPLE, bundle=lambda: ca.bundle, clock=clock, is_revoked=hook
-    )
+    resolver = IdentityResolver(trust_domain=EXAMPLE, bundles=ca, clock=clock, revocations=hook)
     identities = resolve(resolver, context(certificate=envoy_certificate(svid)))
     assert identities.peer is None
     assert identities.peer_serial is None
@@ -536,9 +541,7 @@ def test_revoked_peer_certificate_is_a_revoked_problem(ca, clock):
 
 def test_revoked_principal_without_certificate_is_a_revoked_problem(ca, clock):
     hook = RevocationHook(str(FRONTEND))
-    resolver = IdentityResolver(
-        trust_domain=EXAMPLE, bundle=lambda: ca.bundle, clock=clock, is_revoked=hook
-    )
+    resolver = IdentityResolver(trust_domain=EXAMPLE, bundles=ca, clock=clock, revocations=hook)
     identities = resolve(resolver, context(principal=str(FRONTEND)))
     assert hook.queries == [RevocationQuery(spiffe_id=str(FRONTEND))]
     assert identities.peer is None
@@ -558,10 +561,10 @@ def test_revocation_hook_is_asked_about_jwt_svid_subject_and_jti(ca, clock):
     hook = RevocationHook()
     resolver = IdentityResolver(
         trust_domain=EXAMPLE,
-        bundle=lambda: ca.bundle,
+        bundles=ca,
         clock=clock,
         settings=IdentitySettings(jwt_svid_audiences=("orders",)),
-        is_revoked=hook,
+        revocations=hook,
     )
     identities = resolve(resolver, context(headers=bearer(token)))
     assert identities.workload == BACKEND
@@ -582,9 +585,7 @@ def test_revocation_hook_is_asked_about_jwt_svid_subject_and_jti(ca, clock):
 
 def api_key_resolver(ca: CertificateAuthority, clock: FakeClock) -> IdentityResolver:
     store = ApiKeyStore([ApiKeyEntry("ci-bot", hash_api_key("s3cret-ci-key"))])
-    return IdentityResolver(
-        trust_domain=EXAMPLE, bundle=lambda: ca.bundle, clock=clock, api_keys=store
-    )
+    return IdentityResolver(trust_domain=EXAMPLE, bundles=ca, clock=clock, api_keys=store)
 
 
 def test_known_api_key_gives_its_name(ca, clock):

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from authd.authz.identity import IdentityResolver, IdentitySettings, IssuerSettings
 from authd.authz.jwks import JsonWebKey, JwksCache, JwksError, max_age, parse_jwks
 from authd.check.model import CheckContext, CredentialProblem, Identities, UserIdentity
+from authd.ports.bundle_view import StaticBundles
 from ca.bundle import TrustBundle, public_jwk
 from ca.clock import FakeClock
 from ca.jwtsvid import b64url
@@ -110,7 +111,7 @@ def issuer_settings(idp: IdP, **overrides: Any) -> IssuerSettings:
 def make_resolver(idp: IdP, clock: FakeClock, **overrides: Any) -> IdentityResolver:
     return IdentityResolver(
         trust_domain=EXAMPLE,
-        bundle=lambda: TrustBundle(EXAMPLE),
+        bundles=StaticBundles(TrustBundle(EXAMPLE)),
         clock=clock,
         settings=IdentitySettings(issuers=(issuer_settings(idp, **overrides),)),
     )
@@ -315,7 +316,7 @@ def test_user_jwt_in_an_issuer_specific_header_is_read_raw(idp, clock):
 def test_unreachable_jwks_is_a_problem(clock):
     resolver = IdentityResolver(
         trust_domain=EXAMPLE,
-        bundle=lambda: TrustBundle(EXAMPLE),
+        bundles=StaticBundles(TrustBundle(EXAMPLE)),
         clock=clock,
         settings=IdentitySettings(
             issuers=(

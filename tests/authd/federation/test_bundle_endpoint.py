@@ -16,7 +16,7 @@ from authd.federation.bundle_endpoint import BundleEndpoint
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import SystemClock
 from ca.keys import KeyStore
-from ca.revoker import RevocationList
+from ca.revoker import Revoker
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import SQLiteStore
 
@@ -37,7 +37,7 @@ def test_bundle_and_crls_are_served(tmp_path: Path) -> None:
         keystore=KeyStore(tmp_path / "keys"),
         clock=SystemClock(),
     )
-    revocations = RevocationList(ca, store, SystemClock(), crl_refresh=60)
+    revocations = Revoker(ca, store, SystemClock(), crl_refresh=60)
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -89,3 +89,31 @@ def test_bundle_and_crls_are_served(tmp_path: Path) -> None:
     assert replies["/nothing"][0] == 404
     ca.close()
     store.close()
+
+
+def test_crl_of_a_replica_without_the_ca_keys_is_not_found(tmp_path: Path) -> None:
+    # A decision-point replica shares the store but not the keys: it serves the bundle, and
+    # answers a CRL request with 404 (it signs no CRL), never with an exception.
+    store = SQLiteStore(tmp_path / "s.db")
+    CertificateAuthority(
+        trust_domain=TrustDomain("example.org"),
+        store=store,
+        keystore=KeyStore(tmp_path / "ca-keys"),
+        clock=SystemClock(),
+    ).close()
+    replica = CertificateAuthority(
+        trust_domain=TrustDomain("example.org"),
+        store=store,
+        keystore=KeyStore(tmp_path / "replica-keys"),
+        clock=SystemClock(),
+        rotates=False,
+    )
+    endpoint = BundleEndpoint(
+        replica, Revoker(replica, store, SystemClock()), host="127.0.0.1", port=0
+    )
+    status, _, body = endpoint.respond("/bundle")
+    assert status == 200
+    assert len(json.loads(body)["keys"]) == 2
+    assert endpoint.respond("/crl")[0] == 404
+    assert endpoint.respond("/crl.pem")[:2] == (200, "application/x-pem-file")
+    replica.close()

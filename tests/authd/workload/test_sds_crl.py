@@ -1,7 +1,7 @@
 """CRLs in SDS validation contexts, so Envoy refuses a revoked SVID at the TLS handshake.
 
 The world is the one of ``test_sds.py`` (a real grpc.aio server behind the peer-credential
-gateway, a real CA on SQLite, a fake clock) with a ``RevocationList`` given to SDS only: the
+gateway, a real CA on SQLite, a fake clock) with a ``Revoker`` given to SDS only: the
 SVID provider does not hear of revocations here, so every push after one is SDS's own. The
 CRLs are read back from the responses and checked with ``cryptography`` against the
 authorities that must have signed them.
@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from envoy.service.secret.v3 import sds_pb2_grpc
 
-from ca.revoker import RevocationList
+from ca.revoker import Revoker
 from tests.support.sds import (
     WEB,
     EnvoyStream,
@@ -75,7 +75,7 @@ def signed_by(crl: x509.CertificateRevocationList, authority: x509.Certificate) 
     return crl.issuer == authority.subject and crl.is_signature_valid(public_key)
 
 
-def revocations(w: World) -> RevocationList:
+def revocations(w: World) -> Revoker:
     assert w.revocations is not None
     return w.revocations
 

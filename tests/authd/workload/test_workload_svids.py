@@ -219,9 +219,9 @@ def test_refreshing_one_entry_matches_a_full_reload(world: World) -> None:
 
 
 def test_a_revoked_serial_is_replaced_at_once(world: World) -> None:
-    from ca.revoker import RevocationList
+    from ca.revoker import Revoker
 
-    revocations = RevocationList(world.ca, world.store, world.clock)
+    revocations = Revoker(world.ca, world.store, world.clock)
     provider = SvidProvider(world.ca, world.registry, world.clock, revocations=revocations)
     world.entry("a", "web", UID_1000)
     entry = world.registry.get("a")

@@ -1,19 +1,23 @@
-"""Signing authorities in memory: a CA key with its certificate (X.509) or key id (JWT).
+"""Authorities in memory, ready to sign: a CA key with its certificate (X.509) or key id (JWT).
 
 Built from a persisted ``AuthorityRecord`` plus the key from the key store. The state of an
 authority on its timeline (prepared / active / retired) lives in the record; which one signs
-is decided by ``ca.rotation``, never here.
+is decided by ``ca.rotation``, never here. ``SigningAuthorities`` is one consistent snapshot
+of them, swapped whole when the timeline changes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 
-from ca.keys import PrivateKey, PublicKey, signature_hash
+from ca.errors import InvalidRequest
+from ca.keys import KeyStore, PrivateKey, PublicKey, signature_hash
+from ca.rotation import ACTIVE
 from ca.store.records import AuthorityRecord
 from ca.templates import authority_key_id_extension, authority_key_id_of, signature_algorithm
 
@@ -89,3 +93,70 @@ class JwtAuthority:
     @property
     def not_after(self) -> int:
         return self.record.not_after
+
+
+_NOT_HERE = (
+    "no active {kind} authority with its key here (authorities are made and held by the "
+    "replica with ca.rotates = true; issue there)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SigningAuthorities:
+    """The authorities this replica can sign with: those whose keys its key store holds."""
+
+    x509_active: X509Authority | None = None
+    jwt_active: JwtAuthority | None = None
+    x509_live: tuple[X509Authority, ...] = ()  # every unrevoked X.509 one, in record order
+
+    @classmethod
+    def load(
+        cls,
+        x509_records: Sequence[AuthorityRecord],
+        jwt_records: Sequence[AuthorityRecord],
+        keystore: KeyStore,
+    ) -> SigningAuthorities:
+        """The unrevoked authorities of ``x509_records`` and ``jwt_records`` with a key here.
+
+        A replica without the keys (a decision point sharing the store with the CA replica)
+        gets an empty set: it serves the bundle and verifies, but does not sign.
+        """
+        live: list[X509Authority] = []
+        x509_active: X509Authority | None = None
+        for record in x509_records:
+            if record.revoked:
+                continue
+            key = keystore.load_if_present(record.key_ref)
+            if key is None:
+                continue
+            authority = X509Authority(
+                record,
+                key,
+                x509.load_der_x509_certificate(record.certificate_der),
+                tuple(x509.load_der_x509_certificate(d) for d in record.upstream_chain_der),
+            )
+            live.append(authority)
+            if record.state == ACTIVE:
+                x509_active = authority
+        jwt_active: JwtAuthority | None = None
+        for record in jwt_records:
+            if record.revoked or record.state != ACTIVE:
+                continue
+            key = keystore.load_if_present(record.key_ref)
+            if key is not None:
+                jwt_active = JwtAuthority(record, key)
+        return cls(x509_active, jwt_active, tuple(live))
+
+    @property
+    def x509(self) -> X509Authority:
+        """The active X.509 authority; InvalidRequest if this replica cannot sign with it."""
+        if self.x509_active is None:
+            raise InvalidRequest(_NOT_HERE.format(kind="X.509"))
+        return self.x509_active
+
+    @property
+    def jwt(self) -> JwtAuthority:
+        """The active JWT authority; InvalidRequest if this replica cannot sign with it."""
+        if self.jwt_active is None:
+            raise InvalidRequest(_NOT_HERE.format(kind="JWT"))
+        return self.jwt_active

@@ -1,27 +1,25 @@
-"""What is revoked, as an in-memory view for O(1) checks, and as CRLs for TLS verifiers.
+"""What is revoked, as an in-memory view for O(1) checks: reasons, queries and the view.
 
 The store holds the durable revocations (and, with Redis, shares them between replicas).
 ``RevocationView`` is what the hot path asks: sets of serials, SPIFFE IDs, entries and JWT
 ids, rebuilt from the store on (re)connect and updated from changes in between. Revoking a
-SPIFFE ID or an entry revokes every SVID it currently holds and blocks new issuance; the
-CRLs list the serials of all of them, one CRL per live X.509 authority (the issuer of the
-serials it lists), each with a nextUpdate that matches how often it is refreshed.
+SPIFFE ID or an entry revokes every SVID it currently holds and blocks new issuance (the
+``ca.revoker``'s work); the CRLs for TLS verifiers are built in ``ca.crl``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
+import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
+from ca.clock import Clock
 from ca.errors import InvalidRequest
-from ca.signers import X509Authority
-from ca.store import IssuanceRecord, Revocation
+from ca.store import Revocation
 
 
 class RevocationReason(enum.IntEnum):
@@ -84,6 +82,7 @@ class RevocationQuery:
     serial: str | None = None  # an X.509-SVID's serial, lowercase hex
     spiffe_id: str | None = None
     jti: str | None = None  # a JWT-SVID's token id
+    entry_id: str | None = None  # the registration entry the credential was issued for
 
 
 class RevocationView:
@@ -92,12 +91,17 @@ class RevocationView:
     Swapped whole on resynchronisation and edited in place for single changes; a lookup
     reads a few set memberships and takes no lock (membership tests and single adds or
     discards are atomic; nothing iterates the sets while they may change).
+
+    Give ``clock`` when the view mirrors a store other replicas write: whoever follows that
+    store moves ``synced_at`` on, and ``staleness()`` counts from it. Without a clock the
+    view belongs to the store's only writer, which applies every change itself: never stale.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
         self._lock = threading.Lock()
         self._sets: dict[str, set[str]] = {}
-        self.synced_at: float | None = None
+        self._clock = clock
+        self.synced_at: float | None = None  # when the view last matched the store
         self.load(())
 
     def load(self, revocations: Iterable[Revocation], *, at: float | None = None) -> None:
@@ -112,8 +116,8 @@ class RevocationView:
                 self.synced_at = at
 
     def apply(self, kind: str, target: str, *, revoked: bool) -> None:
-        # In place: set.add and set.discard are atomic, and copying a set of 100,000 serials
-        # per change would make a burst of revocations crawl.
+        # In place: set.add and set.discard are atomic, and copying a large set per change
+        # would make a burst of revocations crawl.
         with self._lock:
             values = self._sets.setdefault(kind, set())
             if revoked:
@@ -122,55 +126,25 @@ class RevocationView:
                 values.discard(target)
 
     def is_revoked(self, query: RevocationQuery) -> bool:
+        """True if any part of ``query`` (serial, SPIFFE ID, jti, entry) is revoked."""
         sets = self._sets
         return bool(
             (query.serial is not None and query.serial in sets["serial"])
             or (query.spiffe_id is not None and query.spiffe_id in sets["spiffe_id"])
             or (query.jti is not None and query.jti in sets["jti"])
+            or (query.entry_id is not None and query.entry_id in sets["entry"])
         )
 
     def contains(self, kind: str, target: str) -> bool:
+        """True if ``target`` of ``kind`` (serial, spiffe_id, entry, jti) is revoked."""
         return target in self._sets.get(kind, ())
+
+    def staleness(self) -> float:
+        """Seconds since the view last matched the store: 0 without a clock, inf if never."""
+        if self._clock is None:
+            return 0.0
+        synced = self.synced_at
+        return math.inf if synced is None else max(0.0, self._clock.now() - synced)
 
     def count(self) -> int:
         return sum(len(values) for values in self._sets.values())
-
-
-def build_crl(
-    authority: X509Authority,
-    revoked: Sequence[tuple[IssuanceRecord, Revocation]],
-    *,
-    now: float,
-    next_update: float,
-    number: int,
-) -> x509.CertificateRevocationList:
-    """A CRL signed by ``authority`` listing the serials it issued that are revoked."""
-    when = dt.datetime.fromtimestamp(int(now), tz=dt.UTC)
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(authority.certificate.subject)
-        .last_update(when)
-        .next_update(dt.datetime.fromtimestamp(int(next_update), tz=dt.UTC))
-        .add_extension(x509.CRLNumber(number), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                authority.certificate.public_key()  # type: ignore[arg-type]
-            ),
-            critical=False,
-        )
-    )
-    for issuance, revocation in revoked:
-        entry = (
-            x509.RevokedCertificateBuilder()
-            .serial_number(int(issuance.serial, 16))
-            .revocation_date(dt.datetime.fromtimestamp(revocation.revoked_at, tz=dt.UTC))
-        )
-        reason = RevocationReason(revocation.reason)
-        if reason is not RevocationReason.UNSPECIFIED:
-            entry = entry.add_extension(x509.CRLReason(reason.crl_flag), critical=False)
-        builder = builder.add_revoked_certificate(entry.build())
-    return builder.sign(authority.key, authority.hash_algorithm)
-
-
-def crl_pem(crls: Iterable[x509.CertificateRevocationList]) -> bytes:
-    return b"".join(crl.public_bytes(serialization.Encoding.PEM) for crl in crls)

@@ -1,0 +1,268 @@
+"""The authority timeline: rotation state, persisted, and what follows from it.
+
+SPIRE's ``manager/slot.go`` + ``journal.go``: the X.509 and JWT authorities, each prepared,
+active or retired (and maybe tainted or revoked), live in the store. This class moves them
+along (by the clock, through ``ca.rotation``'s plan, or by an operator's step), audits each
+step, and rebuilds what follows from the records: the trust bundle and the authorities this
+replica can sign with. It never signs an SVID and never decides *when* to rotate.
+
+With several replicas on one store, exactly one rotates (it holds the keys); the others
+follow: ``reload()`` re-reads the records another replica changed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca import rotation
+from ca.authorities import SigningAuthorities
+from ca.authority_factory import make_authority
+from ca.bundle import TrustBundle
+from ca.clock import Clock
+from ca.errors import InvalidRequest
+from ca.keys import KeyStore, PublicKey
+from ca.settings import CASettings, UpstreamAuthority
+from ca.spiffe_id import TrustDomain
+from ca.store import AuthorityRecord, NotFound, Store
+
+BUNDLE_SEQUENCE = "bundle"
+KINDS = ("x509", "jwt")
+
+
+class AuthorityTimeline:
+    """The persisted X.509 and JWT authority timelines, the bundle and signers they give."""
+
+    def __init__(
+        self,
+        *,
+        trust_domain: TrustDomain,
+        store: Store,
+        keystore: KeyStore,
+        clock: Clock,
+        settings: CASettings,
+        upstream: UpstreamAuthority | None = None,
+        rotates: bool = True,
+    ) -> None:
+        self.trust_domain = trust_domain
+        self.store = store
+        self.keystore = keystore
+        self.clock = clock
+        self.settings = settings
+        self.upstream = upstream
+        self.rotates = rotates
+        self._lock = threading.RLock()
+        self._signing = SigningAuthorities()
+        self._bundle = TrustBundle(trust_domain)
+        self._listeners: list[Callable[[], None]] = []
+        if rotates:
+            self.rotate()
+            signing = self._signing
+            if signing.x509_active is None or signing.jwt_active is None:
+                # The rotating replica is the CA: it must hold its active authorities' keys.
+                for record in self.store.list_authorities():
+                    if record.state == rotation.ACTIVE and not record.revoked:
+                        self.keystore.load(record.key_ref)  # raises, naming the missing key
+        else:
+            self._load()
+
+    # --- what follows from the records ----------------------------------------------------
+
+    @property
+    def bundle(self) -> TrustBundle:
+        """The current trust bundle of this trust domain (one immutable snapshot)."""
+        return self._bundle
+
+    @property
+    def signing(self) -> SigningAuthorities:
+        """The authorities this replica can sign with now (one immutable snapshot)."""
+        return self._signing
+
+    def authorities(self) -> list[AuthorityRecord]:
+        return self.store.list_authorities()
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every change of the authorities or the bundle."""
+        self._listeners.append(listener)
+
+    # --- moving along the timeline --------------------------------------------------------
+
+    def rotate(self) -> bool:
+        """Bring both timelines up to date with the clock; True if anything changed.
+
+        Only the rotating replica moves the timeline (it holds the keys); the others follow.
+        """
+        if not self.rotates:
+            return False
+        with self._lock:
+            now = self.clock.now()
+            changed = False
+            for kind in KINDS:
+                plan = rotation.plan_rotation(self.store.list_authorities(kind), now)
+                if not plan.is_empty:
+                    # The sequence first: a replica that reloads on the authority change
+                    # must already read the sequence that goes with it.
+                    if plan.changes_bundle:
+                        self.store.next_sequence(BUNDLE_SEQUENCE)
+                    self._apply(kind, plan, now)
+                    changed = True
+            if changed or self._signing.x509_active is None:
+                self._load()
+            if changed:
+                self._notify()
+            return changed
+
+    def reload(self) -> None:
+        """Re-read the authorities from the store (another replica changed them)."""
+        with self._lock:
+            self._load()
+        self._notify()
+
+    # --- operator-driven steps (SPIRE's `localauthority` commands) -------------------------
+
+    def prepare_authority(self, kind: str) -> AuthorityRecord:
+        """Prepare the next authority of ``kind`` now (it enters the bundle at once)."""
+        self._require_rotating()
+        with self._lock:
+            if kind not in KINDS:
+                raise InvalidRequest(f"authority kind must be x509 or jwt, not {kind!r}")
+            if any(r.state == rotation.PREPARED for r in self.store.list_authorities(kind)):
+                raise InvalidRequest(f"a prepared {kind} authority already exists")
+            record = self._new_authority(kind, rotation.PREPARED, self.clock.now())
+            self._changed([record], "")
+            return record
+
+    def activate_authority(self, kind: str) -> AuthorityRecord:
+        """Make the prepared authority of ``kind`` sign now; the active one is retired."""
+        self._require_rotating()
+        with self._lock:
+            records = self.store.list_authorities(kind)
+            prepared = [r for r in records if r.state == rotation.PREPARED]
+            if not prepared:
+                raise InvalidRequest(f"no prepared {kind} authority to activate; prepare one first")
+            updates = [replace(prepared[-1], state=rotation.ACTIVE)]
+            updates += [
+                replace(r, state=rotation.RETIRED) for r in records if r.state == rotation.ACTIVE
+            ]
+            self._changed(updates, "")
+            return updates[0]
+
+    def taint_authority(self, authority_id: str) -> AuthorityRecord:
+        """Mark a retired authority tainted: everything it signed is re-issued at once."""
+        with self._lock:
+            record = self._record(authority_id)
+            if record.state != rotation.RETIRED:
+                raise InvalidRequest(
+                    f"only a retired authority can be tainted; {authority_id} is {record.state}"
+                    " (activate another one first)"
+                )
+            if record.tainted:
+                raise InvalidRequest(f"authority {authority_id} is already tainted")
+            tainted = replace(record, tainted=True)
+            self._changed([tainted], "tainted")
+            return tainted
+
+    def revoke_authority(self, authority_id: str) -> AuthorityRecord:
+        """Remove a tainted authority from the bundle: what it signed is no longer trusted."""
+        with self._lock:
+            record = self._record(authority_id)
+            if not record.tainted:
+                raise InvalidRequest(
+                    f"authority {authority_id} must be tainted before it is revoked, so that "
+                    "what it signed is re-issued first"
+                )
+            revoked = replace(record, revoked=True)
+            self._changed([revoked], "revoked")
+            return revoked
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _require_rotating(self) -> None:
+        if not self.rotates:
+            raise InvalidRequest(
+                "this replica does not rotate authorities (ca.rotates = false): prepare and "
+                "activate on the replica that holds the CA keys (taint and revoke work anywhere)"
+            )
+
+    def _record(self, authority_id: str) -> AuthorityRecord:
+        try:
+            return self.store.get_authority(authority_id)
+        except NotFound:
+            raise InvalidRequest(f"no authority {authority_id!r}") from None
+
+    def _changed(self, updates: Sequence[AuthorityRecord], action: str) -> None:
+        self.store.next_sequence(BUNDLE_SEQUENCE)  # before the change other replicas follow
+        self.store.save_authorities(updates)
+        for record in updates:
+            self._audit(f"authority.{action}" if action else f"authority.{record.state}", record)
+        self._load()
+        self._notify()
+
+    def _apply(self, kind: str, plan: rotation.RotationPlan, now: float) -> None:
+        records = {r.authority_id: r for r in self.store.list_authorities(kind)}
+        updates: list[AuthorityRecord] = []
+        if plan.create_active or plan.prepare:
+            state = rotation.ACTIVE if plan.create_active else rotation.PREPARED
+            updates.append(self._new_authority(kind, state, now))
+        if plan.activate:
+            updates.append(replace(records[plan.activate], state=rotation.ACTIVE))
+        updates.extend(replace(records[a], state=rotation.RETIRED) for a in plan.retire)
+        self.store.save_authorities(updates)
+        for record in updates:
+            self._audit(f"authority.{record.state}", record)
+        for authority_id in plan.prune:
+            record = records[authority_id]
+            self.store.delete_authority(authority_id)
+            self.keystore.delete(record.key_ref)
+            self._audit("authority.pruned", record)
+
+    def _new_authority(self, kind: str, state: str, now: float) -> AuthorityRecord:
+        return make_authority(
+            kind,
+            state,
+            now,
+            trust_domain=self.trust_domain,
+            settings=self.settings,
+            keystore=self.keystore,
+            upstream=self.upstream,
+        )
+
+    def _audit(self, action: str, record: AuthorityRecord) -> None:
+        self.store.append_audit(
+            time=int(self.clock.now()),
+            actor="authd",
+            action=action,
+            subject=record.authority_id,
+            details={"kind": record.kind, "not_after": record.not_after},
+        )
+
+    def _load(self) -> None:
+        """Rebuild the signing authorities and the bundle from the persisted timeline."""
+        x509_records = self.store.list_authorities("x509")
+        jwt_records = self.store.list_authorities("jwt")
+        roots = tuple(
+            x509.load_der_x509_certificate(r.certificate_der) for r in x509_records if not r.revoked
+        )
+        if self.upstream is not None:
+            roots = self.upstream.roots
+        jwt_keys: dict[str, PublicKey] = {}
+        for record in jwt_records:
+            if not record.revoked:
+                public_key = serialization.load_der_public_key(record.public_key_der)
+                jwt_keys[record.authority_id] = public_key  # type: ignore[assignment]
+        self._signing = SigningAuthorities.load(x509_records, jwt_records, self.keystore)
+        self._bundle = TrustBundle(
+            self.trust_domain,
+            roots,
+            jwt_keys,
+            self.store.current_sequence(BUNDLE_SEQUENCE),
+            self.settings.refresh_hint,
+        )
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
