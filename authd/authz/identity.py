@@ -12,12 +12,19 @@ credential's SHA-256, the audience, the bundle's ``sequence`` (so a CA rotation 
 revoked authority invalidates at once) and the issuers' JWKS generation. Successes live
 until the credential expires, failures only ``failure_ttl`` (5 s), enough to blunt a flood.
 Revocation is *not* cached: ``is_revoked`` is asked on every request.
+
+Every credential is bounded before a parser sees it: a bearer token is at most
+``MAX_TOKEN_BYTES`` and its header and payload JSON at most ``bounded_json.MAX_JSON_DEPTH``
+levels deep (checked once here, so PyJWT and ``ca.jwtsvid`` only ever parse bounded JSON); a
+forwarded peer certificate is at most ``MAX_PEER_CERTIFICATE_BYTES``. Past a bound it is a
+``CredentialProblem`` naming the bound (a 401 deny). A parser failing in a way not foreseen
+raises ``MalformedRequest`` (a 400 deny, logged with its traceback by the pipeline), never
+an error that Envoy could be configured to let through.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -38,6 +45,8 @@ from authd.authz.jwks import (
     JwksError,
 )
 from authd.authz.token_cache import TtlCache
+from authd.check.bounded_json import JsonLimitError, loads_bounded
+from authd.check.errors import MalformedRequest
 from authd.check.model import CheckContext, CredentialProblem, Identities, UserIdentity
 from ca.bundle import TrustBundle
 from ca.clock import Clock
@@ -53,6 +62,11 @@ PEER = "peer_certificate"
 JWT_SVID = "jwt_svid"
 USER_JWT = "user_jwt"
 API_KEY = "api_key"
+
+# Far above any real token or chain (a JWT-SVID is ~0.5 kB, a chain of three ~4 kB) and below
+# Envoy's default 60 KiB header limit.
+MAX_TOKEN_BYTES = 16 * 1024
+MAX_PEER_CERTIFICATE_BYTES = 64 * 1024
 
 
 def never_revoked(query: RevocationQuery) -> bool:
@@ -242,7 +256,19 @@ class IdentityResolver:
     # --- the mTLS peer ------------------------------------------------------------------
 
     def _peer_from_certificate(self, ctx: CheckContext, bundle: TrustBundle, found: _Found) -> None:
-        result = self._verified_certificate(ctx.source_certificate, bundle)
+        if len(ctx.source_certificate) > MAX_PEER_CERTIFICATE_BYTES:
+            found.problems.append(
+                CredentialProblem(
+                    PEER,
+                    f"x509-svid/size: peer certificate is longer than "
+                    f"{MAX_PEER_CERTIFICATE_BYTES} bytes",
+                )
+            )
+            return
+        try:
+            result = self._verified_certificate(ctx.source_certificate, bundle)
+        except Exception as exc:  # a parser failed on what the caller presented
+            raise MalformedRequest(PEER, f"cannot be read: {type(exc).__name__}") from exc
         if isinstance(result, CredentialProblem):
             found.problems.append(result)
             return
@@ -331,9 +357,22 @@ class IdentityResolver:
                 CredentialProblem(self._kind_for(header), "jwt/empty: token is empty")
             )
             return
+        if len(token) > MAX_TOKEN_BYTES:
+            found.problems.append(
+                CredentialProblem(
+                    self._kind_for(header),
+                    f"jwt/size: token is longer than {MAX_TOKEN_BYTES} bytes",
+                )
+            )
+            return
         audience_override = ctx.context_extensions.get("audience")
         audience = (audience_override,) if audience_override else self.settings.jwt_svid_audiences
-        result = await self._token(header, token, audience, bundle)
+        try:
+            result = await self._token(header, token, audience, bundle)
+        except Exception as exc:  # a parser failed on the token the caller presented
+            raise MalformedRequest(
+                self._kind_for(header), f"token cannot be read: {type(exc).__name__}"
+            ) from exc
         if isinstance(result, CredentialProblem):
             found.problems.append(result)
         elif isinstance(result, _VerifiedWorkload):
@@ -381,8 +420,8 @@ class IdentityResolver:
         """Verify ``token``; returns the result and until when it may be cached."""
         failed_until = self._clock.now() + self.settings.failure_ttl
         claims = _unverified_claims(token)
-        if claims is None:
-            return CredentialProblem(self._kind_for(header), "jwt/compact: not a JWT"), failed_until
+        if isinstance(claims, str):
+            return CredentialProblem(self._kind_for(header), claims), failed_until
         sub, iss = claims.get("sub"), claims.get("iss")
         if header == self.settings.jwt_svid_header and (
             isinstance(sub, str) and sub.startswith("spiffe://")
@@ -479,16 +518,32 @@ def _sha256(text: str) -> bytes:
     return hashlib.sha256(text.encode(errors="surrogatepass")).digest()
 
 
-def _unverified_claims(token: str) -> Mapping[str, Any] | None:
-    """The payload of a compact JWS, unverified: only to route it to the right verifier."""
+def _unverified_claims(token: str) -> Mapping[str, Any] | str:
+    """The payload of a compact JWS, unverified (only to route it to the right verifier), or
+    why it is not one.
+
+    Header and payload are both parsed within ``bounded_json``'s limits here, so that the
+    verifiers after this (PyJWT, ``ca.jwtsvid``), which parse them again with plain
+    ``json.loads``, are never handed JSON nested deep enough to exhaust the stack.
+    """
     parts = token.split(".")
     if len(parts) != 3:
-        return None
-    try:
-        claims = json.loads(b64url_decode(parts[1]))
-    except ValueError:  # binascii.Error, JSONDecodeError and UnicodeDecodeError included
-        return None
-    return claims if isinstance(claims, dict) else None
+        return "jwt/compact: not a JWT"
+    decoded = []
+    for part in parts[:2]:
+        try:
+            # NaN allowed: the verifiers name the claim it is in (user-jwt/claims, ...).
+            decoded.append(
+                loads_bounded(b64url_decode(part), max_bytes=MAX_TOKEN_BYTES, allow_nan=True)
+            )
+        except JsonLimitError as exc:
+            return f"jwt/json: {exc}"
+        except ValueError:  # binascii.Error and UnicodeDecodeError included
+            return "jwt/compact: not a JWT"
+    header, claims = decoded
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        return "jwt/compact: not a JWT"
+    return claims
 
 
 def _is_time(value: object) -> bool:

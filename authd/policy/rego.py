@@ -98,6 +98,7 @@ _share_loaded_libstdcxx()
 # After the call above, which must precede loading librego_shared.
 from regopy import Input, Interpreter, LogLevel, Output, RegoError, rego_shared  # noqa: E402
 
+from authd.check.errors import MalformedRequest  # noqa: E402
 from authd.check.input_document import prune_input  # noqa: E402
 from authd.check.model import CheckContext, Decision, Identities  # noqa: E402
 from authd.policy.base import InputDocument, PolicyError  # noqa: E402
@@ -376,8 +377,10 @@ class RegoPolicy:
     def _failed(self, detail: str) -> PolicyError:
         return PolicyError(f"{self.name}: evaluating {self.entrypoint} failed: {detail}")
 
-    def _bad_input(self, exc: Exception) -> PolicyError:
-        return PolicyError(f"{self.name}: input cannot be given to Rego: {exc}")
+    def _bad_input(self, exc: Exception) -> MalformedRequest:
+        # The input is built from the request alone: one that cannot be handed to Rego
+        # (a value that is not JSON) is the caller's doing, denied, never an engine error.
+        return MalformedRequest("input", f"input cannot be given to Rego: {type(exc).__name__}")
 
 
 def _copy_decision(decision: Decision) -> Decision:
