@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from authd.authz.pipeline import identity_document
+from authd.check.errors import MalformedRequest
 from authd.check.input_document import input_document
 from authd.check.model import CheckContext, Decision, Identities, Reason, UserIdentity
-from authd.check.errors import MalformedRequest
 from authd.policy import rego
 from authd.policy.base import PolicyError
 from authd.policy.rego import RegoPolicy

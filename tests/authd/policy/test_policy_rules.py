@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authd.check.model import CheckContext, Decision, Identities, Reason, UserIdentity
-from authd.policy.base import PolicyError
 from authd.check.errors import MalformedRequest
+from authd.check.model import CheckContext, Decision, Identities, Reason, UserIdentity
 from authd.check.request_path import normalize_path
+from authd.policy.base import PolicyError
 from authd.policy.rules import RulesPolicy, load_rules_policy
 from ca.spiffe_id import SpiffeId
 
