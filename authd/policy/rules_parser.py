@@ -58,6 +58,7 @@ _HOST = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\]")
 _HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
 _TEMPLATE_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATH_CHARS = re.compile(r"[A-Za-z0-9._~!$&'()+,;=:@%-]+")
+_ENCODED_SLASH = re.compile(r"%(?:2[fF]|5[cC])")
 
 
 class RulesCompiler:
@@ -353,6 +354,8 @@ class RulesCompiler:
                 continue
             if "{" in segment or "}" in segment:
                 raise bad("a template variable is a whole segment: '{name}'")
+            if _ENCODED_SLASH.search(segment):
+                raise bad("an encoded '/' or '\\' never matches: such request paths are refused")
             if segment and not _PATH_CHARS.fullmatch(segment):
                 raise bad(f"segment {segment!r} has characters not allowed in a path")
             regex_parts.append(re.escape(decode_unreserved(segment)))

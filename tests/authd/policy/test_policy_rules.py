@@ -326,6 +326,7 @@ def test_encoded_slash_or_backslash_is_refused_not_matched(path: str) -> None:
         ("/a/x{id}", "a template variable is a whole segment"),
         ("/a/{id}/{id}", "used twice"),
         ("/a?b=1", "a query or fragment is not matched"),
+        ("/files/a%2Fb", "never matches: such request paths are refused"),
         ("/a//b", "empty segment"),
         ("/a/../b", "never matches a normalized path"),
         ("/a b", "characters not allowed"),
