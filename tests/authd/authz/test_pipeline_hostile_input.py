@@ -9,11 +9,18 @@ as an error, which ``failure_mode_allow: true`` turns into an allow.
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime
 import json
 import logging
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID, ObjectIdentifier
 from envoy.service.auth.v3 import external_auth_pb2
 from google.rpc import code_pb2
 
@@ -144,6 +151,52 @@ def test_peer_certificate_longer_than_the_limit_is_a_deny() -> None:
 )
 def test_peer_certificate_that_is_not_pem_is_a_deny(certificate: str) -> None:
     assert_invalid_credentials(check(request(certificate=certificate)), "x509-svid/pem")
+
+
+def certificate_with_a_duplicate_extension() -> str:
+    """URL-encoded PEM of a certificate whose DER holds one extension twice.
+
+    cryptography parses it, and raises DuplicateExtension (not a ValueError) only when the
+    extensions are read: past the PEM parser, inside the SVID checks.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    start = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=1))
+    )
+    for oid in ("1.2.3.4.5.6", "1.2.3.4.5.7"):
+        extension = x509.UnrecognizedExtension(ObjectIdentifier(oid), b"\x05\x00")
+        builder = builder.add_extension(extension, critical=False)
+    der = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    first = bytes([0x06, 0x05, 0x2A, 0x03, 0x04, 0x05, 0x06])  # OID 1.2.3.4.5.6
+    der = der.replace(first[:-1] + b"\x07", first)
+    pem = (
+        b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
+    )
+    return quote(pem.decode())
+
+
+def test_certificate_that_breaks_the_parser_is_a_malformed_request_deny_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = AuthzMetrics()
+    with caplog.at_level(logging.WARNING, logger="authd.authz.pipeline"):
+        outcome = check(
+            request(certificate=certificate_with_a_duplicate_extension()), metrics=metrics
+        )
+    assert not outcome.allowed
+    assert (outcome.status, outcome.decision.reason) == (400, Reason.MALFORMED_REQUEST)
+    assert outcome.decision.rule == "peer_certificate"
+    [record] = [r for r in caplog.records if "malformed request" in r.getMessage()]
+    assert record.exc_info is not None
+    assert metrics.malformed_requests[("grpc", "peer_certificate")] == 1
 
 
 def test_json_body_nested_too_deep_gives_no_parsed_body_and_a_decision() -> None:
