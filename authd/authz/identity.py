@@ -15,7 +15,7 @@ Revocation is *not* cached: ``is_revoked`` is asked on every request.
 
 Every credential is bounded before a parser sees it: a bearer token is at most
 ``MAX_TOKEN_BYTES`` and its header and payload JSON at most ``bounded_json.MAX_JSON_DEPTH``
-levels deep (checked once here, so PyJWT and ``ca.jwtsvid`` only ever parse bounded JSON); a
+levels deep (``token_claims.unverified_claims``, before any verifier parses it); a
 forwarded peer certificate is at most ``MAX_PEER_CERTIFICATE_BYTES``. Past a bound it is a
 ``CredentialProblem`` naming the bound (a 401 deny). A parser failing in a way not foreseen
 raises ``MalformedRequest`` (a 400 deny, logged with its traceback by the pipeline), never
@@ -24,10 +24,8 @@ an error that Envoy could be configured to let through.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -45,13 +43,20 @@ from authd.authz.jwks import (
     JwksError,
 )
 from authd.authz.token_cache import TtlCache
-from authd.check.bounded_json import JsonLimitError, loads_bounded
+from authd.authz.token_claims import (
+    MAX_TOKEN_BYTES,
+    is_time,
+    pyjwt_reason,
+    sha256,
+    short,
+    unverified_claims,
+)
 from authd.check.errors import MalformedRequest
 from authd.check.model import CheckContext, CredentialProblem, Identities, UserIdentity
 from ca.bundle import TrustBundle
 from ca.clock import Clock
 from ca.errors import InvalidSpiffeId, VerificationError
-from ca.jwtsvid import ALLOWED_ALGORITHMS, b64url_decode, verify_jwt_svid
+from ca.jwtsvid import ALLOWED_ALGORITHMS, verify_jwt_svid
 from ca.revocation import RevocationQuery
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.x509svid import verify_x509_svid
@@ -63,9 +68,7 @@ JWT_SVID = "jwt_svid"
 USER_JWT = "user_jwt"
 API_KEY = "api_key"
 
-# Far above any real token or chain (a JWT-SVID is ~0.5 kB, a chain of three ~4 kB) and below
-# Envoy's default 60 KiB header limit.
-MAX_TOKEN_BYTES = 16 * 1024
+# Far above any real chain (three certificates are ~4 kB), below Envoy's 60 KiB header limit.
 MAX_PEER_CERTIFICATE_BYTES = 64 * 1024
 
 
@@ -389,7 +392,7 @@ class IdentityResolver:
     async def _token(
         self, header: str, token: str, audience: tuple[str, ...], bundle: TrustBundle
     ) -> _TokenResult:
-        digest = _sha256(token)
+        digest = sha256(token)
         cached = self.token_cache.get(
             (digest, header, audience, bundle.sequence, self._jwks_generation())
         )
@@ -419,7 +422,7 @@ class IdentityResolver:
     ) -> tuple[_TokenResult, float]:
         """Verify ``token``; returns the result and until when it may be cached."""
         failed_until = self._clock.now() + self.settings.failure_ttl
-        claims = _unverified_claims(token)
+        claims = unverified_claims(token)
         if isinstance(claims, str):
             return CredentialProblem(self._kind_for(header), claims), failed_until
         sub, iss = claims.get("sub"), claims.get("iss")
@@ -469,7 +472,7 @@ class IdentityResolver:
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in issuer.algorithms:
             return problem(
-                f"user-jwt/alg: algorithm {_short(alg)} is not allowed for issuer {issuer.name}"
+                f"user-jwt/alg: algorithm {short(alg)} is not allowed for issuer {issuer.name}"
             )
         if kid is not None and not isinstance(kid, str):
             return problem("user-jwt/kid: kid is not a string")
@@ -478,7 +481,7 @@ class IdentityResolver:
         except JwksError as exc:
             return problem(str(exc))
         if not key.can_verify(alg):
-            return problem(f"user-jwt/alg: the issuer's key {_short(kid)} cannot verify {alg}")
+            return problem(f"user-jwt/alg: the issuer's key {short(kid)} cannot verify {alg}")
         try:
             # PyJWT reads the real time, so exp/nbf/iat are checked below against our clock.
             claims: dict[str, Any] = jwt.decode(
@@ -495,10 +498,10 @@ class IdentityResolver:
                 },
             )
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
-            return problem(_pyjwt_reason(exc, issuer))
+            return problem(pyjwt_reason(exc, issuer.name, issuer.issuer))
         now = self._clock.now()
         exp, nbf, iat = claims["exp"], claims.get("nbf"), claims.get("iat")
-        if not _is_time(exp) or any(t is not None and not _is_time(t) for t in (nbf, iat)):
+        if not is_time(exp) or any(t is not None and not is_time(t) for t in (nbf, iat)):
             return problem("user-jwt/claims: exp, nbf and iat must be numbers")
         if now >= exp + issuer.leeway:
             return problem("user-jwt/exp: token has expired")
@@ -511,64 +514,3 @@ class IdentityResolver:
             return problem("user-jwt/sub: sub must be a non-empty string")
         user = UserIdentity(issuer.issuer, sub, MappingProxyType(claims))
         return user, float(exp + issuer.leeway)
-
-
-def _sha256(text: str) -> bytes:
-    # surrogatepass: header values are whatever the adapter decoded; hashing must not fail.
-    return hashlib.sha256(text.encode(errors="surrogatepass")).digest()
-
-
-def _unverified_claims(token: str) -> Mapping[str, Any] | str:
-    """The payload of a compact JWS, unverified (only to route it to the right verifier), or
-    why it is not one.
-
-    Header and payload are both parsed within ``bounded_json``'s limits here, so that the
-    verifiers after this (PyJWT, ``ca.jwtsvid``), which parse them again with plain
-    ``json.loads``, are never handed JSON nested deep enough to exhaust the stack.
-    """
-    parts = token.split(".")
-    if len(parts) != 3:
-        return "jwt/compact: not a JWT"
-    decoded = []
-    for part in parts[:2]:
-        try:
-            # NaN allowed: the verifiers name the claim it is in (user-jwt/claims, ...).
-            decoded.append(
-                loads_bounded(b64url_decode(part), max_bytes=MAX_TOKEN_BYTES, allow_nan=True)
-            )
-        except JsonLimitError as exc:
-            return f"jwt/json: {exc}"
-        except ValueError:  # binascii.Error and UnicodeDecodeError included
-            return "jwt/compact: not a JWT"
-    header, claims = decoded
-    if not isinstance(header, dict) or not isinstance(claims, dict):
-        return "jwt/compact: not a JWT"
-    return claims
-
-
-def _is_time(value: object) -> bool:
-    # JSON allows NaN and Infinity; a NaN exp would compare as never expired.
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _short(value: object) -> str:
-    """A header value fit for a message: attacker-chosen, so bounded."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _pyjwt_reason(exc: Exception, issuer: IssuerSettings) -> str:
-    # PyJWT's own messages can quote token content; ours name the rule and the issuer only.
-    if isinstance(exc, jwt.InvalidSignatureError):
-        return "user-jwt/signature: signature does not verify"
-    if isinstance(exc, jwt.InvalidAudienceError):
-        return f"user-jwt/aud: token audience is not one of issuer {issuer.name}'s audiences"
-    if isinstance(exc, jwt.InvalidIssuerError):
-        return f"user-jwt/iss: iss is not {issuer.issuer}"
-    if isinstance(exc, jwt.MissingRequiredClaimError):
-        return f"user-jwt/claims: token has no {exc.claim} claim"
-    if isinstance(exc, jwt.InvalidAlgorithmError):
-        return "user-jwt/alg: algorithm not allowed"
-    if isinstance(exc, jwt.DecodeError):
-        return "user-jwt/compact: token is not a valid JWS"
-    return "user-jwt/claims: token claims are invalid"

@@ -26,13 +26,13 @@ from google.rpc import code_pb2
 
 from authd.authz.identity import (
     MAX_PEER_CERTIFICATE_BYTES,
-    MAX_TOKEN_BYTES,
     IdentityResolver,
     IdentitySettings,
     IssuerSettings,
 )
 from authd.authz.metrics import AuthzMetrics
 from authd.authz.pipeline import Authorizer
+from authd.authz.token_claims import MAX_TOKEN_BYTES
 from authd.check.bounded_json import MAX_JSON_DEPTH
 from authd.check.model import CheckContext, Decision, Identities, Outcome, Reason
 from authd.extauthz.grpc_servicer import check_response, context_from_check_request
