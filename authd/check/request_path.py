@@ -41,12 +41,13 @@ def normalize_path(path: str) -> str:
 
     Raises ``MalformedRequest`` for an encoded ``/`` or ``\\``, or a raw ``\\``.
     """
-    if _AMBIGUOUS.search(path):
-        raise MalformedRequest("path", "an encoded '/' or '\\' (or a raw '\\') is refused")
+    if "%" in path or "\\" in path:
+        if _AMBIGUOUS.search(path):
+            raise MalformedRequest("path", "an encoded '/' or '\\' (or a raw '\\') is refused")
+    elif path.startswith("/") and "//" not in path and "/." not in path:
+        return path  # the usual case: nothing to normalise
     if not path.startswith("/"):
         path = "/" + path
-    elif "%" not in path and "//" not in path and "/." not in path:
-        return path
     path = _SLASHES.sub("/", decode_unreserved(path))
     segments = path.split("/")
     kept: list[str] = []
