@@ -12,15 +12,19 @@ credential's SHA-256, the audience, the bundle's ``sequence`` (so a CA rotation 
 revoked authority invalidates at once) and the issuers' JWKS generation. Successes live
 until the credential expires, failures only ``failure_ttl`` (5 s), enough to blunt a flood.
 Revocation is *not* cached: ``is_revoked`` is asked on every request.
+
+Every credential is bounded before a parser sees it: a bearer token is at most
+``MAX_TOKEN_BYTES`` and its header and payload JSON at most ``bounded_json.MAX_JSON_DEPTH``
+levels deep (``token_claims.unverified_claims``, before any verifier parses it); a
+forwarded peer certificate is at most ``MAX_PEER_CERTIFICATE_BYTES``. Past a bound it is a
+``CredentialProblem`` naming the bound (a 401 deny). A parser failing in a way not foreseen
+raises ``MalformedRequest`` (a 400 deny, logged with its traceback by the pipeline), never
+an error that Envoy could be configured to let through.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -38,13 +42,22 @@ from authd.authz.jwks import (
     JwksError,
 )
 from authd.authz.token_cache import TtlCache
+from authd.authz.token_claims import (
+    MAX_TOKEN_BYTES,
+    is_time,
+    pyjwt_reason,
+    sha256,
+    short,
+    unverified_claims,
+)
+from authd.check.errors import MalformedRequest
 from authd.check.model import CheckContext, CredentialProblem, Identities, UserIdentity
 from authd.ports.bundle_view import BundleView
 from authd.ports.revocation_view import NeverRevoked, RevocationView
 from ca.bundle import TrustBundle
 from ca.clock import Clock
 from ca.errors import InvalidSpiffeId, VerificationError
-from ca.jwtsvid import ALLOWED_ALGORITHMS, b64url_decode, verify_jwt_svid
+from ca.jwtsvid import ALLOWED_ALGORITHMS, verify_jwt_svid
 from ca.revocation_view import RevocationQuery
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.x509svid import verify_x509_svid
@@ -55,6 +68,9 @@ PEER = "peer_certificate"
 JWT_SVID = "jwt_svid"
 USER_JWT = "user_jwt"
 API_KEY = "api_key"
+
+# Far above any real chain (three certificates are ~4 kB), below Envoy's 60 KiB header limit.
+MAX_PEER_CERTIFICATE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +255,19 @@ class IdentityResolver:
     # --- the mTLS peer ------------------------------------------------------------------
 
     def _peer_from_certificate(self, ctx: CheckContext, bundle: TrustBundle, found: _Found) -> None:
-        result = self._verified_certificate(ctx.source_certificate, bundle)
+        if len(ctx.source_certificate) > MAX_PEER_CERTIFICATE_BYTES:
+            found.problems.append(
+                CredentialProblem(
+                    PEER,
+                    f"x509-svid/size: peer certificate is longer than "
+                    f"{MAX_PEER_CERTIFICATE_BYTES} bytes",
+                )
+            )
+            return
+        try:
+            result = self._verified_certificate(ctx.source_certificate, bundle)
+        except Exception as exc:  # a parser failed on what the caller presented
+            raise MalformedRequest(PEER, f"cannot be read: {type(exc).__name__}") from exc
         if isinstance(result, CredentialProblem):
             found.problems.append(result)
             return
@@ -328,9 +356,22 @@ class IdentityResolver:
                 CredentialProblem(self._kind_for(header), "jwt/empty: token is empty")
             )
             return
+        if len(token) > MAX_TOKEN_BYTES:
+            found.problems.append(
+                CredentialProblem(
+                    self._kind_for(header),
+                    f"jwt/size: token is longer than {MAX_TOKEN_BYTES} bytes",
+                )
+            )
+            return
         audience_override = ctx.context_extensions.get("audience")
         audience = (audience_override,) if audience_override else self.settings.jwt_svid_audiences
-        result = await self._token(header, token, audience, bundle)
+        try:
+            result = await self._token(header, token, audience, bundle)
+        except Exception as exc:  # a parser failed on the token the caller presented
+            raise MalformedRequest(
+                self._kind_for(header), f"token cannot be read: {type(exc).__name__}"
+            ) from exc
         if isinstance(result, CredentialProblem):
             found.problems.append(result)
         elif isinstance(result, _VerifiedWorkload):
@@ -347,7 +388,7 @@ class IdentityResolver:
     async def _token(
         self, header: str, token: str, audience: tuple[str, ...], bundle: TrustBundle
     ) -> _TokenResult:
-        digest = _sha256(token)
+        digest = sha256(token)
         cached = self.token_cache.get(
             (digest, header, audience, bundle.sequence, self._jwks_generation())
         )
@@ -377,9 +418,9 @@ class IdentityResolver:
     ) -> tuple[_TokenResult, float]:
         """Verify ``token``; returns the result and until when it may be cached."""
         failed_until = self._clock.now() + self.settings.failure_ttl
-        claims = _unverified_claims(token)
-        if claims is None:
-            return CredentialProblem(self._kind_for(header), "jwt/compact: not a JWT"), failed_until
+        claims = unverified_claims(token)
+        if isinstance(claims, str):
+            return CredentialProblem(self._kind_for(header), claims), failed_until
         sub, iss = claims.get("sub"), claims.get("iss")
         if header == self.settings.jwt_svid_header and (
             isinstance(sub, str) and sub.startswith("spiffe://")
@@ -427,7 +468,7 @@ class IdentityResolver:
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in issuer.algorithms:
             return problem(
-                f"user-jwt/alg: algorithm {_short(alg)} is not allowed for issuer {issuer.name}"
+                f"user-jwt/alg: algorithm {short(alg)} is not allowed for issuer {issuer.name}"
             )
         if kid is not None and not isinstance(kid, str):
             return problem("user-jwt/kid: kid is not a string")
@@ -436,7 +477,7 @@ class IdentityResolver:
         except JwksError as exc:
             return problem(str(exc))
         if not key.can_verify(alg):
-            return problem(f"user-jwt/alg: the issuer's key {_short(kid)} cannot verify {alg}")
+            return problem(f"user-jwt/alg: the issuer's key {short(kid)} cannot verify {alg}")
         try:
             # PyJWT reads the real time, so exp/nbf/iat are checked below against our clock.
             claims: dict[str, Any] = jwt.decode(
@@ -453,10 +494,10 @@ class IdentityResolver:
                 },
             )
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
-            return problem(_pyjwt_reason(exc, issuer))
+            return problem(pyjwt_reason(exc, issuer.name, issuer.issuer))
         now = self._clock.now()
         exp, nbf, iat = claims["exp"], claims.get("nbf"), claims.get("iat")
-        if not _is_time(exp) or any(t is not None and not _is_time(t) for t in (nbf, iat)):
+        if not is_time(exp) or any(t is not None and not is_time(t) for t in (nbf, iat)):
             return problem("user-jwt/claims: exp, nbf and iat must be numbers")
         if now >= exp + issuer.leeway:
             return problem("user-jwt/exp: token has expired")
@@ -469,48 +510,3 @@ class IdentityResolver:
             return problem("user-jwt/sub: sub must be a non-empty string")
         user = UserIdentity(issuer.issuer, sub, MappingProxyType(claims))
         return user, float(exp + issuer.leeway)
-
-
-def _sha256(text: str) -> bytes:
-    # surrogatepass: header values are whatever the adapter decoded; hashing must not fail.
-    return hashlib.sha256(text.encode(errors="surrogatepass")).digest()
-
-
-def _unverified_claims(token: str) -> Mapping[str, Any] | None:
-    """The payload of a compact JWS, unverified: only to route it to the right verifier."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        claims = json.loads(b64url_decode(parts[1]))
-    except ValueError:  # binascii.Error, JSONDecodeError and UnicodeDecodeError included
-        return None
-    return claims if isinstance(claims, dict) else None
-
-
-def _is_time(value: object) -> bool:
-    # JSON allows NaN and Infinity; a NaN exp would compare as never expired.
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _short(value: object) -> str:
-    """A header value fit for a message: attacker-chosen, so bounded."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _pyjwt_reason(exc: Exception, issuer: IssuerSettings) -> str:
-    # PyJWT's own messages can quote token content; ours name the rule and the issuer only.
-    if isinstance(exc, jwt.InvalidSignatureError):
-        return "user-jwt/signature: signature does not verify"
-    if isinstance(exc, jwt.InvalidAudienceError):
-        return f"user-jwt/aud: token audience is not one of issuer {issuer.name}'s audiences"
-    if isinstance(exc, jwt.InvalidIssuerError):
-        return f"user-jwt/iss: iss is not {issuer.issuer}"
-    if isinstance(exc, jwt.MissingRequiredClaimError):
-        return f"user-jwt/claims: token has no {exc.claim} claim"
-    if isinstance(exc, jwt.InvalidAlgorithmError):
-        return "user-jwt/alg: algorithm not allowed"
-    if isinstance(exc, jwt.DecodeError):
-        return "user-jwt/compact: token is not a valid JWS"
-    return "user-jwt/claims: token claims are invalid"

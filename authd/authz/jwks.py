@@ -4,14 +4,15 @@ Keys are kept for the response's ``Cache-Control: max-age`` (else a default of 1
 A token naming an unknown ``kid`` (the issuer rotated) triggers a refetch, but at most one
 per ``min_refresh_interval`` (30 s): a flood of tokens with made-up kids cannot turn authd
 into a load generator against the issuer. Concurrent callers share one in-flight fetch. If a
-refetch fails, the keys already known keep working until the next allowed attempt.
+refetch fails, the keys already known keep working until the next allowed attempt; a JWKS
+body is at most ``MAX_JWKS_BYTES`` and parsed within ``bounded_json``'s depth limit, and
+whatever goes wrong while fetching or reading it (however malformed) counts as a failed fetch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import http.client
-import json
 import logging
 import re
 import urllib.request
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from authd.check.bounded_json import loads_bounded
 from ca.bundle import public_key_from_jwk
 from ca.clock import Clock
 from ca.errors import VerificationError
@@ -194,10 +196,20 @@ class JwksCache:
     async def _refresh(self) -> None:
         try:
             body, cache_control = await asyncio.to_thread(_fetch, self.jwks_uri, self._timeout)
-            keys = parse_jwks(json.loads(body), source=f"JWKS of {self.issuer_name}")
-        # URLError, HTTPError and timeouts are OSErrors; a truncated response is not.
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            log.warning("fetching the JWKS of %s failed: %s", self.issuer_name, exc)
+            document = loads_bounded(body, max_bytes=MAX_JWKS_BYTES)
+            keys = parse_jwks(document, source=f"JWKS of {self.issuer_name}")
+        except asyncio.CancelledError:
+            raise
+        # URLError, HTTPError and timeouts are OSErrors, a truncated response an HTTPException,
+        # bad JSON a ValueError; anything else the issuer's answer caused is logged the same
+        # way (with its traceback, being unforeseen): checks must never fail on it.
+        except Exception as exc:
+            log.warning(
+                "fetching the JWKS of %s failed: %s",
+                self.issuer_name,
+                exc,
+                exc_info=not isinstance(exc, OSError | ValueError | http.client.HTTPException),
+            )
             return
         finally:
             self._inflight = None

@@ -41,6 +41,7 @@ class AuthzMetrics(Collector):
     def __init__(self) -> None:
         self.checks: Counter[tuple[str, str, str]] = Counter()  # (transport, decision, reason)
         self.errors: Counter[str] = Counter()  # by transport
+        self.malformed_requests: Counter[tuple[str, str]] = Counter()  # (transport, rule)
         self._buckets: dict[str, list[int]] = {}
         self._sums: dict[str, float] = {}
         # Extra counters published as they are, e.g. cache hits: name -> (help, read()).
@@ -60,6 +61,10 @@ class AuthzMetrics(Collector):
 
     def error(self, transport: str) -> None:
         self.errors[transport] += 1
+
+    def malformed(self, transport: str, rule: str) -> None:
+        """A check denied because the caller's input could not be read (by what failed)."""
+        self.malformed_requests[(transport, rule)] += 1
 
     def add_source(
         self, name: str, documentation: str, read: Callable[[], Mapping[str, float]]
@@ -86,6 +91,14 @@ class AuthzMetrics(Collector):
         for transport, count in sorted(self.errors.items()):
             errors.add_metric([transport], count)
         yield errors
+        malformed = CounterMetricFamily(
+            "authd_malformed_requests",
+            "checks denied because caller input could not be parsed",
+            labels=["transport", "rule"],
+        )
+        for (transport, rule), count in sorted(self.malformed_requests.items()):
+            malformed.add_metric([transport, rule], count)
+        yield malformed
         latency = HistogramMetricFamily(
             "authd_check_duration_seconds",
             "time to decide a check inside authd",

@@ -9,11 +9,27 @@ their own response. This is where the rules that hold for every policy engine li
   (with WWW-Authenticate); for a known caller it is 403;
 - on allow, the verified identities go upstream in configured headers, client-sent copies of
   those headers and the consumed credential headers are removed;
-- dry-run answers allow but logs and counts what would have been denied.
+- dry-run answers allow but logs and counts what would have been denied;
+- the path policies see is normalised first (``authd.check.request_path``);
+- what the caller sent can never make a check fail: input that cannot be parsed is a deny.
+
+Caller input versus authd's own failures. A ``MalformedRequest`` raised anywhere during a
+check means the caller sent something that cannot be read: an ambiguous path (encoded
+``/``), a credential or request body a parser could not handle, an input document that
+cannot be built or handed to Rego. It is answered with a deny, reason ``malformed_request``,
+status 400, logged once (with the traceback when a parser failed unexpectedly) and counted
+(``authd_malformed_requests``). Every other exception is a failure of authd itself (a policy
+engine's evaluation error, an unreachable OPA, a revocation store that cannot be read) and
+propagates: the adapters answer it as a gRPC error / HTTP 500, so Envoy's
+``status_on_error`` decides, as documented for those.
+
+Policy ``dynamic_metadata`` goes to Envoy with authd's own keys (``AUTHD_METADATA_KEYS``)
+taken out: authd's values win, and a key authd does not set this time is not set at all.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -22,12 +38,19 @@ from typing import Any, Protocol
 
 from authd.authz.decision_log import DecisionLog
 from authd.authz.metrics import AuthzMetrics
+from authd.check.errors import MalformedRequest
 from authd.check.input_document import input_document, pruned_input_document
 from authd.check.model import CheckContext, Decision, Identities, Outcome, Reason
 from authd.policy.base import Policy
 
+log = logging.getLogger(__name__)
+
 UNAUTHENTICATED = 401
 FORBIDDEN = 403
+BAD_REQUEST = 400
+# Dynamic metadata keys that only authd sets; a policy's values for them are dropped.
+AUTHD_METADATA_KEYS = frozenset({"decision_id", "reason", "rule", "caller", "dry_run_would_deny"})
+_NOBODY = Identities()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,19 +80,42 @@ class _LazyInput:
 
     def __call__(self) -> dict[str, Any]:
         if self._doc is None:
-            self._doc = input_document(self._ctx)
-            self._doc["authd"] = self._authd()
+            try:
+                document = input_document(self._ctx)
+            except MalformedRequest:
+                raise
+            except Exception as exc:  # built from the request alone: the caller's input
+                raise _unreadable_input(exc) from exc
+            document["authd"] = self._authd()
+            self._doc = document
         return self._doc
 
     def pruned(self, paths: Sequence[tuple[str, ...]]) -> dict[str, Any]:
-        return pruned_input_document(self._ctx, paths, {"authd": self._authd})
+        try:
+            return pruned_input_document(self._ctx, paths, {"authd": self._authd})
+        except MalformedRequest:
+            raise
+        except Exception as exc:
+            raise _unreadable_input(exc) from exc
 
     def _authd(self) -> dict[str, Any]:
-        return identity_document(self._identities)
+        document = identity_document(self._identities)
+        document["path"] = self._ctx.normalized_path
+        document["raw_path"] = self._ctx.path_only
+        return document
+
+
+def _unreadable_input(exc: Exception) -> MalformedRequest:
+    return MalformedRequest("input", f"the input document cannot be built: {type(exc).__name__}")
 
 
 def identity_document(identities: Identities) -> dict[str, Any]:
-    """``input.authd``: the verified identities, for Rego policies."""
+    """``input.authd``'s identities, for Rego policies: each one separately.
+
+    ``peer`` (the mTLS peer) and ``workload`` (a JWT-SVID's subject) are both given, so a
+    policy can judge each; ``caller`` is the one the upstream is told (``workload`` if any).
+    The pipeline adds ``path`` (normalised) and ``raw_path`` (as sent), both without query.
+    """
     user = identities.user
     return {
         "caller": str(identities.caller) if identities.caller else None,
@@ -119,19 +165,24 @@ class Authorizer:
 
     async def check(self, ctx: CheckContext) -> Outcome:
         started = time.perf_counter()
-        identities = await self._resolver.resolve(ctx)
         policy = self._policy()
-        if not self._fresh():
-            # Fail closed: past the maximum staleness a revocation may have been missed.
-            decision = Decision(
-                allowed=False, reason=Reason.STALE, rule="revocations", http_status=503
-            )
-        elif identities.problems:
-            problem = identities.problems[0]
-            reason = Reason.REVOKED if problem.revoked else Reason.INVALID_CREDENTIALS
-            decision = Decision(allowed=False, reason=reason, rule=problem.kind)
-        else:
-            decision = await policy.evaluate(ctx, identities, _LazyInput(ctx, identities))
+        identities = _NOBODY
+        try:
+            ctx.normalized_path  # noqa: B018 (an ambiguous path is refused before any work)
+            identities = await self._resolver.resolve(ctx)
+            if not self._fresh():
+                # Fail closed: past the maximum staleness a revocation may have been missed.
+                decision = Decision(
+                    allowed=False, reason=Reason.STALE, rule="revocations", http_status=503
+                )
+            elif identities.problems:
+                problem = identities.problems[0]
+                reason = Reason.REVOKED if problem.revoked else Reason.INVALID_CREDENTIALS
+                decision = Decision(allowed=False, reason=reason, rule=problem.kind)
+            else:
+                decision = await policy.evaluate(ctx, identities, _LazyInput(ctx, identities))
+        except MalformedRequest as exc:
+            decision = self._malformed(ctx, exc)
         outcome = self._outcome(decision, identities)
         elapsed = time.perf_counter() - started
         if self._metrics is not None:
@@ -140,13 +191,31 @@ class Authorizer:
             self._log.write(ctx, outcome, policy.name, elapsed, dry_run=self.settings.dry_run)
         return outcome
 
+    def _malformed(self, ctx: CheckContext, exc: MalformedRequest) -> Decision:
+        """The deny for input the caller sent that cannot be read; logged once and counted."""
+        if exc.__cause__ is not None:
+            # A parser failed in a way nobody foresaw: keep the traceback to fix it.
+            log.warning("%s check denied, malformed request: %s", ctx.transport, exc, exc_info=exc)
+        else:
+            log.info("%s check denied, malformed request: %s", ctx.transport, exc)
+        if self._metrics is not None:
+            self._metrics.malformed(ctx.transport, exc.rule)
+        return Decision(
+            allowed=False, reason=Reason.MALFORMED_REQUEST, rule=exc.rule, http_status=BAD_REQUEST
+        )
+
     def _outcome(self, decision: Decision, identities: Identities) -> Outcome:
         s = self.settings
         decision_id = self._new_decision_id()
-        metadata: dict[str, Any] = {"decision_id": decision_id, "reason": str(decision.reason)}
+        metadata: dict[str, Any] = {
+            key: value
+            for key, value in decision.dynamic_metadata.items()
+            if key not in AUTHD_METADATA_KEYS
+        }
+        metadata["decision_id"] = decision_id
+        metadata["reason"] = str(decision.reason)
         if decision.rule:
             metadata["rule"] = decision.rule
-        metadata.update(decision.dynamic_metadata)
         if decision.allowed:
             return self._allow(decision, identities, decision_id, metadata)
         status = decision.http_status

@@ -15,12 +15,12 @@ never has the headers, peers, time or metadata converted from the CheckRequest.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote
 
+from authd.check.bounded_json import loads_bounded
 from authd.check.model import CheckContext
 
 VERSION = {"encoding": "protojson", "ext_authz": "v3"}
@@ -28,19 +28,27 @@ PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 
 
 def parsed_path(path: str) -> list[str]:
-    """'/orders/42?x=1' → ['orders', '42'] (segments URL-decoded, as OPA-Envoy does)."""
+    """'/orders/42?x=1' → ['orders', '42'] (segments URL-decoded, as OPA-Envoy does).
+
+    The document gives it the normalised path (``CheckContext.normalized_path``), so
+    ``/public/../orders`` is ``['orders']``; ``attributes.request.http.path`` stays as sent.
+    """
     path_only = path.split("?", 1)[0].split("#", 1)[0]
     return [unquote(segment) for segment in path_only.lstrip("/").split("/")]
 
 
 def parsed_body(ctx: CheckContext) -> Any:
-    """The body as JSON or form fields when its content type says so, else None."""
+    """The body as JSON or form fields when its content type says so, else None.
+
+    JSON is parsed within ``bounded_json``'s limits: a body too large, too deeply nested or
+    not JSON gives None, as OPA-Envoy gives no ``parsed_body`` for a body it cannot parse.
+    """
     if not ctx.body or ctx.truncated_body:
         return None
     content_type = ctx.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     try:
         if content_type == "application/json" or content_type.endswith("+json"):
-            return json.loads(ctx.body)
+            return loads_bounded(ctx.body)
         if content_type == "application/x-www-form-urlencoded":
             return parse_qs(ctx.body.decode("utf-8"), keep_blank_values=True)
     except (ValueError, UnicodeDecodeError):
@@ -206,7 +214,7 @@ _CONTEXT_ATTRIBUTES: _Members = {
 # --- the whole document ---------------------------------------------------------------------
 
 _PARSED: _Members = {
-    "parsed_path": lambda ctx: parsed_path(ctx.path),
+    "parsed_path": lambda ctx: parsed_path(ctx.normalized_path),
     "parsed_query": lambda ctx: ctx.query,
     "truncated_body": lambda ctx: ctx.truncated_body,
     "version": lambda ctx: VERSION,

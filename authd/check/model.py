@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qs
 
+from authd.check.request_path import normalize_path, path_without_query
 from ca.spiffe_id import SpiffeId
 
 _EMPTY: Mapping[str, str] = {}
@@ -64,8 +65,16 @@ class CheckContext:
 
     @cached_property
     def path_only(self) -> str:
-        """The path without query string or fragment."""
-        return self.path.split("?", 1)[0].split("#", 1)[0]
+        """The path without query string or fragment, as sent."""
+        return path_without_query(self.path)
+
+    @cached_property
+    def normalized_path(self) -> str:
+        """``path_only`` normalised (``authd.check.request_path``): what policies match.
+
+        Raises ``MalformedRequest`` for a path that has no single meaning (an encoded ``/``).
+        """
+        return normalize_path(self.path_only)
 
     @cached_property
     def query(self) -> dict[str, list[str]]:
@@ -124,6 +133,7 @@ class Reason(enum.StrEnum):
     INVALID_CREDENTIALS = "invalid_credentials"
     REVOKED = "revoked"
     STALE = "revocations_stale"  # this replica lost the shared store too long ago
+    MALFORMED_REQUEST = "malformed_request"  # caller input that cannot be parsed (400)
 
 
 @dataclass(slots=True)

@@ -3,7 +3,8 @@
 An OPA-Envoy policy runs unchanged: the input is the OPA-Envoy input document
 (``input.attributes``, ``input.parsed_path``, ``input.parsed_query``, ``input.parsed_body``,
 ``input.truncated_body``, ``input.version``) plus ``input.authd``, the identities authd has
-already verified; the entrypoint (default ``envoy/authz/allow``) yields a boolean or an
+already verified and the normalised path (``parsed_path`` is built from it too; see
+``authd.check.request_path``); the entrypoint (default ``envoy/authz/allow``) yields a boolean or an
 OPA-Envoy result object (see ``authd.policy.result``). An undefined result denies.
 
 The modules are compiled once, at load, into a bundle; each check runs the bundle's entrypoint
@@ -98,6 +99,7 @@ _share_loaded_libstdcxx()
 # After the call above, which must precede loading librego_shared.
 from regopy import Input, Interpreter, LogLevel, Output, RegoError, rego_shared  # noqa: E402
 
+from authd.check.errors import MalformedRequest  # noqa: E402
 from authd.check.input_document import prune_input  # noqa: E402
 from authd.check.model import CheckContext, Decision, Identities  # noqa: E402
 from authd.policy.base import InputDocument, PolicyError  # noqa: E402
@@ -376,8 +378,10 @@ class RegoPolicy:
     def _failed(self, detail: str) -> PolicyError:
         return PolicyError(f"{self.name}: evaluating {self.entrypoint} failed: {detail}")
 
-    def _bad_input(self, exc: Exception) -> PolicyError:
-        return PolicyError(f"{self.name}: input cannot be given to Rego: {exc}")
+    def _bad_input(self, exc: Exception) -> MalformedRequest:
+        # The input is built from the request alone: one that cannot be handed to Rego
+        # (a value that is not JSON) is the caller's doing, denied, never an engine error.
+        return MalformedRequest("input", f"input cannot be given to Rego: {type(exc).__name__}")
 
 
 def _copy_decision(decision: Decision) -> Decision:

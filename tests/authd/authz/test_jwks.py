@@ -47,12 +47,13 @@ class IdP:
         self.requests = 0
         self.status = 200
         self.headers: dict[str, str] = {}
+        self.body: bytes | None = None  # served instead of the JWKS when set
         idp = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 idp.requests += 1
-                body = json.dumps(idp.jwks()).encode()
+                body = idp.body if idp.body is not None else json.dumps(idp.jwks()).encode()
                 self.send_response(idp.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -437,6 +438,31 @@ def test_known_keys_stay_in_use_when_a_refresh_fails(idp, clock):
     cache = JwksCache(idp.url, clock=clock)
     run(cache.key("rsa-1"))
     idp.status = 503
+    clock.advance(600)
+    assert run(cache.key("rsa-1")).kid == "rsa-1"
+    assert idp.requests == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"keys": ' + b"[" * 5_000 + b"]" * 5_000 + b"}",  # past Python's recursion limit
+        b'{"keys": [' + b'{"a": ' * 100 + b"1" + b"}" * 100 + b"]}",  # past authd's limit
+        b'{"keys": [{"kty": "EC", "crv": ["P-256"], "x": 1, "y": {}}]}',
+        b'{"keys": NaN}',
+    ],
+)
+def test_a_malformed_jwks_is_a_failed_fetch_never_an_error_in_the_check(idp, clock, body):
+    idp.body = body
+    cache = JwksCache(idp.url, clock=clock, issuer_name="idp")
+    with pytest.raises(JwksError, match=r"unavailable|is not in the JWKS"):
+        run(cache.key("rsa-1"))
+
+
+def test_known_keys_stay_in_use_when_a_refresh_answers_nested_json(idp, clock):
+    cache = JwksCache(idp.url, clock=clock)
+    run(cache.key("rsa-1"))
+    idp.body = b"[" * 5_000 + b"]" * 5_000
     clock.advance(600)
     assert run(cache.key("rsa-1")).kid == "rsa-1"
     assert idp.requests == 2

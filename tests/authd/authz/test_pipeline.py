@@ -249,3 +249,47 @@ def test_stale_revocation_state_fails_closed_with_503() -> None:
     assert outcome.status == 503
     assert outcome.decision.reason == Reason.STALE
     assert json.loads(outcome.deny_body)["error"] == "revocations_stale"
+
+
+class MetadataPolicy:
+    """A policy whose result sets dynamic metadata under authd's own keys."""
+
+    name = "test:metadata"
+
+    def __init__(self, allowed: bool) -> None:
+        self.allowed = allowed
+
+    async def evaluate(
+        self, ctx: CheckContext, identities: Identities, input_document: InputDocument
+    ) -> Decision:
+        return Decision(
+            allowed=self.allowed,
+            reason=Reason.ALLOWED if self.allowed else Reason.POLICY_DENIED,
+            rule="envoy/authz/response",
+            dynamic_metadata={
+                "decision_id": "forged",
+                "reason": "allowed",
+                "rule": "admin",
+                "caller": "spiffe://example.org/admin",
+                "dry_run_would_deny": False,
+                "tenant": "acme",
+            },
+        )
+
+
+def test_policy_metadata_never_overwrites_authd_keys() -> None:
+    for allowed, identities in ((True, Identities(peer=WEB)), (False, Identities())):
+        authorizer = Authorizer(
+            resolver=FixedIdentities(identities), policy=lambda a=allowed: MetadataPolicy(a)
+        )
+        outcome = asyncio.run(authorizer.check(ctx("/x")))
+        metadata = outcome.dynamic_metadata
+        assert metadata["decision_id"] == outcome.decision_id
+        assert metadata["reason"] == str(outcome.decision.reason)
+        assert metadata["rule"] == "envoy/authz/response"
+        assert metadata["tenant"] == "acme"  # the policy's own keys pass
+        assert "dry_run_would_deny" not in metadata
+        if allowed:
+            assert metadata["caller"] == str(WEB)
+        else:
+            assert "caller" not in metadata  # authd names no caller: nor may the policy

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from authd.authz.pipeline import identity_document
+from authd.check.errors import MalformedRequest
 from authd.check.input_document import input_document
 from authd.check.model import CheckContext, Decision, Identities, Reason, UserIdentity
 from authd.policy import rego
@@ -626,5 +627,5 @@ print(resident() - before)
 def outcome(policy: RegoPolicy, doc: dict[str, Any]) -> tuple[str, Any]:
     try:
         return ("decision", policy.evaluate_document(doc))
-    except PolicyError as exc:
+    except (PolicyError, MalformedRequest) as exc:
         return ("error", str(exc))
