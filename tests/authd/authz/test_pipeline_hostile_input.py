@@ -39,6 +39,7 @@ from authd.extauthz.grpc_servicer import check_response, context_from_check_requ
 from authd.policy.base import InputDocument, Policy, PolicyError
 from authd.policy.rego import RegoPolicy
 from authd.policy.rules import RulesPolicy
+from authd.ports.bundle_view import StaticBundles
 from ca.bundle import TrustBundle
 from ca.clock import FakeClock
 from ca.jwtsvid import b64url
@@ -59,7 +60,7 @@ def resolver() -> IdentityResolver:
     )
     return IdentityResolver(
         trust_domain=EXAMPLE,
-        bundle=lambda: TrustBundle(EXAMPLE),
+        bundles=StaticBundles(TrustBundle(EXAMPLE)),
         clock=FakeClock(),
         settings=IdentitySettings(jwt_svid_audiences=("orders",), issuers=(issuer,)),
     )

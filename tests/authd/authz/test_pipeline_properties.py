@@ -29,6 +29,7 @@ from authd.extauthz.http_service import HttpAuthzServer, http_response
 from authd.policy.base import Policy
 from authd.policy.rego import RegoPolicy
 from authd.policy.rules import RulesPolicy
+from authd.ports.bundle_view import StaticBundles
 from ca.bundle import TrustBundle
 from ca.clock import FakeClock
 from ca.spiffe_id import TrustDomain
@@ -80,7 +81,7 @@ def authorizer(policy: Policy) -> Authorizer:
     )
     resolver = IdentityResolver(
         trust_domain=EXAMPLE,
-        bundle=lambda: TrustBundle(EXAMPLE),
+        bundles=StaticBundles(TrustBundle(EXAMPLE)),
         clock=FakeClock(),
         settings=IdentitySettings(jwt_svid_audiences=("orders",), issuers=(issuer,)),
         api_keys=ApiKeyStore([ApiKeyEntry("bot", hash_api_key("k" * 32))]),
