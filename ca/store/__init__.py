@@ -28,6 +28,7 @@ from ca.store.records import (
     RegistrationEntry,
     Revocation,
     Selector,
+    StorePosition,
     audit_record_hash,
 )
 from ca.store.redis import RedisStore
@@ -52,6 +53,7 @@ __all__ = [
     "SQLiteStore",
     "SchemaError",
     "Selector",
+    "StorePosition",
     "Store",
     "StoreError",
     "audit_record_hash",

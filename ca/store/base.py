@@ -21,6 +21,7 @@ from ca.store.records import (
     RegistrationEntry,
     Revocation,
     Selector,
+    StorePosition,
     link_audit_record,
 )
 
@@ -106,6 +107,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def schema_version(self) -> int:
         """The version of the stored schema."""
+
+    @abc.abstractmethod
+    def position(self) -> StorePosition:
+        """This store's generation and the head of its audit chain (see ``StorePosition``)."""
 
     def change_feed(self) -> ChangeFeed | None:
         """The feed of changes made through any handle, for a store several replicas share;

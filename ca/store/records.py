@@ -184,3 +184,18 @@ def link_audit_record(
         prev_hash=prev_hash,
     )
     return AuditRecord(seq, time, actor, action, subject, normalised, prev_hash, digest)
+
+
+@dataclass(frozen=True, slots=True)
+class StorePosition:
+    """Which store this is and how far its history has come.
+
+    ``generation`` is made once, when the store is initialised, and never changes; a store
+    that was wiped or replaced has another one (or none: ``""``). The audit chain's head
+    (``audit_seq``, ``audit_hash``; 0 and the genesis hash for an empty chain) only moves
+    forward, since every change is audited.
+    """
+
+    generation: str
+    audit_seq: int
+    audit_hash: str

@@ -29,12 +29,14 @@ from ca.store.base import (
     next_audit_record,
 )
 from ca.store.records import (
+    AUDIT_GENESIS_HASH,
     AuditRecord,
     AuthorityRecord,
     IssuanceRecord,
     RegistrationEntry,
     Revocation,
     Selector,
+    StorePosition,
     canonical_json,
 )
 
@@ -113,6 +115,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) STRICT""",
         "CREATE INDEX audit_by_time ON audit (time)",
         "CREATE INDEX audit_by_subject ON audit (subject)",
+    ),
+    (
+        "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT",
+        "INSERT INTO meta (name, value) VALUES ('generation', lower(hex(randomblob(16))))",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -245,6 +251,13 @@ class SQLiteStore(Store):
     def schema_version(self) -> int:
         with self._connection() as conn:
             return _user_version(conn)
+
+    def position(self) -> StorePosition:
+        with self._connection() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone()
+            head = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, digest = head if head is not None else (0, AUDIT_GENESIS_HASH)
+        return StorePosition(row[0] if row is not None else "", int(seq), str(digest))
 
     # -- authorities ---------------------------------------------------------------------
 

@@ -879,3 +879,23 @@ def test_open_store_rejects_an_unknown_backend(tmp_path: Path) -> None:
 def test_open_store_rejects_a_url_without_a_path(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="names no database file"):
         open_store("sqlite://", data_dir=tmp_path)
+
+
+# -- position ------------------------------------------------------------------------------
+
+
+def test_a_store_has_one_generation_for_life(store: Store, open_backend: Opener) -> None:
+    generation = store.position().generation
+    assert len(generation) == 32
+    assert reopen(store, open_backend).position().generation == generation
+
+
+def test_every_new_store_has_its_own_generation(store: Store, tmp_path: Path) -> None:
+    assert store.position().generation != SQLiteStore(tmp_path / "other.db").position().generation
+
+
+def test_the_position_follows_the_head_of_the_audit_chain(store: Store) -> None:
+    assert (store.position().audit_seq, store.position().audit_hash) == (0, AUDIT_GENESIS_HASH)
+    store.append_audit(time=1, actor="t", action="a", subject="s", details={})
+    last = store.append_audit(time=2, actor="t", action="a", subject="s", details={})
+    assert (store.position().audit_seq, store.position().audit_hash) == (2, last.hash)

@@ -5,6 +5,7 @@ when that text is not empty; a MULTI/EXEC may only touch keys of one slot. So th
 ``authd:`` is written ``{authd}:``, and every key of one store lands in one slot::
 
     {authd}:schema                         string  schema version
+    {authd}:generation                     string  made once when the store is initialised
     {authd}:authorities                    hash    authority_id -> record
     {authd}:seq:<name>                     string  counter (INCR)
     {authd}:issuance:<serial>              string  record
@@ -65,6 +66,7 @@ class KeyLayout:
             raise ValueError(f"key prefix {prefix!r} cannot be made into a Cluster hash tag")
         p = self.prefix
         self.schema = p + "schema"
+        self.generation = p + "generation"
         self.authorities = p + "authorities"
         self.issuances = p + "issuances"
         self.issuance_order = p + "order:issuances"

@@ -8,6 +8,7 @@ Cluster hash tag; ``feed`` records each change on the stream other replicas foll
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -24,12 +25,14 @@ from ca.store.base import (
     next_audit_record,
 )
 from ca.store.records import (
+    AUDIT_GENESIS_HASH,
     AuditRecord,
     AuthorityRecord,
     IssuanceRecord,
     RegistrationEntry,
     Revocation,
     Selector,
+    StorePosition,
 )
 from ca.store.redis.client import Pipe, RedisConnection, Write, reply_text
 from ca.store.redis.codec import (
@@ -64,6 +67,7 @@ class RedisStore(Store):
     def _check_schema(self) -> None:
         with self._redis.call() as client:
             client.set(self._keys.schema, SCHEMA_VERSION, nx=True)
+            client.set(self._keys.generation, secrets.token_hex(16), nx=True)
             stored = client.get(self._keys.schema)
         version = self._parse_schema_version(stored)
         if version > SCHEMA_VERSION:
@@ -89,6 +93,17 @@ class RedisStore(Store):
 
     def close(self) -> None:
         self._redis.close()
+
+    def position(self) -> StorePosition:
+        with self._redis.call() as client:
+            generation = client.get(self._keys.generation)
+            last = client.zrange(self._keys.audit, -1, -1)
+        head = AUDIT.decode(reply_text(last[0])) if last else None
+        return StorePosition(
+            reply_text(generation) if generation is not None else "",
+            head.seq if head is not None else 0,
+            head.hash if head is not None else AUDIT_GENESIS_HASH,
+        )
 
     def schema_version(self) -> int:
         with self._redis.call() as client:
