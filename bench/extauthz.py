@@ -551,7 +551,7 @@ def authd_allow_headers(authd: Authd, cert_dir: Path | None, headers: dict[str, 
 
 
 def jwt_jwks(authd: Authd) -> str:
-    keys = json.loads(authd.cli.main("bundle", "show").stdout)["keys"]
+    keys = json.loads(authd.cli("bundle", "show").stdout)["keys"]
     return json.dumps({"keys": [k for k in keys if k.get("use") == "jwt-svid"]})
 
 
