@@ -320,7 +320,7 @@ def test_client_cancelling_a_call_leaves_the_connection_serving_others() -> None
             await slow
         after = await stub.Check(check("/echo", "after"), timeout=5)
         (connection,) = served.server.connections
-        return await slow.code(), after.denied_response.body, dict(connection.streams)
+        return await slow.code(), after.denied_response.body, dict(connection.calls)
 
     code, after, open_streams = run_with_stub(scenario)
     assert code == grpc.StatusCode.CANCELLED
@@ -1133,13 +1133,13 @@ def test_a_repeated_indexed_block_is_decoded_again_once_the_table_has_changed() 
     """The same bytes of indexed fields mean other headers after an insertion."""
     grpc_type = indexed_literal(b"content-type", b"application/grpc")
     post_http = b"\x83\x86"  # static :method POST, :scheme http
-    indexed = post_http + b"\xbe\xbf"  # dynamic entries 62 and 63
+    indexed = post_http + b"\xbf\xbe"  # dynamic entries 63 (:path) and 62 (content-type)
 
     async def scenario(served: Served) -> list[str]:
         peer = await Peer.connect(served.port)
         message = grpc_message(check("/echo", "x"))
-        unknown = grpc_type + indexed_literal(b":path", b"/x.Y/Unknown") + post_http
-        known = grpc_type + indexed_literal(b":path", CHECK.encode()) + post_http
+        unknown = post_http + indexed_literal(b":path", b"/x.Y/Unknown") + grpc_type
+        known = post_http + indexed_literal(b":path", CHECK.encode()) + grpc_type
         statuses = []
         for stream_id, block in ((1, unknown), (3, indexed), (5, known), (7, indexed)):
             peer.send(frame(HEADERS, END_HEADERS, stream_id, block))
