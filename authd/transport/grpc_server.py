@@ -67,7 +67,6 @@ __all__ = [
 ]
 
 STREAM_SEND_BUFFER = 256 * 1024  # a streaming call's write waits while more than this waits
-MAX_QUEUED_MESSAGES = 1000  # request messages a streaming call has not read yet
 _MESSAGE_PREFIX = struct.Struct(">BI")
 
 
@@ -87,8 +86,8 @@ class _Call:
         "id",
         "metadata",
         "method",
+        "more",
         "request_ended",
-        "requests",
         "reset",
         "responded",
         "sent_headers",
@@ -106,7 +105,7 @@ class _Call:
         self.reset = False  # gone: reset by either side, or the connection is lost
         self.sent_headers = False
         self.task: asyncio.Future[Any] | None = None  # a call that waits, to cancel on reset
-        self.requests: asyncio.Queue[bytes | None] | None = None
+        self.more: asyncio.Future[None] | None = None  # a stream call waiting for data
         self.context: ServicerContext | None = None
 
 
@@ -275,7 +274,8 @@ class _Connection(asyncio.Protocol):
             call.body += event.data
             call.held += event.flow_size
             if call.method.request_streaming:
-                self._queue_messages(call)
+                self._check_next_message(call)
+                self._more(call)
             elif len(call.body) > self._limits.max_request_bytes + 5:
                 self._server.refusals("max_request_bytes")
                 self._finish(
@@ -294,8 +294,7 @@ class _Connection(asyncio.Protocol):
         if call.responded:
             return
         if method.request_streaming:
-            assert call.requests is not None
-            call.requests.put_nowait(None)
+            self._more(call)
             return
         self.h2.acknowledge_received_data(call.id, call.held)
         call.held = 0
@@ -358,15 +357,20 @@ class _Connection(asyncio.Protocol):
         self._finish(call, code, message)
 
     def _start_stream_call(self, call: _Call) -> None:
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        call.requests = queue
         call.context = ServicerContext(self, call)
         deserialize = call.method.deserialize
 
         async def requests() -> AsyncIterator[Any]:
-            while (message := await queue.get()) is not None:
-                # Only a message taken is given back to the peer's windows: what a call has
-                # not read is bounded by them.
+            # Messages stay as received bytes until the call reads them, and are given back to
+            # the peer's windows only then: what a call has not read is bounded by them.
+            while True:
+                message = self._next_message(call)
+                if message is None:
+                    if call.request_ended or call.reset or call.responded:
+                        return
+                    call.more = asyncio.get_running_loop().create_future()
+                    await call.more
+                    continue
                 self.h2.acknowledge_received_data(call.id, 5 + len(message))
                 self.write_out()
                 yield deserialize(message)
@@ -374,26 +378,42 @@ class _Connection(asyncio.Protocol):
 
         call.task = asyncio.ensure_future(self._run_stream(call, requests(), call.context))
 
-    def _queue_messages(self, call: _Call) -> None:
+    def _next_message(self, call: _Call) -> bytes | None:
+        """The next whole request message of a streaming call, or None until one arrives."""
         body = call.body
-        assert call.requests is not None
-        while len(body) >= 5:
-            compressed, length = _MESSAGE_PREFIX.unpack_from(body)
-            too_many = call.requests.qsize() >= MAX_QUEUED_MESSAGES
-            if compressed or length > self._limits.max_request_bytes or too_many:
-                if compressed:
-                    code = grpc.StatusCode.UNIMPLEMENTED
-                else:
-                    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-                    self._server.refusals("max_request_bytes")
-                self._finish(call, code, "compressed, oversized or too many request messages")
-                if call.task is not None:
-                    call.task.cancel()
-                return
-            if len(body) < 5 + length:
-                break
-            call.requests.put_nowait(bytes(body[5 : 5 + length]))
-            del body[: 5 + length]
+        if len(body) < 5:
+            return None
+        compressed, length = _MESSAGE_PREFIX.unpack_from(body)
+        if compressed or length > self._limits.max_request_bytes:
+            self._check_next_message(call)
+            return None
+        if len(body) < 5 + length:
+            return None
+        message = bytes(body[5 : 5 + length])
+        del body[: 5 + length]
+        return message
+
+    def _check_next_message(self, call: _Call) -> None:
+        """End a streaming call whose next message is compressed or too large."""
+        body = call.body
+        if len(body) < 5:
+            return
+        compressed, length = _MESSAGE_PREFIX.unpack_from(body)
+        if not compressed and length <= self._limits.max_request_bytes:
+            return
+        if compressed:
+            code = grpc.StatusCode.UNIMPLEMENTED
+        else:
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            self._server.refusals("max_request_bytes")
+        self._finish(call, code, "compressed or oversized request message")
+        if call.task is not None:
+            call.task.cancel()
+
+    def _more(self, call: _Call) -> None:
+        more, call.more = call.more, None
+        if more is not None and not more.done():
+            more.set_result(None)
 
     async def _run_stream(self, call: _Call, request: Any, context: ServicerContext) -> None:
         try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import hpack
+from grpc_reflection.v1alpha import reflection_pb2
 
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
 ENHANCE_YOUR_CALM = 0xB
@@ -179,3 +180,24 @@ class Peer:
             if got.stream_id == stream_id and self.absorb(response, got):
                 return response
         raise AssertionError(f"closed before stream {stream_id} ended")
+
+
+REFLECTION_INFO = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+
+def reflection_flood(peer: Peer, stream_id: int, count: int) -> bytes:
+    """A reflection stream opened with ``count`` list_services requests in DATA frames."""
+    message = grpc_message(reflection_pb2.ServerReflectionRequest(list_services=""))
+    body = message * count
+    frames = [frame(HEADERS, END_HEADERS, stream_id, peer.header_block(REFLECTION_INFO))]
+    frames += [frame(DATA, 0, stream_id, body[i : i + 16_000]) for i in range(0, len(body), 16_000)]
+    return b"".join(frames)
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process ``pid`` (VmRSS in /proc/<pid>/status)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")

@@ -60,11 +60,11 @@ MAX_EMPTY_FRAMES = 16  # consecutive frames with an empty payload that do not en
 class ProtocolError(Exception):
     """A connection error: the GOAWAY code, a message for its debug data, a refusal reason."""
 
-    def __init__(self, code: int, message: str, reason: str = "protocol_error") -> None:
+    def __init__(self, code: int, message: str, reason: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-        self.reason = reason
+        self.reason = reason or ("flow_control" if code == 0x3 else "protocol_error")
 
 
 class _Stream:
@@ -253,8 +253,9 @@ class H2Connection:
         elif kind == f.PRIORITY:
             if stream_id == 0:
                 raise ProtocolError(f.PROTOCOL_ERROR, "PRIORITY on stream 0")
-            if len(payload) != 5:
+            if len(payload) != 5 and stream_id in self.streams:
                 self._reset(stream_id, f.FRAME_SIZE_ERROR)
+            # Priorities are deprecated (RFC 9113 §5.3.2) and otherwise ignored.
         elif kind == f.PUSH_PROMISE:
             raise ProtocolError(f.PROTOCOL_ERROR, "a client cannot push")
         # Unknown frame types are ignored (RFC 9113 §5.5).
