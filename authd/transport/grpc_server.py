@@ -66,6 +66,7 @@ __all__ = [
     "status_trailers",
 ]
 
+LINGER = 1.0  # seconds a connection ended by our GOAWAY is read (and dropped) before closing
 STREAM_SEND_BUFFER = 256 * 1024  # a streaming call's write waits while more than this waits
 _MESSAGE_PREFIX = struct.Struct(">BI")
 
@@ -183,7 +184,7 @@ class _Connection(asyncio.Protocol):
         if len(server.connections) >= self._limits.max_connections:
             self.h2.close_connection(ENHANCE_YOUR_CALM, "too many connections", "max_connections")
             self.write_out()
-            self.close()
+            self._linger()
             return
         server.connections.add(self)
         self.last_busy = asyncio.get_running_loop().time()
@@ -209,6 +210,8 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return  # lingering after a connection error: what the peer still sends is dropped
         self._batching = True
         try:
             for event in self.h2.events_from(data):
@@ -217,7 +220,7 @@ class _Connection(asyncio.Protocol):
             self._batching = False
         self.write_out()
         if self.h2.closed:
-            self.close()
+            self._linger()
             return
         if self._waiters:
             self._wake()
@@ -514,6 +517,26 @@ class _Connection(asyncio.Protocol):
         self._wake()
         if self._transport is not None:
             self._transport.close()
+
+    def _linger(self) -> None:
+        """After our GOAWAY for an error: end our side, drop what the peer still sends.
+
+        Closing with unread input makes the kernel reset the connection, and a reset can
+        discard the GOAWAY before the peer reads it; so the socket stays open for reading
+        (and dropping) until the peer closes, or LINGER seconds at most.
+        """
+        self.closed = True
+        self._server.connections.discard(self)
+        self._wake()
+        transport = self._transport
+        if transport is None:
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()
+        asyncio.get_running_loop().call_later(LINGER, transport.abort)
 
     def abort(self) -> None:
         """Close now, dropping what the peer did not take (stop's last word)."""

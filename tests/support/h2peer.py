@@ -95,6 +95,17 @@ class Peer:
         peer.send(opening)
         return peer
 
+    @staticmethod
+    def parse(data: bytes) -> list[Frame]:
+        """The whole frames in ``data``, in order."""
+        frames, pos = [], 0
+        while len(data) - pos >= 9:
+            word, flags, stream_id = struct.unpack_from(">IBI", data, pos)
+            end = pos + 9 + (word >> 8)
+            frames.append(Frame(word & 0xFF, flags, stream_id & 0x7FFFFFFF, data[pos + 9 : end]))
+            pos = end
+        return frames
+
     def send(self, *frames: bytes) -> None:
         self.writer.write(b"".join(frames))
 
