@@ -353,8 +353,14 @@ class _Connection(asyncio.Protocol):
             except Exception as error:
                 exc = error
             else:
-                self.send_message(call, payload)
-                self._finish(call, grpc.StatusCode.OK)
+                if call.sent_headers or call.reset or call.responded:
+                    self.send_message(call, payload)
+                    self._finish(call, grpc.StatusCode.OK)
+                    return
+                call.responded = call.sent_headers = True
+                self.calls.pop(call.id, None)
+                message = _MESSAGE_PREFIX.pack(0, len(payload)) + payload
+                self.h2.respond(call.id, RESPONSE_HEADERS, message, OK_TRAILERS)
                 return
         code, message = status_of(exc)
         self._finish(call, code, message)

@@ -212,3 +212,43 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def windowed_reflection_flood(port: int, streams: int, rounds: int) -> Peer:
+    """A peer that never opens its own window but sends reflection requests on ``streams``
+    streams as fast as the server's windows allow, for ``rounds`` round trips: what a server
+    gives back to its windows while its answers cannot leave is what this peer gets to send."""
+    peer = await Peer.connect(port, PREFACE + settings((INITIAL_WINDOW_SIZE, 0)))
+    message = grpc_message(reflection_pb2.ServerReflectionRequest(list_services=""))
+    stream_ids = [1 + 2 * n for n in range(streams)]
+    peer.send(
+        *(frame(HEADERS, END_HEADERS, s, peer.header_block(REFLECTION_INFO)) for s in stream_ids)
+    )
+    connection, initial = 65_535, 65_535
+    windows: dict[int, int] = {}
+    for _ in range(rounds):
+        for got in await peer.round_trip():
+            if got.kind == SETTINGS and not got.flags & ACK:
+                for ident, value in struct.iter_unpack(">HI", got.payload):
+                    if ident == INITIAL_WINDOW_SIZE:
+                        initial = value
+            elif got.kind == WINDOW_UPDATE:
+                increment = int.from_bytes(got.payload, "big")
+                if got.stream_id == 0:
+                    connection += increment
+                else:
+                    windows[got.stream_id] = windows.get(got.stream_id, initial) + increment
+        for stream_id in stream_ids:
+            allowed = min(connection, windows.get(stream_id, initial))
+            count = allowed // len(message)
+            body = message * count
+            connection -= len(body)
+            windows[stream_id] = windows.get(stream_id, initial) - len(body)
+            peer.send(
+                *(
+                    frame(DATA, 0, stream_id, body[i : i + 16_000])
+                    for i in range(0, len(body), 16_000)
+                )
+            )
+        await peer.writer.drain()
+    return peer

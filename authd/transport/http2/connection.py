@@ -567,6 +567,43 @@ class H2Connection:
         else:
             self.send_headers(stream_id, trailers, end_stream=True)
 
+    def respond(self, stream_id: int, headers: bytes, data: bytes, trailers: bytes) -> None:
+        """A whole answer: headers, ``data`` and the trailers that end the stream.
+
+        The same as ``send_headers``, ``send_data`` and ``end_stream``; when the windows admit
+        all of ``data`` at once (the usual case) its three frames are laid out in one go.
+        """
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.local_closed or stream.trailers is not None:
+            return
+        size, limit = len(data), self._max_send_frame
+        if (
+            size > self._send_window
+            or size > stream.send_window
+            or size > limit
+            or stream.pending
+            or self._table_size_changed
+            or len(headers) > limit
+            or len(trailers) > limit
+        ):
+            self.send_headers(stream_id, headers)
+            self.send_data(stream_id, data)
+            self.end_stream(stream_id, trailers)
+            return
+        self._send_window -= size
+        stream.send_window -= size
+        pack = f.FRAME_HEADER.pack
+        self._out += (
+            pack((len(headers) << 8) | f.HEADERS, f.END_HEADERS, stream_id),
+            headers,
+            pack((size << 8) | f.DATA, 0, stream_id),
+            data,
+            pack((len(trailers) << 8) | f.HEADERS, f.END_HEADERS | f.END_STREAM, stream_id),
+            trailers,
+        )
+        stream.local_closed = True
+        self._forget_if_done(stream)
+
     def reset_stream(self, stream_id: int, code: int) -> None:
         """RST_STREAM ``code`` and forget the stream (no event: the user asked for it)."""
         stream = self.streams.get(stream_id)

@@ -71,7 +71,7 @@ def check_trailers(headers: Iterable[tuple[bytes, bytes]]) -> None:
             raise MalformedRequest(f"bad trailer field {name!r}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestReceived:
     """A new stream's request headers (``end_stream``: the request has no body)."""
 
@@ -80,7 +80,7 @@ class RequestReceived:
     end_stream: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DataReceived:
     """Request body bytes; ``flow_size`` (padding included) is what to acknowledge later."""
 
@@ -90,14 +90,14 @@ class DataReceived:
     end_stream: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamEnded:
     """The client ended its side with trailers (or an empty frame carrying END_STREAM)."""
 
     stream_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamReset:
     """The stream is gone: reset by the peer, or by us for a stream error (RST_STREAM sent)."""
 
@@ -106,14 +106,14 @@ class StreamReset:
     remote: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GoAwayReceived:
     """The peer opens no more streams; the ones open may finish."""
 
     error_code: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectionTerminated:
     """A connection error: our GOAWAY is in ``data_to_send()``; close after writing it."""
 

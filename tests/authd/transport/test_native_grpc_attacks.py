@@ -35,6 +35,7 @@ from tests.support.h2peer import (
     rss_bytes,
     settings,
     window_update,
+    windowed_reflection_flood,
 )
 
 T = TypeVar("T")
@@ -82,18 +83,9 @@ def attack(daemon: Authd, scenario: Callable[[int], Awaitable[T]]) -> T:
     return result
 
 
-async def zero_window_flood(port: int) -> Peer:
-    """A peer that never opens its window, with reflection streams full of requests."""
-    peer = await Peer.connect(port, PREFACE + settings((INITIAL_WINDOW_SIZE, 0)))
-    for stream_id in (1, 3, 5):
-        peer.send(reflection_flood(peer, stream_id, 40_000))
-        await peer.writer.drain()
-    return peer
-
-
 def test_a_zero_window_streaming_client_does_not_take_the_daemon_down(daemon: Authd) -> None:
     async def scenario(port: int) -> bool:
-        attacker = await zero_window_flood(port)
+        attacker = await windowed_reflection_flood(port, streams=3, rounds=30)
         answered = await check_answered(port)
         await attacker.round_trip()  # still served: its answers wait for its window
         answered = answered and await check_answered(port)
@@ -176,7 +168,7 @@ def test_sigterm_stops_the_daemon_within_5_seconds_during_an_attack() -> None:
     running = start(short_tmpdir() / "d")
 
     async def scenario(port: int) -> None:
-        await zero_window_flood(port)
+        await windowed_reflection_flood(port, streams=3, rounds=5)
         idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(8)]
         running.process.send_signal(signal.SIGTERM)
         await asyncio.get_running_loop().run_in_executor(None, running.process.wait, 5)
