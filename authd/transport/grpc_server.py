@@ -215,7 +215,13 @@ class _Connection(asyncio.Protocol):
         self._batching = True
         try:
             for event in self.h2.events_from(data):
-                self._on_event(event)
+                kind = type(event)
+                if kind is ev.DataReceived:
+                    self._on_data(event)  # type: ignore[arg-type]
+                elif kind is ev.RequestReceived:
+                    self._on_request(event)  # type: ignore[arg-type]
+                else:
+                    self._on_event(event)
         finally:
             self._batching = False
         self.write_out()
@@ -230,11 +236,8 @@ class _Connection(asyncio.Protocol):
     # --- events ---------------------------------------------------------------------------
 
     def _on_event(self, event: ev.Event) -> None:
-        if isinstance(event, ev.DataReceived):
-            self._on_data(event)
-        elif isinstance(event, ev.RequestReceived):
-            self._on_request(event)
-        elif isinstance(event, ev.StreamEnded):
+        """Events other than requests and their data (those two are the hot path)."""
+        if isinstance(event, ev.StreamEnded):
             call = self.calls.get(event.stream_id)
             if call is not None:
                 self._end_of_request(call)
@@ -493,7 +496,7 @@ class _Connection(asyncio.Protocol):
 
     def write_out(self) -> None:
         data = self.h2.data_to_send()
-        if data and self._transport is not None and not self.closed:
+        if data and not self.closed and self._transport is not None:
             self._transport.write(data)
 
     def _drop(self, call: _Call) -> None:

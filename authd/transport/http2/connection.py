@@ -47,6 +47,17 @@ from authd.transport.http2.events import (
     StreamReset,
     check_trailers,
 )
+from authd.transport.http2.frames import (
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    FRAME_HEADER,
+    FRAME_SIZE,
+    HEADERS,
+    PADDED,
+    PRIORITY_FLAG,
+)
 from authd.transport.limits import ListenerLimits
 
 STREAM_RECEIVE_WINDOW = 1 << 24  # advertised per stream (capped by the connection's buffer)
@@ -110,14 +121,14 @@ class H2Connection:
         self._decoder = hpack.Decoder()
         self._decoder.max_header_list_size = limits.max_header_list_size
         self._max_block = 4 * limits.max_header_list_size  # Huffman may grow a field 30/8
-        self._max_continuations = max(8, self._max_block // f.FRAME_SIZE + 1)
+        self._max_continuations = max(8, self._max_block // FRAME_SIZE + 1)
         self.streams: dict[int, _Stream] = {}
         self.last_stream_id = 0
         self._continuation: tuple[int, int, bytearray] | None = None
         self._continuations = 0
         self._send_window = f.DEFAULT_WINDOW  # the peer's connection window
         self._initial_send_window = f.DEFAULT_WINDOW  # its SETTINGS_INITIAL_WINDOW_SIZE
-        self._max_send_frame = f.FRAME_SIZE
+        self._max_send_frame = FRAME_SIZE
         self._connection_window = max(
             f.DEFAULT_WINDOW, min(limits.max_connection_buffer, f.MAX_WINDOW)
         )
@@ -184,8 +195,7 @@ class H2Connection:
         so what the user sends in answer is queued before the frames that follow it answer."""
         if self.closed:
             return
-        events: list[Event] = []
-        self._events = events
+        events = self._events
         buffer = self._buffer + data if self._buffer else data
         try:
             if not self._preface_seen:
@@ -198,19 +208,29 @@ class H2Connection:
                 self._preface_seen = True
             pos, end = 0, len(buffer)
             self._buffer = b""
+            unpack = FRAME_HEADER.unpack_from
             while end - pos >= 9 and not self.closed:
-                word, flags, stream_id = f.FRAME_HEADER.unpack_from(buffer, pos)
+                word, flags, stream_id = unpack(buffer, pos)
                 length = word >> 8
-                if length > f.FRAME_SIZE:
+                if length > FRAME_SIZE:
                     raise ProtocolError(f.FRAME_SIZE_ERROR, "frame larger than MAX_FRAME_SIZE")
                 if end - pos - 9 < length:
                     break
                 start = pos + 9
                 pos = start + length
-                self._on_frame(word & 0xFF, flags, stream_id & 0x7FFFFFFF, buffer[start:pos])
+                kind = word & 0xFF
+                if kind > HEADERS or self._continuation is not None or not self._settings_seen:
+                    self._on_frame(kind, flags, stream_id & 0x7FFFFFFF, buffer[start:pos])
+                elif kind == DATA:
+                    self._on_data(flags, stream_id & 0x7FFFFFFF, buffer[start:pos])
+                else:
+                    self._on_headers(flags, stream_id & 0x7FFFFFFF, buffer[start:pos])
                 if events:
-                    yield from events
-                    events.clear()
+                    if len(events) == 1:
+                        yield events.pop()
+                    else:
+                        yield from events
+                        events.clear()
             if not self.closed:
                 self._buffer = buffer[pos:]
         except ProtocolError as exc:
@@ -219,15 +239,15 @@ class H2Connection:
         events.clear()
 
     def _on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if self._continuation is not None and kind != f.CONTINUATION:
+        if self._continuation is not None and kind != CONTINUATION:
             raise ProtocolError(f.PROTOCOL_ERROR, "expected a CONTINUATION frame")
         if not self._settings_seen and kind != f.SETTINGS:
             raise ProtocolError(f.PROTOCOL_ERROR, "the first frame must be SETTINGS")
-        if kind == f.HEADERS:
+        if kind == HEADERS:
             self._on_headers(flags, stream_id, payload)
-        elif kind == f.DATA:
+        elif kind == DATA:
             self._on_data(flags, stream_id, payload)
-        elif kind == f.CONTINUATION:
+        elif kind == CONTINUATION:
             self._on_continuation(flags, stream_id, payload)
         elif kind == f.SETTINGS:
             self._on_settings(flags, stream_id, payload)
@@ -294,7 +314,7 @@ class H2Connection:
                         raise ProtocolError(f.FLOW_CONTROL_ERROR, "a stream window above 2^31-1")
                 grew = grew or delta > 0
             elif ident == f.SETTINGS_MAX_FRAME_SIZE:
-                if not f.FRAME_SIZE <= value <= 2**24 - 1:
+                if not FRAME_SIZE <= value <= 2**24 - 1:
                     raise ProtocolError(f.PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
                 self._max_send_frame = value
             elif ident == f.SETTINGS_HEADER_TABLE_SIZE:
@@ -347,13 +367,13 @@ class H2Connection:
     def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             raise ProtocolError(f.PROTOCOL_ERROR, "HEADERS on stream 0")
-        if flags & f.PADDED:
+        if flags & PADDED:
             payload = _unpad(payload)
-        if flags & f.PRIORITY_FLAG:
+        if flags & PRIORITY_FLAG:
             if len(payload) < 5:
                 raise ProtocolError(f.FRAME_SIZE_ERROR, "HEADERS too short for its priority")
             payload = payload[5:]
-        if flags & f.END_HEADERS:
+        if flags & END_HEADERS:
             self._empty_frames = 0
             self._on_header_block(flags, stream_id, payload)
             return
@@ -372,7 +392,7 @@ class H2Connection:
             raise ProtocolError(
                 f.ENHANCE_YOUR_CALM, "too many CONTINUATION frames", "continuation_flood"
             )
-        if payload or flags & f.END_HEADERS:
+        if payload or flags & END_HEADERS:
             self._empty_frames = 0
         else:
             self._empty_frame()
@@ -380,7 +400,7 @@ class H2Connection:
         block += payload
         if len(block) > self._max_block:
             raise ProtocolError(f.ENHANCE_YOUR_CALM, "header block too large", "header_list_size")
-        if flags & f.END_HEADERS:
+        if flags & END_HEADERS:
             self._continuation = None
             self._on_header_block(first_flags, stream_id, bytes(block))
 
@@ -421,7 +441,7 @@ class H2Connection:
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client: they must end its side
             headers = self._decode(block)
-            if not flags & f.END_STREAM:
+            if not flags & END_STREAM:
                 self._reset(stream_id, f.PROTOCOL_ERROR)
             elif stream.remote_closed:
                 self._reset(stream_id, f.STREAM_CLOSED)
@@ -454,7 +474,7 @@ class H2Connection:
             return
         stream = _Stream(stream_id, self._initial_send_window, self._stream_window)
         self.streams[stream_id] = stream
-        ended = bool(flags & f.END_STREAM)
+        ended = bool(flags & END_STREAM)
         stream.remote_closed = ended
         self._events.append(RequestReceived(stream_id, head, ended))
 
@@ -470,9 +490,9 @@ class H2Connection:
         self._recv_window -= size
         if self._recv_window < 0:
             raise ProtocolError(f.FLOW_CONTROL_ERROR, "DATA beyond the connection window")
-        if flags & f.PADDED:
+        if flags & PADDED:
             payload = _unpad(payload)
-        ended = bool(flags & f.END_STREAM)
+        ended = bool(flags & END_STREAM)
         if payload or ended:
             self._empty_frames = 0
         else:
@@ -532,17 +552,17 @@ class H2Connection:
         if self._table_size_changed:
             self._table_size_changed = False
             block = b"\x20" + block  # dynamic table size update to 0 (RFC 7541 §6.3)
-        flags = f.END_STREAM if end_stream else 0
+        flags = END_STREAM if end_stream else 0
         limit = self._max_send_frame
         if len(block) <= limit:
-            self._out.append(f.frame(f.HEADERS, f.END_HEADERS | flags, stream_id, block))
+            self._out.append(f.frame(HEADERS, END_HEADERS | flags, stream_id, block))
         else:
-            self._out.append(f.frame(f.HEADERS, flags, stream_id, block[:limit]))
+            self._out.append(f.frame(HEADERS, flags, stream_id, block[:limit]))
             for start in range(limit, len(block), limit):
                 last = start + limit >= len(block)
                 chunk = block[start : start + limit]
                 self._out.append(
-                    f.frame(f.CONTINUATION, f.END_HEADERS if last else 0, stream_id, chunk)
+                    f.frame(CONTINUATION, END_HEADERS if last else 0, stream_id, chunk)
                 )
         if end_stream:
             stream.local_closed = True
@@ -592,17 +612,20 @@ class H2Connection:
             return
         self._send_window -= size
         stream.send_window -= size
-        pack = f.FRAME_HEADER.pack
+        pack = FRAME_HEADER.pack
         self._out += (
-            pack((len(headers) << 8) | f.HEADERS, f.END_HEADERS, stream_id),
+            pack((len(headers) << 8) | HEADERS, END_HEADERS, stream_id),
             headers,
-            pack((size << 8) | f.DATA, 0, stream_id),
+            pack((size << 8) | DATA, 0, stream_id),
             data,
-            pack((len(trailers) << 8) | f.HEADERS, f.END_HEADERS | f.END_STREAM, stream_id),
+            pack((len(trailers) << 8) | HEADERS, END_HEADERS | END_STREAM, stream_id),
             trailers,
         )
         stream.local_closed = True
-        self._forget_if_done(stream)
+        if stream.remote_closed and not stream.held:
+            del self.streams[stream_id]  # nothing pending, nothing held: nothing to give back
+        else:
+            self._forget_if_done(stream)
 
     def reset_stream(self, stream_id: int, code: int) -> None:
         """RST_STREAM ``code`` and forget the stream (no event: the user asked for it)."""
@@ -654,7 +677,7 @@ class H2Connection:
             self._send_window -= size
             stream.send_window -= size
             self.pending_bytes -= size
-            self._out.append(f.frame(f.DATA, 0, stream.id, chunk))
+            self._out.append(f.frame(DATA, 0, stream.id, chunk))
         if stream.trailers is not None:
             trailers, stream.trailers = stream.trailers, None
             self.send_headers(stream.id, trailers, end_stream=True)
