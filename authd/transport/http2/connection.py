@@ -31,8 +31,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-import hpack
-
 from authd.transport.http2 import frames as f
 from authd.transport.http2.budget import Budget
 from authd.transport.http2.events import (
@@ -40,12 +38,9 @@ from authd.transport.http2.events import (
     DataReceived,
     Event,
     GoAwayReceived,
-    MalformedRequest,
-    RequestHead,
     RequestReceived,
     StreamEnded,
     StreamReset,
-    check_trailers,
 )
 from authd.transport.http2.frames import (
     CONTINUATION,
@@ -58,6 +53,8 @@ from authd.transport.http2.frames import (
     PADDED,
     PRIORITY_FLAG,
 )
+from authd.transport.http2.headers import HeaderDecoder, MalformedRequest, check_trailers
+from authd.transport.http2.sending import Sending, Stream
 from authd.transport.limits import ListenerLimits
 
 STREAM_RECEIVE_WINDOW = 1 << 24  # advertised per stream (capped by the connection's buffer)
@@ -68,40 +65,7 @@ RESET_RATE = 33.0  # ... and per second after that
 MAX_EMPTY_FRAMES = 16  # consecutive frames with an empty payload that do not end anything
 
 
-class ProtocolError(Exception):
-    """A connection error: the GOAWAY code, a message for its debug data, a refusal reason."""
-
-    def __init__(self, code: int, message: str, reason: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.reason = reason or ("flow_control" if code == 0x3 else "protocol_error")
-
-
-class _Stream:
-    __slots__ = (
-        "held",
-        "id",
-        "local_closed",
-        "pending",
-        "recv_window",
-        "remote_closed",
-        "send_window",
-        "trailers",
-    )
-
-    def __init__(self, stream_id: int, send_window: int, recv_window: int) -> None:
-        self.id = stream_id
-        self.send_window = send_window
-        self.recv_window = recv_window
-        self.held = 0  # received bytes not yet acknowledged by the user
-        self.pending = bytearray()  # DATA payload the windows did not admit yet
-        self.trailers: bytes | None = None  # the final HEADERS block, once pending is out
-        self.remote_closed = False
-        self.local_closed = False
-
-
-class H2Connection:
+class H2Connection(Sending):
     """One server-side HTTP/2 connection; see the module docstring."""
 
     def __init__(
@@ -118,11 +82,10 @@ class H2Connection:
         self._buffer = b""
         self._preface_seen = False
         self._settings_seen = False
-        self._decoder = hpack.Decoder()
-        self._decoder.max_header_list_size = limits.max_header_list_size
+        self._headers = HeaderDecoder(limits.max_header_list_size)
         self._max_block = 4 * limits.max_header_list_size  # Huffman may grow a field 30/8
         self._max_continuations = max(8, self._max_block // FRAME_SIZE + 1)
-        self.streams: dict[int, _Stream] = {}
+        self.streams: dict[int, Stream] = {}
         self.last_stream_id = 0
         self._continuation: tuple[int, int, bytearray] | None = None
         self._continuations = 0
@@ -141,10 +104,6 @@ class H2Connection:
         self._resets = Budget(RESET_BURST, RESET_RATE, clock)
         self._empty_frames = 0
         self._table_size_changed = False
-        self._table_version = 0  # counts header blocks that may have changed the table
-        self._last_block = b""
-        self._last_version = -1
-        self._last_head: RequestHead | None = None
         self.going_away = False  # we sent GOAWAY: no new streams
         self.peer_going_away = False
         self.closed = False  # a connection error was sent: write what is queued, then close
@@ -200,7 +159,7 @@ class H2Connection:
         try:
             if not self._preface_seen:
                 if not f.PREFACE.startswith(buffer[: len(f.PREFACE)]):
-                    raise ProtocolError(f.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                    raise f.ProtocolError(f.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
                 if len(buffer) < len(f.PREFACE):
                     self._buffer = buffer
                     return
@@ -213,7 +172,7 @@ class H2Connection:
                 word, flags, stream_id = unpack(buffer, pos)
                 length = word >> 8
                 if length > FRAME_SIZE:
-                    raise ProtocolError(f.FRAME_SIZE_ERROR, "frame larger than MAX_FRAME_SIZE")
+                    raise f.ProtocolError(f.FRAME_SIZE_ERROR, "frame larger than MAX_FRAME_SIZE")
                 if end - pos - 9 < length:
                     break
                 start = pos + 9
@@ -233,16 +192,16 @@ class H2Connection:
                         events.clear()
             if not self.closed:
                 self._buffer = buffer[pos:]
-        except ProtocolError as exc:
+        except f.ProtocolError as exc:
             self.close_connection(exc.code, exc.message, exc.reason)
         yield from events
         events.clear()
 
     def _on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self._continuation is not None and kind != CONTINUATION:
-            raise ProtocolError(f.PROTOCOL_ERROR, "expected a CONTINUATION frame")
+            raise f.ProtocolError(f.PROTOCOL_ERROR, "expected a CONTINUATION frame")
         if not self._settings_seen and kind != f.SETTINGS:
-            raise ProtocolError(f.PROTOCOL_ERROR, "the first frame must be SETTINGS")
+            raise f.ProtocolError(f.PROTOCOL_ERROR, "the first frame must be SETTINGS")
         if kind == HEADERS:
             self._on_headers(flags, stream_id, payload)
         elif kind == DATA:
@@ -255,9 +214,9 @@ class H2Connection:
             self._on_window_update(stream_id, payload)
         elif kind == f.PING:
             if stream_id != 0:
-                raise ProtocolError(f.PROTOCOL_ERROR, "PING on a stream")
+                raise f.ProtocolError(f.PROTOCOL_ERROR, "PING on a stream")
             if len(payload) != 8:
-                raise ProtocolError(f.FRAME_SIZE_ERROR, "PING payload is not 8 bytes")
+                raise f.ProtocolError(f.FRAME_SIZE_ERROR, "PING payload is not 8 bytes")
             if not flags & f.ACK:
                 self._spend_control("PING")
                 self._out.append(f.frame(f.PING, f.ACK, 0, payload))
@@ -265,39 +224,39 @@ class H2Connection:
             self._on_rst_stream(stream_id, payload)
         elif kind == f.GOAWAY:
             if stream_id != 0:
-                raise ProtocolError(f.PROTOCOL_ERROR, "GOAWAY on a stream")
+                raise f.ProtocolError(f.PROTOCOL_ERROR, "GOAWAY on a stream")
             if len(payload) < 8:
-                raise ProtocolError(f.FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
+                raise f.ProtocolError(f.FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
             self.peer_going_away = True
             self._events.append(GoAwayReceived(int.from_bytes(payload[4:8], "big")))
         elif kind == f.PRIORITY:
             if stream_id == 0:
-                raise ProtocolError(f.PROTOCOL_ERROR, "PRIORITY on stream 0")
+                raise f.ProtocolError(f.PROTOCOL_ERROR, "PRIORITY on stream 0")
             if len(payload) != 5 and stream_id in self.streams:
                 self._reset(stream_id, f.FRAME_SIZE_ERROR)
             # Priorities are deprecated (RFC 9113 §5.3.2) and otherwise ignored.
         elif kind == f.PUSH_PROMISE:
-            raise ProtocolError(f.PROTOCOL_ERROR, "a client cannot push")
+            raise f.ProtocolError(f.PROTOCOL_ERROR, "a client cannot push")
         # Unknown frame types are ignored (RFC 9113 §5.5).
 
     def _spend_control(self, what: str) -> None:
         if not self._control.take():
-            raise ProtocolError(f.ENHANCE_YOUR_CALM, f"{what} flood", "control_frame_flood")
+            raise f.ProtocolError(f.ENHANCE_YOUR_CALM, f"{what} flood", "control_frame_flood")
 
     def _empty_frame(self) -> None:
         self._empty_frames += 1
         if self._empty_frames > MAX_EMPTY_FRAMES:
-            raise ProtocolError(f.ENHANCE_YOUR_CALM, "empty frames", "empty_frames")
+            raise f.ProtocolError(f.ENHANCE_YOUR_CALM, "empty frames", "empty_frames")
 
     def _on_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id != 0:
-            raise ProtocolError(f.PROTOCOL_ERROR, "SETTINGS on a stream")
+            raise f.ProtocolError(f.PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & f.ACK:
             if payload:
-                raise ProtocolError(f.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+                raise f.ProtocolError(f.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             return
         if len(payload) % 6:
-            raise ProtocolError(f.FRAME_SIZE_ERROR, "SETTINGS payload not a multiple of 6")
+            raise f.ProtocolError(f.FRAME_SIZE_ERROR, "SETTINGS payload not a multiple of 6")
         self._spend_control("SETTINGS")
         self._settings_seen = True
         grew = False
@@ -305,42 +264,42 @@ class H2Connection:
             ident, value = f.SETTING.unpack_from(payload, offset)
             if ident == f.SETTINGS_INITIAL_WINDOW_SIZE:
                 if value > f.MAX_WINDOW:
-                    raise ProtocolError(f.FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE above 2^31-1")
+                    raise f.ProtocolError(f.FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE above 2^31-1")
                 delta = value - self._initial_send_window
                 self._initial_send_window = value
                 for stream in self.streams.values():
                     stream.send_window += delta
                     if stream.send_window > f.MAX_WINDOW:
-                        raise ProtocolError(f.FLOW_CONTROL_ERROR, "a stream window above 2^31-1")
+                        raise f.ProtocolError(f.FLOW_CONTROL_ERROR, "a stream window above 2^31-1")
                 grew = grew or delta > 0
             elif ident == f.SETTINGS_MAX_FRAME_SIZE:
                 if not FRAME_SIZE <= value <= 2**24 - 1:
-                    raise ProtocolError(f.PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
+                    raise f.ProtocolError(f.PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
                 self._max_send_frame = value
             elif ident == f.SETTINGS_HEADER_TABLE_SIZE:
                 self._table_size_changed = True
             elif ident == f.SETTINGS_ENABLE_PUSH and value > 1:
-                raise ProtocolError(f.PROTOCOL_ERROR, "ENABLE_PUSH must be 0 or 1")
+                raise f.ProtocolError(f.PROTOCOL_ERROR, "ENABLE_PUSH must be 0 or 1")
         self._out.append(f.frame(f.SETTINGS, f.ACK, 0))
         if grew:
             self._flush_all()
 
     def _on_window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
-            raise ProtocolError(f.FRAME_SIZE_ERROR, "WINDOW_UPDATE payload is not 4 bytes")
+            raise f.ProtocolError(f.FRAME_SIZE_ERROR, "WINDOW_UPDATE payload is not 4 bytes")
         increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
         if stream_id == 0:
             if increment == 0:
-                raise ProtocolError(f.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+                raise f.ProtocolError(f.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
             self._send_window += increment
             if self._send_window > f.MAX_WINDOW:
-                raise ProtocolError(f.FLOW_CONTROL_ERROR, "connection window above 2^31-1")
+                raise f.ProtocolError(f.FLOW_CONTROL_ERROR, "connection window above 2^31-1")
             self._flush_all()
             return
         stream = self.streams.get(stream_id)
         if stream is None:
             if stream_id > self.last_stream_id:
-                raise ProtocolError(f.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
+                raise f.ProtocolError(f.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
             return
         if increment == 0:
             self._reset(stream_id, f.PROTOCOL_ERROR)
@@ -353,25 +312,25 @@ class H2Connection:
 
     def _on_rst_stream(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
-            raise ProtocolError(f.FRAME_SIZE_ERROR, "RST_STREAM payload is not 4 bytes")
+            raise f.ProtocolError(f.FRAME_SIZE_ERROR, "RST_STREAM payload is not 4 bytes")
         if stream_id == 0 or stream_id > self.last_stream_id:
-            raise ProtocolError(f.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+            raise f.ProtocolError(f.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
         stream = self.streams.get(stream_id)
         if stream is None:
             return
         if not self._resets.take():
-            raise ProtocolError(f.ENHANCE_YOUR_CALM, "too many stream resets", "rapid_reset")
+            raise f.ProtocolError(f.ENHANCE_YOUR_CALM, "too many stream resets", "rapid_reset")
         self._forget(stream)
         self._events.append(StreamReset(stream_id, int.from_bytes(payload, "big"), True))
 
     def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
-            raise ProtocolError(f.PROTOCOL_ERROR, "HEADERS on stream 0")
+            raise f.ProtocolError(f.PROTOCOL_ERROR, "HEADERS on stream 0")
         if flags & PADDED:
-            payload = _unpad(payload)
+            payload = f.unpad(payload)
         if flags & PRIORITY_FLAG:
             if len(payload) < 5:
-                raise ProtocolError(f.FRAME_SIZE_ERROR, "HEADERS too short for its priority")
+                raise f.ProtocolError(f.FRAME_SIZE_ERROR, "HEADERS too short for its priority")
             payload = payload[5:]
         if flags & END_HEADERS:
             self._empty_frames = 0
@@ -386,10 +345,10 @@ class H2Connection:
 
     def _on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
         if self._continuation is None or self._continuation[0] != stream_id:
-            raise ProtocolError(f.PROTOCOL_ERROR, "unexpected CONTINUATION frame")
+            raise f.ProtocolError(f.PROTOCOL_ERROR, "unexpected CONTINUATION frame")
         self._continuations += 1
         if self._continuations > self._max_continuations:
-            raise ProtocolError(
+            raise f.ProtocolError(
                 f.ENHANCE_YOUR_CALM, "too many CONTINUATION frames", "continuation_flood"
             )
         if payload or flags & END_HEADERS:
@@ -399,48 +358,15 @@ class H2Connection:
         _, first_flags, block = self._continuation
         block += payload
         if len(block) > self._max_block:
-            raise ProtocolError(f.ENHANCE_YOUR_CALM, "header block too large", "header_list_size")
+            raise f.ProtocolError(f.ENHANCE_YOUR_CALM, "header block too large", "header_list_size")
         if flags & END_HEADERS:
             self._continuation = None
             self._on_header_block(first_flags, stream_id, bytes(block))
 
-    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        """Decode a header block (every one, even of a refused stream: the table must follow)."""
-        try:
-            headers = self._decoder.decode(block, raw=True)
-        except hpack.OversizedHeaderListError:
-            raise ProtocolError(
-                f.ENHANCE_YOUR_CALM, "header list larger than advertised", "header_list_size"
-            ) from None
-        except (hpack.HPACKError, IndexError, ValueError) as exc:
-            raise ProtocolError(f.COMPRESSION_ERROR, f"bad header block: {exc}") from None
-        if changes_table(block):
-            self._table_version += 1
-        return headers  # type: ignore[return-value]
-
-    def _request_head(self, block: bytes) -> RequestHead:
-        """The head of a request block; raises MalformedRequest.
-
-        Once Envoy's headers are in the dynamic table, it sends the same bytes each time:
-        indexed fields and a ``:path`` literal it never indexes. A block that does not change
-        the dynamic table decodes the same way until the table changes, so the last such block
-        is remembered with the table's version and not decoded again (Huffman decoding in
-        Python is the dearest part of a call otherwise).
-        """
-        if block == self._last_block and self._table_version == self._last_version:
-            assert self._last_head is not None
-            return self._last_head
-        version = self._table_version
-        headers = self._decode(block)
-        head = RequestHead.of(headers)
-        if self._table_version == version:
-            self._last_block, self._last_version, self._last_head = block, version, head
-        return head
-
     def _on_header_block(self, flags: int, stream_id: int, block: bytes) -> None:
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client: they must end its side
-            headers = self._decode(block)
+            headers = self._headers.decode(block)
             if not flags & END_STREAM:
                 self._reset(stream_id, f.PROTOCOL_ERROR)
             elif stream.remote_closed:
@@ -456,10 +382,10 @@ class H2Connection:
                 self._forget_if_done(stream)
             return
         if stream_id <= self.last_stream_id or not stream_id % 2:
-            raise ProtocolError(f.PROTOCOL_ERROR, "stream id not a new odd number")
+            raise f.ProtocolError(f.PROTOCOL_ERROR, "stream id not a new odd number")
         self.last_stream_id = stream_id
         try:
-            head = self._request_head(block)
+            head = self._headers.request_head(block)
         except MalformedRequest:
             self._refuse_stream(stream_id, f.PROTOCOL_ERROR, "malformed_request")
             return
@@ -472,7 +398,7 @@ class H2Connection:
         if self.held_bytes + self.pending_bytes > self.limits.max_connection_buffer:
             self._refuse_stream(stream_id, f.REFUSED_STREAM, "max_connection_buffer")
             return
-        stream = _Stream(stream_id, self._initial_send_window, self._stream_window)
+        stream = Stream(stream_id, self._initial_send_window, self._stream_window)
         self.streams[stream_id] = stream
         ended = bool(flags & END_STREAM)
         stream.remote_closed = ended
@@ -485,13 +411,13 @@ class H2Connection:
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
-            raise ProtocolError(f.PROTOCOL_ERROR, "DATA on stream 0")
+            raise f.ProtocolError(f.PROTOCOL_ERROR, "DATA on stream 0")
         size = len(payload)
         self._recv_window -= size
         if self._recv_window < 0:
-            raise ProtocolError(f.FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+            raise f.ProtocolError(f.FLOW_CONTROL_ERROR, "DATA beyond the connection window")
         if flags & PADDED:
-            payload = _unpad(payload)
+            payload = f.unpad(payload)
         ended = bool(flags & END_STREAM)
         if payload or ended:
             self._empty_frames = 0
@@ -500,7 +426,7 @@ class H2Connection:
         stream = self.streams.get(stream_id)
         if stream is None:
             if stream_id > self.last_stream_id:
-                raise ProtocolError(f.PROTOCOL_ERROR, "DATA on an idle stream")
+                raise f.ProtocolError(f.PROTOCOL_ERROR, "DATA on an idle stream")
             self._release(size)  # a stream already answered or reset: frames in flight
             return
         if stream.remote_closed:
@@ -544,89 +470,6 @@ class H2Connection:
 
     # --- sending --------------------------------------------------------------------------
 
-    def send_headers(self, stream_id: int, block: bytes, end_stream: bool = False) -> None:
-        """A header block (from ``frames.literal``) on an open stream; a closed one ignores it."""
-        stream = self.streams.get(stream_id)
-        if stream is None or stream.local_closed:
-            return
-        if self._table_size_changed:
-            self._table_size_changed = False
-            block = b"\x20" + block  # dynamic table size update to 0 (RFC 7541 §6.3)
-        flags = END_STREAM if end_stream else 0
-        limit = self._max_send_frame
-        if len(block) <= limit:
-            self._out.append(f.frame(HEADERS, END_HEADERS | flags, stream_id, block))
-        else:
-            self._out.append(f.frame(HEADERS, flags, stream_id, block[:limit]))
-            for start in range(limit, len(block), limit):
-                last = start + limit >= len(block)
-                chunk = block[start : start + limit]
-                self._out.append(
-                    f.frame(CONTINUATION, END_HEADERS if last else 0, stream_id, chunk)
-                )
-        if end_stream:
-            stream.local_closed = True
-            self._forget_if_done(stream)
-
-    def send_data(self, stream_id: int, data: bytes) -> None:
-        """Queue DATA; it goes out as far as the peer's windows admit, the rest when they open."""
-        stream = self.streams.get(stream_id)
-        if stream is None or stream.local_closed or stream.trailers is not None:
-            return
-        stream.pending += data
-        self.pending_bytes += len(data)
-        self._flush(stream)
-
-    def end_stream(self, stream_id: int, trailers: bytes) -> None:
-        """End our side with a trailers block, once the DATA waiting before it is sent."""
-        stream = self.streams.get(stream_id)
-        if stream is None or stream.local_closed or stream.trailers is not None:
-            return
-        if stream.pending:
-            stream.trailers = trailers
-        else:
-            self.send_headers(stream_id, trailers, end_stream=True)
-
-    def respond(self, stream_id: int, headers: bytes, data: bytes, trailers: bytes) -> None:
-        """A whole answer: headers, ``data`` and the trailers that end the stream.
-
-        The same as ``send_headers``, ``send_data`` and ``end_stream``; when the windows admit
-        all of ``data`` at once (the usual case) its three frames are laid out in one go.
-        """
-        stream = self.streams.get(stream_id)
-        if stream is None or stream.local_closed or stream.trailers is not None:
-            return
-        size, limit = len(data), self._max_send_frame
-        if (
-            size > self._send_window
-            or size > stream.send_window
-            or size > limit
-            or stream.pending
-            or self._table_size_changed
-            or len(headers) > limit
-            or len(trailers) > limit
-        ):
-            self.send_headers(stream_id, headers)
-            self.send_data(stream_id, data)
-            self.end_stream(stream_id, trailers)
-            return
-        self._send_window -= size
-        stream.send_window -= size
-        pack = FRAME_HEADER.pack
-        self._out += (
-            pack((len(headers) << 8) | HEADERS, END_HEADERS, stream_id),
-            headers,
-            pack((size << 8) | DATA, 0, stream_id),
-            data,
-            pack((len(trailers) << 8) | HEADERS, END_HEADERS | END_STREAM, stream_id),
-            trailers,
-        )
-        stream.local_closed = True
-        if stream.remote_closed and not stream.held:
-            del self.streams[stream_id]  # nothing pending, nothing held: nothing to give back
-        else:
-            self._forget_if_done(stream)
-
     def reset_stream(self, stream_id: int, code: int) -> None:
         """RST_STREAM ``code`` and forget the stream (no event: the user asked for it)."""
         stream = self.streams.get(stream_id)
@@ -664,30 +507,7 @@ class H2Connection:
         payload = self.last_stream_id.to_bytes(4, "big") + code.to_bytes(4, "big") + debug
         return f.frame(f.GOAWAY, 0, 0, payload)
 
-    def _flush(self, stream: _Stream) -> None:
-        """Send what the windows admit of the stream's pending DATA, then its trailers."""
-        pending = stream.pending
-        while pending:
-            allowed = min(self._send_window, stream.send_window, self._max_send_frame)
-            if allowed <= 0:
-                return
-            chunk = bytes(pending[:allowed])
-            del pending[:allowed]
-            size = len(chunk)
-            self._send_window -= size
-            stream.send_window -= size
-            self.pending_bytes -= size
-            self._out.append(f.frame(DATA, 0, stream.id, chunk))
-        if stream.trailers is not None:
-            trailers, stream.trailers = stream.trailers, None
-            self.send_headers(stream.id, trailers, end_stream=True)
-
-    def _flush_all(self) -> None:
-        for stream in list(self.streams.values()):
-            if stream.pending or stream.trailers is not None:
-                self._flush(stream)
-
-    def _forget_if_done(self, stream: _Stream) -> None:
+    def _forget_if_done(self, stream: Stream) -> None:
         if not stream.local_closed:
             return
         if not stream.remote_closed:
@@ -703,7 +523,7 @@ class H2Connection:
             self._forget(stream)
             self._events.append(StreamReset(stream_id, code, False))
 
-    def _forget(self, stream: _Stream) -> None:
+    def _forget(self, stream: Stream) -> None:
         self.streams.pop(stream.id, None)
         self.pending_bytes -= len(stream.pending)
         stream.pending.clear()
@@ -713,20 +533,3 @@ class H2Connection:
             self.held_bytes -= stream.held
             self._release(stream.held)
             stream.held = 0
-
-
-def changes_table(block: bytes) -> bool:
-    """``frames.changes_dynamic_table``, but a block too broken to walk counts as a change."""
-    try:
-        return f.changes_dynamic_table(block)
-    except IndexError:
-        return True
-
-
-def _unpad(payload: bytes) -> bytes:
-    if not payload:
-        raise ProtocolError(f.PROTOCOL_ERROR, "padded frame without a pad length")
-    pad = payload[0]
-    if pad >= len(payload):
-        raise ProtocolError(f.PROTOCOL_ERROR, "padding longer than the frame")
-    return payload[1 : len(payload) - pad]

@@ -2,73 +2,9 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-_REGULAR_PSEUDO = (b":method", b":scheme", b":authority", b":path")
-_CONNECTION_SPECIFIC = frozenset(
-    (b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade")
-)
-# A field name is a lowercase token (RFC 9113 §8.2.1, RFC 9110 §5.1); a value has no NUL,
-# CR or LF, and no leading or trailing whitespace.
-_BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")
-_BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
-
-
-class MalformedRequest(ValueError):
-    """A header list that RFC 9113 §8.1.1 calls malformed: a stream PROTOCOL_ERROR."""
-
-
-@dataclass(frozen=True, slots=True)
-class RequestHead:
-    """A request's header list: its pseudo-headers, content-type and the rest as metadata."""
-
-    method: bytes
-    path: bytes
-    scheme: bytes
-    authority: bytes | None
-    content_type: bytes | None
-    metadata: tuple[tuple[str, str], ...]
-
-    @classmethod
-    def of(cls, headers: Iterable[tuple[bytes, bytes]]) -> RequestHead:
-        """The head of a valid request; raises MalformedRequest naming what is wrong."""
-        pseudo: dict[bytes, bytes] = {}
-        content_type = None
-        metadata = []
-        regular_seen = False
-        for name, value in headers:
-            if _BAD_VALUE.search(value):
-                raise MalformedRequest(f"bad value of {name!r}")
-            if name[:1] == b":":
-                if regular_seen:
-                    raise MalformedRequest("pseudo-header after a regular field")
-                if name not in _REGULAR_PSEUDO:
-                    raise MalformedRequest(f"unknown pseudo-header {name!r}")
-                if name in pseudo:
-                    raise MalformedRequest(f"duplicate {name!r}")
-                pseudo[name] = value
-                continue
-            regular_seen = True
-            if not name or _BAD_NAME.search(name):
-                raise MalformedRequest(f"bad field name {name!r}")
-            if name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
-                raise MalformedRequest(f"connection-specific field {name!r}")
-            if name == b"content-type":
-                content_type = value
-            metadata.append((name.decode("latin-1"), value.decode("latin-1")))
-        method, path, scheme = pseudo.get(b":method"), pseudo.get(b":path"), pseudo.get(b":scheme")
-        if not method or not path or not scheme:
-            raise MalformedRequest("missing :method, :path or :scheme")
-        return cls(method, path, scheme, pseudo.get(b":authority"), content_type, tuple(metadata))
-
-
-def check_trailers(headers: Iterable[tuple[bytes, bytes]]) -> None:
-    """Trailers carry no pseudo-headers and follow the field rules of any header list."""
-    for name, value in headers:
-        if not name or _BAD_NAME.search(name) or _BAD_VALUE.search(value):
-            raise MalformedRequest(f"bad trailer field {name!r}")
+from authd.transport.http2.headers import RequestHead
 
 
 @dataclass(slots=True)

@@ -112,3 +112,22 @@ def changes_dynamic_table(block: bytes) -> bool:
                 length, position = _hpack_int_end(block, position, 7)
                 position += length
     return False
+
+
+class ProtocolError(Exception):
+    """A connection error: the GOAWAY code, a message for its debug data, a refusal reason."""
+
+    def __init__(self, code: int, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason or ("flow_control" if code == FLOW_CONTROL_ERROR else "protocol_error")
+
+
+def unpad(payload: bytes) -> bytes:
+    if not payload:
+        raise ProtocolError(PROTOCOL_ERROR, "padded frame without a pad length")
+    pad = payload[0]
+    if pad >= len(payload):
+        raise ProtocolError(PROTOCOL_ERROR, "padding longer than the frame")
+    return payload[1 : len(payload) - pad]
