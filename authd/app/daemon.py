@@ -262,7 +262,7 @@ class Daemon:
             reflection.SERVICE_NAME,
         )
         if authz.grpc_engine == "native":
-            native = NativeGrpcServer()
+            native = NativeGrpcServer(self.config.listener_limits())
             native.add_servicer(authorization, ext_authz)
             native.add_servicer(health_pb2.DESCRIPTOR.services_by_name["Health"], self._health)
             native.add_servicer(

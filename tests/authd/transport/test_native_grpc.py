@@ -8,9 +8,9 @@ import struct
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import hpack
@@ -25,6 +25,45 @@ from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from authd.transport.grpc_server import NativeGrpcServer, changes_dynamic_table, percent_encode
+from tests.support.h2peer import (
+    ACK,
+    CANCEL,
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADER_TABLE_SIZE,
+    HEADERS,
+    INITIAL_WINDOW_SIZE,
+    MAX_FRAME_SIZE,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    SETTINGS,
+    STREAM_CLOSED,
+    WINDOW_UPDATE,
+    Frame,
+    Peer,
+    Response,
+    error_code,
+    frame,
+    goaway,
+    grpc_message,
+    padded,
+    rst_stream,
+    settings,
+    window_update,
+)
 
 T = TypeVar("T")
 TIMEOUT = 10.0  # the bound on every test, stop included; a working server needs far less
@@ -320,7 +359,7 @@ def test_client_cancelling_a_call_leaves_the_connection_serving_others() -> None
             await slow
         after = await stub.Check(check("/echo", "after"), timeout=5)
         (connection,) = served.server.connections
-        return await slow.code(), after.denied_response.body, dict(connection.streams)
+        return await slow.code(), after.denied_response.body, dict(connection.calls)
 
     code, after, open_streams = run_with_stub(scenario)
     assert code == grpc.StatusCode.CANCELLED
@@ -487,173 +526,6 @@ def test_stop_lets_a_call_in_flight_finish_and_refuses_new_calls() -> None:
 
 
 # --- HTTP/2 frame by frame ----------------------------------------------------------------
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
-WINDOW_UPDATE, CONTINUATION = 8, 9
-END_STREAM = ACK = 0x1
-END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
-INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE = 0x4, 0x5
-HEADER_TABLE_SIZE = 0x1
-NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x3
-STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0x5, 0x6, 0x7, 0x8, 0x9
-
-
-class Frame(NamedTuple):
-    kind: int
-    flags: int
-    stream_id: int
-    payload: bytes
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">IBI", (len(payload) << 8) | kind, flags, stream_id) + payload
-
-
-def settings(*pairs: tuple[int, int]) -> bytes:
-    return frame(SETTINGS, 0, 0, b"".join(struct.pack(">HI", k, v) for k, v in pairs))
-
-
-def window_update(stream_id: int, increment: int) -> bytes:
-    return frame(WINDOW_UPDATE, 0, stream_id, increment.to_bytes(4, "big"))
-
-
-def rst_stream(stream_id: int, code: int) -> bytes:
-    return frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
-
-
-def goaway(last_stream_id: int, code: int) -> bytes:
-    return frame(GOAWAY, 0, 0, last_stream_id.to_bytes(4, "big") + code.to_bytes(4, "big"))
-
-
-def grpc_message(message: Any, compressed: bool = False) -> bytes:
-    payload = message.SerializeToString()
-    return struct.pack(">BI", int(compressed), len(payload)) + payload
-
-
-def padded(payload: bytes, pad: int) -> bytes:
-    return bytes((pad,)) + payload + b"\0" * pad
-
-
-def error_code(got: Frame) -> int:
-    """The error code of a GOAWAY or RST_STREAM frame."""
-    return int.from_bytes(got.payload[4:8] if got.kind == GOAWAY else got.payload, "big")
-
-
-@dataclass
-class Response:
-    headers: list[dict[str, str]] = field(default_factory=list)  # each header block, in order
-    data: bytearray = field(default_factory=bytearray)
-    frames: list[Frame] = field(default_factory=list)
-
-    @property
-    def status(self) -> str:
-        return self.headers[0][":status"]
-
-    @property
-    def grpc_status(self) -> str:
-        return self.headers[-1]["grpc-status"]
-
-
-class Peer:
-    """A raw HTTP/2 client: whole frames out, frames in, header blocks through ``hpack``."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.encoder, self.decoder = hpack.Encoder(), hpack.Decoder()
-
-    @classmethod
-    async def connect(cls, port: int, opening: bytes = PREFACE + settings()) -> Peer:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        peer = cls(reader, writer)
-        peer.send(opening)
-        return peer
-
-    def send(self, *frames: bytes) -> None:
-        self.writer.write(b"".join(frames))
-
-    def header_block(self, path: str = CHECK, **overrides: str) -> bytes:
-        headers = {
-            ":method": "POST",
-            ":scheme": "http",
-            ":path": path,
-            ":authority": "authd",
-            "content-type": "application/grpc",
-            "te": "trailers",
-            **overrides,
-        }
-        return bytes(self.encoder.encode(list(headers.items())))
-
-    def request(self, stream_id: int, message: bytes, **overrides: str) -> bytes:
-        """A whole unary request: HEADERS, then the message in one DATA with END_STREAM."""
-        headers = frame(HEADERS, END_HEADERS, stream_id, self.header_block(**overrides))
-        return headers + frame(DATA, END_STREAM, stream_id, message)
-
-    async def read(self) -> Frame | None:
-        """The next frame, or None once the server has closed the connection."""
-        try:
-            head = await self.reader.readexactly(9)
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial:
-                raise
-            return None
-        word, flags, stream_id = struct.unpack(">IBI", head)
-        payload = await self.reader.readexactly(word >> 8)
-        return Frame(word & 0xFF, flags, stream_id & 0x7FFFFFFF, payload)
-
-    async def next(self, kind: int) -> Frame:
-        while (got := await self.read()) is not None:
-            if got.kind == kind:
-                return got
-        raise AssertionError(f"closed before a frame of type {kind}")
-
-    async def until_closed(self) -> list[Frame]:
-        frames = []
-        while (got := await self.read()) is not None:
-            frames.append(got)
-        return frames
-
-    async def goaway(self) -> Frame:
-        """The GOAWAY that ends the connection, which the server must then close."""
-        goaways = [f for f in await self.until_closed() if f.kind == GOAWAY]
-        assert len(goaways) == 1
-        return goaways[0]
-
-    async def round_trip(self) -> list[Frame]:
-        """Everything the server sends before it answers a PING sent now."""
-        self.send(frame(PING, 0, 0, b"roundtrp"))
-        frames = []
-        while (got := await self.read()) is not None:
-            if got.kind == PING and got.flags & ACK and got.payload == b"roundtrp":
-                return frames
-            frames.append(got)
-        raise AssertionError("closed before the PING ACK")
-
-    def absorb(self, response: Response, got: Frame) -> bool:
-        """Add a frame of the response's stream to it; True once the stream has ended."""
-        response.frames.append(got)
-        if got.kind == HEADERS:
-            response.headers.append(dict(self.decoder.decode(got.payload)))
-        elif got.kind == DATA:
-            response.data += got.payload
-        return bool(got.flags & END_STREAM) or got.kind == RST_STREAM
-
-    async def absorb_round_trip(self, response: Response, stream_id: int) -> bool:
-        """Absorb what the server sends on ``stream_id`` before a PING's answer; True if ended."""
-        ended = False
-        for got in await self.round_trip():
-            if got.stream_id == stream_id:
-                assert not ended, "a frame after the end of the stream"
-                ended = self.absorb(response, got)
-        return ended
-
-    async def response(self, stream_id: int, response: Response | None = None) -> Response:
-        """Read until ``stream_id`` ends, adding its frames to ``response`` (or a new one)."""
-        response = response or Response()
-        while (got := await self.read()) is not None:
-            if got.stream_id == stream_id and self.absorb(response, got):
-                return response
-        raise AssertionError(f"closed before stream {stream_id} ended")
 
 
 @pytest.mark.parametrize(
@@ -1133,13 +1005,13 @@ def test_a_repeated_indexed_block_is_decoded_again_once_the_table_has_changed() 
     """The same bytes of indexed fields mean other headers after an insertion."""
     grpc_type = indexed_literal(b"content-type", b"application/grpc")
     post_http = b"\x83\x86"  # static :method POST, :scheme http
-    indexed = post_http + b"\xbe\xbf"  # dynamic entries 62 and 63
+    indexed = post_http + b"\xbf\xbe"  # dynamic entries 63 (:path) and 62 (content-type)
 
     async def scenario(served: Served) -> list[str]:
         peer = await Peer.connect(served.port)
         message = grpc_message(check("/echo", "x"))
-        unknown = grpc_type + indexed_literal(b":path", b"/x.Y/Unknown") + post_http
-        known = grpc_type + indexed_literal(b":path", CHECK.encode()) + post_http
+        unknown = post_http + indexed_literal(b":path", b"/x.Y/Unknown") + grpc_type
+        known = post_http + indexed_literal(b":path", CHECK.encode()) + grpc_type
         statuses = []
         for stream_id, block in ((1, unknown), (3, indexed), (5, known), (7, indexed)):
             peer.send(frame(HEADERS, END_HEADERS, stream_id, block))
