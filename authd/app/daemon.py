@@ -33,7 +33,7 @@ from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
 from authd.authz import assembly as authz_service
 from authd.authz.decision_log import DecisionLog
 from authd.authz.metrics import AuthzMetrics
-from authd.config.settings import Config
+from authd.config.model import Config
 from authd.extauthz.grpc_servicer import ExtAuthzService
 from authd.extauthz.http_service import HttpAuthzServer
 from authd.federation.bundle_endpoint import BundleEndpoint

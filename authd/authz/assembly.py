@@ -21,7 +21,7 @@ from authd.authz.identity import (
 )
 from authd.authz.metrics import AuthzMetrics
 from authd.authz.pipeline import Authorizer, AuthzSettings
-from authd.config.settings import Config
+from authd.config.model import Config
 from authd.policy.base import Policy, PolicyError
 from ca.bundle import TrustBundle
 from ca.clock import Clock

@@ -23,7 +23,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
-from authd.config.settings import Config, ConfigError, format_duration, load_config, parse_duration
+from authd.config import Config, ConfigError, format_duration, load_config, parse_duration
 from ca.bundle import TrustBundle
 from ca.spiffe_id import TrustDomain
 
