@@ -81,6 +81,7 @@ class CertificateAuthority:
         settings: CASettings | None = None,
         upstream: UpstreamAuthority | None = None,
         rotates: bool = True,
+        notify: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.trust_domain = trust_domain
         self.store = store
@@ -96,6 +97,7 @@ class CertificateAuthority:
         self._jwt: JwtAuthority | None = None
         self._bundle = TrustBundle(trust_domain)
         self._listeners: list[Callable[[], None]] = []
+        self._dispatch = notify or (lambda listener: listener())  # e.g. onto the serving loop
         self.issuance_log = IssuanceLog(store)
         # With several replicas on one store, exactly one rotates; the others follow.
         self.rotates = rotates
@@ -152,7 +154,7 @@ class CertificateAuthority:
 
     def _notify(self) -> None:
         for listener in self._listeners:
-            listener()
+            self._dispatch(listener)
 
     # --- operator-driven rotation (SPIRE's `localauthority` commands) ---------------------
 

@@ -39,9 +39,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import os
-import socket
-import stat
 import struct
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -54,6 +51,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 
 from authd.transport.eager import run_eagerly
+from authd.transport.sockets import parse_host_port, remove_stale_socket
 
 log = logging.getLogger(__name__)
 
@@ -983,18 +981,16 @@ class NativeGrpcServer:
 
     async def listen_tcp(self, address: str) -> int:
         """Listen on ``host:port`` (port 0 picks one); returns the port. Raises OSError."""
-        host, _, port = address.rpartition(":")
+        host, port = parse_host_port(address)
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            self.protocol, host.strip("[]") or None, int(port), reuse_port=False
-        )
+        server = await loop.create_server(self.protocol, host, port, reuse_port=False)
         self._servers.append(server)
         sockets = server.sockets
         return int(sockets[0].getsockname()[1]) if sockets else int(port)
 
     async def listen_unix(self, path: str) -> None:
         """Listen on a Unix socket, replacing a stale socket file but never a live one."""
-        _remove_stale_socket(path)
+        remove_stale_socket(path)
         loop = asyncio.get_running_loop()
         self._servers.append(await loop.create_unix_server(self.protocol, path))
 
@@ -1020,20 +1016,3 @@ class NativeGrpcServer:
                 await server.wait_closed()
         self._servers.clear()
 
-
-def _remove_stale_socket(path: str) -> None:
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise OSError(f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)  # nobody listens: a leftover of a process that died
-    else:
-        raise OSError(f"{path} is in use by another process")
-    finally:
-        probe.close()

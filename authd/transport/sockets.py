@@ -66,4 +66,4 @@ def remove_stale_socket(path: str | os.PathLike[str]) -> None:
             raise SocketInUseError(f"cannot check {path}: {exc.strerror}") from None
     finally:
         probe.close()
-    raise SocketInUseError(f"another process is serving on {path}")
+    raise SocketInUseError(f"{path} is in use: another process is serving on it")

@@ -18,7 +18,10 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from authd.api.spiffe.workload import workload_pb2_grpc
+from authd.transport.grpc_options import grpc_server_options
+from authd.transport.limits import ListenerLimits
 from authd.transport.peercred import PeerCredGateway
+from authd.transport.refusals import RefusalCallback
 from authd.workload.attestation import attest
 from authd.workload.sds import SecretDiscoveryService
 from authd.workload.svids import SvidProvider
@@ -40,11 +43,16 @@ class WorkloadEndpoint:
         health: health_pb2_grpc.HealthServicer,
         rotation_interval: float = 1.0,
         revocations: RevocationList | None = None,
+        limits: ListenerLimits | None = None,
+        on_refusal: RefusalCallback | None = None,
     ) -> None:
         self._ca = ca
         self.provider = provider
         self._revocations = revocations
-        self._gateway = PeerCredGateway(socket_path, private_dir, public_mode=0o666)
+        self._limits = limits or ListenerLimits()
+        self._gateway = PeerCredGateway(
+            socket_path, private_dir, public_mode=0o666, limits=limits, on_refusal=on_refusal
+        )
         self._health = health
         self._interval = rotation_interval
         self._server: grpc.aio.Server | None = None
@@ -54,7 +62,7 @@ class WorkloadEndpoint:
 
     async def start(self) -> None:
         await self._gateway.start()
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=grpc_server_options(self._limits))
         self._workload_api = WorkloadApiService(
             provider=self.provider, ca=self._ca, gateway=self._gateway, attest=attest
         )

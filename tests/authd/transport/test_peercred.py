@@ -514,7 +514,10 @@ def test_live_public_socket_is_not_taken_over(shared_dir: Path) -> None:
             second = PeerCredGateway(gateway.public_path, shared_dir / "private2")
             with pytest.raises(GatewayError) as info:
                 await second.start()
-            assert str(info.value) == f"another process is serving on {gateway.public_path}"
+            assert (
+                str(info.value)
+                == f"{gateway.public_path} is in use: another process is serving on it"
+            )
             await check(f"unix:{gateway.public_path}", "still-mine")
             assert servicer.by_label("still-mine")[0] is not None
 
