@@ -100,7 +100,7 @@ def check_trust_domain(config: Config, store: Store) -> None:
     )
     raise StartupError(
         f"{where} holds the authorities of trust domain {stored}, not {config.trust_domain}: "
-        f"keep trust_domain = {stored!r}, or serve {config.trust_domain} from a new data "
+        f'keep trust_domain = "{stored}", or serve {config.trust_domain} from a new data '
         f"directory and store, re-create the entries there, and federate with {stored} "
         f"while workloads move"
     )
