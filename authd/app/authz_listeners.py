@@ -29,6 +29,7 @@ from authd.policy.base import PolicyError
 from authd.policy.reload import PolicyHolder
 from authd.transport.grpc_options import grpc_server_options
 from authd.transport.grpc_server import NativeGrpcServer
+from authd.transport.refusals import RefusalCallback
 from authd.transport.sockets import parse_host_port
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
@@ -54,6 +55,7 @@ class AuthzListeners:
         health: health_aio.HealthServicer,
         staleness: Callable[[], float],
         fresh: Callable[[], bool],
+        refusals: Callable[[str], RefusalCallback],
     ) -> None:
         self.config = config
         self._ca = ca
@@ -64,6 +66,8 @@ class AuthzListeners:
         self._health = health
         self._staleness = staleness
         self._fresh = fresh
+        # Each listener's refusal callback, by listener name ("ext_authz_grpc", ...).
+        self._refusals = refusals
         self._policy: PolicyHolder | None = None
         self._decision_log: DecisionLog | None = None
         self._authz_server: NativeGrpcServer | grpc.aio.Server | None = None

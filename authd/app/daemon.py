@@ -120,6 +120,7 @@ class Daemon:
             health=self._health,
             staleness=self.staleness,
             fresh=self.fresh,
+            refusals=self.refusals.callback,
         )
         await self._authz.start()
         if config.workload.enabled:

@@ -17,7 +17,6 @@ class ListenerRefusals:
     """The refusal counter, registered once in ``registry``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
         self._counter = Counter(
             "authd_listener_refusals",
             "connections and requests a listener refused, by listener and reason",
@@ -33,9 +32,3 @@ class ListenerRefusals:
             counter.labels(listener, reason).inc()
 
         return refused
-
-    def count(self, listener: str, reason: str) -> float:
-        """How many refusals were counted for ``listener`` and ``reason``."""
-        labels = {"listener": listener, "reason": reason}
-        value = self._registry.get_sample_value("authd_listener_refusals_total", labels)
-        return value or 0.0

@@ -17,6 +17,8 @@ from authd.transport.limits import ListenerLimits
 
 __all__ = ["grpc_server_options"]
 
+_HANDSHAKE_TIMEOUT_MS = 120_000  # grpc's own default: a shorter idle_timeout shortens it
+
 
 def grpc_server_options(limits: ListenerLimits, *, direct: bool = False) -> list[tuple[str, int]]:
     """Options for ``grpc.aio.server(options=...)`` that enforce ``limits``."""
@@ -27,7 +29,7 @@ def grpc_server_options(limits: ListenerLimits, *, direct: bool = False) -> list
         ("grpc.max_receive_message_length", limits.max_request_bytes),
         ("grpc.max_metadata_size", limits.max_header_list_size),
         ("grpc.max_connection_idle_ms", idle_ms),
-        ("grpc.server_handshake_timeout_ms", idle_ms),
+        ("grpc.server_handshake_timeout_ms", min(idle_ms, _HANDSHAKE_TIMEOUT_MS)),
     ]
     if direct:
         options.append(("grpc.max_allowed_incoming_connections", limits.max_connections))
