@@ -6,7 +6,7 @@ same port; every server turns it off so a second bind fails loudly.
 ``direct`` servers accept their clients themselves (the remote admin API over TCP) and cap
 connections with ``grpc.max_allowed_incoming_connections``. Servers behind the
 peer-credential gateway leave that to the gateway, which accepts, counts and refuses; they
-ping an open connection every half ``idle_timeout``, so a watch stream with nothing to say
+ping an open connection every third of ``idle_timeout``, so a watch stream with nothing to say
 (the Workload API between rotations) keeps bytes moving and is not taken for idle by the
 gateway, while a connection with no call in flight is closed by ``max_connection_idle_ms``.
 """
@@ -35,7 +35,7 @@ def grpc_server_options(limits: ListenerLimits, *, direct: bool = False) -> list
         options.append(("grpc.max_allowed_incoming_connections", limits.max_connections))
     else:
         options += [
-            ("grpc.keepalive_time_ms", max(1, idle_ms // 2)),
+            ("grpc.keepalive_time_ms", max(1, idle_ms // 3)),
             ("grpc.http2.max_pings_without_data", 0),
         ]
     return options
