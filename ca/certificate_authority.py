@@ -48,6 +48,7 @@ class CertificateAuthority:
         settings: CASettings | None = None,
         upstream: UpstreamAuthority | None = None,
         rotates: bool = True,
+        notify: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         settings = settings or CASettings()
         if len(settings.subject) == 0:
@@ -68,6 +69,7 @@ class CertificateAuthority:
             settings=settings,
             upstream=upstream,
             rotates=rotates,
+            notify=notify,
         )
         self.issuance_log = IssuanceLog(store)
         timeline = self.timeline

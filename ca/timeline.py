@@ -47,6 +47,7 @@ class AuthorityTimeline:
         settings: CASettings,
         upstream: UpstreamAuthority | None = None,
         rotates: bool = True,
+        notify: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.trust_domain = trust_domain
         self.store = store
@@ -59,6 +60,7 @@ class AuthorityTimeline:
         self._signing = SigningAuthorities()
         self._bundle = TrustBundle(trust_domain)
         self._listeners: list[Callable[[], None]] = []
+        self._dispatch = notify or (lambda listener: listener())  # e.g. onto the serving loop
         if rotates:
             self.rotate()
             signing = self._signing
@@ -265,4 +267,4 @@ class AuthorityTimeline:
 
     def _notify(self) -> None:
         for listener in self._listeners:
-            listener()
+            self._dispatch(listener)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from authd.config.settings import ConfigError
+from authd.config.errors import ConfigError
 
 _ENTRY_FIELDS = frozenset({"name", "sha256"})
 

@@ -20,7 +20,7 @@ from authd.authz.identity import (
 )
 from authd.authz.metrics import AuthzMetrics
 from authd.authz.pipeline import Authorizer, AuthzSettings
-from authd.config.settings import Config
+from authd.config.model import Config
 from authd.policy.base import Policy, PolicyError
 from authd.ports.bundle_view import BundleView
 from authd.ports.revocation_view import RevocationView

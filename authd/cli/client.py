@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from authd.admin.errors import STORE_FAILURE
 from authd.api.authd.admin.v1 import admin_pb2_grpc
-from authd.config.settings import Config, load_config
+from authd.config import Config, load_config
 
 RPC_TIMEOUT = 30.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from authd.cli.client import CommandError
-from authd.config.settings import parse_duration
+from authd.config import parse_duration
 
 
 def duration_flag(text: str | None, flag: str = "--ttl") -> int:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from authd.cli.client import CommandError
 from authd.cli.parser import build_parser
-from authd.config.settings import ConfigError
+from authd.config import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from authd.api.authd.admin.v1 import admin_pb2
-from authd.config.settings import format_duration
+from authd.config import format_duration
 
 
 def when(timestamp: int) -> str:

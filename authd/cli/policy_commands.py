@@ -11,7 +11,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 
 from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
 from authd.cli.client import CommandError, call, cli_config, local_channel
-from authd.config.settings import Config
+from authd.config import Config
 from ca.bundle import TrustBundle
 from ca.spiffe_id import TrustDomain
 

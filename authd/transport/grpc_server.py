@@ -20,7 +20,7 @@ ENHANCE_YOUR_CALM and are closed; a connection with nothing in flight for ``idle
 gets GOAWAY NO_ERROR and is closed; a streaming call's ``write`` waits while the peer's windows
 keep its answers queued (the call, and the requests it has not read, wait with it); reading
 stops while the peer does not take what is written. Every refusal goes to a
-``RefusalCounter``. Not: TLS, HTTP/1.1 upgrade, server push, deadlines (``grpc-timeout`` is
+``RefusalReporter``. Not: TLS, HTTP/1.1 upgrade, server push, deadlines (``grpc-timeout`` is
 not enforced; Envoy enforces its own ext_authz timeout) and client-streaming methods.
 """
 
@@ -28,9 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
-import stat
 
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
@@ -40,7 +37,8 @@ from authd.transport.grpc.connection import STREAM_SEND_BUFFER, GrpcConnection
 from authd.transport.grpc.status import GrpcError, percent_encode, status_trailers
 from authd.transport.http2.frames import changes_dynamic_table
 from authd.transport.limits import ListenerLimits
-from authd.transport.refusals import RefusalCounter
+from authd.transport.refusals import RefusalReporter
+from authd.transport.sockets import parse_host_port, remove_stale_socket
 
 __all__ = [
     "STREAM_SEND_BUFFER",
@@ -60,10 +58,10 @@ class NativeGrpcServer:
         self,
         limits: ListenerLimits | None = None,
         *,
-        refusals: RefusalCounter | None = None,
+        refusals: RefusalReporter | None = None,
     ) -> None:
         self.limits = limits or ListenerLimits()
-        self.refusals = refusals or RefusalCounter("ext_authz_grpc")
+        self.refusals = refusals or RefusalReporter("ext_authz_grpc")
         self.methods: dict[bytes, Method] = {}
         self.connections: set[GrpcConnection] = set()
         self._servers: list[asyncio.base_events.Server] = []
@@ -92,18 +90,16 @@ class NativeGrpcServer:
 
     async def listen_tcp(self, address: str) -> int:
         """Listen on ``host:port`` (port 0 picks one); returns the port. Raises OSError."""
-        host, _, port = address.rpartition(":")
+        host, port = parse_host_port(address)
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            self.protocol, host.strip("[]") or None, int(port), reuse_port=False
-        )
+        server = await loop.create_server(self.protocol, host or None, port, reuse_port=False)
         self._started(server)
         sockets = server.sockets
-        return int(sockets[0].getsockname()[1]) if sockets else int(port)
+        return int(sockets[0].getsockname()[1]) if sockets else port
 
     async def listen_unix(self, path: str) -> None:
         """Listen on a Unix socket, replacing a stale socket file but never a live one."""
-        _remove_stale_socket(path)
+        remove_stale_socket(path)
         loop = asyncio.get_running_loop()
         self._started(await loop.create_unix_server(self.protocol, path))
 
@@ -160,21 +156,3 @@ class NativeGrpcServer:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
         self._servers.clear()
-
-
-def _remove_stale_socket(path: str) -> None:
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise OSError(f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)  # nobody listens: a leftover of a process that died
-    else:
-        raise OSError(f"{path} is in use by another process")
-    finally:
-        probe.close()

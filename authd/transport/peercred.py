@@ -41,6 +41,12 @@ during the call it authorises and check the start time around it: see
 The gateway decides nothing about *who* may connect: the public socket's mode (0o660 for
 an admin socket with a group, 0o666 for a socket every local user may reach) only says who
 can try, and the servicer decides from the credentials.
+
+It does bound *how many*: with :class:`ListenerLimits`, a connection beyond
+``max_connections`` is closed as soon as it is accepted, and a connection that moves no byte
+either way for ``idle_timeout`` seconds is closed; each is reported to ``on_refusal`` as
+``"max_connections"`` or ``"idle_timeout"``. (The gRPC server behind it pings open streams,
+see ``authd.transport.grpc_options``, so a quiet watch stream is not idle.)
 """
 
 from __future__ import annotations
@@ -62,6 +68,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
+from authd.transport.limits import ListenerLimits
+from authd.transport.refusals import RefusalCallback, RefusalReporter
+from authd.transport.sockets import remove_stale_socket
+
 __all__ = [
     "GatewayError",
     "PeerCredGateway",
@@ -80,7 +90,6 @@ _STAT_START_TIME = 22 - 3  # field 22 of /proc/<pid>/stat, counted from field 3 
 _MAX_UNIX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating NUL
 _BOUND_NAME = re.compile(r"p[0-9a-f]+-[A-Za-z0-9_-]{16}")
 _LONGEST_BOUND_NAME = 1 + 16 + 1 + 16  # "p" + counter in hex + "-" + token
-_PROBE_TIMEOUT = 1.0
 _ACCEPT_RETRY_DELAY = 0.1
 
 
@@ -212,6 +221,8 @@ class PeerCredGateway:
         public_mode: int = 0o660,
         public_gid: int | None = None,
         chunk_size: int = 64 * 1024,
+        limits: ListenerLimits | None = None,
+        on_refusal: RefusalCallback | None = None,
     ) -> None:
         self.public_path = Path(public_path).absolute()
         self.private_dir = Path(private_dir).absolute()
@@ -219,6 +230,8 @@ class PeerCredGateway:
         self._public_mode = public_mode
         self._public_gid = public_gid
         self._chunk_size = chunk_size
+        self.limits = limits or ListenerLimits()
+        self._refused = RefusalReporter(str(self.public_path), on_refusal)
         for path in (self.public_path, self.private_dir / ("x" * _LONGEST_BOUND_NAME)):
             if len(os.fsencode(path)) > _MAX_UNIX_SOCKET_PATH:
                 raise ValueError(f"{path} is too long for a Unix socket path")
@@ -256,7 +269,10 @@ class PeerCredGateway:
         if self._listener is not None:
             raise RuntimeError("gateway already started")
         self._prepare_private_dir()
-        await self._clear_stale_public_socket()
+        try:
+            remove_stale_socket(self.public_path)
+        except OSError as exc:
+            raise GatewayError(str(exc)) from None
         self._remove_stale_bound_sockets()
         self._listener = self._listen()
         self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop())
@@ -303,32 +319,6 @@ class PeerCredGateway:
                 f"{self.private_dir} must be owned by uid {os.geteuid()} with mode 0700 "
                 f"(it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})"
             )
-
-    async def _clear_stale_public_socket(self) -> None:
-        """Remove a socket file nobody answers on; refuse to touch anything else."""
-        path = self.public_path
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise GatewayError(f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.setblocking(False)
-        try:
-            async with asyncio.timeout(_PROBE_TIMEOUT):
-                await asyncio.get_running_loop().sock_connect(probe, str(path))
-        except ConnectionRefusedError:
-            log.info("removing stale socket %s", path)
-            path.unlink(missing_ok=True)
-            return
-        except TimeoutError:
-            pass  # a full backlog: somebody is listening
-        except OSError as exc:
-            raise GatewayError(f"cannot check {path}: {exc.strerror}") from None
-        finally:
-            probe.close()
-        raise GatewayError(f"another process is serving on {path}")
 
     def _remove_stale_bound_sockets(self) -> None:
         """Drop the bound paths a previous run left behind when it died."""
@@ -383,6 +373,10 @@ class PeerCredGateway:
                     continue
                 log.exception("accept on %s failed; no longer accepting", self.public_path)
                 return
+            if len(self._connections) >= self.limits.max_connections:
+                conn.close()
+                self._refused("max_connections")
+                continue
             task = loop.create_task(self._serve(conn))
             self._connections.add(task)
             task.add_done_callback(self._connections.discard)
@@ -415,12 +409,18 @@ class PeerCredGateway:
             writers.append(client_writer)
             server_reader, server_writer = await asyncio.open_unix_connection(sock=upstream)
             writers.append(server_writer)
+            activity = _Activity(loop.time())
             try:
-                async with asyncio.TaskGroup() as pumps:
-                    pumps.create_task(self._pump(client_reader, server_writer))
-                    pumps.create_task(self._pump(server_reader, client_writer))
-            except* OSError as group:
-                log.debug("connection from pid %d dropped: %s", creds.pid, group.exceptions[0])
+                async with asyncio.TaskGroup() as group:
+                    pumps = (
+                        group.create_task(self._pump(client_reader, server_writer, activity)),
+                        group.create_task(self._pump(server_reader, client_writer, activity)),
+                    )
+                    group.create_task(self._close_when_idle(activity, pumps))
+            except* OSError as errors:
+                log.debug("connection from pid %d dropped: %s", creds.pid, errors.exceptions[0])
+            except* _IdleTimeout:
+                self._refused("idle_timeout")
             else:
                 finished = True
         except Exception:
@@ -441,10 +441,41 @@ class PeerCredGateway:
             if len(writers) < 2 and upstream is not None:
                 upstream.close()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, activity: _Activity
+    ) -> None:
         """Copy one direction until EOF, then pass the EOF on (half-close)."""
+        loop = asyncio.get_running_loop()
         while data := await reader.read(self._chunk_size):
+            activity.last = loop.time()
             writer.write(data)
             await writer.drain()
+            activity.last = loop.time()
         if writer.can_write_eof():
             writer.write_eof()
+
+    async def _close_when_idle(
+        self, activity: _Activity, pumps: tuple[asyncio.Task[None], asyncio.Task[None]]
+    ) -> None:
+        """Raise _IdleTimeout once no byte moved for ``idle_timeout``; return when both
+        directions are done."""
+        loop = asyncio.get_running_loop()
+        pending = set(pumps)
+        while pending:
+            remaining = activity.last + self.limits.idle_timeout - loop.time()
+            if remaining <= 0:
+                raise _IdleTimeout
+            _, pending = await asyncio.wait(pending, timeout=remaining)
+
+
+class _IdleTimeout(Exception):
+    """A spliced connection moved no byte for the idle timeout."""
+
+
+class _Activity:
+    """When a spliced connection last moved a byte (loop time)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, last: float) -> None:
+        self.last = last

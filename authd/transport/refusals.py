@@ -1,4 +1,11 @@
-"""Counting what a listener refuses, and saying so in the log at most once a second per reason."""
+"""What a listener does when it refuses a client: count it through a callback, log it rarely.
+
+A listener is handed a :data:`RefusalCallback`, ``(reason) -> None``; the daemon wires it to
+the Prometheus counter ``authd_listener_refusals_total{listener,reason}`` (see
+``authd.app.refusals``), so no listener imports Prometheus. :class:`RefusalReporter` calls it
+for every refusal and logs each reason at most once per ``interval`` seconds, with how many
+were refused since the last line, so a flood of bad clients cannot flood the log.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +14,43 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+__all__ = ["RefusalCallback", "RefusalReporter"]
+
 log = logging.getLogger(__name__)
 
-LOG_INTERVAL = 1.0
+#: Called with the reason (``"max_connections"``, ``"idle_timeout"``, ...) of each refusal.
+RefusalCallback = Callable[[str], None]
 
 
-class RefusalCounter:
-    """Called with a reason (``"max_connections"``, ``"rapid_reset"``, ...) per refusal.
-
-    ``hook(listener, reason)`` is where the daemon counts it (Prometheus
-    ``authd_listener_refusals_total{listener,reason}``); transports know nothing of metrics.
-    """
+class RefusalReporter:
+    """Counts and logs the refusals of the listener named ``listener``."""
 
     def __init__(
         self,
         listener: str,
-        hook: Callable[[str, str], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        on_refusal: RefusalCallback | None = None,
+        *,
+        interval: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.listener = listener
-        self.hook = hook
-        self.counts: Counter[str] = Counter()
-        self._clock = clock
-        self._logged: dict[str, float] = {}
+        self.counts: Counter[str] = Counter()  # every refusal so far, by reason
+        self._on_refusal = on_refusal
+        self._interval = interval
+        self._monotonic = monotonic
+        self._last_logged: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
 
     def __call__(self, reason: str) -> None:
         self.counts[reason] += 1
-        if self.hook is not None:
-            self.hook(self.listener, reason)
-        now = self._clock()
-        last = self._logged.get(reason)
-        if last is None or now - last >= LOG_INTERVAL:
-            self._logged[reason] = now
-            log.warning(
-                "%s refused a client: %s (%d so far)", self.listener, reason, self.counts[reason]
-            )
+        if self._on_refusal is not None:
+            self._on_refusal(reason)
+        count = self._unlogged.get(reason, 0) + 1
+        now = self._monotonic()
+        last = self._last_logged.get(reason)
+        if last is not None and now - last < self._interval:
+            self._unlogged[reason] = count
+            return
+        self._last_logged[reason] = now
+        self._unlogged[reason] = 0
+        log.warning("%s: %d refused (%s) since the last report", self.listener, count, reason)

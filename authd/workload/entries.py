@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from authd.config.settings import format_duration
+from authd.config.durations import format_duration
 from ca.errors import InvalidRequest, InvalidSpiffeId
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import RegistrationEntry, Selector

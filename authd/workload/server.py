@@ -20,7 +20,10 @@ from grpc_health.v1 import health_pb2_grpc
 
 from authd.api.spiffe.workload import workload_pb2_grpc
 from authd.ports.identity_source import IdentitySource
+from authd.transport.grpc_options import grpc_server_options
+from authd.transport.limits import ListenerLimits
 from authd.transport.peercred import PeerCredGateway
+from authd.transport.refusals import RefusalCallback
 from authd.workload.attestation import attest
 from authd.workload.sds import SecretDiscoveryService
 from authd.workload.workload_api import WorkloadApiService
@@ -39,10 +42,15 @@ class WorkloadEndpoint:
         health: health_pb2_grpc.HealthServicer,
         rotation_interval: float = 1.0,
         revocations: Revoker | None = None,
+        limits: ListenerLimits | None = None,
+        on_refusal: RefusalCallback | None = None,
     ) -> None:
         self.identities = identities
         self._revocations = revocations
-        self._gateway = PeerCredGateway(socket_path, private_dir, public_mode=0o666)
+        self._limits = limits or ListenerLimits()
+        self._gateway = PeerCredGateway(
+            socket_path, private_dir, public_mode=0o666, limits=limits, on_refusal=on_refusal
+        )
         self._health = health
         self._interval = rotation_interval
         self._server: grpc.aio.Server | None = None
@@ -52,7 +60,7 @@ class WorkloadEndpoint:
 
     async def start(self) -> None:
         await self._gateway.start()
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=grpc_server_options(self._limits))
         self._workload_api = WorkloadApiService(
             identities=self.identities, gateway=self._gateway, attest=attest
         )

@@ -29,7 +29,7 @@ from authd.transport.http2 import events as ev
 from authd.transport.http2.connection import H2Connection
 from authd.transport.http2.frames import CANCEL, ENHANCE_YOUR_CALM
 from authd.transport.limits import ListenerLimits
-from authd.transport.refusals import RefusalCounter
+from authd.transport.refusals import RefusalReporter
 
 LINGER = 1.0  # seconds a connection ended by our GOAWAY is read (and dropped) before closing
 STREAM_SEND_BUFFER = 256 * 1024  # a streaming call's write waits while more than this waits
@@ -41,7 +41,7 @@ class Listener(Protocol):
 
     methods: dict[bytes, Method]
     limits: ListenerLimits
-    refusals: RefusalCounter
+    refusals: RefusalReporter
     connections: set[GrpcConnection]
 
 

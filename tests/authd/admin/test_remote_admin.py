@@ -32,7 +32,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from authd.admin.remote import ADMIN_TLS_NAME, AdminServerSvid, client_chain
 from authd.admin.servicer import AdminService
 from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
-from authd.config.settings import ConfigError, load_config
+from authd.config import ConfigError, load_config
 from authd.transport.peercred import PeerCredGateway
 from authd.workload.registry import EntryRegistry
 from ca.certificate_authority import CertificateAuthority

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from authd.config.settings import _PARSERS, load_config
+from authd.config import load_config
+from authd.config.keys import PARSERS
 
 SAMPLE = Path(__file__).parents[3] / "deploy" / "authd.toml"
 
@@ -16,5 +17,5 @@ def test_sample_config_loads() -> None:
 
 def test_sample_config_mentions_every_key() -> None:
     text = SAMPLE.read_text()
-    missing = [key for key in _PARSERS if key.rsplit(".", 1)[-1] not in text]
+    missing = [key for key in PARSERS if key.rsplit(".", 1)[-1] not in text]
     assert missing == []

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from authd.authz import api_keys
 from authd.authz.api_keys import ApiKeyEntry, ApiKeyStore, hash_api_key
-from authd.config.settings import ConfigError
+from authd.config.errors import ConfigError
 
 CI_KEY = "ak_7Hq2c9VtY3mK0pLr8sXw"
 DEPLOY_KEY = "ak_Zz41bNw0QeT6uJd2hGfA"

@@ -7,9 +7,7 @@ from cryptography import x509
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authd.config.settings import (
-    AdminConfig,
-    CAConfig,
+from authd.config import (
     Config,
     ConfigError,
     default_data_dir,
@@ -17,6 +15,7 @@ from authd.config.settings import (
     load_config,
     parse_duration,
 )
+from authd.config.model import AdminConfig, CAConfig
 
 NO_ENV: dict[str, str] = {}
 

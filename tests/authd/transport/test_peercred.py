@@ -30,6 +30,7 @@ import pytest
 import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from authd.transport.limits import ListenerLimits
 from authd.transport.peercred import (
     GatewayError,
     PeerCredentials,
@@ -120,10 +121,17 @@ class RecordingHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
 
 @contextlib.asynccontextmanager
 async def serving(
-    directory: Path, public_mode: int = 0o660
+    directory: Path,
+    public_mode: int = 0o660,
+    limits: ListenerLimits | None = None,
+    on_refusal: Callable[[str], None] | None = None,
 ) -> AsyncIterator[tuple[PeerCredGateway, RecordingHealth]]:
     gateway = PeerCredGateway(
-        directory / "public.sock", directory / "private", public_mode=public_mode
+        directory / "public.sock",
+        directory / "private",
+        public_mode=public_mode,
+        limits=limits,
+        on_refusal=on_refusal,
     )
     await gateway.start()
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -514,7 +522,10 @@ def test_live_public_socket_is_not_taken_over(shared_dir: Path) -> None:
             second = PeerCredGateway(gateway.public_path, shared_dir / "private2")
             with pytest.raises(GatewayError) as info:
                 await second.start()
-            assert str(info.value) == f"another process is serving on {gateway.public_path}"
+            assert (
+                str(info.value)
+                == f"{gateway.public_path} is in use: another process is serving on it"
+            )
             await check(f"unix:{gateway.public_path}", "still-mine")
             assert servicer.by_label("still-mine")[0] is not None
 
@@ -690,3 +701,76 @@ def test_connection_is_closed_when_the_internal_server_is_down(
 
     run(scenario())
     assert any("cannot reach" in r.getMessage() for r in caplog.records)
+
+
+# -- limits ------------------------------------------------------------------------------
+
+
+async def read_until_closed(path: Path, sock: socket.socket) -> bytes:
+    """Everything the gateway sends on ``sock`` until it closes the connection."""
+    loop = asyncio.get_running_loop()
+    received = b""
+    async with asyncio.timeout(10):
+        while chunk := await loop.sock_recv(sock, 65536):
+            received += chunk
+    return received
+
+
+async def raw_connection(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, str(path))
+    return sock
+
+
+def test_connections_beyond_max_connections_are_closed_and_counted(shared_dir: Path) -> None:
+    refusals: list[str] = []
+
+    async def scenario() -> None:
+        limits = ListenerLimits(max_connections=2)
+        async with serving(shared_dir, limits=limits, on_refusal=refusals.append) as (
+            gateway,
+            servicer,
+        ):
+            held = await raw_connection(gateway.public_path)
+            try:
+                await eventually(lambda: gateway.connection_count == 1)
+                # One more is within the cap and is served; the third is closed at once.
+                async with grpc.aio.insecure_channel(
+                    f"unix:{gateway.public_path}", options=OWN_CONNECTION
+                ) as channel:
+                    stub = health_pb2_grpc.HealthStub(channel)
+                    await stub.Check(health_pb2.HealthCheckRequest(service="within"))
+                    extra = await raw_connection(gateway.public_path)
+                    with contextlib.closing(extra):
+                        assert await read_until_closed(gateway.public_path, extra) == b""
+                    assert refusals == ["max_connections"]
+                    await stub.Check(health_pb2.HealthCheckRequest(service="still-served"))
+            finally:
+                held.close()
+            # Below the cap again: a new connection is served.
+            await eventually(lambda: gateway.connection_count == 0)
+            await check(f"unix:{gateway.public_path}", "after")
+            assert [label for label, _, _ in servicer.calls] == ["within", "still-served", "after"]
+
+    run(scenario())
+
+
+def test_connection_that_moves_no_byte_for_idle_timeout_is_closed_and_counted(
+    shared_dir: Path,
+) -> None:
+    refusals: list[str] = []
+
+    async def scenario() -> None:
+        limits = ListenerLimits(idle_timeout=0.5)
+        async with serving(shared_dir, limits=limits, on_refusal=refusals.append) as (
+            gateway,
+            _,
+        ):
+            idle = await raw_connection(gateway.public_path)
+            with contextlib.closing(idle):
+                await read_until_closed(gateway.public_path, idle)
+            await eventually(lambda: gateway.connection_count == 0)
+            assert refusals == ["idle_timeout"]
+
+    run(scenario())

@@ -1,0 +1,56 @@
+"""The SPIFFE Workload API and Envoy SDS on their Unix socket, if ``workload.enabled``."""
+
+from __future__ import annotations
+
+import logging
+
+from grpc_health.v1 import health_pb2_grpc
+
+from authd.app.errors import StartupError
+from authd.config.model import Config
+from authd.transport.peercred import GatewayError
+from authd.transport.refusals import RefusalCallback
+from authd.workload.registry import EntryRegistry
+from authd.workload.server import WorkloadEndpoint
+from authd.workload.svids import SvidProvider
+from ca.certificate_authority import CertificateAuthority
+from ca.clock import Clock
+from ca.revoker import Revoker
+
+__all__ = ["start_workload"]
+
+log = logging.getLogger("authd")
+
+
+async def start_workload(
+    config: Config,
+    *,
+    ca: CertificateAuthority,
+    clock: Clock,
+    entries: EntryRegistry,
+    revocations: Revoker,
+    health: health_pb2_grpc.HealthServicer,
+    on_refusal: RefusalCallback,
+) -> WorkloadEndpoint:
+    """Serve the workload endpoint; its SVIDs come from ``ca`` for ``entries``."""
+    svids = SvidProvider(ca, entries, clock, revocations=revocations)
+    endpoint = WorkloadEndpoint(
+        identities=svids,
+        socket_path=config.workload_socket_path,
+        private_dir=config.data_dir / "private-workload",
+        health=health,
+        rotation_interval=config.workload.rotation_check_interval,
+        revocations=revocations,
+        limits=config.listener_limits(),
+        on_refusal=on_refusal,
+    )
+    try:
+        await endpoint.start()
+    except (GatewayError, OSError, ValueError) as exc:
+        raise StartupError(f"cannot serve the Workload API: {exc}") from None
+    log.info(
+        "Workload API and SDS on %s (SPIFFE_ENDPOINT_SOCKET=unix://%s)",
+        config.workload_socket_path,
+        config.workload_socket_path,
+    )
+    return endpoint

@@ -1,0 +1,67 @@
+"""The rules that relate several config keys, checked once every key parsed on its own."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from authd.config.durations import format_duration
+from authd.config.errors import ConfigError
+from authd.config.model import Config
+from ca.spiffe_id import SpiffeId
+
+__all__ = ["check_consistency"]
+
+_MIN_CA_TTL = 60
+_MAX_UNIX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating NUL
+
+
+def check_consistency(config: Config, sources: Mapping[str, str]) -> None:
+    """The rules that relate several keys."""
+    ca = config.ca
+    if ca.ca_ttl < _MIN_CA_TTL:
+        raise ConfigError(
+            "ca.ca_ttl",
+            f"must be at least {format_duration(_MIN_CA_TTL)}",
+            sources.get("ca.ca_ttl"),
+        )
+    # An SVID must never outlive the authority that signed it across a rotation.
+    for key, ttl in (("ca.x509_svid_ttl", ca.x509_svid_ttl), ("ca.jwt_svid_ttl", ca.jwt_svid_ttl)):
+        if 2 * ttl > ca.ca_ttl:
+            why = f"must not exceed ca.ca_ttl / 2 ({format_duration(ca.ca_ttl // 2)})"
+            if key not in sources:
+                why += f"; its default {format_duration(ttl)} does not fit, so set it too"
+            raise ConfigError(key, why, sources.get(key))
+    if bool(ca.upstream_cert) != bool(ca.upstream_key):
+        key = "ca.upstream_key" if ca.upstream_cert else "ca.upstream_cert"
+        other = "ca.upstream_cert" if ca.upstream_cert else "ca.upstream_key"
+        raise ConfigError(key, f"must be set together with {other}", sources.get(other))
+    if ca.upstream_bundle and not ca.upstream_cert:
+        raise ConfigError(
+            "ca.upstream_bundle",
+            "needs ca.upstream_cert and ca.upstream_key",
+            sources.get("ca.upstream_bundle"),
+        )
+    authz = config.authz
+    if authz.policy_engine == "rego" and not authz.rego_files:
+        raise ConfigError(
+            "authz.rego_files", "policy_engine 'rego' needs at least one .rego file", None
+        )
+    server_id = config.admin.server_id(config.trust_domain)
+    if SpiffeId.parse(server_id).trust_domain.name != config.trust_domain:
+        raise ConfigError(
+            "admin.server_spiffe_id",
+            f"{server_id} is not in the trust domain {config.trust_domain}",
+            sources.get("admin.server_spiffe_id"),
+        )
+    for key, socket_path in (
+        ("admin.socket_path", config.admin_socket_path),
+        ("workload.socket_path", config.workload_socket_path),
+    ):
+        if len(os.fsencode(socket_path)) > _MAX_UNIX_SOCKET_PATH:
+            raise ConfigError(
+                key,
+                f"{socket_path} is longer than a Unix socket path may be "
+                f"({_MAX_UNIX_SOCKET_PATH} bytes)",
+                sources.get(key, sources.get("data_dir")),
+            )

@@ -1,0 +1,119 @@
+"""The key table: every config key, "section.key" or "key", with the parser of its value,
+and the environment variable that sets it (``AUTHD_<SECTION>_<KEY>``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+
+from authd.config.errors import ConfigError
+from authd.config.model import KEY_TYPES
+from authd.config.values import (
+    parse_address,
+    parse_bool,
+    parse_choice,
+    parse_header_list,
+    parse_header_name,
+    parse_int_at_least,
+    parse_issuers,
+    parse_log_level,
+    parse_non_negative_int,
+    parse_path,
+    parse_positive_duration,
+    parse_positive_int,
+    parse_spiffe_id,
+    parse_store_url,
+    parse_str,
+    parse_str_list,
+    parse_subject,
+    parse_trust_domain,
+    parse_uids,
+)
+
+__all__ = ["ENV_KEYS", "ENV_PREFIX", "PARSERS", "SECTIONS", "env_name", "unknown_key"]
+
+ENV_PREFIX = "AUTHD_"
+
+SECTIONS = ("ca", "store", "admin", "authz", "workload", "limits")
+
+# Every key, "section.key" or "key", with the parser that checks and converts its value.
+PARSERS: dict[str, Callable[[object], object]] = {
+    "trust_domain": parse_trust_domain,
+    "data_dir": parse_path,
+    "log_level": parse_log_level,
+    "ca.key_type": parse_choice(KEY_TYPES),
+    "ca.jwt_key_type": parse_choice(KEY_TYPES),
+    "ca.ca_ttl": parse_positive_duration,
+    "ca.x509_svid_ttl": parse_positive_duration,
+    "ca.jwt_svid_ttl": parse_positive_duration,
+    "ca.subject": parse_subject,
+    "ca.upstream_bundle": parse_path,
+    "ca.upstream_cert": parse_path,
+    "ca.upstream_key": parse_path,
+    "ca.bundle_refresh_hint": parse_positive_duration,
+    "ca.rotation_check_interval": parse_positive_duration,
+    "ca.crl_refresh": parse_positive_duration,
+    "ca.rotates": parse_bool,
+    "ca.http_address": parse_address,
+    "store.url": parse_store_url,
+    "store.max_staleness": parse_positive_duration,
+    "admin.socket_path": parse_path,
+    "admin.allowed_uids": parse_uids,
+    "admin.mtls_address": parse_address,
+    "admin.server_spiffe_id": parse_spiffe_id,
+    "authz.grpc_address": parse_address,
+    "authz.grpc_socket": parse_path,
+    "authz.grpc_engine": parse_choice(("native", "grpcio")),
+    "authz.http_address": parse_address,
+    "authz.http_path_prefix": parse_str,
+    "authz.metrics_address": parse_address,
+    "authz.policy_engine": parse_choice(("rules", "rego", "opa")),
+    "authz.policy_file": parse_path,
+    "authz.rego_files": parse_str_list,
+    "authz.rego_entrypoint": parse_str,
+    "authz.rego_decision_cache": parse_non_negative_int,
+    "authz.opa_url": parse_str,
+    "authz.opa_path": parse_str,
+    "authz.opa_timeout_ms": parse_positive_int,
+    "authz.dry_run": parse_bool,
+    "authz.decision_log": parse_path,
+    "authz.caller_header": parse_header_name,
+    "authz.subject_header": parse_header_name,
+    "authz.decision_id_header": parse_header_name,
+    "authz.remove_headers": parse_header_list,
+    "authz.peer_uri_header": parse_header_name,
+    "authz.peer_cert_header": parse_header_name,
+    "authz.context_header_prefix": parse_header_name,
+    "authz.jwt_svid_header": parse_header_name,
+    "authz.jwt_svid_audiences": parse_str_list,
+    "authz.api_key_header": parse_header_name,
+    "authz.api_keys_file": parse_path,
+    "authz.trust_principal_without_certificate": parse_bool,
+    "authz.issuers": parse_issuers,
+    "workload.socket_path": parse_path,
+    "workload.enabled": parse_bool,
+    "workload.rotation_check_interval": parse_positive_duration,
+    "limits.max_connections": parse_positive_int,
+    "limits.idle_timeout": parse_positive_duration,
+    "limits.max_header_list_size": parse_int_at_least(1024),
+    "limits.max_url_length": parse_int_at_least(256),
+    "limits.max_request_bytes": parse_int_at_least(1024),
+    "limits.max_concurrent_streams": parse_positive_int,
+    "limits.max_connection_buffer": parse_int_at_least(64 * 1024),
+}
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+ENV_KEYS = {env_name(key): key for key in PARSERS}
+
+
+def unknown_key(key: str, source: str) -> ConfigError:
+    why = "unknown key"
+    close = difflib.get_close_matches(key, PARSERS, n=1)
+    if close:
+        why += f"; did you mean {close[0]!r}?"
+    return ConfigError(key, why, source)

@@ -1,0 +1,224 @@
+"""The configuration model: one frozen dataclass per section, validated by the loader.
+
+Durations are int seconds; every relative path is relative to ``data_dir``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from cryptography import x509
+
+from authd.transport.limits import ListenerLimits
+
+__all__ = [
+    "KEY_TYPES",
+    "LOG_LEVELS",
+    "AdminConfig",
+    "AuthzConfig",
+    "CAConfig",
+    "Config",
+    "IssuerConfig",
+    "KeyType",
+    "LimitsConfig",
+    "LogLevel",
+    "StoreConfig",
+    "WorkloadConfig",
+]
+
+KeyType = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-4096"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+KEY_TYPES: tuple[KeyType, ...] = ("ec-p256", "ec-p384", "rsa-2048", "rsa-4096")
+LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class CAConfig:
+    """The certificate authority: key types, lifetimes, and an optional upstream CA."""
+
+    key_type: KeyType = "ec-p256"
+    jwt_key_type: KeyType = "ec-p256"
+    ca_ttl: int = 24 * 3600
+    x509_svid_ttl: int = 3600
+    jwt_svid_ttl: int = 300
+    subject: str = "O=authd"
+    upstream_bundle: str = ""
+    upstream_cert: str = ""
+    upstream_key: str = ""
+    bundle_refresh_hint: int = 300
+    rotation_check_interval: int = 10
+    crl_refresh: int = 900
+    rotates: bool = True  # with several replicas on one store, true on exactly one
+    http_address: str = ""  # the bundle and CRL endpoint, host:port; "" disables
+
+    @property
+    def subject_name(self) -> x509.Name:
+        """The authority's subject as a cryptography ``x509.Name``."""
+        return x509.Name.from_rfc4514_string(self.subject)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where state lives: ``sqlite://<path>`` (relative to data_dir) or a Redis URL."""
+
+    url: str = "sqlite://authd.db"
+    # With a shared (Redis) store: how long a replica that lost the store keeps deciding
+    # from its last revocation view before ext_authz fails closed (503).
+    max_staleness: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin API: its Unix socket and who may use it, and its optional mTLS listener."""
+
+    socket_path: str = ""
+    allowed_uids: tuple[int, ...] = ()
+    mtls_address: str = ""  # host:port for remote admins over mutual TLS; "" disables
+    server_spiffe_id: str = ""  # "" means spiffe://<trust_domain>/authd/admin
+
+    def allows_uid(self, uid: int) -> bool:
+        """Root is always allowed; anyone else must be listed in ``allowed_uids``."""
+        return uid == 0 or uid in self.allowed_uids
+
+    def server_id(self, trust_domain: str) -> str:
+        """The SPIFFE ID the mTLS listener presents."""
+        return self.server_spiffe_id or f"spiffe://{trust_domain}/authd/admin"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    """An external issuer of end-user JWTs, trusted through its JWKS."""
+
+    name: str
+    issuer: str
+    jwks_uri: str
+    audiences: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    header: str = "authorization"
+    leeway: int = 60
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzConfig:
+    """The ext_authz decision point: listeners, policy, identities, responses, logs."""
+
+    grpc_address: str = "127.0.0.1:9191"
+    grpc_socket: str = ""
+    grpc_engine: str = "native"
+    http_address: str = "127.0.0.1:9192"
+    http_path_prefix: str = ""
+    metrics_address: str = "127.0.0.1:9464"
+    policy_engine: str = "rules"
+    policy_file: str = ""
+    rego_files: tuple[str, ...] = ()
+    rego_entrypoint: str = "envoy/authz/allow"
+    rego_decision_cache: int = 4096
+    opa_url: str = "http://127.0.0.1:8181"
+    opa_path: str = "envoy/authz/allow"
+    opa_timeout_ms: int = 500
+    dry_run: bool = False
+    decision_log: str = ""
+    caller_header: str = "x-authd-caller"
+    subject_header: str = "x-authd-subject"
+    decision_id_header: str = "x-authd-decision-id"
+    remove_headers: tuple[str, ...] = ("authorization", "x-api-key")
+    peer_uri_header: str = "x-authd-peer-uri-san"
+    peer_cert_header: str = "x-authd-peer-cert"
+    context_header_prefix: str = "x-authd-ctx-"
+    jwt_svid_header: str = "authorization"
+    jwt_svid_audiences: tuple[str, ...] = ()
+    api_key_header: str = "x-api-key"
+    api_keys_file: str = ""
+    trust_principal_without_certificate: bool = True
+    issuers: tuple[IssuerConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadConfig:
+    """The SPIFFE Workload API and Envoy SDS, served together on one Unix socket."""
+
+    socket_path: str = ""  # "" means <data_dir>/workload.sock
+    enabled: bool = True
+    rotation_check_interval: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """[limits]: the bounds every listener enforces (see ``authd.transport.limits``)."""
+
+    max_connections: int = 1024
+    idle_timeout: int = 300
+    max_header_list_size: int = 64 * 1024
+    max_url_length: int = 8 * 1024
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_concurrent_streams: int = 1000
+    max_connection_buffer: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration, validated. Durations are int seconds."""
+
+    data_dir: Path
+    trust_domain: str = "example.org"
+    log_level: LogLevel = "info"
+    ca: CAConfig = field(default_factory=CAConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    authz: AuthzConfig = field(default_factory=AuthzConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def resolve_path(self, path: str | Path) -> Path:
+        """``path`` made absolute against ``data_dir`` (absolute paths are returned as is)."""
+        return self.data_dir / Path(path).expanduser()
+
+    def listener_limits(self) -> ListenerLimits:
+        """The ``[limits]`` section as the value every listener is given."""
+        limits = self.limits
+        return ListenerLimits(
+            max_connections=limits.max_connections,
+            idle_timeout=float(limits.idle_timeout),
+            max_header_list_size=limits.max_header_list_size,
+            max_url_length=limits.max_url_length,
+            max_request_bytes=limits.max_request_bytes,
+            max_concurrent_streams=limits.max_concurrent_streams,
+            max_connection_buffer=limits.max_connection_buffer,
+        )
+
+    @property
+    def admin_socket_path(self) -> Path:
+        return self.resolve_path(self.admin.socket_path or "admin.sock")
+
+    @property
+    def workload_socket_path(self) -> Path:
+        return self.resolve_path(self.workload.socket_path or "workload.sock")
+
+    @property
+    def store_url(self) -> str:
+        """The store URL with a relative SQLite path made absolute against ``data_dir``."""
+        scheme, _, rest = self.store.url.partition("://")
+        if scheme != "sqlite" or rest == ":memory:":
+            return self.store.url
+        return f"sqlite://{self.resolve_path(rest)}"
+
+    @property
+    def upstream(self) -> bool:
+        """True when the authority is signed by an upstream CA rather than self-signed."""
+        return bool(self.ca.upstream_cert)
+
+    @property
+    def upstream_cert_path(self) -> Path | None:
+        return self.resolve_path(self.ca.upstream_cert) if self.ca.upstream_cert else None
+
+    @property
+    def upstream_key_path(self) -> Path | None:
+        return self.resolve_path(self.ca.upstream_key) if self.ca.upstream_key else None
+
+    @property
+    def upstream_bundle_path(self) -> Path | None:
+        """The upstream trust bundle; defaults to the upstream certificate itself."""
+        bundle = self.ca.upstream_bundle or self.ca.upstream_cert
+        return self.resolve_path(bundle) if bundle else None
