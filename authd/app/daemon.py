@@ -369,6 +369,7 @@ class Daemon:
                 peer_cert_header=authz.peer_cert_header,
                 context_header_prefix=authz.context_header_prefix,
                 metrics=self.metrics,
+                limits=config.listener_limits(),
             )
             try:
                 await http_server.start()
