@@ -331,6 +331,11 @@ class HttpCheckProtocol(asyncio.Protocol):
         self._closing = True
         self._transport.close()
 
+    @property
+    def reading(self) -> bool:
+        """Whether the connection reads from its client now (not paused, not closing)."""
+        return self._transport is not None and not self._reading_paused and not self._closing
+
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
@@ -402,8 +407,9 @@ class HttpAuthzServer:
         self._connections.discard(connection)
 
     @property
-    def connections(self) -> int:
-        return len(self._connections)
+    def connections(self) -> frozenset[HttpCheckProtocol]:
+        """The connections open now."""
+        return frozenset(self._connections)
 
     def error(self) -> None:
         if self._metrics is not None:
