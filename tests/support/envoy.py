@@ -583,7 +583,7 @@ def start_authd(
 
     def healthy() -> bool:
         try:
-            authd.cli.main("healthcheck", "--quiet")
+            authd.cli("healthcheck", "--quiet")
         except RuntimeError:
             return False
         return True
