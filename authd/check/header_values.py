@@ -17,7 +17,7 @@ decision is logged, so both transports send the same bytes and the log says what
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import replace
 
 from authd.check.model import Decision, Outcome, Reason
@@ -48,27 +48,40 @@ class InvalidHeader(ValueError):
         self.name = name
 
 
+# Names seen valid (the same few on every check), so most checks skip the regex.
+_TOKENS_KEPT = 1024
+_tokens: set[str] = set()
+
+
 def is_token(name: str) -> bool:
-    return _TOKEN.fullmatch(name) is not None
+    if name in _tokens:
+        return True
+    if _TOKEN.fullmatch(name) is None:
+        return False
+    if len(_tokens) < _TOKENS_KEPT:
+        _tokens.add(name)
+    return True
 
 
 def is_field_value(value: str) -> bool:
     """True when ``value`` may go on the wire: visible ASCII, inner spaces, bounded."""
-    return len(value) <= MAX_VALUE_LENGTH and _PLAIN.fullmatch(value) is not None
+    if value.isascii() and value.isprintable():  # fast path: no controls at all
+        plain = value[:1] != " " and value[-1:] != " "
+    else:
+        plain = _PLAIN.fullmatch(value) is not None
+    return plain and len(value) <= MAX_VALUE_LENGTH
 
 
 def is_sendable(value: str) -> bool:
     """True when ``value`` is already a field value authd sends as it is."""
-    return (
-        len(value) <= MAX_VALUE_LENGTH
-        and _PLAIN.fullmatch(value) is not None
-        and value[:7].upper() != _PREFIX_UPPER
-    )
+    if value[5:7] == "''" and value[:7].upper() == _PREFIX_UPPER:
+        return False
+    return is_field_value(value)
 
 
 def field_value(name: str, value: str) -> str:
     """``value`` as authd sends it in header ``name`` (see the module docstring)."""
-    if _PLAIN.fullmatch(value) is not None and value[:7].upper() != _PREFIX_UPPER:
+    if is_sendable(value):
         encoded = value
     elif _CONTROL.search(value) is not None:
         raise InvalidHeader(name, "control character in the value")
@@ -82,8 +95,13 @@ def field_value(name: str, value: str) -> str:
     return encoded
 
 
-def field_values(headers: Mapping[str, str]) -> dict[str, str]:
+def field_values(headers: dict[str, str]) -> dict[str, str]:
     """``headers`` with every name checked and every value encoded (raises InvalidHeader)."""
+    for name, value in headers.items():
+        if not (is_token(name) and is_sendable(value)):
+            break
+    else:
+        return headers  # the common case: nothing to encode, nothing to refuse
     out = {}
     for name, value in headers.items():
         if not is_token(name):

@@ -77,29 +77,33 @@ def refusal_response(refused: Refused) -> bytes:
     )
 
 
-def _header_lines(headers: dict[str, str], lines: list[str]) -> None:
+def _check_sendable(headers: dict[str, str], removed: str = "") -> None:
     # The pipeline made every header sendable (authd.check.header_values); this only makes
-    # sure nothing else ever reaches the wire.
-    for name, value in headers.items():
-        if not (is_token(name) and is_field_value(value)):
-            raise ValueError(f"unsendable header {name[:64]!r}")
-        lines.append(f"{name}: {value}\r\n")
+    # sure no control character (a line break above all) or non-ASCII ever reaches the wire.
+    probe = "".join(headers.values()) + "".join(headers) + removed
+    if probe.isascii() and probe.isprintable():
+        return
+    if not all(is_token(k) and is_field_value(v) for k, v in headers.items()):
+        raise ValueError("unsendable header")
+    if not all(is_token(name) for name in removed.split(",") if removed):
+        raise ValueError("unsendable header name to remove")
 
 
 def http_response(outcome: Outcome) -> bytes:
-    lines: list[str] = []
     if outcome.allowed:
-        _header_lines(outcome.upstream_headers, lines)
-        if outcome.remove_headers:
-            if not all(is_token(name) for name in outcome.remove_headers):
-                raise ValueError("unsendable header name to remove")
-            lines.append(f"x-envoy-auth-headers-to-remove: {','.join(outcome.remove_headers)}\r\n")
-        lines.append("content-length: 0\r\n\r\n")
-        return b"HTTP/1.1 200 OK\r\n" + "".join(lines).encode("ascii")
+        headers = outcome.upstream_headers
+        removed = ",".join(outcome.remove_headers)
+        _check_sendable(headers, removed)
+        text = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
+        if removed:
+            text += f"x-envoy-auth-headers-to-remove: {removed}\r\n"
+        return b"HTTP/1.1 200 OK\r\n" + text.encode("ascii") + b"content-length: 0\r\n\r\n"
+    headers = outcome.deny_headers
+    _check_sendable(headers)
     body = outcome.deny_body.encode("utf-8")
-    _header_lines(outcome.deny_headers, lines)
-    lines.append(f"content-length: {len(body)}\r\n\r\n")
-    return _status_line(outcome.status) + "".join(lines).encode("ascii") + body
+    text = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
+    text += f"content-length: {len(body)}\r\n\r\n"
+    return _status_line(outcome.status) + text.encode("ascii") + body
 
 
 class HttpCheckProtocol(asyncio.Protocol):
