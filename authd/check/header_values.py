@@ -127,11 +127,10 @@ def sendable_outcome(outcome: Outcome, decision_id_header: str) -> Outcome:
     try:
         outcome.upstream_headers = field_values(outcome.upstream_headers)
         outcome.deny_headers = field_values(outcome.deny_headers)
-        if decision.response_headers_to_add:
+        added = decision.response_headers_to_add
+        if added and (checked := field_values(added)) is not added:
             # A copy: a policy may hand out the same Decision for many checks.
-            outcome.decision = replace(
-                decision, response_headers_to_add=field_values(decision.response_headers_to_add)
-            )
+            outcome.decision = replace(decision, response_headers_to_add=checked)
         _names(outcome.remove_headers)
     except InvalidHeader as exc:
         return _refused(outcome, exc.name, decision_id_header)

@@ -26,9 +26,9 @@ from authd.authz.metrics import AuthzMetrics
 from authd.authz.pipeline import Authorizer
 from authd.check.header_values import is_field_value, is_token
 from authd.check.model import CheckContext, Outcome
-from authd.extauthz.refusals import RefusalCallback, Refusals
 from authd.transport.eager import run_eagerly
 from authd.transport.limits import ListenerLimits
+from authd.transport.refusals import RefusalCallback, RefusalReporter
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ class HttpAuthzServer:
     ) -> None:
         self.authorizer = authorizer
         self.limits = limits or ListenerLimits()
-        self.refusals = Refusals("ext_authz_http", on_refusal)
+        self.refusals = RefusalReporter("ext_authz_http", on_refusal)
         self._connections: set[HttpCheckProtocol] = set()
         self.host = host
         self.port = port

@@ -12,7 +12,6 @@ import pytest
 from authd.authz.pipeline import Authorizer
 from authd.check.model import Identities
 from authd.extauthz.http_service import MAX_PIPELINED, HttpAuthzServer
-from authd.extauthz.refusals import Refusals
 from authd.transport.limits import ListenerLimits
 from ca.spiffe_id import SpiffeId
 from tests.support.authz import FixedIdentities, PathPolicy
@@ -261,23 +260,3 @@ def test_close_ends_connections_that_are_still_open() -> None:
         return closed
 
     assert serve(body, limits=ListenerLimits())
-
-
-def test_refusals_are_each_counted_and_logged_at_most_once_a_second(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    now = [100.0]
-    counted: list[str] = []
-    refusals = Refusals("ext_authz_http", counted.append, clock=lambda: now[0])
-    with caplog.at_level(logging.WARNING, logger="authd.extauthz.refusals"):
-        for _ in range(50):
-            refusals("header_too_large")
-        now[0] += 0.5
-        refusals("url_too_long")
-        now[0] += 0.6
-        refusals("url_too_long")
-    assert counted == ["header_too_large"] * 50 + ["url_too_long"] * 2
-    assert [r.getMessage() for r in caplog.records] == [
-        "ext_authz_http listener refused: header_too_large=1",
-        "ext_authz_http listener refused: header_too_large=49, url_too_long=2",
-    ]
