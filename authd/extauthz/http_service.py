@@ -10,6 +10,16 @@ sets from the TLS connection (``headers_to_add`` with ``%DOWNSTREAM_PEER_URI_SAN
 on plaintext the formatters are empty and Envoy adds nothing, so the protection rests on the
 deploy configs never listing those names in ``allowed_headers`` (Envoy forwards only the
 headers listed there). The certificate is verified against our bundle all the same.
+
+Within ``ListenerLimits``: a request target over ``max_url_length`` is answered 414, a header
+block over ``max_header_list_size`` 431, a body over ``max_request_bytes`` 413 (a declared
+length at once, a chunked one when it gets there), CONNECT 405, any Upgrade 400, requests
+read ahead of the one in flight beyond ``MAX_PIPELINED`` 429, garbage 400; each then closes
+the connection and is counted as a refusal. Beyond ``max_connections`` a connection is
+closed at once; a request must arrive whole within ``idle_timeout`` of the previous answer
+(or of connecting), else the connection is closed (counted as ``request_timeout`` when part
+of a request had arrived). Reading pauses while a check is in flight and while more than
+``max_connection_buffer`` of answers wait for the client to take them.
 """
 
 from __future__ import annotations
