@@ -20,9 +20,16 @@ from authd.check.header_values import (
     InvalidHeader,
     field_value,
 )
-from authd.check.model import CheckContext, Decision, Identities, Reason, UserIdentity
-from authd.extauthz.grpc_servicer import ExtAuthzService
-from authd.extauthz.http_service import HttpAuthzServer
+from authd.check.model import (
+    CheckContext,
+    Decision,
+    Identities,
+    Outcome,
+    Reason,
+    UserIdentity,
+)
+from authd.extauthz.grpc_servicer import ExtAuthzService, check_response
+from authd.extauthz.http_service import HttpAuthzServer, http_response
 from authd.policy.base import InputDocument
 from ca.spiffe_id import SpiffeId
 from tests.support.authz import FixedIdentities
@@ -199,3 +206,19 @@ def test_unsendable_header_stays_a_deny_in_dry_run() -> None:
     authz, log = authorizer(user(FORGED), dry_run=True)
     assert over_http(authz).status == 403
     assert json.loads(log.getvalue())["decision"] == "deny"
+
+
+@pytest.mark.parametrize("value", [FORGED, "nul\x00", "josé"])
+def test_adapters_never_write_an_unchecked_value_even_if_handed_one(value: str) -> None:
+    outcome = Outcome(
+        decision=Decision(allowed=True, reason=Reason.ALLOWED),
+        identities=Identities(),
+        decision_id="d-1",
+        status=200,
+        allowed=True,
+        upstream_headers={"x-authd-subject": value},
+    )
+    with pytest.raises(ValueError):
+        http_response(outcome)
+    with pytest.raises(ValueError):
+        check_response(outcome)
