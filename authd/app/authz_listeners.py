@@ -210,6 +210,8 @@ class AuthzListeners:
                 peer_cert_header=authz.peer_cert_header,
                 context_header_prefix=authz.context_header_prefix,
                 metrics=self.metrics,
+                limits=config.listener_limits(),
+                on_refusal=self._refusals("ext_authz_http"),
             )
             try:
                 await http_server.start()

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from authd.authz.decision_log import DecisionLog
 from authd.authz.metrics import AuthzMetrics
 from authd.check.errors import MalformedRequest
+from authd.check.header_values import sendable_outcome
 from authd.check.input_document import input_document, pruned_input_document
 from authd.check.model import CheckContext, Decision, Identities, Outcome, Reason
 from authd.policy.base import Policy
@@ -154,6 +155,7 @@ class Authorizer:
         self._metrics = metrics
         self._fresh = fresh
         s = self.settings
+        self._id_header = s.decision_id_header
         self._identity_headers = [s.caller_header, s.subject_header, s.decision_id_header]
         self._strip = [*self._identity_headers, *s.remove_headers]
         self._prefix = os.urandom(4).hex()
@@ -183,7 +185,7 @@ class Authorizer:
                 decision = await policy.evaluate(ctx, identities, _LazyInput(ctx, identities))
         except MalformedRequest as exc:
             decision = self._malformed(ctx, exc)
-        outcome = self._outcome(decision, identities)
+        outcome = sendable_outcome(self._outcome(decision, identities), self._id_header)
         elapsed = time.perf_counter() - started
         if self._metrics is not None:
             self._metrics.observe(ctx.transport, outcome, elapsed)

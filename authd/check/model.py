@@ -129,6 +129,7 @@ class Reason(enum.StrEnum):
     DENIED_BY_RULE = "denied_by_rule"
     NO_MATCHING_RULE = "no_matching_rule"
     POLICY_DENIED = "policy_denied"  # Rego/OPA said no
+    INVALID_HEADER_VALUE = "invalid_header_value"  # a header authd would send is unsendable
     MISSING_CREDENTIALS = "missing_credentials"
     INVALID_CREDENTIALS = "invalid_credentials"
     REVOKED = "revoked"

@@ -10,6 +10,16 @@ sets from the TLS connection (``headers_to_add`` with ``%DOWNSTREAM_PEER_URI_SAN
 on plaintext the formatters are empty and Envoy adds nothing, so the protection rests on the
 deploy configs never listing those names in ``allowed_headers`` (Envoy forwards only the
 headers listed there). The certificate is verified against our bundle all the same.
+
+Within ``ListenerLimits``: a request target over ``max_url_length`` is answered 414, a header
+block over ``max_header_list_size`` 431, a body over ``max_request_bytes`` 413 (a declared
+length at once, a chunked one when it gets there), CONNECT 405, any Upgrade 400, requests
+read ahead of the one in flight beyond ``MAX_PIPELINED`` 429, garbage 400; each then closes
+the connection and is counted as a refusal. Beyond ``max_connections`` a connection is
+closed at once; a request must arrive whole within ``idle_timeout`` of the previous answer
+(or of connecting), else the connection is closed (counted as ``request_timeout`` when part
+of a request had arrived). Reading pauses while a check is in flight and while more than
+``max_connection_buffer`` of answers wait for the client to take them.
 """
 
 from __future__ import annotations
@@ -24,8 +34,11 @@ import httptools
 
 from authd.authz.metrics import AuthzMetrics
 from authd.authz.pipeline import Authorizer
+from authd.check.header_values import is_field_value, is_token
 from authd.check.model import CheckContext, Outcome
 from authd.transport.eager import run_eagerly
+from authd.transport.limits import ListenerLimits
+from authd.transport.refusals import RefusalCallback, RefusalReporter
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +51,22 @@ _ERROR_RESPONSE = (
     b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\n"
     b"content-length: 22\r\n\r\nauthd could not decide"
 )
-_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+# Requests read ahead of the one being answered (Envoy sends one at a time per connection).
+MAX_PIPELINED = 16
+# Request line and line ends on top of the URL and header limits, before a head is too large.
+_HEAD_SLACK = 1024
 # Header names as Envoy sends them → their lower-case text: the same few names every time.
 _HEADER_NAMES_KEPT = 512
 _header_names: dict[bytes, str] = {}
+
+
+class Refused(Exception):
+    """A request the listener answers itself, with ``status``, and then closes."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
 
 
 def _status_line(status: int) -> bytes:
@@ -49,77 +74,191 @@ def _status_line(status: int) -> bytes:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "Unknown"
-    return f"HTTP/1.1 {status} {phrase}\r\n".encode("latin-1")
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode("ascii")
+
+
+def refusal_response(refused: Refused) -> bytes:
+    body = refused.reason.encode("ascii")
+    return (
+        _status_line(refused.status)
+        + b"content-type: text/plain\r\nconnection: close\r\n"
+        + f"content-length: {len(body)}\r\n\r\n".encode("ascii")
+        + body
+    )
+
+
+def _check_sendable(headers: dict[str, str], removed: str = "") -> None:
+    # The pipeline made every header sendable (authd.check.header_values); this only makes
+    # sure no control character (a line break above all) or non-ASCII ever reaches the wire.
+    probe = "".join(headers.values()) + "".join(headers) + removed
+    if probe.isascii() and probe.isprintable():
+        return
+    if not all(is_token(k) and is_field_value(v) for k, v in headers.items()):
+        raise ValueError("unsendable header")
+    if not all(is_token(name) for name in removed.split(",") if removed):
+        raise ValueError("unsendable header name to remove")
 
 
 def http_response(outcome: Outcome) -> bytes:
     if outcome.allowed:
-        lines = [f"{k}: {v}\r\n" for k, v in outcome.upstream_headers.items()]
-        if outcome.remove_headers:
-            lines.append(f"x-envoy-auth-headers-to-remove: {','.join(outcome.remove_headers)}\r\n")
-        lines.append("content-length: 0\r\n\r\n")
-        return b"HTTP/1.1 200 OK\r\n" + "".join(lines).encode("latin-1")
+        headers = outcome.upstream_headers
+        removed = ",".join(outcome.remove_headers)
+        _check_sendable(headers, removed)
+        text = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
+        if removed:
+            text += f"x-envoy-auth-headers-to-remove: {removed}\r\n"
+        return b"HTTP/1.1 200 OK\r\n" + text.encode("ascii") + b"content-length: 0\r\n\r\n"
+    headers = outcome.deny_headers
+    _check_sendable(headers)
     body = outcome.deny_body.encode("utf-8")
-    lines = [f"{k}: {v}\r\n" for k, v in outcome.deny_headers.items()]
-    lines.append(f"content-length: {len(body)}\r\n\r\n")
-    return _status_line(outcome.status) + "".join(lines).encode("latin-1") + body
+    text = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
+    text += f"content-length: {len(body)}\r\n\r\n"
+    return _status_line(outcome.status) + text.encode("ascii") + body
 
 
 class HttpCheckProtocol(asyncio.Protocol):
+    """One connection from Envoy: requests parsed within the limits, answered in order.
+
+    Reading pauses while a check is in flight or the client does not take its answers; a
+    request must arrive whole within ``idle_timeout`` of the previous answer (or of
+    connecting); past any limit the client gets the status, the connection closes, and the
+    refusal is counted.
+    """
+
     def __init__(self, server: HttpAuthzServer) -> None:
         self._server = server
+        self._limits = server.limits
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: dict[str, str] = {}
+        self._repeated: dict[str, list[str]] | None = None
+        self._header_bytes = 0
+        self._head_bytes = 0
+        self._in_head = True
         self._body: list[bytes] = []
+        self._body_bytes = 0
         self._queue: deque[CheckContext] = deque()
         self._busy = False
+        self._closing = False
+        self._writing_paused = False
+        self._reading_paused = False
+        self._refusal: Refused | None = None
+        self._idle: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        if not self._server.admit(self):
+            self._closing = True
+            self._transport.close()
+            return
+        self._transport.set_write_buffer_limits(high=self._limits.max_connection_buffer)
+        self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._server.forget(self)
         self._transport = None
         self._queue.clear()
+        self._disarm_idle()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
+            if self._in_head and self._head_bytes > self._head_limit():
+                raise Refused(431, "header_too_large")
+        except Refused as refused:
+            self._refuse(refused)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, Refused):
+                self._refuse(cause)
+            else:
+                log.error("ext_authz HTTP request handling failed", exc_info=cause)
+                self._refuse(Refused(400, "malformed"))
+        except httptools.HttpParserUpgrade:
+            self._refuse(Refused(400, "upgrade"))
         except httptools.HttpParserError:
-            if self._transport is not None:
-                self._transport.write(_BAD_REQUEST)
-                self._transport.close()
+            self._refuse(Refused(400, "malformed"))
 
     # -- httptools callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = {}
+        self._repeated = None
+        self._header_bytes = 0
         self._body = []
+        self._body_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self._limits.max_url_length:
+            raise Refused(414, "url_too_long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self._limits.max_header_list_size:
+            raise Refused(431, "header_too_large")
         key = _header_names.get(name)
         if key is None:
             key = name.decode("latin-1").lower()
             if len(_header_names) < _HEADER_NAMES_KEPT:
                 _header_names[name] = key
         text = value.decode("latin-1")
-        previous = self._headers.get(key)
-        self._headers[key] = text if previous is None else f"{previous},{text}"
+        headers = self._headers
+        if key not in headers:
+            headers[key] = text
+            return
+        # Repeated: collected, joined once the head is complete (linear in the head's size).
+        if self._repeated is None:
+            self._repeated = {}
+        self._repeated.setdefault(key, [headers[key]]).append(text)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        if self._repeated is not None:
+            for key, values in self._repeated.items():
+                self._headers[key] = ",".join(values)
+        parser = self._parser
+        if parser.should_upgrade():
+            if parser.get_method() == b"CONNECT":
+                raise Refused(405, "connect")
+            raise Refused(400, "upgrade")
+        length = self._headers.get("content-length", "")
+        if length.isdigit() and int(length) > self._limits.max_request_bytes:
+            raise Refused(413, "body_too_large")
 
     def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._limits.max_request_bytes:
+            raise Refused(413, "body_too_large")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_head = True
+        if len(self._queue) >= MAX_PIPELINED:
+            raise Refused(429, "pipeline_depth")
         method = self._parser.get_method().decode("ascii")
         self._queue.append(self._server.context(method, self._url, self._headers, self._body))
+        self._body = []
+        self._disarm_idle()
+        self._update_reading()
         if not self._busy:
             self._next()
 
@@ -132,19 +271,88 @@ class HttpCheckProtocol(asyncio.Protocol):
 
     def _answer(self, outcome: Outcome | None, error: BaseException | None) -> None:
         self._busy = False
-        if self._transport is None:
+        transport = self._transport
+        if transport is None:
             return
+        response = _ERROR_RESPONSE
         if outcome is not None:
-            self._transport.write(http_response(outcome))
-        else:
+            try:
+                response = http_response(outcome)
+            except ValueError as exc:
+                error = exc
+        if error is not None:
             log.error("ext_authz HTTP check failed", exc_info=error)
             self._server.error()
-            self._transport.write(_ERROR_RESPONSE)
-        if not self._parser.should_keep_alive():
-            self._transport.close()
-            return
+        transport.write(response)
         if self._queue:
             self._next()
+            return
+        if self._refusal is not None:
+            self._refuse(self._refusal)
+            return
+        if not self._parser.should_keep_alive():
+            self._closing = True
+            transport.close()
+            return
+        self._update_reading()
+        self._arm_idle()
+
+    # -- limits ------------------------------------------------------------------------------
+
+    def _head_limit(self) -> int:
+        return self._limits.max_header_list_size + self._limits.max_url_length + _HEAD_SLACK
+
+    def _refuse(self, refused: Refused) -> None:
+        """Answer ``refused`` after the answers already owed, then close."""
+        self._closing = True
+        if self._busy or self._queue:
+            self._refusal = refused
+            return
+        self._server.refusals(refused.reason)
+        if self._transport is not None:
+            self._transport.write(refusal_response(refused))
+            self._transport.close()
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        pause = self._busy or bool(self._queue) or self._writing_paused or self._closing
+        if pause != self._reading_paused:
+            self._reading_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def _arm_idle(self) -> None:
+        self._disarm_idle()
+        loop = asyncio.get_running_loop()
+        self._idle = loop.call_later(self._limits.idle_timeout, self._idle_expired)
+
+    def _disarm_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def _idle_expired(self) -> None:
+        self._idle = None
+        if self._transport is None or self._busy or self._queue:
+            return
+        if self._head_bytes or not self._in_head:
+            # Part of a request arrived and the rest did not (a slowloris, or a lost peer).
+            self._server.refusals("request_timeout")
+        self._closing = True
+        self._transport.close()
+
+    @property
+    def reading(self) -> bool:
+        """Whether the connection reads from its client now (not paused, not closing)."""
+        return self._transport is not None and not self._reading_paused and not self._closing
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
 
 class HttpAuthzServer:
@@ -159,8 +367,13 @@ class HttpAuthzServer:
         peer_cert_header: str = PEER_CERT_HEADER,
         context_header_prefix: str = CONTEXT_HEADER_PREFIX,
         metrics: AuthzMetrics | None = None,
+        limits: ListenerLimits | None = None,
+        on_refusal: RefusalCallback | None = None,
     ) -> None:
         self.authorizer = authorizer
+        self.limits = limits or ListenerLimits()
+        self.refusals = RefusalReporter("ext_authz_http", on_refusal)
+        self._connections: set[HttpCheckProtocol] = set()
         self.host = host
         self.port = port
         self._prefix = path_prefix.rstrip("/")
@@ -196,6 +409,22 @@ class HttpAuthzServer:
             transport="http",
         )
 
+    def admit(self, connection: HttpCheckProtocol) -> bool:
+        """Count ``connection`` in, or refuse it when the listener is full."""
+        if len(self._connections) >= self.limits.max_connections:
+            self.refusals("max_connections")
+            return False
+        self._connections.add(connection)
+        return True
+
+    def forget(self, connection: HttpCheckProtocol) -> None:
+        self._connections.discard(connection)
+
+    @property
+    def connections(self) -> frozenset[HttpCheckProtocol]:
+        """The connections open now."""
+        return frozenset(self._connections)
+
     def error(self) -> None:
         if self._metrics is not None:
             self._metrics.error("http")
@@ -211,4 +440,7 @@ class HttpAuthzServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            # Open connections end now too: a stalled client must not hold up shutdown.
+            for connection in list(self._connections):
+                connection.abort()
             await self._server.wait_closed()
