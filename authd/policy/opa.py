@@ -27,7 +27,7 @@ from opa_client import AsyncOpaClient
 
 from authd.check.model import CheckContext, Decision, Identities
 from authd.policy.base import InputDocument, PolicyError
-from authd.policy.rego import DEFAULT_ENTRYPOINT, normalize_entrypoint
+from authd.policy.rego_source import DEFAULT_ENTRYPOINT, normalize_entrypoint
 from authd.policy.result import decision_from_result, undefined_decision
 
 DEFAULT_URL: Final = "http://127.0.0.1:8181"

@@ -71,10 +71,9 @@ import copy
 import ctypes
 import json
 import os
-import re
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -103,15 +102,19 @@ from authd.check.errors import MalformedRequest  # noqa: E402
 from authd.check.input_document import prune_input  # noqa: E402
 from authd.check.model import CheckContext, Decision, Identities  # noqa: E402
 from authd.policy.base import InputDocument, PolicyError  # noqa: E402
+from authd.policy.rego_errors import rego_error_message  # noqa: E402
+from authd.policy.rego_source import (  # noqa: E402
+    DEFAULT_ENTRYPOINT,
+    check_entrypoint_defined,
+    is_deterministic,
+    normalize_entrypoint,
+    referenced_input_paths,
+)
 from authd.policy.result import decision_from_result, undefined_decision  # noqa: E402
 
-DEFAULT_ENTRYPOINT: Final = "envoy/authz/allow"
 INPUT_CACHE_SIZE: Final = 1024
 DECISION_CACHE_SIZE: Final = 4096
 
-_ERROR_START = re.compile(r"\(error(?=\s)")
-_LENGTH_PREFIX = re.compile(r"(\d+):")
-_PACKAGE = re.compile(r"^[ \t]*package[ \t]+([A-Za-z_][A-Za-z0-9_.]*)", re.MULTILINE)
 _OK: Final = 0  # rego-cpp's REGO_OK
 
 _T = TypeVar("_T")
@@ -239,7 +242,7 @@ class RegoPolicy:
     ) -> RegoPolicy:
         """Compile modules given as {source name: text}; names appear in error messages."""
         entrypoint = normalize_entrypoint(entrypoint)
-        _check_entrypoint_defined(entrypoint, sources)
+        check_entrypoint_defined(entrypoint, sources)
         interpreter = Interpreter()
         interpreter.log_level = LogLevel.NONE  # errors come back in RegoError, not on stdout
         try:
@@ -404,149 +407,6 @@ def _copy_decision(decision: Decision) -> Decision:
         body=decision.body,
         dynamic_metadata=copy.deepcopy(metadata) if metadata else {},
     )
-
-
-_COMMENT_OR_STRING = re.compile(r'"(?:\\.|[^"\\])*"|`[^`]*`|#[^\n]*')
-_INPUT = re.compile(r"(?<![\w.])input\b")
-_SEGMENT = re.compile(r'\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*"((?:\\.|[^"\\])*)"\s*\]')
-
-
-def referenced_input_paths(sources: Iterable[str]) -> tuple[tuple[str, ...], ...] | None:
-    """The static paths below ``input`` that the modules read, or None to give all of it.
-
-    Conservative: a bare ``input`` (``with input as``, ``object.get(input, ...)``, ``walk``,
-    or the word inside a string) means the whole document. A path ends at the first dynamic
-    index (``headers[name]``, ``parsed_path[0]``), and the whole subtree there is kept.
-    """
-    paths: set[tuple[str, ...]] = set()
-    for source in sources:
-        # Drop comments; keep strings (a '#' inside one is not a comment).
-        code = _COMMENT_OR_STRING.sub(
-            lambda m: "" if m.group(0).startswith("#") else m.group(0), source
-        )
-        for match in _INPUT.finditer(code):
-            path: list[str] = []
-            position = match.end()
-            while segment := _SEGMENT.match(code, position):
-                path.append(segment.group(1) or segment.group(2))
-                position = segment.end()
-            if not path:
-                return None
-            paths.add(tuple(path))
-    # A path covers every longer path below it.
-    kept = {p for p in paths if not any(p[: len(q)] == q and p != q for q in paths)}
-    return tuple(sorted(kept))
-
-
-# Builtins whose result depends on more than their arguments (the clock, randomness, the
-# network, the runtime) or that must run every time (trace, print). A user function of the
-# same name counts too: when in doubt, a policy is not deterministic.
-_NONDETERMINISTIC_CALL = re.compile(
-    r"(?<![\w.])(?:"
-    r"time\s*\.\s*now_ns|rand\s*\.\s*\w+|uuid\s*\.\s*rfc4122|http\s*\.\s*send"
-    r"|net\s*\.\s*lookup_ip_addr|opa\s*\.\s*runtime"
-    r"|io\s*\.\s*jwt\s*\.\s*(?:decode_verify|encode_sign\w*)"
-    r"|crypto\s*\.\s*x509\s*\.\s*parse_and_verify_certificates\w*"
-    r"|trace|print"
-    r")(?!\w)"
-)
-
-
-def is_deterministic(sources: Iterable[str]) -> bool:
-    """Whether the modules' decision depends only on the input (and the fixed data).
-
-    False when the code (comments and plain strings left out) names a builtin that reads the
-    clock, randomness, the network or the runtime: ``time.now_ns``, ``rand.intn``,
-    ``uuid.rfc4122``, ``http.send``, ``net.lookup_ip_addr``, ``opa.runtime``,
-    ``io.jwt.decode_verify`` (checks expiry against now), ``io.jwt.encode_sign*`` (ECDSA and
-    PSS signatures are random), ``crypto.x509.parse_and_verify_certificates*`` (checks
-    validity against now), or ``trace``/``print`` (side effects that must happen each time).
-    """
-    for source in sources:
-        # A template string ($"...{expr}...") holds code: keep it in the match.
-        code = _COMMENT_OR_STRING.sub(
-            lambda m: m.group(0) if m.start() > 0 and m.string[m.start() - 1] == "$" else " ",
-            source,
-        )
-        if _NONDETERMINISTIC_CALL.search(code):
-            return False
-    return True
-
-
-def normalize_entrypoint(entrypoint: str) -> str:
-    """Accept ``envoy/authz/allow``, ``envoy.authz.allow`` or ``data.envoy.authz.allow``."""
-    path = entrypoint.strip().removeprefix("data.").replace(".", "/").strip("/")
-    if not path or "//" in path:
-        raise PolicyError(f"bad Rego entrypoint {entrypoint!r}; expected e.g. {DEFAULT_ENTRYPOINT}")
-    return path
-
-
-def _check_entrypoint_defined(entrypoint: str, sources: Mapping[str, str]) -> None:
-    """Refuse an entrypoint no module defines: every request would be denied as undefined.
-
-    regopy compiles such a bundle without complaint, so look for a module whose package is a
-    prefix of the entrypoint and that has a rule head named by the next path segment.
-    """
-    segments = entrypoint.split("/")
-    packages: list[str] = []
-    for text in sources.values():
-        match = _PACKAGE.search(text)
-        if match is None:
-            continue
-        package = match.group(1).split(".")
-        packages.append(".".join(package))
-        if segments[: len(package)] != package or len(segments) <= len(package):
-            continue
-        rule = re.escape(segments[len(package)])
-        head = re.compile(rf"^[ \t]*(?:default[ \t]+)?{rule}(?=[\s.\[:={{]|$)", re.MULTILINE)
-        if head.search(text):
-            return
-    raise PolicyError(
-        f"entrypoint {entrypoint!r} is not defined by any module "
-        f"(packages: {', '.join(sorted(set(packages))) or 'none'})"
-    )
-
-
-def rego_error_message(text: str, sources: Mapping[str, str] | None = None) -> str:
-    """Turn regopy's error tree into ``file:line:col: message`` lines.
-
-    regopy reports ``(error <n>:<source>|<byte offset>|<length> (errormsg <n>:<message>) ...)``
-    with length-prefixed strings; the line and column come from the source text.
-    """
-    messages: list[str] = []
-    for chunk in _ERROR_START.split(text)[1:]:
-        message = _prefixed_after(chunk, "(errormsg ") or "error"
-        location = _location(chunk, sources or {})
-        messages.append(f"{location}: {message}" if location else message)
-    return "; ".join(messages) if messages else text.strip()
-
-
-def _prefixed_after(chunk: str, marker: str) -> str | None:
-    start = chunk.find(marker)
-    if start == -1:
-        return None
-    match = _LENGTH_PREFIX.match(chunk, start + len(marker))
-    if match is None:
-        return None
-    length = int(match.group(1))
-    return chunk[match.end() : match.end() + length]
-
-
-def _location(chunk: str, sources: Mapping[str, str]) -> str | None:
-    for match in _LENGTH_PREFIX.finditer(chunk):
-        name = chunk[match.end() : match.end() + int(match.group(1))]
-        position = re.match(r"\|(\d+)\|\d+", chunk[match.end() + len(name) :])
-        if not name or position is None:
-            continue
-        text = sources.get(name)
-        if text is None:
-            return name
-        data = text.encode("utf-8")
-        offset = int(position.group(1))
-        line = data.count(b"\n", 0, offset) + 1
-        column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
-        return f"{name}:{line}:{column}"
-    return None
 
 
 def _node_errors(result: Any, sources: Mapping[str, str] | None = None) -> str:

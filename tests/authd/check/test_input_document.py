@@ -21,7 +21,8 @@ from authd.check.input_document import (
 )
 from authd.check.model import CheckContext, Identities, UserIdentity
 from authd.extauthz.grpc_servicer import context_from_check_request
-from authd.policy.rego import prune_input, referenced_input_paths
+from authd.policy.rego import prune_input
+from authd.policy.rego_source import referenced_input_paths
 from ca.spiffe_id import SpiffeId
 
 

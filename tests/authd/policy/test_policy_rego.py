@@ -450,7 +450,7 @@ def test_crypto_x509_parse_certificates_reads_envoys_url_encoded_peer_certificat
 
 
 def test_static_input_paths_are_found_and_dynamic_indexes_keep_the_subtree() -> None:
-    from authd.policy.rego import referenced_input_paths
+    from authd.policy.rego_source import referenced_input_paths
 
     source = """package p
     # input.in_a_comment is not a reference
@@ -470,7 +470,7 @@ def test_static_input_paths_are_found_and_dynamic_indexes_keep_the_subtree() -> 
 
 
 def test_any_bare_use_of_input_gives_rego_the_whole_document() -> None:
-    from authd.policy.rego import referenced_input_paths
+    from authd.policy.rego_source import referenced_input_paths
 
     for body in (
         'object.get(input, "a", 1)',

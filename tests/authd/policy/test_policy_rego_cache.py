@@ -17,7 +17,8 @@ from authd.authz.pipeline import Authorizer, identity_document
 from authd.check.input_document import input_document
 from authd.check.model import CheckContext, Decision, Identities, Reason
 from authd.extauthz.grpc_servicer import context_from_check_request
-from authd.policy.rego import RegoPolicy, is_deterministic, prune_input
+from authd.policy.rego import RegoPolicy, prune_input
+from authd.policy.rego_source import is_deterministic
 from ca.spiffe_id import SpiffeId
 from tests.support.authz import FixedIdentities
 
