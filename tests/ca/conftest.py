@@ -6,7 +6,6 @@ independent of how pytest names conftest modules.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +21,7 @@ from ca.clock import FakeClock
 from ca.keys import KeyStore
 from ca.spiffe_id import TrustDomain
 from ca.store import SQLiteStore
+from tests.support.certs import make_root
 
 EXAMPLE = TrustDomain("example.org")
 
@@ -161,53 +161,6 @@ def _make_csr(
 def make_csr() -> MakeCsr:
     """``make_csr(key, common_name=..., dns_names=..., uris=..., encoding=...)`` -> CSR bytes."""
     return _make_csr
-
-
-def make_root(
-    private_key: Any,
-    *,
-    common_name: str,
-    not_before: float,
-    not_after: float,
-    issuer: tuple[x509.Certificate, Any] | None = None,
-) -> x509.Certificate:
-    """A CA certificate as an upstream PKI would make it (self-signed unless ``issuer``)."""
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    public_key = private_key.public_key()
-    if issuer is None:
-        issuer_name, signer = subject, private_key
-        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key)
-    else:
-        issuer_cert, signer = issuer
-        issuer_name = issuer_cert.subject
-        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key())
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(dt.datetime.fromtimestamp(not_before, tz=dt.UTC))
-        .not_valid_after(dt.datetime.fromtimestamp(not_after, tz=dt.UTC))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(aki, critical=False)
-        .sign(signer, hashes.SHA256())
-    )
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,6 @@ import pytest
 from cryptography import x509
 
 from tests.support.envoy import (
-    ENVOY_BINARY,
     HOST,
     TRUST_DOMAIN,
     Authd,
@@ -54,9 +53,11 @@ from tests.support.envoy import (
 from tests.support.sidecars import (
     NOBODY,
     ServiceUser,
+    executable_envoy,
     leaf_hash,
     secrets_of,
     served_chain,
+    sidecar_values,
     start_sidecar,
     xfcc,
 )
@@ -178,28 +179,10 @@ def authd(tmp: Path, users: dict[str, ServiceUser]) -> Iterator[Authd]:
 
 @pytest.fixture(scope="module")
 def mesh(authd: Authd, users: dict[str, ServiceUser], tmp: Path) -> Iterator[Mesh]:
-    directory = tmp / "bin"
-    directory.mkdir(mode=0o755)
-    binary = directory / "envoy"  # a copy the sidecars' uids may execute
-    shutil.copy2(ENVOY_BINARY, binary)
-    binary.chmod(0o755)
+    binary = executable_envoy(tmp / "bin")
     echo = EchoUpstream()
-    common: dict[str, object] = {
-        "ADMIN_PORT": 0,
-        "WORKLOAD_SOCKET": authd.data_dir / "workload.sock",
-        "TRUST_DOMAIN": TRUST_DOMAIN,
-        "INBOUND_ADDRESS": HOST,
-        "INBOUND_PORT": 0,
-        "OUTBOUND_PORT": 0,
-        "APP_ADDRESS": HOST,
-        "APP_PORT": echo.port,
-        "PEER_ADDRESS": HOST,
-        "PEER_MAX_REQUESTS": 1,  # every request a new connection, so a new handshake
-        "AUTHZ_ADDRESS": HOST,
-        "AUTHZ_PORT": authd.grpc_port,
-        "POLICY": "server",
-        "JWT_AUDIENCE": "",
-    }
+    # Every request a new connection, so a new handshake.
+    common = sidecar_values(authd, echo.port, peer_max_requests=1)
     started: list[Envoy] = []
     try:
         server = start_sidecar(

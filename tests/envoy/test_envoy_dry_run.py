@@ -13,13 +13,12 @@ import pytest
 
 from tests.support.envoy import (
     ADMIN,
-    HOST,
     WEB,
     Authd,
     EchoUpstream,
     authd_config,
+    gateway_config,
     policy_yaml,
-    render,
     request,
     start_authd,
     start_envoy,
@@ -42,20 +41,11 @@ def gateway_port(
     request: pytest.FixtureRequest, authd: Authd, upstream: EchoUpstream, tmp: Path
 ) -> Iterator[int]:
     mode = request.param
-    values: dict[str, object] = {
-        "ADMIN_PORT": 0,
-        "LISTEN_ADDRESS": HOST,
-        "LISTEN_PORT": 0,
-        "UPSTREAM_ADDRESS": HOST,
-        "UPSTREAM_PORT": upstream.port,
-        "AUTHZ_ADDRESS": HOST,
-        "AUTHZ_PORT": authd.grpc_port if mode == "grpc" else authd.http_port,
-        "ACCESS_LOG": tmp / f"gateway-{mode}.access.log",
-        "POLICY": "gateway",
-        "JWT_AUDIENCE": "gateway",
-        "AUTHZ_PATH_PREFIX": "/check",
-    }
-    envoy = start_envoy(render(f"gateway-{mode}.yaml", **values), tmp, name=f"gateway-{mode}")
+    access_log = tmp / f"gateway-{mode}.access.log"
+    config = gateway_config(
+        mode, authd, upstream, access_log, POLICY="gateway", JWT_AUDIENCE="gateway"
+    )
+    envoy = start_envoy(config, tmp, name=f"gateway-{mode}")
     yield envoy.listener_port("gateway")
     envoy.stop()
 

@@ -17,7 +17,6 @@ import pytest
 from tests.support.envoy import (
     ADMIN,
     API_KEY,
-    HOST,
     INTRUDER,
     WEB,
     Authd,
@@ -27,8 +26,8 @@ from tests.support.envoy import (
     api_keys_toml,
     authd_config,
     free_port,
+    gateway_config,
     policy_yaml,
-    render,
     request,
     start_authd,
     start_envoy,
@@ -43,26 +42,6 @@ class Gateway:
     envoy: Envoy
     port: int
     access_log: Path
-
-
-def gateway_config(
-    mode: str, authd: Authd, upstream: EchoUpstream, access_log: Path, **overrides: object
-) -> str:
-    values: dict[str, object] = {
-        "ADMIN_PORT": 0,
-        "LISTEN_ADDRESS": HOST,
-        "LISTEN_PORT": 0,
-        "UPSTREAM_ADDRESS": HOST,
-        "UPSTREAM_PORT": upstream.port,
-        "AUTHZ_ADDRESS": HOST,
-        "AUTHZ_PORT": authd.grpc_port if mode == "grpc" else authd.http_port,
-        "ACCESS_LOG": access_log,
-    }
-    if mode == "grpc":
-        values |= {"POLICY": "gateway", "JWT_AUDIENCE": "gateway"}
-    else:
-        values |= {"AUTHZ_PATH_PREFIX": "/check"}
-    return render(f"gateway-{mode}.yaml", **(values | overrides))
 
 
 @pytest.fixture(scope="module", params=["native", "grpcio"])

@@ -18,12 +18,11 @@ from hypothesis import strategies as st
 
 from authd.check.header_values import MAX_VALUE_LENGTH, InvalidHeader, field_value
 from tests.support.envoy import (
-    HOST,
     Authd,
     EchoUpstream,
     Envoy,
     authd_config,
-    render,
+    gateway_config,
     request,
     start_authd,
     start_envoy,
@@ -71,21 +70,8 @@ def gateway(
     request: pytest.FixtureRequest, authd: Authd, upstream: EchoUpstream, tmp: Path
 ) -> Iterator[Gateway]:
     mode = request.param
-    values: dict[str, object] = {
-        "ADMIN_PORT": 0,
-        "LISTEN_ADDRESS": HOST,
-        "LISTEN_PORT": 0,
-        "UPSTREAM_ADDRESS": HOST,
-        "UPSTREAM_PORT": upstream.port,
-        "AUTHZ_ADDRESS": HOST,
-        "AUTHZ_PORT": authd.grpc_port if mode == "grpc" else authd.http_port,
-        "ACCESS_LOG": tmp / f"{mode}.access.log",
-    }
-    if mode == "grpc":
-        values |= {"POLICY": "gateway", "JWT_AUDIENCE": "gateway"}
-    else:
-        values |= {"AUTHZ_PATH_PREFIX": "/check"}
-    envoy = start_envoy(render(f"gateway-{mode}.yaml", **values), tmp, name=f"gw-{mode}")
+    config = gateway_config(mode, authd, upstream, tmp / f"{mode}.access.log")
+    envoy = start_envoy(config, tmp, name=f"gw-{mode}")
     yield Gateway(mode, envoy, envoy.listener_port("gateway"))
     envoy.stop()
 

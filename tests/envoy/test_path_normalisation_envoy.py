@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.envoy import (
-    HOST,
     Authd,
     EchoUpstream,
     authd_config,
+    gateway_config,
     policy_yaml,
-    render,
     request,
     start_authd,
     start_envoy,
@@ -34,21 +33,8 @@ def gateway_port(
     request: pytest.FixtureRequest, authd: Authd, upstream: EchoUpstream, tmp: Path
 ) -> Iterator[int]:
     mode = request.param
-    values: dict[str, object] = {
-        "ADMIN_PORT": 0,
-        "LISTEN_ADDRESS": HOST,
-        "LISTEN_PORT": 0,
-        "UPSTREAM_ADDRESS": HOST,
-        "UPSTREAM_PORT": upstream.port,
-        "AUTHZ_ADDRESS": HOST,
-        "AUTHZ_PORT": authd.grpc_port if mode == "grpc" else authd.http_port,
-        "ACCESS_LOG": tmp / f"{mode}.access.log",
-    }
-    if mode == "grpc":
-        values |= {"POLICY": "gateway", "JWT_AUDIENCE": "gateway"}
-    else:
-        values |= {"AUTHZ_PATH_PREFIX": "/check"}
-    envoy = start_envoy(render(f"gateway-{mode}.yaml", **values), tmp, name=f"paths-{mode}")
+    config = gateway_config(mode, authd, upstream, tmp / f"{mode}.access.log")
+    envoy = start_envoy(config, tmp, name=f"paths-{mode}")
     yield envoy.listener_port("gateway")
     envoy.stop()
 

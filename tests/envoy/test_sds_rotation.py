@@ -37,7 +37,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from tests.support.envoy import (
-    ENVOY_BINARY,
     HOST,
     TRUST_DOMAIN,
     Authd,
@@ -53,10 +52,12 @@ from tests.support.envoy import (
 from tests.support.sidecars import (
     NOBODY,
     ServiceUser,
+    executable_envoy,
     leaf_hash,
     pem_certificates,
     secrets_of,
     served_chain,
+    sidecar_values,
     start_sidecar,
     xfcc,
 )
@@ -151,13 +152,7 @@ def authd(tmp: Path, users: dict[str, ServiceUser]) -> Iterator[Authd]:
 
 @pytest.fixture(scope="module")
 def envoy_binary(tmp: Path) -> Path:
-    """A copy the sidecars' uids may execute (the installed one may sit under a 0700 home)."""
-    directory = tmp / "bin"
-    directory.mkdir(mode=0o755)
-    binary = directory / "envoy"
-    shutil.copy2(ENVOY_BINARY, binary)
-    binary.chmod(0o755)
-    return binary
+    return executable_envoy(tmp / "bin")
 
 
 @pytest.fixture(scope="module")
@@ -165,22 +160,7 @@ def mesh(
     authd: Authd, users: dict[str, ServiceUser], envoy_binary: Path, tmp: Path
 ) -> Iterator[Mesh]:
     echo = EchoUpstream()
-    common: dict[str, object] = {
-        "ADMIN_PORT": 0,
-        "WORKLOAD_SOCKET": authd.data_dir / "workload.sock",
-        "TRUST_DOMAIN": TRUST_DOMAIN,
-        "INBOUND_ADDRESS": HOST,
-        "INBOUND_PORT": 0,
-        "OUTBOUND_PORT": 0,
-        "APP_ADDRESS": HOST,
-        "APP_PORT": echo.port,
-        "PEER_ADDRESS": HOST,
-        "PEER_MAX_REQUESTS": PEER_MAX_REQUESTS,
-        "AUTHZ_ADDRESS": HOST,
-        "AUTHZ_PORT": authd.grpc_port,
-        "POLICY": "server",
-        "JWT_AUDIENCE": "",
-    }
+    common = sidecar_values(authd, echo.port, PEER_MAX_REQUESTS)
     started: list[Envoy] = []
     try:
         server = start_sidecar(

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.support.certs import CA_KEY_USAGE
 from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -209,20 +210,7 @@ def foreign_svid(out_dir: Path, spiffe_id: str) -> Path:
         .not_valid_before(now - dt.timedelta(minutes=1))
         .not_valid_after(now + dt.timedelta(hours=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(CA_KEY_USAGE, critical=True)
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.UniformResourceIdentifier(f"spiffe://{TRUST_DOMAIN}")]
@@ -676,3 +664,24 @@ def tampered(token: str, **claims: object) -> str:
     doc.update(claims)
     forged = base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
     return f"{header}.{forged}.{signature}"
+
+
+def gateway_config(
+    mode: str, authd: Authd, upstream: EchoUpstream, access_log: Path, **overrides: object
+) -> str:
+    """deploy/envoy/gateway-{grpc,http}.yaml in front of ``upstream``, asking ``authd``."""
+    values: dict[str, object] = {
+        "ADMIN_PORT": 0,
+        "LISTEN_ADDRESS": HOST,
+        "LISTEN_PORT": 0,
+        "UPSTREAM_ADDRESS": HOST,
+        "UPSTREAM_PORT": upstream.port,
+        "AUTHZ_ADDRESS": HOST,
+        "AUTHZ_PORT": authd.grpc_port if mode == "grpc" else authd.http_port,
+        "ACCESS_LOG": access_log,
+    }
+    if mode == "grpc":
+        values |= {"POLICY": "gateway", "JWT_AUDIENCE": "gateway"}
+    else:
+        values |= {"AUTHZ_PATH_PREFIX": "/check"}
+    return render(f"gateway-{mode}.yaml", **(values | overrides))

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.support.envoy import (
+    ENVOY_BINARY,
+    HOST,
+    TRUST_DOMAIN,
+    Authd,
     Envoy,
     Reply,
     render,
@@ -111,3 +116,33 @@ def xfcc(reply: Reply) -> dict[str, str]:
 def leaf_hash(leaf: x509.Certificate) -> str:
     """What x-forwarded-client-cert calls ``Hash``: the SHA-256 of the certificate's DER."""
     return hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def executable_envoy(directory: Path) -> Path:
+    """A copy of Envoy that the sidecars' uids may execute (the installed one may sit under a
+    0700 home directory)."""
+    directory.mkdir(mode=0o755)
+    binary = directory / "envoy"
+    shutil.copy2(ENVOY_BINARY, binary)
+    binary.chmod(0o755)
+    return binary
+
+
+def sidecar_values(authd: Authd, app_port: int, peer_max_requests: int) -> dict[str, object]:
+    """The placeholders of deploy/envoy/sidecar-sds.yaml that every sidecar of a mesh shares."""
+    return {
+        "ADMIN_PORT": 0,
+        "WORKLOAD_SOCKET": authd.data_dir / "workload.sock",
+        "TRUST_DOMAIN": TRUST_DOMAIN,
+        "INBOUND_ADDRESS": HOST,
+        "INBOUND_PORT": 0,
+        "OUTBOUND_PORT": 0,
+        "APP_ADDRESS": HOST,
+        "APP_PORT": app_port,
+        "PEER_ADDRESS": HOST,
+        "PEER_MAX_REQUESTS": peer_max_requests,
+        "AUTHZ_ADDRESS": HOST,
+        "AUTHZ_PORT": authd.grpc_port,
+        "POLICY": "server",
+        "JWT_AUDIENCE": "",
+    }

@@ -42,6 +42,7 @@ from ca.revoker import Revoker
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import RegistrationEntry, Selector, SQLiteStore
 from ca.x509svid import verify_x509_svid
+from tests.support.certs import make_root
 from tests.support.daemon import AUTHD, Daemon, authd
 from tests.support.ports import free_port
 
@@ -344,34 +345,9 @@ def test_chain_through_an_upstream_ca_is_verified_with_its_intermediate() -> Non
 
 
 def _upstream_root(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    name = x509.Name.from_rfc4514_string("CN=Upstream Root,O=corp")
     now = time.time()
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(_utc(now - 60))
-        .not_valid_after(_utc(now + 30 * 86400))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    name = x509.Name.from_rfc4514_string("CN=Upstream Root,O=corp")
+    return make_root(key, common_name=name, not_before=now - 60, not_after=now + 30 * 86400)
 
 
 def test_cli_refuses_a_server_without_the_admin_name(remote: RemoteAdmin) -> None:
