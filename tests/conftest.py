@@ -7,6 +7,8 @@ own key prefix, so nothing is ever flushed.
 from __future__ import annotations
 
 import compileall
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,3 +41,17 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     """A three-node Redis Cluster on free ports, stopped at the end of the session."""
     with RedisCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A short directory every uid can enter, removed afterwards.
+
+    Unix socket paths are limited to 108 bytes, and pytest's own tmp dirs are long and 0700.
+    """
+    path = Path(tempfile.mkdtemp(prefix="authd-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -4,11 +4,13 @@ Two ways a port "that was free a moment ago" goes wrong, both seen in CI: the ke
 ``bind(0)`` hands the same port to two callers in a row, and an outgoing connection takes the
 port as its ephemeral source port before the process meant for it binds. So ports come from a
 band just below the kernel's ephemeral range (never a source port) and this process never
-hands one out twice.
+hands one out twice. Under pytest-xdist each worker draws from its own slice of the band, so
+two workers never pick the same port.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
@@ -47,6 +49,11 @@ def free_port(*, below: int = 65535) -> int:
     """
     high = min(_ephemeral_low() - 1, below)
     low = max(1024, high - _BAND)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+        size = (high - low) // workers
+        low, high = low + worker * size, low + (worker + 1) * size - 1
     with _lock:
         for _ in range(1000):
             port = random.randint(low, high)

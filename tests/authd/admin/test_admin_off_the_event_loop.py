@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import http.client
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -103,14 +101,6 @@ def wait_until(what: str, probe: Callable[[], bool], timeout: float = 30.0) -> N
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {timeout:.0f}s waiting for {what}")
         time.sleep(0.02)
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="authd-loop-"))  # short: Unix socket paths
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -13,12 +13,10 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
@@ -76,17 +74,6 @@ def run(
 ) -> T:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(coro)
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory every uid can enter (pytest's own tmp dirs may be 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="authd-peercred-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -237,9 +224,9 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_in_process_caller_is_reported_with_its_pid_uid_gid(shared_dir: Path, loop: str) -> None:
+def test_in_process_caller_is_reported_with_its_pid_uid_gid(workdir: Path, loop: str) -> None:
     async def scenario() -> None:
-        async with serving(shared_dir) as (gateway, servicer):
+        async with serving(workdir) as (gateway, servicer):
             await check(f"unix:{gateway.public_path}", "me")
         ((_, peer, creds),) = servicer.calls
         assert creds == PeerCredentials(
@@ -251,10 +238,10 @@ def test_in_process_caller_is_reported_with_its_pid_uid_gid(shared_dir: Path, lo
 
 
 @needs_root
-def test_caller_of_another_uid_is_reported_as_that_uid(shared_dir: Path) -> None:
+def test_caller_of_another_uid_is_reported_as_that_uid(workdir: Path) -> None:
     async def scenario() -> None:
-        async with serving(shared_dir, public_mode=0o666) as (_, servicer):
-            proc, pid = await start_client(shared_dir, "nobody", 3, NOBODY)
+        async with serving(workdir, public_mode=0o666) as (_, servicer):
+            proc, pid = await start_client(workdir, "nobody", 3, NOBODY)
             started = start_time_of(pid)
             await finish_client(proc)
         creds = servicer.by_label("nobody")
@@ -264,14 +251,14 @@ def test_caller_of_another_uid_is_reported_as_that_uid(shared_dir: Path) -> None
 
 
 @needs_root
-def test_concurrent_connections_of_different_uids_each_see_their_own(shared_dir: Path) -> None:
+def test_concurrent_connections_of_different_uids_each_see_their_own(workdir: Path) -> None:
     calls = 60
 
     async def scenario() -> None:
-        async with serving(shared_dir, public_mode=0o666) as (gateway, servicer):
-            nobody, nobody_pid = await start_client(shared_dir, "nobody", calls, NOBODY)
+        async with serving(workdir, public_mode=0o666) as (gateway, servicer):
+            nobody, nobody_pid = await start_client(workdir, "nobody", calls, NOBODY)
             try:
-                root, root_pid = await start_client(shared_dir, "root", calls, 0)
+                root, root_pid = await start_client(workdir, "root", calls, 0)
                 started = {pid: start_time_of(pid) for pid in (nobody_pid, root_pid)}
             except BaseException:
                 await stop(nobody)
@@ -309,7 +296,7 @@ def test_concurrent_connections_of_different_uids_each_see_their_own(shared_dir:
 
 
 @needs_root
-def test_other_uid_cannot_reach_the_internal_socket(shared_dir: Path) -> None:
+def test_other_uid_cannot_reach_the_internal_socket(workdir: Path) -> None:
     probe = textwrap.dedent(
         """
         import os, socket, sys
@@ -325,14 +312,14 @@ def test_other_uid_cannot_reach_the_internal_socket(shared_dir: Path) -> None:
     )
 
     async def scenario() -> None:
-        async with serving(shared_dir, public_mode=0o666) as (gateway, _):
+        async with serving(workdir, public_mode=0o666) as (gateway, _):
             assert stat.S_IMODE(os.stat(gateway.private_dir).st_mode) == 0o700
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-c",
                 probe,
                 str(gateway.internal_path),
-                cwd=shared_dir,
+                cwd=workdir,
                 stdout=asyncio.subprocess.PIPE,
             )
             out, _ = await proc.communicate()
@@ -341,9 +328,9 @@ def test_other_uid_cannot_reach_the_internal_socket(shared_dir: Path) -> None:
     run(scenario())
 
 
-def test_mapping_is_removed_when_the_connection_closes(shared_dir: Path) -> None:
+def test_mapping_is_removed_when_the_connection_closes(workdir: Path) -> None:
     async def scenario() -> None:
-        async with serving(shared_dir) as (gateway, servicer):
+        async with serving(workdir) as (gateway, servicer):
             async with grpc.aio.insecure_channel(
                 f"unix:{gateway.public_path}", options=OWN_CONNECTION
             ) as channel:
@@ -358,9 +345,9 @@ def test_mapping_is_removed_when_the_connection_closes(shared_dir: Path) -> None
     run(scenario())
 
 
-def test_each_connection_gets_a_new_peer_path(shared_dir: Path) -> None:
+def test_each_connection_gets_a_new_peer_path(workdir: Path) -> None:
     async def scenario() -> None:
-        async with serving(shared_dir) as (gateway, servicer):
+        async with serving(workdir) as (gateway, servicer):
             for _ in range(3):
                 await check(f"unix:{gateway.public_path}", "again")
         assert len({peer for _, peer, _ in servicer.calls}) == 3
@@ -368,9 +355,9 @@ def test_each_connection_gets_a_new_peer_path(shared_dir: Path) -> None:
     run(scenario())
 
 
-def test_calls_not_made_through_the_gateway_are_unknown(shared_dir: Path) -> None:
+def test_calls_not_made_through_the_gateway_are_unknown(workdir: Path) -> None:
     async def scenario() -> None:
-        async with serving(shared_dir) as (gateway, servicer):
+        async with serving(workdir) as (gateway, servicer):
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await check(gateway.internal_address, "direct")
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -402,7 +389,7 @@ def test_a_malformed_stat_is_refused(raw: bytes) -> None:
 
 
 def test_start_time_is_recorded_for_a_caller_whose_name_has_spaces_and_parentheses(
-    shared_dir: Path,
+    workdir: Path,
 ) -> None:
     odd_name = "x) R 1 (y z"
     renamed = textwrap.dedent(
@@ -421,7 +408,7 @@ def test_start_time_is_recorded_for_a_caller_whose_name_has_spaces_and_parenthes
     )
 
     async def scenario() -> None:
-        async with serving(shared_dir) as (gateway, servicer):
+        async with serving(workdir) as (gateway, servicer):
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-c",
@@ -449,8 +436,8 @@ CONNECT_AND_EXIT = "import socket, sys; socket.socket(socket.AF_UNIX).connect(sy
 
 
 @pytest.fixture
-def listener(shared_dir: Path) -> Iterator[tuple[socket.socket, str]]:
-    path = str(shared_dir / "listen.sock")
+def listener(workdir: Path) -> Iterator[tuple[socket.socket, str]]:
+    path = str(workdir / "listen.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.bind(path)
         sock.listen()
@@ -492,9 +479,9 @@ def test_pid_reused_before_accept_is_not_taken_for_the_caller(
 # -- the public socket -------------------------------------------------------------------
 
 
-def test_public_socket_mode_is_applied_and_removed_on_close(shared_dir: Path) -> None:
+def test_public_socket_mode_is_applied_and_removed_on_close(workdir: Path) -> None:
     async def scenario() -> None:
-        async with serving(shared_dir, public_mode=0o666) as (gateway, _):
+        async with serving(workdir, public_mode=0o666) as (gateway, _):
             st = os.stat(gateway.public_path)
             assert stat.S_ISSOCK(st.st_mode)
             assert stat.S_IMODE(st.st_mode) == 0o666
@@ -503,23 +490,23 @@ def test_public_socket_mode_is_applied_and_removed_on_close(shared_dir: Path) ->
     run(scenario())
 
 
-def test_stale_public_socket_is_replaced(shared_dir: Path) -> None:
-    path = shared_dir / "public.sock"
+def test_stale_public_socket_is_replaced(workdir: Path) -> None:
+    path = workdir / "public.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
         dead.bind(str(path))  # left behind by a process that died
 
     async def scenario() -> None:
-        async with serving(shared_dir) as (gateway, servicer):
+        async with serving(workdir) as (gateway, servicer):
             await check(f"unix:{gateway.public_path}", "after-stale")
         assert servicer.by_label("after-stale")[0] is not None
 
     run(scenario())
 
 
-def test_live_public_socket_is_not_taken_over(shared_dir: Path) -> None:
+def test_live_public_socket_is_not_taken_over(workdir: Path) -> None:
     async def scenario() -> None:
-        async with serving(shared_dir) as (gateway, servicer):
-            second = PeerCredGateway(gateway.public_path, shared_dir / "private2")
+        async with serving(workdir) as (gateway, servicer):
+            second = PeerCredGateway(gateway.public_path, workdir / "private2")
             with pytest.raises(GatewayError) as info:
                 await second.start()
             assert (
@@ -532,23 +519,23 @@ def test_live_public_socket_is_not_taken_over(shared_dir: Path) -> None:
     run(scenario())
 
 
-def test_public_path_that_is_not_a_socket_is_left_alone(shared_dir: Path) -> None:
-    path = shared_dir / "public.sock"
+def test_public_path_that_is_not_a_socket_is_left_alone(workdir: Path) -> None:
+    path = workdir / "public.sock"
     path.write_text("precious")
-    gateway = PeerCredGateway(path, shared_dir / "private")
+    gateway = PeerCredGateway(path, workdir / "private")
     with pytest.raises(GatewayError, match="exists and is not a socket"):
         run(gateway.start())
     assert path.read_text() == "precious"
 
 
-def test_private_dir_open_to_others_is_refused(shared_dir: Path) -> None:
-    private = shared_dir / "private"
+def test_private_dir_open_to_others_is_refused(workdir: Path) -> None:
+    private = workdir / "private"
     private.mkdir(mode=0o755)
     private.chmod(0o755)
-    gateway = PeerCredGateway(shared_dir / "public.sock", private)
+    gateway = PeerCredGateway(workdir / "public.sock", private)
     with pytest.raises(GatewayError, match="mode 0700"):
         run(gateway.start())
-    assert not (shared_dir / "public.sock").exists()
+    assert not (workdir / "public.sock").exists()
 
 
 def test_too_long_paths_are_refused_up_front() -> None:
@@ -590,11 +577,11 @@ def only_this_task_left() -> bool:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_large_transfer_with_half_close_round_trips(shared_dir: Path, loop: str) -> None:
+def test_large_transfer_with_half_close_round_trips(workdir: Path, loop: str) -> None:
     payload = os.urandom(8 * 1024 * 1024)
 
     async def scenario() -> None:
-        async with gateway_to(shared_dir, echo) as gateway:
+        async with gateway_to(workdir, echo) as gateway:
             reader, writer = await asyncio.open_unix_connection(str(gateway.public_path))
 
             async def send() -> None:
@@ -613,7 +600,7 @@ def test_large_transfer_with_half_close_round_trips(shared_dir: Path, loop: str)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_a_slow_reader_pushes_back_instead_of_filling_memory(shared_dir: Path, loop: str) -> None:
+def test_a_slow_reader_pushes_back_instead_of_filling_memory(workdir: Path, loop: str) -> None:
     total = 32 * 1024 * 1024
     release = asyncio.Event()
     received = 0
@@ -628,7 +615,7 @@ def test_a_slow_reader_pushes_back_instead_of_filling_memory(shared_dir: Path, l
     async def scenario() -> None:
         nonlocal release
         release = asyncio.Event()
-        async with gateway_to(shared_dir, slow_sink) as gateway:
+        async with gateway_to(workdir, slow_sink) as gateway:
             _, writer = await asyncio.open_unix_connection(str(gateway.public_path))
             chunk = b"x" * 65536
             sent = 0
@@ -655,9 +642,9 @@ def test_a_slow_reader_pushes_back_instead_of_filling_memory(shared_dir: Path, l
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_abrupt_client_close_ends_the_connection(shared_dir: Path, loop: str) -> None:
+def test_abrupt_client_close_ends_the_connection(workdir: Path, loop: str) -> None:
     async def scenario() -> None:
-        async with gateway_to(shared_dir, echo) as gateway:
+        async with gateway_to(workdir, echo) as gateway:
             client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             client.connect(str(gateway.public_path))
             client.sendall(b"unread echo will be pending" * 1000)
@@ -671,9 +658,9 @@ def test_abrupt_client_close_ends_the_connection(shared_dir: Path, loop: str) ->
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_close_drops_open_connections_without_leaking_tasks(shared_dir: Path, loop: str) -> None:
+def test_close_drops_open_connections_without_leaking_tasks(workdir: Path, loop: str) -> None:
     async def scenario() -> None:
-        async with gateway_to(shared_dir, echo) as gateway:
+        async with gateway_to(workdir, echo) as gateway:
             reader, writer = await asyncio.open_unix_connection(str(gateway.public_path))
             writer.write(b"ping")
             assert await reader.readexactly(4) == b"ping"
@@ -688,10 +675,10 @@ def test_close_drops_open_connections_without_leaking_tasks(shared_dir: Path, lo
 
 
 def test_connection_is_closed_when_the_internal_server_is_down(
-    shared_dir: Path, caplog: pytest.LogCaptureFixture
+    workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> None:
-        gateway = PeerCredGateway(shared_dir / "public.sock", shared_dir / "private")
+        gateway = PeerCredGateway(workdir / "public.sock", workdir / "private")
         async with gateway:
             reader, writer = await asyncio.open_unix_connection(str(gateway.public_path))
             assert await asyncio.wait_for(reader.read(), 5) == b""
@@ -723,12 +710,12 @@ async def raw_connection(path: Path) -> socket.socket:
     return sock
 
 
-def test_connections_beyond_max_connections_are_closed_and_counted(shared_dir: Path) -> None:
+def test_connections_beyond_max_connections_are_closed_and_counted(workdir: Path) -> None:
     refusals: list[str] = []
 
     async def scenario() -> None:
         limits = ListenerLimits(max_connections=2)
-        async with serving(shared_dir, limits=limits, on_refusal=refusals.append) as (
+        async with serving(workdir, limits=limits, on_refusal=refusals.append) as (
             gateway,
             servicer,
         ):
@@ -757,13 +744,13 @@ def test_connections_beyond_max_connections_are_closed_and_counted(shared_dir: P
 
 
 def test_connection_that_moves_no_byte_for_idle_timeout_is_closed_and_counted(
-    shared_dir: Path,
+    workdir: Path,
 ) -> None:
     refusals: list[str] = []
 
     async def scenario() -> None:
         limits = ListenerLimits(idle_timeout=0.5)
-        async with serving(shared_dir, limits=limits, on_refusal=refusals.append) as (
+        async with serving(workdir, limits=limits, on_refusal=refusals.append) as (
             gateway,
             _,
         ):

@@ -23,7 +23,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
@@ -99,17 +98,6 @@ async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> No
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory every uid can enter (pytest's own tmp dirs may be 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="authd-attest-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -272,9 +260,9 @@ async def client(
 # -- what a caller is attested as -----------------------------------------------------------
 
 
-def test_root_caller_is_attested_as_root_running_its_binary(shared_dir: Path) -> None:
+def test_root_caller_is_attested_as_root_running_its_binary(workdir: Path) -> None:
     async def scenario() -> None:
-        async with serving(shared_dir) as servicer, client(shared_dir, "root") as root:
+        async with serving(workdir) as servicer, client(workdir, "root") as root:
             assert await root.call() == "ok"
             outcome = servicer.last("root")
         assert outcome.creds.pid == root.pid
@@ -291,16 +279,16 @@ def test_root_caller_is_attested_as_root_running_its_binary(shared_dir: Path) ->
 
 
 def test_caller_of_another_uid_gets_its_ids_and_supplementary_groups_never_roots(
-    shared_dir: Path,
+    workdir: Path,
 ) -> None:
     daemon_gid, bin_gid = grp.getgrnam("daemon").gr_gid, grp.getgrnam("bin").gr_gid
     nobody_group = grp.getgrgid(NOBODY).gr_name
 
     async def scenario() -> None:
         async with (
-            serving(shared_dir) as servicer,
+            serving(workdir) as servicer,
             client(
-                shared_dir,
+                workdir,
                 "nobody",
                 uid=NOBODY,
                 gid=NOBODY,
@@ -327,7 +315,7 @@ def test_caller_of_another_uid_gets_its_ids_and_supplementary_groups_never_roots
     run(scenario())
 
 
-def test_ids_without_passwd_or_group_entries_get_no_name_selectors(shared_dir: Path) -> None:
+def test_ids_without_passwd_or_group_entries_get_no_name_selectors(workdir: Path) -> None:
     with pytest.raises(KeyError):
         pwd.getpwuid(NO_SUCH_ID)
     with pytest.raises(KeyError):
@@ -335,8 +323,8 @@ def test_ids_without_passwd_or_group_entries_get_no_name_selectors(shared_dir: P
 
     async def scenario() -> None:
         async with (
-            serving(shared_dir) as servicer,
-            client(shared_dir, "anon", uid=NO_SUCH_ID, gid=NO_SUCH_ID, groups=[NO_SUCH_ID]) as anon,
+            serving(workdir) as servicer,
+            client(workdir, "anon", uid=NO_SUCH_ID, gid=NO_SUCH_ID, groups=[NO_SUCH_ID]) as anon,
         ):
             assert await anon.call() == "ok"
         assert servicer.last("anon").selectors == unix(
@@ -351,7 +339,7 @@ def test_ids_without_passwd_or_group_entries_get_no_name_selectors(shared_dir: P
 
 
 def test_concurrent_callers_of_different_uids_always_get_their_own_selectors(
-    shared_dir: Path,
+    workdir: Path,
 ) -> None:
     calls = 150
     daemon_gid = grp.getgrnam("daemon").gr_gid
@@ -372,9 +360,9 @@ def test_concurrent_callers_of_different_uids_always_get_their_own_selectors(
 
     async def scenario() -> None:
         async with (
-            serving(shared_dir) as servicer,
-            client(shared_dir, "root") as root,
-            client(shared_dir, "nobody", uid=NOBODY, gid=NOBODY, groups=[daemon_gid]) as nobody,
+            serving(workdir) as servicer,
+            client(workdir, "root") as root,
+            client(workdir, "nobody", uid=NOBODY, gid=NOBODY, groups=[daemon_gid]) as nobody,
         ):
             assert await asyncio.gather(root.call(calls), nobody.call(calls)) == ["ok", "ok"]
             pids = {"root": root.pid, "nobody": nobody.pid}
@@ -487,12 +475,12 @@ def exit_connector(connector: subprocess.Popen[bytes]) -> None:
 
 
 def test_connection_held_by_another_process_is_refused_once_its_maker_exits(
-    shared_dir: Path,
+    workdir: Path,
 ) -> None:
     async def scenario() -> None:
         async with (
-            serving(shared_dir) as servicer,
-            passed_on_connection(shared_dir, NOBODY) as (connector, target),
+            serving(workdir) as servicer,
+            passed_on_connection(workdir, NOBODY) as (connector, target),
             grpc.aio.insecure_channel(target, options=OWN_CONNECTION) as channel,
         ):
             # While its maker lives, the connection is the maker's, whoever holds it.
@@ -514,14 +502,14 @@ def test_connection_held_by_another_process_is_refused_once_its_maker_exits(
     run(scenario())
 
 
-def test_connection_of_an_exited_but_unreaped_caller_is_refused(shared_dir: Path) -> None:
+def test_connection_of_an_exited_but_unreaped_caller_is_refused(workdir: Path) -> None:
     def is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0] == b"Z"
 
     async def scenario() -> None:
         async with (
-            serving(shared_dir) as servicer,
-            passed_on_connection(shared_dir, NOBODY) as (connector, target),
+            serving(workdir) as servicer,
+            passed_on_connection(workdir, NOBODY) as (connector, target),
             grpc.aio.insecure_channel(target, options=OWN_CONNECTION) as channel,
         ):
             assert await health_check(channel, "alive") == grpc.StatusCode.OK
@@ -535,11 +523,11 @@ def test_connection_of_an_exited_but_unreaped_caller_is_refused(shared_dir: Path
     run(scenario())
 
 
-def test_pid_reused_by_a_root_process_is_not_attested_as_the_caller(shared_dir: Path) -> None:
+def test_pid_reused_by_a_root_process_is_not_attested_as_the_caller(workdir: Path) -> None:
     async def scenario() -> None:
         async with (
-            serving(shared_dir) as servicer,
-            passed_on_connection(shared_dir, NOBODY) as (connector, target),
+            serving(workdir) as servicer,
+            passed_on_connection(workdir, NOBODY) as (connector, target),
             grpc.aio.insecure_channel(target, options=OWN_CONNECTION) as channel,
         ):
             assert await health_check(channel, "alive") == grpc.StatusCode.OK
@@ -598,9 +586,9 @@ def test_unknown_start_time_or_invisible_pid_is_refused() -> None:
         attest(dataclasses.replace(creds, pid=0))
 
 
-def test_caller_that_changed_its_ids_after_connecting_is_refused(shared_dir: Path) -> None:
+def test_caller_that_changed_its_ids_after_connecting_is_refused(workdir: Path) -> None:
     async def scenario() -> None:
-        async with serving(shared_dir) as servicer, client(shared_dir, "switch") as switch:
+        async with serving(workdir) as servicer, client(workdir, "switch") as switch:
             assert await switch.call() == "ok"
             assert await switch.command(f"drop {NOBODY}") == "ok"
             assert await switch.call() == "error PERMISSION_DENIED"
@@ -633,9 +621,9 @@ def test_executable_above_the_size_bound_gets_no_sha256(
 
 
 @pytest.fixture
-def python_copy(shared_dir: Path) -> Path:
+def python_copy(workdir: Path) -> Path:
     """This interpreter's binary copied to a file the test may delete or replace."""
-    bin_dir = shared_dir / "bin"
+    bin_dir = workdir / "bin"
     bin_dir.mkdir(mode=0o755)
     copy = bin_dir / "python-copy"
     shutil.copy2(PYTHON, copy)
@@ -643,12 +631,12 @@ def python_copy(shared_dir: Path) -> Path:
 
 
 def test_deleted_binary_gets_no_path_but_the_hash_of_the_running_inode(
-    shared_dir: Path, python_copy: Path
+    workdir: Path, python_copy: Path
 ) -> None:
     async def scenario() -> None:
         async with (
-            serving(shared_dir) as servicer,
-            client(shared_dir, "copy", executable=str(python_copy)) as copy,
+            serving(workdir) as servicer,
+            client(workdir, "copy", executable=str(python_copy)) as copy,
         ):
             assert await copy.call() == "ok"
             python_copy.unlink()
@@ -665,7 +653,7 @@ def test_deleted_binary_gets_no_path_but_the_hash_of_the_running_inode(
 
 
 def test_binary_replaced_on_disk_gets_no_path_and_keeps_its_running_hash(
-    shared_dir: Path, python_copy: Path
+    workdir: Path, python_copy: Path
 ) -> None:
     replacement = python_copy.with_name("replacement")
     shutil.copy2("/bin/sleep", replacement)
@@ -673,8 +661,8 @@ def test_binary_replaced_on_disk_gets_no_path_and_keeps_its_running_hash(
 
     async def scenario() -> None:
         async with (
-            serving(shared_dir) as servicer,
-            client(shared_dir, "copy", executable=str(python_copy)) as copy,
+            serving(workdir) as servicer,
+            client(workdir, "copy", executable=str(python_copy)) as copy,
         ):
             assert await copy.call() == "ok"
             os.replace(replacement, python_copy)  # how packages upgrade a binary
@@ -694,12 +682,12 @@ def test_binary_replaced_on_disk_gets_no_path_and_keeps_its_running_hash(
 
 
 def test_binary_whose_path_now_names_another_file_gets_no_path(
-    shared_dir: Path, python_copy: Path
+    workdir: Path, python_copy: Path
 ) -> None:
     async def scenario() -> None:
         async with (
-            serving(shared_dir) as servicer,
-            client(shared_dir, "copy", executable=str(python_copy)) as copy,
+            serving(workdir) as servicer,
+            client(workdir, "copy", executable=str(python_copy)) as copy,
         ):
             assert await copy.call() == "ok"
             # Mount over the binary's directory and put another file at its path: the running
@@ -719,14 +707,14 @@ def test_binary_whose_path_now_names_another_file_gets_no_path(
     run(scenario())
 
 
-def test_binary_really_named_deleted_keeps_its_path(shared_dir: Path, python_copy: Path) -> None:
+def test_binary_really_named_deleted_keeps_its_path(workdir: Path, python_copy: Path) -> None:
     odd = python_copy.with_name("python (deleted)")
     python_copy.rename(odd)
 
     async def scenario() -> None:
         async with (
-            serving(shared_dir) as servicer,
-            client(shared_dir, "odd", executable=str(odd)) as odd_client,
+            serving(workdir) as servicer,
+            client(workdir, "odd", executable=str(odd)) as odd_client,
         ):
             assert await odd_client.call() == "ok"
         selectors = servicer.last("odd").selectors

@@ -70,9 +70,9 @@ def no_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 # --- what each name gives -------------------------------------------------------------------
 
 
-def test_default_is_the_callers_svid_leaf_first_with_its_key(short_dir: Path) -> None:
+def test_default_is_the_callers_svid_leaf_first_with_its_key(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB)
             async with w.channel() as channel:
                 envoy = EnvoyStream(channel)
@@ -95,9 +95,9 @@ def test_default_is_the_callers_svid_leaf_first_with_its_key(short_dir: Path) ->
     run(scenario())
 
 
-def test_default_is_the_oldest_entry_and_a_spiffe_id_names_its_own(short_dir: Path) -> None:
+def test_default_is_the_oldest_entry_and_a_spiffe_id_names_its_own(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB)
             w.add_entry(ORDERS)
             async with w.channel() as channel:
@@ -112,9 +112,9 @@ def test_default_is_the_oldest_entry_and_a_spiffe_id_names_its_own(short_dir: Pa
     run(scenario())
 
 
-def test_rootca_and_the_trust_domain_id_are_the_bundle(short_dir: Path) -> None:
+def test_rootca_and_the_trust_domain_id_are_the_bundle(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB)
             async with w.channel() as channel:
                 envoy = EnvoyStream(channel)
@@ -129,9 +129,9 @@ def test_rootca_and_the_trust_domain_id_are_the_bundle(short_dir: Path) -> None:
     run(scenario())
 
 
-def test_all_is_envoys_spiffe_validator_with_the_trust_domains_bundle(short_dir: Path) -> None:
+def test_all_is_envoys_spiffe_validator_with_the_trust_domains_bundle(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB)
             async with w.channel() as channel:
                 envoy = EnvoyStream(channel)
@@ -151,10 +151,10 @@ def test_all_is_envoys_spiffe_validator_with_the_trust_domains_bundle(short_dir:
 
 
 def test_unknown_names_and_other_workloads_ids_are_left_out(
-    short_dir: Path, caplog: pytest.LogCaptureFixture
+    workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB)
             w.add_entry(ORDERS, uid=SOMEONE_ELSE)
             async with w.channel() as channel:
@@ -173,9 +173,9 @@ def test_unknown_names_and_other_workloads_ids_are_left_out(
 # --- who may ask ----------------------------------------------------------------------------
 
 
-def test_a_caller_the_gateway_did_not_attest_is_denied(short_dir: Path) -> None:
+def test_a_caller_the_gateway_did_not_attest_is_denied(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB)
             # Straight to the internal socket, past the gateway: no credentials recorded.
             async with w.channel(w.gateway.internal_address) as channel:
@@ -191,9 +191,9 @@ def test_a_caller_the_gateway_did_not_attest_is_denied(short_dir: Path) -> None:
     run(scenario())
 
 
-def test_a_caller_without_an_entry_gets_no_certificate_but_the_bundle(short_dir: Path) -> None:
+def test_a_caller_without_an_entry_gets_no_certificate_but_the_bundle(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB, uid=SOMEONE_ELSE)
             async with w.channel() as channel:
                 stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
@@ -210,12 +210,12 @@ def test_a_caller_without_an_entry_gets_no_certificate_but_the_bundle(short_dir:
     run(scenario())
 
 
-def test_a_caller_that_cannot_be_attested_is_denied(short_dir: Path) -> None:
+def test_a_caller_that_cannot_be_attested_is_denied(workdir: Path) -> None:
     def gone(creds: PeerCredentials) -> frozenset[Selector]:
         raise AttestationError(f"caller process {creds.pid} has exited or been replaced")
 
     async def scenario() -> None:
-        async with world(short_dir, attest=gone) as w:
+        async with world(workdir, attest=gone) as w:
             w.add_entry(WEB)
             async with w.channel() as channel:
                 envoy = EnvoyStream(channel)
@@ -230,9 +230,9 @@ def test_a_caller_that_cannot_be_attested_is_denied(short_dir: Path) -> None:
     run(scenario())
 
 
-def test_a_caller_whose_entry_is_deleted_mid_stream_is_cut_off(short_dir: Path) -> None:
+def test_a_caller_whose_entry_is_deleted_mid_stream_is_cut_off(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             entry = w.add_entry(WEB)
             async with w.channel() as channel:
                 envoy = EnvoyStream(channel)
@@ -245,9 +245,9 @@ def test_a_caller_whose_entry_is_deleted_mid_stream_is_cut_off(short_dir: Path) 
     run(scenario())
 
 
-def test_a_request_for_another_type_is_invalid(short_dir: Path) -> None:
+def test_a_request_for_another_type_is_invalid(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB)
             cluster = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
             async with w.channel() as channel:
@@ -261,9 +261,9 @@ def test_a_request_for_another_type_is_invalid(short_dir: Path) -> None:
 # --- the xDS conversation ---------------------------------------------------------------
 
 
-def test_an_ack_is_not_answered(short_dir: Path) -> None:
+def test_an_ack_is_not_answered(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB)
             async with w.channel() as channel:
                 envoy = EnvoyStream(channel)
@@ -282,10 +282,10 @@ def test_an_ack_is_not_answered(short_dir: Path) -> None:
 
 
 def test_a_changed_name_list_is_answered_at_once_even_when_nothing_else_changed(
-    short_dir: Path,
+    workdir: Path,
 ) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB)
             w.add_entry(ORDERS)
             async with w.channel() as channel:
@@ -305,10 +305,10 @@ def test_a_changed_name_list_is_answered_at_once_even_when_nothing_else_changed(
 
 
 def test_a_nack_is_logged_and_not_answered_until_something_changes(
-    short_dir: Path, caplog: pytest.LogCaptureFixture
+    workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB)
             async with w.channel() as channel:
                 envoy = EnvoyStream(channel)
@@ -370,9 +370,9 @@ def test_the_version_is_not_derived_from_the_private_key() -> None:
 # --- pushes ---------------------------------------------------------------------------------
 
 
-def test_a_rotated_svid_is_pushed_on_the_open_stream(short_dir: Path) -> None:
+def test_a_rotated_svid_is_pushed_on_the_open_stream(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB)
             async with w.channel() as channel:
                 envoy = EnvoyStream(channel)
@@ -394,9 +394,9 @@ def test_a_rotated_svid_is_pushed_on_the_open_stream(short_dir: Path) -> None:
     run(scenario())
 
 
-def test_a_new_authority_is_pushed_as_a_bundle_of_two(short_dir: Path) -> None:
+def test_a_new_authority_is_pushed_as_a_bundle_of_two(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB)
             async with w.channel() as channel:
                 envoy = EnvoyStream(channel)
@@ -420,9 +420,9 @@ def test_a_new_authority_is_pushed_as_a_bundle_of_two(short_dir: Path) -> None:
     run(scenario())
 
 
-def test_a_change_that_leaves_a_streams_secrets_alone_is_not_pushed(short_dir: Path) -> None:
+def test_a_change_that_leaves_a_streams_secrets_alone_is_not_pushed(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             entry = w.add_entry(WEB)
             w.provider.x509_svid(entry)
             async with w.channel() as channel:
@@ -443,9 +443,9 @@ def test_a_change_that_leaves_a_streams_secrets_alone_is_not_pushed(short_dir: P
     run(scenario())
 
 
-def test_streams_of_one_envoy_each_get_their_own_pushes(short_dir: Path) -> None:
+def test_streams_of_one_envoy_each_get_their_own_pushes(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB)
             async with w.channel() as channel:
                 certificate, bundle = EnvoyStream(channel), EnvoyStream(channel)
@@ -485,9 +485,9 @@ def test_streams_of_one_envoy_each_get_their_own_pushes(short_dir: Path) -> None
     run(scenario())
 
 
-def test_fetch_secrets_answers_once_with_what_the_stream_has(short_dir: Path) -> None:
+def test_fetch_secrets_answers_once_with_what_the_stream_has(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB)
             async with w.channel() as channel:
                 envoy = EnvoyStream(channel)
@@ -506,9 +506,9 @@ def test_fetch_secrets_answers_once_with_what_the_stream_has(short_dir: Path) ->
 # --- endings --------------------------------------------------------------------------------
 
 
-def test_a_cancelled_stream_ends_cleanly(short_dir: Path) -> None:
+def test_a_cancelled_stream_ends_cleanly(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB)
             async with w.channel() as channel:
                 envoy = EnvoyStream(channel)
@@ -524,9 +524,9 @@ def test_a_cancelled_stream_ends_cleanly(short_dir: Path) -> None:
     run(scenario())
 
 
-def test_closing_the_service_ends_open_streams_with_ok(short_dir: Path) -> None:
+def test_closing_the_service_ends_open_streams_with_ok(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB)
             async with w.channel() as channel:
                 streams = [EnvoyStream(channel) for _ in range(3)]

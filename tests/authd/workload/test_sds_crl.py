@@ -88,10 +88,10 @@ def revoke_serial(w: World, serial: int, reason: str = "key-compromise") -> None
 
 
 def test_rootca_carries_a_crl_signed_by_the_authority_listing_a_revoked_serial(
-    short_dir: Path,
+    workdir: Path,
 ) -> None:
     async def scenario() -> None:
-        async with world(short_dir, crl_refresh=CRL_REFRESH) as w:
+        async with world(workdir, crl_refresh=CRL_REFRESH) as w:
             entry = w.add_entry(WEB)
             revoked = w.provider.x509_svid(entry).chain[0].serial_number
             revoke_serial(w, revoked)
@@ -120,9 +120,9 @@ def test_rootca_carries_a_crl_signed_by_the_authority_listing_a_revoked_serial(
     run(scenario())
 
 
-def test_each_live_authority_has_its_own_crl_listing_what_it_issued(short_dir: Path) -> None:
+def test_each_live_authority_has_its_own_crl_listing_what_it_issued(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir, crl_refresh=CRL_REFRESH) as w:
+        async with world(workdir, crl_refresh=CRL_REFRESH) as w:
             entry = w.add_entry(WEB)
             old_serial = w.provider.x509_svid(entry).chain[0].serial_number
             w.ca.prepare_authority("x509")
@@ -149,10 +149,10 @@ def test_each_live_authority_has_its_own_crl_listing_what_it_issued(short_dir: P
 
 
 def test_all_carries_no_crl_because_envoys_spiffe_validator_ignores_it(
-    short_dir: Path,
+    workdir: Path,
 ) -> None:
     async def scenario() -> None:
-        async with world(short_dir, crl_refresh=CRL_REFRESH) as w:
+        async with world(workdir, crl_refresh=CRL_REFRESH) as w:
             entry = w.add_entry(WEB)
             revoke_serial(w, w.provider.x509_svid(entry).chain[0].serial_number)
             async with w.channel() as channel:
@@ -166,9 +166,9 @@ def test_all_carries_no_crl_because_envoys_spiffe_validator_ignores_it(
     run(scenario())
 
 
-def test_without_a_revocation_list_rootca_has_no_crl(short_dir: Path) -> None:
+def test_without_a_revocation_list_rootca_has_no_crl(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir) as w:
+        async with world(workdir) as w:
             w.add_entry(WEB)
             async with w.channel() as channel:
                 envoy = EnvoyStream(channel)
@@ -181,9 +181,9 @@ def test_without_a_revocation_list_rootca_has_no_crl(short_dir: Path) -> None:
     run(scenario())
 
 
-def test_fetch_secrets_carries_the_same_crl_as_the_stream(short_dir: Path) -> None:
+def test_fetch_secrets_carries_the_same_crl_as_the_stream(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir, crl_refresh=CRL_REFRESH) as w:
+        async with world(workdir, crl_refresh=CRL_REFRESH) as w:
             entry = w.add_entry(WEB)
             serial = w.provider.x509_svid(entry).chain[0].serial_number
             revoke_serial(w, serial)
@@ -202,9 +202,9 @@ def test_fetch_secrets_carries_the_same_crl_as_the_stream(short_dir: Path) -> No
 # --- pushes ---------------------------------------------------------------------------------
 
 
-def test_a_revocation_pushes_a_new_validation_context_on_an_open_stream(short_dir: Path) -> None:
+def test_a_revocation_pushes_a_new_validation_context_on_an_open_stream(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir, crl_refresh=CRL_REFRESH) as w:
+        async with world(workdir, crl_refresh=CRL_REFRESH) as w:
             entry = w.add_entry(WEB)
             serial = w.provider.x509_svid(entry).chain[0].serial_number
             async with w.channel() as channel:
@@ -227,9 +227,9 @@ def test_a_revocation_pushes_a_new_validation_context_on_an_open_stream(short_di
     run(scenario())
 
 
-def test_a_revocation_made_on_another_thread_is_pushed(short_dir: Path) -> None:
+def test_a_revocation_made_on_another_thread_is_pushed(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir, crl_refresh=CRL_REFRESH) as w:
+        async with world(workdir, crl_refresh=CRL_REFRESH) as w:
             entry = w.add_entry(WEB)
             serial = w.provider.x509_svid(entry).chain[0].serial_number
             async with w.channel() as channel:
@@ -245,9 +245,9 @@ def test_a_revocation_made_on_another_thread_is_pushed(short_dir: Path) -> None:
     run(scenario())
 
 
-def test_revoking_a_spiffe_id_lists_every_svid_it_holds(short_dir: Path) -> None:
+def test_revoking_a_spiffe_id_lists_every_svid_it_holds(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir, crl_refresh=CRL_REFRESH) as w:
+        async with world(workdir, crl_refresh=CRL_REFRESH) as w:
             entry = w.add_entry(WEB, ttl=600)
             first = w.provider.x509_svid(entry).chain[0].serial_number
             w.clock.advance(400)
@@ -269,9 +269,9 @@ def test_revoking_a_spiffe_id_lists_every_svid_it_holds(short_dir: Path) -> None
     run(scenario())
 
 
-def test_a_crl_change_is_not_pushed_to_a_stream_without_a_trusted_ca(short_dir: Path) -> None:
+def test_a_crl_change_is_not_pushed_to_a_stream_without_a_trusted_ca(workdir: Path) -> None:
     async def scenario() -> None:
-        async with world(short_dir, crl_refresh=CRL_REFRESH) as w:
+        async with world(workdir, crl_refresh=CRL_REFRESH) as w:
             entry = w.add_entry(WEB)
             serial = w.provider.x509_svid(entry).chain[0].serial_number
             async with w.channel() as channel:
@@ -295,11 +295,11 @@ def test_a_crl_change_is_not_pushed_to_a_stream_without_a_trusted_ca(short_dir: 
     run(scenario())
 
 
-def test_the_crl_is_re_signed_and_pushed_before_its_next_update(short_dir: Path) -> None:
+def test_the_crl_is_re_signed_and_pushed_before_its_next_update(workdir: Path) -> None:
     interval = 0.02
 
     async def scenario() -> None:
-        async with world(short_dir, crl_refresh=CRL_REFRESH, crl_check_interval=interval) as w:
+        async with world(workdir, crl_refresh=CRL_REFRESH, crl_check_interval=interval) as w:
             w.add_entry(WEB)
             async with w.channel() as channel:
                 envoy = EnvoyStream(channel)
@@ -335,10 +335,10 @@ def test_the_crl_is_re_signed_and_pushed_before_its_next_update(short_dir: Path)
 
 
 def test_crls_that_cannot_be_built_leave_the_last_good_ones_in_place(
-    short_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    workdir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def scenario() -> None:
-        async with world(short_dir, crl_refresh=CRL_REFRESH) as w:
+        async with world(workdir, crl_refresh=CRL_REFRESH) as w:
             entry = w.add_entry(WEB)
             revoke_serial(w, w.provider.x509_svid(entry).chain[0].serial_number)
             feed = w.service.crls

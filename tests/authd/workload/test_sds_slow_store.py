@@ -57,11 +57,11 @@ def no_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 
 async def answered_while_held(
-    short_dir: Path, gated: str, held_asks: list[str], other_asks: list[str], **options: Any
+    workdir: Path, gated: str, held_asks: list[str], other_asks: list[str], **options: Any
 ) -> tuple[Any, Any]:
     """One stream asks ``held_asks`` (which reaches the gated store method) and is held there;
     another then asks ``other_asks``. Returns both responses, checking the other came first."""
-    async with world(short_dir, store_type=GatedStore, **options) as w:
+    async with world(workdir, store_type=GatedStore, **options) as w:
         store = w.store
         assert isinstance(store, GatedStore)
         w.add_entry(WEB)
@@ -82,15 +82,15 @@ async def answered_while_held(
             return await held_response, other_response
 
 
-def test_a_slow_issuance_log_write_does_not_stall_other_streams(short_dir: Path) -> None:
-    held, other = run(answered_while_held(short_dir, "record_issuances", ["default"], ["ALL"]))
+def test_a_slow_issuance_log_write_does_not_stall_other_streams(workdir: Path) -> None:
+    held, other = run(answered_while_held(workdir, "record_issuances", ["default"], ["ALL"]))
     assert list(secrets(held)) == ["default"]
     assert list(secrets(other)) == ["ALL"]
 
 
-def test_a_slow_crl_build_does_not_stall_other_streams(short_dir: Path) -> None:
+def test_a_slow_crl_build_does_not_stall_other_streams(workdir: Path) -> None:
     held, other = run(
-        answered_while_held(short_dir, "list_revocations", ["ROOTCA"], ["ALL"], crl_refresh=60)
+        answered_while_held(workdir, "list_revocations", ["ROOTCA"], ["ALL"], crl_refresh=60)
     )
     assert secrets(held)["ROOTCA"].validation_context.crl.inline_bytes
     assert list(secrets(other)) == ["ALL"]

@@ -17,10 +17,8 @@ import asyncio
 import json
 import os
 import queue
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -86,11 +84,11 @@ class WorkloadApi:
 
     def __init__(
         self,
-        directory: Path,
+        workdir: Path,
         attest: Callable[[PeerCredentials], frozenset[Selector]] = uid_selectors,
     ) -> None:
         self.clock = FakeClock(start=time.time())
-        data = directory / "data"
+        data = workdir / "data"
         data.mkdir(mode=0o700)
         self.store = SQLiteStore(data / "authd.db")
         self.ca = CertificateAuthority(
@@ -101,9 +99,7 @@ class WorkloadApi:
         )
         self.registry = EntryRegistry(self.store, self.clock)
         self.provider = ObservedProvider(self.ca, self.registry, self.clock)
-        self.gateway = PeerCredGateway(
-            directory / "api.sock", directory / "private", public_mode=0o666
-        )
+        self.gateway = PeerCredGateway(workdir / "api.sock", workdir / "private", public_mode=0o666)
         self.service = WorkloadApiService(
             identities=self.provider, gateway=self.gateway, attest=attest
         )
@@ -223,22 +219,11 @@ def eventually(condition: Callable[[], bool]) -> None:
 
 
 @pytest.fixture
-def directory() -> Iterator[Path]:
-    """A short directory every uid can enter (socket paths are limited to 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="authd-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def make_api(directory: Path) -> Iterator[Callable[..., WorkloadApi]]:
+def make_api(workdir: Path) -> Iterator[Callable[..., WorkloadApi]]:
     made: list[WorkloadApi] = []
 
     def make(**kwargs: Any) -> WorkloadApi:
-        api = WorkloadApi(directory, **kwargs)
+        api = WorkloadApi(workdir, **kwargs)
         made.append(api)
         return api
 
@@ -296,7 +281,7 @@ def leaf_serials(response: workload_pb2.X509SVIDResponse) -> list[int]:
 
 
 def test_x509_svid_is_the_callers_identity_and_verifies_against_the_bundle(
-    api: WorkloadApi, directory: Path, monkeypatch: pytest.MonkeyPatch
+    api: WorkloadApi, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SPIFFE_ENDPOINT_SOCKET", api.socket_url)  # the unix:///abs/path form
     with spiffe.WorkloadApiClient() as client:
@@ -312,7 +297,7 @@ def test_x509_svid_is_the_callers_identity_and_verifies_against_the_bundle(
     assert set(bundle.x509_authorities) == set(api.ca.bundle.x509_authorities)
 
     # An independent verifier: openssl, the leaf against the bundle the API handed out.
-    (leaf_pem, roots_pem) = (directory / "leaf.pem", directory / "roots.pem")
+    (leaf_pem, roots_pem) = (workdir / "leaf.pem", workdir / "roots.pem")
     leaf_pem.write_bytes(
         b"".join(c.public_bytes(serialization.Encoding.PEM) for c in svid.cert_chain)
     )
