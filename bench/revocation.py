@@ -22,7 +22,10 @@ Starts a private ``redis-server`` on a free port and three ``authd run`` replica
    ``RedisStore.add_revocation`` directly (a bench shortcut: no issuance records, no audit),
    and the replicas start again, resynchronising the whole view from Redis; RSS is read
    from ``/proc/PID/status``;
-5. throughput, propagation and bulk follow again, with that view loaded; RSS at the end.
+5. throughput, propagation and bulk follow again, with that view loaded; RSS at the end;
+6. the cost of each ``store.durability`` level (``bench/durability_cost.py``): revocations/s
+   and p99 acknowledgement latency per level, as ratios to ``none`` (what authd did before).
+   ``--durability-only`` runs this table alone.
 
 Targets: propagation p99 ≤ 1 s; the whole daemon ≤ 150 MB RSS with 100,000 revoked serials.
 Everything shares the machine (redis, three daemons, h2load, this script).
@@ -54,6 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
+from bench.durability_cost import measure_all, print_costs  # noqa: E402
 from bench.extauthz import ensure_h2load  # noqa: E402
 from ca.store import RedisStore, Revocation  # noqa: E402
 from tests.support.envoy import Authd, authd_config, start_authd, wait_for  # noqa: E402
@@ -458,21 +462,29 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000, help="h2load -n")
     parser.add_argument("--follow", type=int, default=2_000, help="changes followed live")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    parser.add_argument("--durability-revocations", type=int, default=300, help="per level")
+    parser.add_argument("--durability-only", action="store_true", help="only the cost table")
     args = parser.parse_args()
-    h2load_bin = ensure_h2load()
+    h2load_bin = "" if args.durability_only else ensure_h2load()
     load = os.getloadavg()[0]
     if load > 0.5:
         print(f"note: load average {load:.2f} before starting; other work skews the numbers")
     tmp = Path(tempfile.mkdtemp(prefix="authd-rb-"))
     table = Table()
+    costs = []
     try:
-        run(args, h2load_bin, tmp, table)
+        costs = measure_all(tmp / "durability", args.durability_revocations)
+        if not args.durability_only:
+            run(args, h2load_bin, tmp, table)
     finally:
         if args.keep:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-        table.print()
+        if table.rows:
+            table.print()
+        if costs:
+            print_costs(costs)
         print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 

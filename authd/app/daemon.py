@@ -30,6 +30,7 @@ from authd.app.errors import StartupError
 from authd.app.loop_dispatch import on_loop
 from authd.app.refusals import ListenerRefusals
 from authd.app.replicas import change_feed_position, follow_store
+from authd.app.store_durability import check_store_durability
 from authd.app.workload_listener import start_workload
 from authd.authz.metrics import AuthzMetrics
 from authd.config.model import Config
@@ -80,7 +81,10 @@ class Daemon:
         data_dir = config.data_dir
         prepare_data_dir(data_dir)
         upstream = load_upstream(config)
-        self._store = open_store(config.store_url, data_dir=data_dir)
+        check_store_durability(config)
+        self._store = open_store(
+            config.store_url, data_dir=data_dir, durability=config.store.write_durability
+        )
         start_from = change_feed_position(self._store)
         loop = asyncio.get_running_loop()
         # A scheduled rotation runs on a worker thread; the CA's listeners run on the loop.

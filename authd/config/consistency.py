@@ -9,6 +9,7 @@ from authd.config.durations import format_duration
 from authd.config.errors import ConfigError
 from authd.config.model import Config
 from ca.spiffe_id import SpiffeId
+from ca.store.urls import is_shared
 
 __all__ = ["check_consistency"]
 
@@ -41,6 +42,12 @@ def check_consistency(config: Config, sources: Mapping[str, str]) -> None:
             "ca.upstream_bundle",
             "needs ca.upstream_cert and ca.upstream_key",
             sources.get("ca.upstream_bundle"),
+        )
+    if config.store.durability == "replicas" and not is_shared(config.store.url):
+        raise ConfigError(
+            "store.durability",
+            "'replicas' needs a Redis store.url; SQLite has no replicas",
+            sources.get("store.durability"),
         )
     authz = config.authz
     if authz.policy_engine == "rego" and not authz.rego_files:

@@ -30,6 +30,7 @@ from authd.config.values import (
     parse_trust_domain,
     parse_uids,
 )
+from ca.store.durability import DURABILITY_LEVELS
 
 __all__ = ["ENV_KEYS", "ENV_PREFIX", "PARSERS", "SECTIONS", "env_name", "unknown_key"]
 
@@ -58,6 +59,10 @@ PARSERS: dict[str, Callable[[object], object]] = {
     "ca.http_address": parse_address,
     "store.url": parse_store_url,
     "store.max_staleness": parse_positive_duration,
+    "store.durability": parse_choice(DURABILITY_LEVELS),
+    "store.durability_replicas": parse_positive_int,
+    "store.durability_timeout": parse_positive_duration,
+    "store.allow_weak_durability": parse_bool,
     "admin.socket_path": parse_path,
     "admin.allowed_uids": parse_uids,
     "admin.mtls_address": parse_address,

@@ -12,6 +12,7 @@ from typing import Literal
 from cryptography import x509
 
 from authd.transport.limits import ListenerLimits
+from ca.store.durability import Durability
 
 __all__ = [
     "KEY_TYPES",
@@ -67,6 +68,18 @@ class StoreConfig:
     # With a shared (Redis) store: how long a replica that lost the store keeps deciding
     # from its last revocation view before ext_authz fails closed (503).
     max_staleness: int = 30
+    # When a write is acknowledged: "none", "local" (the store's own disk) or "replicas"
+    # (also durability_replicas Redis replicas, within durability_timeout seconds).
+    durability: str = "local"
+    durability_replicas: int = 1
+    durability_timeout: int = 5
+    # Start on a Redis that cannot give the durability (with a warning) instead of refusing.
+    allow_weak_durability: bool = False
+
+    @property
+    def write_durability(self) -> Durability:
+        """The durability the store must reach before it acknowledges a write."""
+        return Durability(self.durability, self.durability_replicas, self.durability_timeout)
 
 
 @dataclass(frozen=True, slots=True)

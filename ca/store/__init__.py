@@ -20,6 +20,7 @@ from ca.store.base import (
     Store,
     StoreError,
 )
+from ca.store.durability import Durability, NotDurable
 from ca.store.records import (
     AUDIT_GENESIS_HASH,
     AuditRecord,
@@ -45,7 +46,9 @@ __all__ = [
     "ChangeFeedGap",
     "Conflict",
     "CorruptRecord",
+    "Durability",
     "IssuanceRecord",
+    "NotDurable",
     "NotFound",
     "RedisStore",
     "RegistrationEntry",
@@ -63,7 +66,7 @@ __all__ = [
 ]
 
 
-def open_store(url: str, *, data_dir: Path) -> Store:
+def open_store(url: str, *, data_dir: Path, durability: Durability | None = None) -> Store:
     """Open the store named by ``url``.
 
     ``sqlite:///abs/path.db`` is an absolute path, ``sqlite://name.db`` and a bare relative
@@ -75,9 +78,9 @@ def open_store(url: str, *, data_dir: Path) -> Store:
     if not separator:
         scheme, rest = SQLITE_SCHEME, url
     if is_shared(url):
-        return RedisStore(url)
+        return RedisStore(url, durability=durability)
     if scheme != SQLITE_SCHEME:
         raise StoreError(f"unknown store backend {scheme!r} in store URL {redact_url(url)!r}")
     if not rest:
         raise StoreError(f"store URL {url!r} names no database file")
-    return SQLiteStore(data_dir / rest)  # an absolute rest replaces data_dir
+    return SQLiteStore(data_dir / rest, durability=durability)  # absolute rest replaces data_dir

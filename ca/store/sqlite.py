@@ -28,6 +28,7 @@ from ca.store.base import (
     StoreError,
     next_audit_record,
 )
+from ca.store.durability import Durability, sqlite_synchronous
 from ca.store.records import (
     AUDIT_GENESIS_HASH,
     AuditRecord,
@@ -175,8 +176,9 @@ _DUPLICATE_KEY_ERRORS = frozenset({"SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONST
 class SQLiteStore(Store):
     """The store in one SQLite file; created (mode 0600) and migrated on open."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, durability: Durability | None = None) -> None:
         self._path = Path(path)
+        synchronous = sqlite_synchronous(durability or Durability())
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         try:
@@ -192,7 +194,9 @@ class SQLiteStore(Store):
             )
             self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
+            # FULL syncs the WAL on every commit; NORMAL only at checkpoints (a power cut may
+            # roll back the last commits, never corrupt the file).
+            self._conn.execute(f"PRAGMA synchronous = {synchronous}")
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
         except BaseException as exc:

@@ -49,22 +49,29 @@ class RedisServer:
     """One ``redis-server`` on 127.0.0.1 with its data, config and log under ``directory``.
 
     ``start`` picks a free port the first time and keeps it, so a restarted server is found at
-    the same URL (with ``appendonly=True`` its data survives the restart).
+    the same URL (with ``appendonly=True`` its data survives the restart). By default it
+    persists like authd's default ``store.durability = "local"`` needs: the append-only file
+    on, fsynced before every reply (``appendfsync always``). ``replica_of`` (a master's port)
+    starts it as that master's replica; ``sentinel_of`` as a Sentinel.
     """
 
     def __init__(
         self,
         directory: Path,
         *,
-        appendonly: bool = False,
+        appendonly: bool = True,
+        appendfsync: str = "always",
         password: str | None = None,
+        replica_of: int | None = None,
         sentinel_of: tuple[str, int] | None = None,
         cluster: bool = False,
         extra_args: Sequence[str] = (),
     ) -> None:
         self.directory = directory
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.password = password
+        self.replica_of = replica_of
         self.sentinel_of = sentinel_of  # (service name, master port): run as a Sentinel
         self.cluster = cluster
         self.extra_args = tuple(extra_args)
@@ -121,11 +128,22 @@ class RedisServer:
             config.write_text(
                 f"sentinel monitor {service} {HOST} {master_port} 1\n"
                 f"sentinel down-after-milliseconds {service} 1000\n"
+                f"sentinel failover-timeout {service} 10000\n"
+                + (
+                    ""
+                    if self.password is None
+                    else f"sentinel auth-pass {service} {self.password}\n"
+                )
             )
             command = [redis_server_binary(), str(config), "--sentinel"]
         else:
             command = [redis_server_binary(), "--save", ""]
             command += ["--appendonly", "yes" if self.appendonly else "no"]
+            command += ["--appendfsync", self.appendfsync]
+            if self.replica_of is not None:
+                command += ["--replicaof", HOST, str(self.replica_of)]
+                if self.password is not None:
+                    command += ["--masterauth", self.password]
         command += ["--port", port, "--bind", HOST, "--dir", str(self.directory)]
         command += ["--logfile", str(self.directory / "redis.log"), "--daemonize", "no"]
         if self.password is not None:
@@ -157,6 +175,34 @@ class RedisServer:
         finally:
             probe.close()
         return False
+
+    def wait_for_replicas(self, count: int, *, timeout: float = START_TIMEOUT) -> None:
+        """Return once ``count`` replicas are connected and in sync (bounded polling)."""
+        deadline = time.monotonic() + timeout
+        client = self.client()
+        try:
+            while time.monotonic() < deadline:
+                info = client.info("replication")
+                online = [
+                    value
+                    for name, value in info.items()
+                    if name.startswith("slave") and isinstance(value, dict)
+                    if value.get("state") == "online"
+                ]
+                if len(online) >= count:
+                    return
+                time.sleep(0.05)
+        finally:
+            client.close()
+        raise RuntimeError(f"redis-server on port {self.port}: {count} replica(s) never synced")
+
+    def role(self) -> str:
+        """``master`` or ``slave``, from ``INFO replication``."""
+        client = self.client()
+        try:
+            return str(client.info("replication")["role"])
+        finally:
+            client.close()
 
     @property
     def running(self) -> bool:

@@ -20,7 +20,10 @@ Messages never show the URL's password.
 Every read-modify-write is one MULTI/EXEC guarded by WATCH on the keys it read
 (``RedisConnection.transaction``), retried from the read when another client got there
 first; so two replicas creating the same entry, or appending to the audit chain at once,
-serialise like SQLite's ``BEGIN IMMEDIATE``.
+serialise like SQLite's ``BEGIN IMMEDIATE``. Under ``store.durability = "replicas"`` a
+transaction returns only once enough replicas acknowledged it (``WAIT``, after a ``PING`` on the
+same connection so it waits for everything written so far, on any connection); else it raises
+``NotDurable`` (``ca.store.durability``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from ca.store.base import StoreError
+from ca.store.durability import Durability, NotDurable, Persistence
 from ca.store.urls import REDIS_URL_SCHEMES, redact_url, split_netloc, url_secrets
 
 DEFAULT_SOCKET_TIMEOUT = 5.0
@@ -62,8 +66,9 @@ class RedisConnection:
     """One store's client for ``url``: redis-py's errors come out as ``StoreError``, scrubbed of
     the URL's password. Connects lazily, except to a Cluster, which is found at once."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, durability: Durability | None = None) -> None:
         self.url = redact_url(url)
+        self.durability = durability or Durability()
         self._secrets = url_secrets(url)
         self._lock = threading.Lock()
         self._client: Client | None = None
@@ -148,18 +153,99 @@ class RedisConnection:
                         raise self.failure(exc.__context__ or exc) from exc
                     try:
                         pipe.execute()
-                        return result
                     except WatchError as exc:
                         if _lost_connection(exc):
                             cause = exc.__context__ or exc
                             raise self.failure(cause, outcome_unknown=True) from exc
                     except (redis.ConnectionError, redis.TimeoutError) as exc:
                         raise self.failure(exc, outcome_unknown=True) from exc
+                    else:
+                        self.await_replicas(client, watched[0] if watched else "")
+                        return result
                 # Jitter only spreads out retries; it needs no cryptographic randomness.
                 time.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 20)))  # noqa: S311
         raise StoreError(
             f"redis store {self.url}: gave up after {_MAX_ATTEMPTS} conflicting attempts"
         )
+
+    def await_replicas(self, client: Client, key: str) -> None:
+        """Under ``replicas`` durability: return once enough replicas hold every write made so
+        far on the master holding ``key``, else raise ``NotDurable``. WAIT runs in slices
+        shorter than the socket timeout, until ``durability.timeout``."""
+        wanted = self.durability.replicas
+        if not self.durability.needs_replicas:
+            return
+        master = _master_for(client, key)
+        deadline = time.monotonic() + self.durability.timeout
+        acknowledged = 0
+        while True:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            slice_ms = max(1, min(remaining_ms, self.block_slice_ms))
+            try:
+                with master.pipeline(transaction=False) as pipe:
+                    # WAIT waits for the offset of its connection's previous command: the
+                    # PING makes that offset include this write, whichever connection it used.
+                    pipe.ping()
+                    pipe.execute_command("WAIT", wanted, slice_ms)  # type: ignore[no-untyped-call,unused-ignore]
+                    acknowledged = int(pipe.execute()[1])
+            except (redis.RedisError, RedisClusterException, OSError) as exc:
+                raise NotDurable(
+                    self.scrub(
+                        f"redis store {self.url}: the write was applied on the master, but"
+                        f" waiting for {wanted} replica(s) to acknowledge it failed ({exc}):"
+                        " it is not acknowledged as durable; it may still be there, or be"
+                        " lost if the master fails now"
+                    )
+                ) from exc
+            if acknowledged >= wanted:
+                return
+            if remaining_ms <= slice_ms:
+                raise NotDurable(
+                    f"redis store {self.url}: the write was applied on the master, but only"
+                    f" {acknowledged} of {wanted} replica(s) acknowledged it within"
+                    f" {self.durability.timeout:g}s (store.durability = replicas): it is not"
+                    " acknowledged as durable; it may still be there, or be lost if the master"
+                    " fails now"
+                )
+
+    def persistence(self) -> list[Persistence]:
+        """Every master's persistence and replication (one, unless a Cluster): ``CONFIG GET``,
+        or ``INFO`` where CONFIG is renamed or refused."""
+        with self.call() as client:
+            masters = _masters(client)
+            return [_persistence(master) for master in masters]
+
+
+def _master_for(client: Client, key: str) -> redis.Redis:
+    """The client of the master that holds ``key`` (the client itself unless a Cluster)."""
+    if not isinstance(client, RedisCluster):
+        return client
+    node = client.get_node_from_key(key)  # type: ignore[no-untyped-call,unused-ignore]
+    if node is None or node.redis_connection is None:
+        raise StoreError(f"no Cluster node serves the key {key!r}")
+    master: redis.Redis = node.redis_connection
+    return master
+
+
+def _masters(client: Client) -> list[redis.Redis]:
+    if not isinstance(client, RedisCluster):
+        return [client]
+    primaries = client.get_primaries()  # type: ignore[no-untyped-call,unused-ignore]
+    return [node.redis_connection for node in primaries if node.redis_connection]
+
+
+def _persistence(master: redis.Redis) -> Persistence:
+    replication = master.info("replication")
+    try:
+        settings = master.config_get("append*")
+    except redis.ResponseError:  # CONFIG renamed away (rename-command) or refused by an ACL
+        return Persistence.from_info(master.info("persistence"), replication)
+    return Persistence(
+        appendonly=str(settings.get("appendonly", "no")).lower() == "yes",
+        appendfsync=str(settings.get("appendfsync", "")).lower(),
+        connected_replicas=int(replication.get("connected_slaves", 0)),
+        role=str(replication.get("role", "master")),
+    )
 
 
 def reply_text(value: object) -> str:

@@ -24,6 +24,7 @@ from ca.store.base import (
     StoreError,
     next_audit_record,
 )
+from ca.store.durability import Durability
 from ca.store.records import (
     AUDIT_GENESIS_HASH,
     AuditRecord,
@@ -56,9 +57,15 @@ class RedisStore(Store):
     """The store in a Redis shared by every replica; ``ca.store.redis.client`` documents the
     URL forms and ``ca.store.redis.keys`` the key layout. Its ``change_feed()`` is never None."""
 
-    def __init__(self, url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        durability: Durability | None = None,
+    ) -> None:
         self._keys = KeyLayout(key_prefix)
-        self._redis = RedisConnection(url)
+        self._redis = RedisConnection(url, durability=durability)
         self._url = self._redis.url
         self._feed = RedisChangeFeed(self._redis, self._keys.changes)
         with self._redis.opening():
