@@ -33,7 +33,8 @@ class EagerTask(Generic[T]):
     methods that code inside the coroutine relies on (``asyncio.timeout``, ``TaskGroup``):
     ``cancel`` (which cancels the awaited future, as a Task does), ``cancelling``,
     ``uncancel``, ``done``, ``cancelled``, ``get_loop``, ``get_coro``, ``get_context``,
-    ``get_name``. It is not a Future: nothing awaits it; ``on_done`` is its one callback.
+    ``get_name``. It is not a Future and not in ``asyncio.all_tasks()``: nothing awaits it,
+    ``on_done`` is its one callback, and its owner cancels it (the transports do on reset).
     """
 
     __slots__ = (
