@@ -22,6 +22,7 @@ from authd.authz.pipeline import UNAUTHENTICATED, Authorizer
 from authd.check.header_values import is_field_value, is_token
 from authd.check.input_document import check_request_headers
 from authd.check.model import CheckContext, Outcome
+from authd.policy.base import PolicyError
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,8 @@ class ExtAuthzService(external_auth_pb2_grpc.AuthorizationServicer):
             outcome = await self._authorizer.check(context_from_check_request(request))
             return check_response(outcome)
         except Exception as exc:
-            log.exception("ext_authz check failed")
+            # A PolicyError (OPA unreachable, say) says all there is to say in one line.
+            log.error("ext_authz check failed: %s", exc, exc_info=not isinstance(exc, PolicyError))
             if self._metrics is not None:
                 self._metrics.error("grpc")
             await context.abort(

@@ -2,14 +2,16 @@
 
 Envoy sends the original method and path (after a configurable prefix), the host, the
 allowed headers and optionally the body as an HTTP/1.1 request; 200 allows (with upstream
-headers, and ``x-envoy-auth-headers-to-remove``), anything else denies with our status,
-headers and body. It costs a fraction of gRPC's per-request CPU, but Envoy sends no
-connection attributes this way: the peer identity arrives only in headers that Envoy itself
-sets from the TLS connection (``headers_to_add`` with ``%DOWNSTREAM_PEER_URI_SAN%`` and
-``%DOWNSTREAM_PEER_CERT%``). On mTLS Envoy overwrites a client-sent header of the same name;
-on plaintext the formatters are empty and Envoy adds nothing, so the protection rests on the
-deploy configs never listing those names in ``allowed_headers`` (Envoy forwards only the
-headers listed there). The certificate is verified against our bundle all the same.
+headers, ``x-envoy-auth-headers-to-remove``, and the policy's ``response_headers_to_add``,
+which Envoy adds to the client's response when ``allowed_client_headers_on_success`` lists
+them), anything else denies with our status, headers and body. It costs a fraction of gRPC's
+per-request CPU, but Envoy sends no connection attributes this way: the peer identity
+arrives only in headers that Envoy itself sets from the TLS connection (``headers_to_add``
+with ``%DOWNSTREAM_PEER_URI_SAN%`` and ``%DOWNSTREAM_PEER_CERT%``). On mTLS Envoy overwrites
+a client-sent header of the same name; on plaintext the formatters are empty and Envoy adds
+nothing, so the protection rests on the deploy configs never listing those names in
+``allowed_headers`` (Envoy forwards only the headers listed there). The certificate is
+verified against our bundle all the same.
 
 Within ``ListenerLimits``: a request target over ``max_url_length`` is answered 414, a header
 block over ``max_header_list_size`` 431, a body over ``max_request_bytes`` 413 (a declared
@@ -36,6 +38,7 @@ from authd.authz.metrics import AuthzMetrics
 from authd.authz.pipeline import Authorizer
 from authd.check.header_values import is_field_value, is_token
 from authd.check.model import CheckContext, Outcome
+from authd.policy.base import PolicyError
 from authd.transport.eager import run_eagerly
 from authd.transport.limits import ListenerLimits
 from authd.transport.refusals import RefusalCallback, RefusalReporter
@@ -107,6 +110,11 @@ def http_response(outcome: Outcome) -> bytes:
         text = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
         if removed:
             text += f"x-envoy-auth-headers-to-remove: {removed}\r\n"
+        # The policy's response_headers_to_add: Envoy passes those its
+        # allowed_client_headers_on_success lists to the client's response.
+        if added := outcome.decision.response_headers_to_add:
+            _check_sendable(added)
+            text += "".join([f"{k}: {v}\r\n" for k, v in added.items()])
         return b"HTTP/1.1 200 OK\r\n" + text.encode("ascii") + b"content-length: 0\r\n\r\n"
     headers = outcome.deny_headers
     _check_sendable(headers)
@@ -281,7 +289,9 @@ class HttpCheckProtocol(asyncio.Protocol):
             except ValueError as exc:
                 error = exc
         if error is not None:
-            log.error("ext_authz HTTP check failed", exc_info=error)
+            # A PolicyError (OPA unreachable, say) says all there is to say in one line.
+            traceback = not isinstance(error, PolicyError)
+            log.error("ext_authz HTTP check failed: %s", error, exc_info=traceback)
             self._server.error()
         transport.write(response)
         if self._queue:

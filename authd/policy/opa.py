@@ -10,9 +10,13 @@ is a ``PolicyError``, which the pipeline reports as an error, not as a deny.
 The default timeout stays under Envoy's 200 ms ext_authz timeout, and retries are off by
 default: a retry with back-off would outlive the check it is for.
 
+Checks run on an eager task (``authd.transport.eager``), so ``asyncio.timeout`` has the task
+it needs on every transport.
+
 No OPA binary can be installed in this project's build environment, so this path is tested
-against an in-test stand-in that speaks the same Data API (``tests/authd/test_policy_opa.py``);
-run it against a real ``opa run --server`` before relying on it.
+against an in-test stand-in that speaks the same Data API (``tests/support/opa.py``), alone
+and through Envoy on every transport (``tests/envoy/test_policy_engines_envoy.py``); run it
+against a real ``opa run --server`` before relying on it.
 """
 
 from __future__ import annotations

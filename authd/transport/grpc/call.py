@@ -9,6 +9,7 @@ from typing import Any, NoReturn, Protocol
 
 import grpc
 
+from authd.transport.eager import EagerTask
 from authd.transport.grpc.status import GrpcError
 
 
@@ -62,7 +63,8 @@ class Call:
         self.responded = False
         self.reset = False  # gone: reset by either side, or the connection is lost
         self.sent_headers = False
-        self.task: asyncio.Future[Any] | None = None  # a call that waits, to cancel on reset
+        # A call that waits, to cancel on reset.
+        self.task: asyncio.Future[Any] | EagerTask[Any] | None = None
         self.more: asyncio.Future[None] | None = None  # a stream call waiting for data
         self.context: ServicerContext | None = None
 

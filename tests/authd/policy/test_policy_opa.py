@@ -1,16 +1,14 @@
 """Decisions from an OPA server over its REST Data API.
 
-No OPA binary can be installed here, so the server is a stand-in in this file that speaks
-OPA's Data API (POST /v1/data/<path> with {"input": ...} → {"result": ...}, or {} when
+No OPA binary can be installed here, so the server is a stand-in (tests/support/opa.py) that
+speaks OPA's Data API (POST /v1/data/<path> with {"input": ...} → {"result": ...}, or {} when
 undefined), evaluates trivially and records every input it receives."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Awaitable, Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
 import pytest
@@ -20,40 +18,16 @@ from authd.check.input_document import input_document
 from authd.check.model import CheckContext, Decision, Identities, Reason
 from authd.policy.base import PolicyError
 from authd.policy.opa import OpaPolicy
+from authd.transport.eager import run_eagerly
 from ca.spiffe_id import SpiffeId
+from tests.support.opa import OpaStandIn
 from tests.support.ports import free_port
 
 T = TypeVar("T")
 
 
-class FakeOpa:
+class FakeOpa(OpaStandIn):
     """OPA's Data API over a fixed table of documents; remembers what it was asked."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, Any]] = []  # (path, input)
-        self.client_ports: set[int] = set()
-        self.release = threading.Event()  # lets a held "slow" request finish
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        # A short poll interval only makes shutdown() prompt; requests are served at once.
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    @property
-    def inputs(self) -> list[Any]:
-        return [received for _, received in self.requests]
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
 
     def answer(self, path: str, received: Any) -> tuple[int, str, bytes]:
         """(status, content type, body) for a query of ``path`` with input ``received``."""
@@ -83,33 +57,6 @@ class FakeOpa:
             self.release.wait(timeout=10)
         # OPA answers an undefined document with 200 and no "result".
         return 200, "application/json", json.dumps(documents.get(path, {})).encode()
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as OPA's server does
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length", "0"))
-                payload = json.loads(self.rfile.read(length))
-                path = self.path.removeprefix("/v1/data/")
-                fake.requests.append((path, payload["input"]))
-                fake.client_ports.add(self.client_address[1])
-                status, content_type, body = fake.answer(path, payload["input"])
-                try:
-                    self.send_response(status)
-                    self.send_header("content-type", content_type)
-                    self.send_header("content-length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass  # the client gave up (the timeout test)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
 
 
 @pytest.fixture
@@ -283,3 +230,39 @@ def test_policy_is_named_after_the_document_it_queries() -> None:
     assert OpaPolicy("http://opa:8181/", "envoy.authz.allow").name == (
         "opa:http://opa:8181/v1/data/envoy/authz/allow"
     )
+
+
+# --- as the transports run a check: eagerly, from a loop callback, outside any task ----------
+
+
+def query_as_transports_do(policy: OpaPolicy, doc: dict[str, Any]) -> tuple[object, object]:
+    """``policy.query(doc)`` started by ``run_eagerly`` from a plain loop callback (as the
+    native gRPC and HTTP-mode listeners start checks), awaited until done."""
+
+    async def main() -> tuple[object, object]:
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[tuple[object, object]] = loop.create_future()
+        loop.call_soon(
+            lambda: run_eagerly(policy.query(doc), lambda r, e: outcome.set_result((r, e)))
+        )
+        try:
+            return await asyncio.wait_for(outcome, 10)
+        finally:
+            await policy.aclose()
+
+    return asyncio.run(main())
+
+
+def test_a_check_started_eagerly_outside_a_task_gets_opas_answer(opa: FakeOpa) -> None:
+    decision, error = query_as_transports_do(OpaPolicy(opa.url), document("GET"))
+    assert error is None
+    assert isinstance(decision, Decision) and decision.allowed
+
+
+def test_a_check_started_eagerly_outside_a_task_times_out_as_a_policy_error(
+    opa: FakeOpa,
+) -> None:
+    policy = OpaPolicy(opa.url, path="slow/allow", timeout=0.05)
+    decision, error = query_as_transports_do(policy, document())
+    assert decision is None and isinstance(error, PolicyError)
+    assert str(error) == f"OPA at {opa.url} (slow/allow) did not answer within 0.05s"
