@@ -22,14 +22,13 @@ from typing import Any
 import pytest
 
 from tests.support.envoy import (
-    HOST,
     INTRUDER,
     WEB,
     Authd,
     EchoUpstream,
     Envoy,
     authd_config,
-    render,
+    gateway_config,
     request,
     start_authd,
     start_envoy,
@@ -185,20 +184,7 @@ def engine_config(engine: str, grpc_engine: str, opa: Opa) -> tuple[str, dict[st
 
 def envoy_config(transport: str, authd: Authd, upstream: EchoUpstream, tmp: Path) -> str:
     mode = "http" if transport == "http" else "grpc"
-    values: dict[str, object] = {
-        "ADMIN_PORT": 0,
-        "LISTEN_ADDRESS": HOST,
-        "LISTEN_PORT": 0,
-        "UPSTREAM_ADDRESS": HOST,
-        "UPSTREAM_PORT": upstream.port,
-        "AUTHZ_ADDRESS": HOST,
-        "AUTHZ_PORT": authd.grpc_port if mode == "grpc" else authd.http_port,
-        "ACCESS_LOG": tmp / f"access-{transport}.log",
-    }
-    if mode == "grpc":
-        text = render("gateway-grpc.yaml", **values, POLICY="gateway", JWT_AUDIENCE="gateway")
-    else:
-        text = render("gateway-http.yaml", **values, AUTHZ_PATH_PREFIX="/check")
+    text = gateway_config(mode, authd, upstream, tmp / f"access-{transport}.log")
     assert text.count("timeout: 0.5s") == 1, "the ext_authz timeout moved: update this test"
     text = text.replace("timeout: 0.5s", ENVOY_AUTHZ_TIMEOUT)
     if mode == "grpc":
