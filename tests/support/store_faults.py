@@ -1,20 +1,24 @@
 """Faults injected into a real store: the Nth write transaction raises before it commits.
 
 ``fail_writes(store, at=N)`` wraps an opened ``SQLiteStore`` or ``RedisStore`` in place: its
-SQLite ``BEGIN IMMEDIATE`` block, or its Redis MULTI/EXEC, raises ``StoreError`` after every
-statement of the write was issued and before COMMIT/EXEC, so the backend rolls it back (SQLite)
-or never sends it (Redis). ``BundleHistory`` records, after every write, which bundle content
-the store holds under which sequence number.
+SQLite ``BEGIN IMMEDIATE`` block, or its Redis MULTI/EXEC, raises its driver's error (an I/O
+error, a lost connection) after every statement of the write was issued and before
+COMMIT/EXEC, so the backend rolls it back (SQLite) or never sends it (Redis) and reports a
+``StoreError`` naming the store, as it would for a real fault. ``BundleHistory`` records,
+after every write, which bundle content the store holds under which sequence number.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ca.store import RedisStore, SQLiteStore, Store, StoreError
+import redis
+
+from ca.store import RedisStore, SQLiteStore, Store
 from ca.store.redis.client import Pipe, Write
 
 
@@ -33,8 +37,8 @@ class WriteFault:
             return True
         return False
 
-    def error(self) -> StoreError:
-        return StoreError(f"injected fault: write {self.writes} failed before its commit")
+    def reason(self) -> str:
+        return f"injected fault: write {self.writes} failed before its commit"
 
 
 def fail_writes(store: Store, *, at: int | Sequence[int]) -> WriteFault:
@@ -57,7 +61,7 @@ def _wrap_sqlite(store: SQLiteStore, fault: WriteFault) -> None:
         with original() as conn:
             yield conn
             if fault.next_write_fails():
-                raise fault.error()  # inside the transaction: it is rolled back
+                raise sqlite3.OperationalError(fault.reason())  # inside: rolled back
 
     store._transaction = transaction  # type: ignore[method-assign]
 
@@ -75,7 +79,7 @@ def _wrap_redis(store: RedisStore, fault: WriteFault) -> None:
             def write_then_fail(pipe: Pipe) -> None:
                 write(pipe)  # queued after MULTI; raising now means EXEC is never sent
                 if fails:
-                    raise fault.error()
+                    raise redis.ConnectionError(fault.reason())
 
             return write_then_fail, result
 
