@@ -17,6 +17,7 @@ follow: ``reload()`` re-reads the records another replica changed.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -33,8 +34,9 @@ from ca.errors import InvalidRequest
 from ca.keys import KeyStore, PublicKey
 from ca.settings import CASettings, UpstreamAuthority
 from ca.spiffe_id import TrustDomain
-from ca.store import AuditDraft, AuthorityRecord, NotFound, Store
+from ca.store import AuditDraft, AuthorityRecord, NotFound, Store, StoreError
 
+log = logging.getLogger(__name__)
 BUNDLE_SEQUENCE = "bundle"
 KINDS = ("x509", "jwt")
 
@@ -65,6 +67,7 @@ class AuthorityTimeline:
         self._signing = SigningAuthorities()
         self._bundle = TrustBundle(trust_domain)
         self._listeners: list[Callable[[], None]] = []
+        self._stale = False  # a step was stored but could not be read back: rotate() reloads
         self._dispatch = notify or (lambda listener: listener())  # e.g. onto the serving loop
         if rotates:
             self.rotate()
@@ -113,7 +116,7 @@ class AuthorityTimeline:
                 if not plan.is_empty:
                     self._apply(kind, plan, now)
                     changed = True
-            if changed or self._signing.x509_active is None:
+            if changed or self._stale or self._signing.x509_active is None:
                 self._load()
             if changed:
                 self._notify()
@@ -203,7 +206,13 @@ class AuthorityTimeline:
             for record in updates
         ]
         self.store.save_authorities(updates, audit=audit, sequence=BUNDLE_SEQUENCE)
-        self._load()
+        try:
+            self._load()
+        except StoreError as exc:
+            # The step is stored and audited: it is not refused now; the next rotate() reloads.
+            self._stale = True
+            log.error("an authority step is stored, but could not be read back: %s", exc)
+            return
         self._notify()
 
     def _apply(self, kind: str, plan: rotation.RotationPlan, now: float) -> None:
@@ -249,6 +258,7 @@ class AuthorityTimeline:
 
     def _load(self) -> None:
         """Rebuild the signing authorities and the bundle from the persisted timeline."""
+        self._stale = True
         x509_records = self.store.list_authorities("x509")
         jwt_records = self.store.list_authorities("jwt")
         roots = tuple(
@@ -269,6 +279,7 @@ class AuthorityTimeline:
             self.store.current_sequence(BUNDLE_SEQUENCE),
             self.settings.refresh_hint,
         )
+        self._stale = False
 
     def _notify(self) -> None:
         for listener in self._listeners:

@@ -15,7 +15,7 @@ from ca.errors import InvalidRequest
 from ca.keys import KeyStore
 from ca.rotation import ACTIVE, RETIRED
 from ca.spiffe_id import SpiffeId, TrustDomain
-from ca.store import StoreError
+from ca.store import AuthorityRecord, StoreError
 from ca.timeline import BUNDLE_SEQUENCE
 from tests.support.store_faults import fail_writes, watch_bundle
 
@@ -128,3 +128,29 @@ def test_a_rotation_step_whose_write_fails_leaves_no_trace_and_is_retried(
     # The step that failed happened at the next rotation: both timelines still rotate.
     states = {(r.kind, r.state) for r in ca.store.list_authorities()}
     assert {("x509", ACTIVE), ("jwt", ACTIVE)} <= states
+
+
+def kids(ca: CertificateAuthority) -> set[str]:
+    return {key["kid"] for key in ca.bundle.to_jwks()["keys"] if "kid" in key}
+
+
+def test_a_stored_step_is_acknowledged_even_if_it_cannot_be_read_back_at_once(
+    ca: CertificateAuthority,
+) -> None:
+    store = ca.store
+    save, read = store.save_authorities, store.list_authorities
+
+    def unreadable(kind: str | None = None) -> list[AuthorityRecord]:
+        raise StoreError("store: cannot be read just now")
+
+    def save_then_lose_the_store(*args: Any, **kwargs: Any) -> None:
+        save(*args, **kwargs)
+        store.list_authorities = unreadable  # type: ignore[method-assign]
+
+    store.save_authorities = save_then_lose_the_store  # type: ignore[method-assign]
+    prepared = ca.prepare_authority("jwt")  # stored and audited: not refused
+    assert prepared.authority_id not in kids(ca)
+    store.list_authorities = read  # type: ignore[method-assign]
+    assert not ca.rotate()  # nothing to rotate, but the step is read back
+    assert prepared.authority_id in kids(ca)
+    assert ca.bundle.sequence == store.current_sequence(BUNDLE_SEQUENCE)
