@@ -37,6 +37,7 @@ from ca.spiffe_id import TrustDomain
 from ca.store import AuditDraft, AuthorityRecord, NotFound, Store, StoreError
 
 log = logging.getLogger(__name__)
+
 BUNDLE_SEQUENCE = "bundle"
 KINDS = ("x509", "jwt")
 
@@ -114,6 +115,7 @@ class AuthorityTimeline:
             for kind in KINDS:
                 plan = rotation.plan_rotation(self.store.list_authorities(kind), now)
                 if not plan.is_empty:
+                    self._stale = True  # until read back: the next kind's write may fail
                     self._apply(kind, plan, now)
                     changed = True
             if changed or self._stale or self._signing.x509_active is None:

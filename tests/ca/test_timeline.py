@@ -128,6 +128,8 @@ def test_a_rotation_step_whose_write_fails_leaves_no_trace_and_is_retried(
     # The step that failed happened at the next rotation: both timelines still rotate.
     states = {(r.kind, r.state) for r in ca.store.list_authorities()}
     assert {("x509", ACTIVE), ("jwt", ACTIVE)} <= states
+    assert ca.bundle.sequence == ca.store.current_sequence(BUNDLE_SEQUENCE)
+    assert ca.x509_authority.record.state == ACTIVE
 
 
 def kids(ca: CertificateAuthority) -> set[str]:
