@@ -1,13 +1,15 @@
 """Revoking and un-revoking, durably, and the CRLs that say so (built by ``ca.crl``).
 
-Every revocation is written to the store (and the audit log) before it is acknowledged, then
-applied to the in-memory ``RevocationView``. Revoking a SPIFFE ID or a registration entry
-also blocks new issuance for it until it is lifted. Only a ``certificateHold`` can be lifted
-(RFC 5280 5.3.1): every other reason is final.
+Every revocation is written to the store with its audit record, in one transaction, before it
+is acknowledged, then applied to the in-memory ``RevocationView``: a revocation that raised
+changed nothing, one that returned is stored and audited. Revoking a SPIFFE ID or a
+registration entry also blocks new issuance for it until it is lifted. Only a
+``certificateHold`` can be lifted (RFC 5280 5.3.1): every other reason is final.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +22,17 @@ from ca.crl import build_crl
 from ca.errors import AlreadyRevoked, FinalRevocation, InvalidRequest, NotRevoked
 from ca.revocation_view import RevocationReason, RevocationView
 from ca.spiffe_id import SpiffeId
-from ca.store import AlreadyExists, IssuanceRecord, NotFound, Revocation, Store
+from ca.store import (
+    AlreadyExists,
+    AuditDraft,
+    IssuanceRecord,
+    NotFound,
+    Revocation,
+    Store,
+    StoreError,
+)
+
+log = logging.getLogger(__name__)
 
 CRL_NUMBER = "crl"
 
@@ -101,19 +113,18 @@ class Revoker:
             revoked_at=int(self._clock.now()),
             revoked_by=actor,
         )
-        try:
-            self._store.add_revocation(revocation)
-        except AlreadyExists:
-            raise AlreadyRevoked(f"{kind} {target} is already revoked") from None
-        self._apply(revocation, revoked=True)
-        self._store.append_audit(
+        audit = AuditDraft(
             time=revocation.revoked_at,
             actor=actor,
             action="revoke",
             subject=f"{kind}:{target}",
             details={"reason": reason_code.label, "note": note},
         )
-        self._changed()
+        try:
+            self._store.add_revocation(revocation, audit=audit)
+        except AlreadyExists:
+            raise AlreadyRevoked(f"{kind} {target} is already revoked") from None
+        self._applied(revocation, revoked=True)
         return revocation
 
     def unrevoke(self, kind: str, target: str, *, actor: str) -> Revocation:
@@ -127,17 +138,29 @@ class Revoker:
             raise FinalRevocation(
                 f"{kind} {target} was revoked for {reason}; only certificate-hold can be lifted"
             )
-        self._store.remove_revocation(kind, target)
-        self._apply(revocation, revoked=False)
-        self._store.append_audit(
-            time=int(self._clock.now()),
-            actor=actor,
-            action="unrevoke",
-            subject=f"{kind}:{target}",
-            details={},
+        audit = AuditDraft(
+            time=int(self._clock.now()), actor=actor, action="unrevoke", subject=f"{kind}:{target}"
         )
-        self._changed()
+        self._store.remove_revocation(kind, target, audit=audit)
+        self._applied(revocation, revoked=False)
         return revocation
+
+    def _applied(self, revocation: Revocation, *, revoked: bool) -> None:
+        """Bring the view in step with a change the store has committed. The change stands
+        even if the store fails now (reading an entry's serials): the caller is told it
+        succeeded, the target itself is in the view, and the next ``sync`` completes it."""
+        try:
+            self._apply(revocation, revoked=revoked)
+        except StoreError as exc:
+            self.view.apply(revocation.target_kind, revocation.target, revoked=revoked)
+            log.error(
+                "%s %s %s is stored, but its serials could not be read to update the view: %s",
+                "revoking" if revoked else "lifting the revocation of",
+                revocation.target_kind,
+                revocation.target,
+                exc,
+            )
+        self._changed()
 
     def refresh(self, kind: str, target: str) -> None:
         """Re-read one revocation from the store (another replica changed it)."""

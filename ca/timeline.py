@@ -2,9 +2,14 @@
 
 SPIRE's ``manager/slot.go`` + ``journal.go``: the X.509 and JWT authorities, each prepared,
 active or retired (and maybe tainted or revoked), live in the store. This class moves them
-along (by the clock, through ``ca.rotation``'s plan, or by an operator's step), audits each
-step, and rebuilds what follows from the records: the trust bundle and the authorities this
-replica can sign with. It never signs an SVID and never decides *when* to rotate.
+along (by the clock, through ``ca.rotation``'s plan, or by an operator's step), and rebuilds what
+follows from the records: the trust bundle and the authorities this replica can sign with. It
+never signs an SVID and never decides *when* to rotate.
+
+Each step is one store write: its authority records (saved and pruned), its audit records and,
+when the bundle's content changes, the bundle's own sequence number. So a crash leaves a step
+wholly done or not at all, every stored step is audited, and no sequence number stands for two
+bundle contents. A pruned authority's key is deleted only after that write.
 
 With several replicas on one store, exactly one rotates (it holds the keys); the others
 follow: ``reload()`` re-reads the records another replica changed.
@@ -12,6 +17,7 @@ follow: ``reload()`` re-reads the records another replica changed.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -28,7 +34,9 @@ from ca.errors import InvalidRequest
 from ca.keys import KeyStore, PublicKey
 from ca.settings import CASettings, UpstreamAuthority
 from ca.spiffe_id import TrustDomain
-from ca.store import AuthorityRecord, NotFound, Store
+from ca.store import AuditDraft, AuthorityRecord, NotFound, Store, StoreError
+
+log = logging.getLogger(__name__)
 
 BUNDLE_SEQUENCE = "bundle"
 KINDS = ("x509", "jwt")
@@ -60,6 +68,7 @@ class AuthorityTimeline:
         self._signing = SigningAuthorities()
         self._bundle = TrustBundle(trust_domain)
         self._listeners: list[Callable[[], None]] = []
+        self._stale = False  # a step was stored but could not be read back: rotate() reloads
         self._dispatch = notify or (lambda listener: listener())  # e.g. onto the serving loop
         if rotates:
             self.rotate()
@@ -106,13 +115,10 @@ class AuthorityTimeline:
             for kind in KINDS:
                 plan = rotation.plan_rotation(self.store.list_authorities(kind), now)
                 if not plan.is_empty:
-                    # The sequence first: a replica that reloads on the authority change
-                    # must already read the sequence that goes with it.
-                    if plan.changes_bundle:
-                        self.store.next_sequence(BUNDLE_SEQUENCE)
+                    self._stale = True  # until read back: the next kind's write may fail
                     self._apply(kind, plan, now)
                     changed = True
-            if changed or self._signing.x509_active is None:
+            if changed or self._stale or self._signing.x509_active is None:
                 self._load()
             if changed:
                 self._notify()
@@ -197,11 +203,18 @@ class AuthorityTimeline:
             raise InvalidRequest(f"no authority {authority_id!r}") from None
 
     def _changed(self, updates: Sequence[AuthorityRecord], action: str) -> None:
-        self.store.next_sequence(BUNDLE_SEQUENCE)  # before the change other replicas follow
-        self.store.save_authorities(updates)
-        for record in updates:
+        audit = [
             self._audit(f"authority.{action}" if action else f"authority.{record.state}", record)
-        self._load()
+            for record in updates
+        ]
+        self.store.save_authorities(updates, audit=audit, sequence=BUNDLE_SEQUENCE)
+        try:
+            self._load()
+        except StoreError as exc:
+            # The step is stored and audited: it is not refused now; the next rotate() reloads.
+            self._stale = True
+            log.error("an authority step is stored, but could not be read back: %s", exc)
+            return
         self._notify()
 
     def _apply(self, kind: str, plan: rotation.RotationPlan, now: float) -> None:
@@ -213,14 +226,17 @@ class AuthorityTimeline:
         if plan.activate:
             updates.append(replace(records[plan.activate], state=rotation.ACTIVE))
         updates.extend(replace(records[a], state=rotation.RETIRED) for a in plan.retire)
-        self.store.save_authorities(updates)
-        for record in updates:
-            self._audit(f"authority.{record.state}", record)
-        for authority_id in plan.prune:
-            record = records[authority_id]
-            self.store.delete_authority(authority_id)
+        pruned = [records[a] for a in plan.prune]
+        audit = [self._audit(f"authority.{r.state}", r) for r in updates]
+        audit += [self._audit("authority.pruned", r) for r in pruned]
+        self.store.save_authorities(
+            updates,
+            delete=[r.authority_id for r in pruned],
+            audit=audit,
+            sequence=BUNDLE_SEQUENCE if plan.changes_bundle else None,
+        )
+        for record in pruned:  # after the write: a failed write still has its keys
             self.keystore.delete(record.key_ref)
-            self._audit("authority.pruned", record)
 
     def _new_authority(self, kind: str, state: str, now: float) -> AuthorityRecord:
         return make_authority(
@@ -233,8 +249,8 @@ class AuthorityTimeline:
             upstream=self.upstream,
         )
 
-    def _audit(self, action: str, record: AuthorityRecord) -> None:
-        self.store.append_audit(
+    def _audit(self, action: str, record: AuthorityRecord) -> AuditDraft:
+        return AuditDraft(
             time=int(self.clock.now()),
             actor="authd",
             action=action,
@@ -244,6 +260,7 @@ class AuthorityTimeline:
 
     def _load(self) -> None:
         """Rebuild the signing authorities and the bundle from the persisted timeline."""
+        self._stale = True
         x509_records = self.store.list_authorities("x509")
         jwt_records = self.store.list_authorities("jwt")
         roots = tuple(
@@ -264,6 +281,7 @@ class AuthorityTimeline:
             self.store.current_sequence(BUNDLE_SEQUENCE),
             self.settings.refresh_hint,
         )
+        self._stale = False
 
     def _notify(self) -> None:
         for listener in self._listeners:

@@ -1,7 +1,10 @@
 """Registration entries as admin operations: create, read, list, update, delete.
 
-What makes an entry valid is ``authd.workload.entries``; every change is audited and
-reloaded into the in-memory registry before the operation returns.
+What makes an entry valid is ``authd.workload.entries``; every change is stored with its audit
+record in one write, then reloaded into the in-memory registry before the operation returns. A
+refused operation changed nothing; once the write is done the operation succeeds (a registry
+that cannot re-read the entry now is logged; it catches up from a shared store's change feed,
+or when the daemon restarts).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from authd.workload.registry import EntryRegistry
 from ca.certificate_authority import CertificateAuthority
 from ca.errors import InvalidSpiffeId
 from ca.spiffe_id import SpiffeId
-from ca.store import RegistrationEntry, Selector, StoreError
+from ca.store import AuditDraft, RegistrationEntry, Selector, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,9 @@ class EntryOperations:
         now = self._ca.clock.now()
         wanted = replace(wanted, revision=0, created_at=int(now))
         try:
-            entry = self._store.create_entry(self._rules.check(wanted, now=now))
+            checked = self._rules.check(wanted, now=now)
+            audit = self._audit(caller, "entry.create", checked)
+            entry = self._store.create_entry(checked, audit=audit)
         except EntryError as exc:
             raise InvalidArgument(str(exc)) from None
         except StoreError as exc:
@@ -86,7 +91,13 @@ class EntryOperations:
             if not wanted.entry_id:
                 raise EntryError("entry_id", "is required to update an entry")
             checked = self._rules.check(wanted, now=self._ca.clock.now())
-            entry = self._store.update_entry(checked, expected_revision=wanted.revision)
+            # The stored revision will be one past the expected one, or nothing is stored.
+            audit = self._audit(
+                caller, "entry.update", replace(checked, revision=wanted.revision + 1)
+            )
+            entry = self._store.update_entry(
+                checked, expected_revision=wanted.revision, audit=audit
+            )
         except EntryError as exc:
             raise InvalidArgument(str(exc)) from None
         except StoreError as exc:
@@ -97,21 +108,34 @@ class EntryOperations:
     def delete(self, caller: AdminCaller, entry_id: str) -> None:
         try:
             entry = self._store.get_entry(entry_id)
-            self._store.delete_entry(entry_id)
+            # The audit record describes what is deleted: refused if it changed meanwhile.
+            self._store.delete_entry(
+                entry_id,
+                expected_revision=entry.revision,
+                audit=self._audit(caller, "entry.delete", entry),
+            )
         except StoreError as exc:
             raise store_refusal(exc) from None
         self._changed(caller, "entry.delete", entry)
 
+    def _audit(self, caller: AdminCaller, action: str, entry: RegistrationEntry) -> AuditDraft:
+        return AuditDraft(
+            time=int(self._ca.clock.now()),
+            actor=caller.actor,
+            action=action,
+            subject=entry.entry_id,
+            details=_audit_details(entry),
+        )
+
     def _changed(self, caller: AdminCaller, action: str, entry: RegistrationEntry) -> None:
+        """After the write: the change and its audit are stored, so this never refuses."""
+        log.info("%s %s (%s) by %s", action, entry.entry_id, entry.spiffe_id, caller)
         try:
             self._registry.refresh(entry.entry_id)
-            self._store.append_audit(
-                time=int(self._ca.clock.now()),
-                actor=caller.actor,
-                action=action,
-                subject=entry.entry_id,
-                details=_audit_details(entry),
-            )
         except StoreError as exc:
-            raise store_refusal(exc) from None
-        log.info("%s %s (%s) by %s", action, entry.entry_id, entry.spiffe_id, caller)
+            log.error(
+                "%s %s is stored, but the registry could not re-read it: %s",
+                action,
+                entry.entry_id,
+                exc,
+            )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ca.store.base import (
     AlreadyExists,
+    AuditDraft,
     Change,
     ChangeFeed,
     ChangeFeedGap,
@@ -39,6 +40,7 @@ from ca.store.urls import SQLITE_SCHEME, is_shared, redact_url
 __all__ = [
     "AUDIT_GENESIS_HASH",
     "AlreadyExists",
+    "AuditDraft",
     "AuditRecord",
     "AuthorityRecord",
     "Change",

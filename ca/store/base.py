@@ -2,14 +2,18 @@
 through which replicas sharing a store follow each other's changes (``ChangeFeed``).
 
 Backends are synchronous and safe to share between threads. They keep what they are given and
-nothing more: changing an entry does not append audit, rotating does not revoke; callers do.
-A backend raises only ``StoreError`` and its subclasses, never its driver's exceptions.
+nothing more: rotating does not revoke; callers do. Every change method takes the audit records
+that describe it (``AuditDraft``s, linked into the chain by the store) and writes them with the
+change, its change-feed event and any sequence bump in one transaction: a change that raises left
+nothing behind, and a change that returned is audited. A backend raises only ``StoreError`` and
+its subclasses, never its driver's exceptions.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self, TypedDict
 
@@ -53,6 +57,27 @@ class SchemaError(StoreError):
 class ChangeFeedGap(StoreError):
     """Events after the consumer's last id are gone (trimmed, or the feed was reset): the
     consumer must rebuild its whole view from the store."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditDraft:
+    """An audit record before the store links it: the store gives it its ``seq`` and hashes
+    in the same transaction as the change it describes."""
+
+    time: int
+    actor: str
+    action: str
+    subject: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: The audit records that go with one change: one draft, several, or none.
+Audit = AuditDraft | Sequence[AuditDraft]
+
+
+def audit_drafts(audit: Audit) -> tuple[AuditDraft, ...]:
+    """``audit`` as a tuple of drafts, in the order they are appended."""
+    return (audit,) if isinstance(audit, AuditDraft) else tuple(audit)
 
 
 class Change(TypedDict):
@@ -128,11 +153,22 @@ class Store(abc.ABC):
         """Authorities (of ``kind`` if given), ordered by ``not_before`` then ``created_at``."""
 
     @abc.abstractmethod
-    def save_authorities(self, records: Sequence[AuthorityRecord]) -> None:
-        """Insert or replace all of ``records`` in one transaction: all are saved or none is.
+    def save_authorities(
+        self,
+        records: Sequence[AuthorityRecord],
+        *,
+        delete: Sequence[str] = (),
+        audit: Audit = (),
+        sequence: str | None = None,
+    ) -> None:
+        """Insert or replace ``records``, forget the authorities ``delete`` names, append
+        ``audit`` and increment the counter ``sequence`` (if given), in one transaction.
 
         Rotation depends on this: the prepared authority becomes active in the same write that
-        retires the old one, so no reader ever sees two active authorities or none.
+        retires the old one, so no reader ever sees two active authorities or none; and the
+        bundle's sequence moves in the write that changes the bundle, so one sequence number
+        never stands for two bundles. ``NotFound`` (and nothing written) if an authority in
+        ``delete`` does not exist.
         """
 
     @abc.abstractmethod
@@ -178,8 +214,8 @@ class Store(abc.ABC):
     # -- registration entries ------------------------------------------------------------
 
     @abc.abstractmethod
-    def create_entry(self, entry: RegistrationEntry) -> RegistrationEntry:
-        """Store a new entry with revision 0 and return it as stored.
+    def create_entry(self, entry: RegistrationEntry, *, audit: Audit = ()) -> RegistrationEntry:
+        """Store a new entry with revision 0 and return it as stored (with ``audit``).
 
         ``AlreadyExists`` if ``entry_id`` is taken, or if another entry has the same
         ``spiffe_id``, ``parent_id`` and set of selectors (the message names that entry).
@@ -202,9 +238,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def update_entry(
-        self, entry: RegistrationEntry, *, expected_revision: int
+        self, entry: RegistrationEntry, *, expected_revision: int, audit: Audit = ()
     ) -> RegistrationEntry:
-        """Replace entry ``entry.entry_id`` if its stored revision is ``expected_revision``.
+        """Replace entry ``entry.entry_id`` if its stored revision is ``expected_revision``
+        (with ``audit``).
 
         Returns the stored value: revision incremented, ``created_at`` kept from the original.
         ``NotFound`` if there is no such entry, ``Conflict`` if the revision moved on,
@@ -212,22 +249,27 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def delete_entry(self, entry_id: str) -> None:
-        """Delete the entry ``entry_id``; ``NotFound`` if there is none."""
+    def delete_entry(
+        self, entry_id: str, *, expected_revision: int | None = None, audit: Audit = ()
+    ) -> None:
+        """Delete the entry ``entry_id`` (with ``audit``); ``NotFound`` if there is none,
+        ``Conflict`` if ``expected_revision`` is given and the stored one differs."""
 
     # -- revocations ---------------------------------------------------------------------
 
     @abc.abstractmethod
-    def add_revocation(self, revocation: Revocation) -> None:
-        """Record a revocation; ``AlreadyExists`` if that target is already revoked."""
+    def add_revocation(self, revocation: Revocation, *, audit: Audit = ()) -> None:
+        """Record a revocation (with ``audit``); ``AlreadyExists`` if that target is already
+        revoked."""
 
     @abc.abstractmethod
     def get_revocation(self, target_kind: str, target: str) -> Revocation:
         """The revocation of ``target``; ``NotFound`` if it is not revoked."""
 
     @abc.abstractmethod
-    def remove_revocation(self, target_kind: str, target: str) -> None:
-        """Lift the revocation of ``target``; ``NotFound`` if it is not revoked."""
+    def remove_revocation(self, target_kind: str, target: str, *, audit: Audit = ()) -> None:
+        """Lift the revocation of ``target`` (with ``audit``); ``NotFound`` if it is not
+        revoked."""
 
     @abc.abstractmethod
     def list_revocations(self, target_kind: str | None = None) -> list[Revocation]:
@@ -245,7 +287,8 @@ class Store(abc.ABC):
         subject: str,
         details: Mapping[str, Any],
     ) -> AuditRecord:
-        """Append one record to the audit chain and return it with its ``seq`` and hashes.
+        """Append one record that goes with no change to the audit chain and return it with
+        its ``seq`` and hashes (a change's records go with the change: ``audit=``).
 
         ``details`` is stored as canonical JSON, so the returned ``details`` is its JSON
         round trip (tuples become lists); ``StoreError`` if it is not JSON-serialisable.
@@ -261,6 +304,25 @@ class Store(abc.ABC):
     ) -> list[AuditRecord]:
         """Audit records with ``time >= since``, this ``subject`` and ``seq > after_seq``
         (each filter only if given), ascending by ``seq``."""
+
+
+def link_audit_drafts(
+    previous: tuple[int, str] | None, drafts: Sequence[AuditDraft]
+) -> list[AuditRecord]:
+    """``drafts`` linked into the chain after ``previous`` (its seq and hash; None if empty)."""
+    records: list[AuditRecord] = []
+    for draft in drafts:
+        record = next_audit_record(
+            previous,
+            time=draft.time,
+            actor=draft.actor,
+            action=draft.action,
+            subject=draft.subject,
+            details=draft.details,
+        )
+        records.append(record)
+        previous = (record.seq, record.hash)
+    return records
 
 
 def next_audit_record(

@@ -1,7 +1,8 @@
 """The embedded backend: one SQLite file (mode 0600) in WAL mode.
 
 One connection is shared by all threads behind a lock; every call is short. Each mutation runs
-in its own ``BEGIN IMMEDIATE`` transaction, so a crash leaves either the old or the new state.
+in its own ``BEGIN IMMEDIATE`` transaction with the audit records that describe it, so a crash
+(or a full disk) leaves either the old state or the new state and its audit.
 The schema version lives in ``PRAGMA user_version`` and ``_MIGRATIONS`` upgrades it in order.
 """
 
@@ -20,13 +21,16 @@ from typing import Any
 
 from ca.store.base import (
     AlreadyExists,
+    Audit,
+    AuditDraft,
     Conflict,
     CorruptRecord,
     NotFound,
     SchemaError,
     Store,
     StoreError,
-    next_audit_record,
+    audit_drafts,
+    link_audit_drafts,
 )
 from ca.store.durability import Durability, sqlite_synchronous
 from ca.store.records import (
@@ -286,10 +290,26 @@ class SQLiteStore(Store):
             ).fetchall()
         return [_authority_from_row(row) for row in rows]
 
-    def save_authorities(self, records: Sequence[AuthorityRecord]) -> None:
+    def save_authorities(
+        self,
+        records: Sequence[AuthorityRecord],
+        *,
+        delete: Sequence[str] = (),
+        audit: Audit = (),
+        sequence: str | None = None,
+    ) -> None:
         with self._transaction() as conn:
             for record in records:
                 conn.execute(_UPSERT_AUTHORITY, _authority_to_row(record))
+            for authority_id in delete:
+                cursor = conn.execute(
+                    "DELETE FROM authorities WHERE authority_id = ?", (authority_id,)
+                )
+                if cursor.rowcount == 0:
+                    raise NotFound(f"authority {authority_id!r} not found")
+            if sequence is not None:
+                conn.execute(_NEXT_SEQUENCE, (sequence,)).fetchall()
+            _append_audit(conn, audit_drafts(audit))
 
     def delete_authority(self, authority_id: str) -> None:
         with self._transaction() as conn:
@@ -370,13 +390,14 @@ class SQLiteStore(Store):
 
     # -- registration entries ------------------------------------------------------------
 
-    def create_entry(self, entry: RegistrationEntry) -> RegistrationEntry:
+    def create_entry(self, entry: RegistrationEntry, *, audit: Audit = ()) -> RegistrationEntry:
         stored = replace(entry, revision=0)
         with self._transaction() as conn:
             if _entry_exists(conn, entry.entry_id):
                 raise AlreadyExists(f"registration entry {entry.entry_id!r} already exists")
             _refuse_duplicate_selectors(conn, stored)
             conn.execute(_INSERT_ENTRY, _entry_to_row(stored))
+            _append_audit(conn, audit_drafts(audit))
         return stored
 
     def get_entry(self, entry_id: str) -> RegistrationEntry:
@@ -414,7 +435,7 @@ class SQLiteStore(Store):
         return entries
 
     def update_entry(
-        self, entry: RegistrationEntry, *, expected_revision: int
+        self, entry: RegistrationEntry, *, expected_revision: int, audit: Audit = ()
     ) -> RegistrationEntry:
         with self._transaction() as conn:
             row = conn.execute(
@@ -432,17 +453,29 @@ class SQLiteStore(Store):
             _refuse_duplicate_selectors(conn, stored)
             values = _entry_to_row(stored)
             conn.execute(_UPDATE_ENTRY, (*values[1:], stored.entry_id))
+            _append_audit(conn, audit_drafts(audit))
         return stored
 
-    def delete_entry(self, entry_id: str) -> None:
+    def delete_entry(
+        self, entry_id: str, *, expected_revision: int | None = None, audit: Audit = ()
+    ) -> None:
         with self._transaction() as conn:
-            cursor = conn.execute("DELETE FROM entries WHERE entry_id = ?", (entry_id,))
-            if cursor.rowcount == 0:
+            row = conn.execute(
+                "SELECT revision FROM entries WHERE entry_id = ?", (entry_id,)
+            ).fetchone()
+            if row is None:
                 raise NotFound(f"registration entry {entry_id!r} not found")
+            if expected_revision is not None and row[0] != expected_revision:
+                raise Conflict(
+                    f"registration entry {entry_id!r} is at revision {row[0]},"
+                    f" not {expected_revision}"
+                )
+            conn.execute("DELETE FROM entries WHERE entry_id = ?", (entry_id,))
+            _append_audit(conn, audit_drafts(audit))
 
     # -- revocations ---------------------------------------------------------------------
 
-    def add_revocation(self, revocation: Revocation) -> None:
+    def add_revocation(self, revocation: Revocation, *, audit: Audit = ()) -> None:
         with self._transaction() as conn:
             try:
                 conn.execute(
@@ -462,6 +495,7 @@ class SQLiteStore(Store):
                         f"{revocation.target_kind} {revocation.target!r} is already revoked"
                     ) from exc
                 raise
+            _append_audit(conn, audit_drafts(audit))
 
     def get_revocation(self, target_kind: str, target: str) -> Revocation:
         with self._connection() as conn:
@@ -473,7 +507,7 @@ class SQLiteStore(Store):
             raise NotFound(f"{target_kind} {target!r} is not revoked")
         return Revocation(*row)
 
-    def remove_revocation(self, target_kind: str, target: str) -> None:
+    def remove_revocation(self, target_kind: str, target: str, *, audit: Audit = ()) -> None:
         with self._transaction() as conn:
             cursor = conn.execute(
                 "DELETE FROM revocations WHERE target_kind = ? AND target = ?",
@@ -481,6 +515,7 @@ class SQLiteStore(Store):
             )
             if cursor.rowcount == 0:
                 raise NotFound(f"{target_kind} {target!r} is not revoked")
+            _append_audit(conn, audit_drafts(audit))
 
     def list_revocations(self, target_kind: str | None = None) -> list[Revocation]:
         where, params = _where(("target_kind = ?", target_kind))
@@ -502,29 +537,9 @@ class SQLiteStore(Store):
         subject: str,
         details: Mapping[str, Any],
     ) -> AuditRecord:
+        draft = AuditDraft(time, actor, action, subject, details)
         with self._transaction() as conn:
-            last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            record = next_audit_record(
-                None if last is None else (last[0], last[1]),
-                time=time,
-                actor=actor,
-                action=action,
-                subject=subject,
-                details=details,
-            )
-            conn.execute(
-                _INSERT_AUDIT,
-                (
-                    record.seq,
-                    record.time,
-                    record.actor,
-                    record.action,
-                    record.subject,
-                    canonical_json(record.details),
-                    record.prev_hash,
-                    record.hash,
-                ),
-            )
+            (record,) = _append_audit(conn, (draft,))
         return record
 
     def list_audit(
@@ -552,6 +567,31 @@ class SQLiteStore(Store):
                 ) from None
             records.append(AuditRecord(seq, time, actor, action, subject, parsed, prev, digest))
         return records
+
+
+def _append_audit(conn: sqlite3.Connection, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
+    """Link ``drafts`` after the chain's head and insert them, inside the caller's transaction."""
+    if not drafts:
+        return []
+    last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    records = link_audit_drafts(None if last is None else (last[0], last[1]), drafts)
+    conn.executemany(
+        _INSERT_AUDIT,
+        [
+            (
+                r.seq,
+                r.time,
+                r.actor,
+                r.action,
+                r.subject,
+                canonical_json(r.details),
+                r.prev_hash,
+                r.hash,
+            )
+            for r in records
+        ],
+    )
+    return records
 
 
 def _create_private_file(path: Path) -> None:

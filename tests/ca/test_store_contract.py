@@ -13,7 +13,7 @@ import sqlite3
 import stat
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
@@ -22,9 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ca.audit import verify_chain
 from ca.store import (
     AUDIT_GENESIS_HASH,
     AlreadyExists,
+    AuditDraft,
     AuthorityRecord,
     Conflict,
     IssuanceRecord,
@@ -41,6 +43,7 @@ from ca.store import (
     open_store,
 )
 from ca.store.sqlite import SCHEMA_VERSION
+from tests.support.store_faults import fail_writes
 
 Opener = Callable[[], Store]
 
@@ -692,6 +695,149 @@ def test_concurrent_audit_appends_form_one_unbroken_chain(store: Store) -> None:
     records = store.list_audit()
     assert [r.seq for r in records] == list(range(1, 201))
     assert [r.prev_hash for r in records] == [AUDIT_GENESIS_HASH] + [r.hash for r in records[:-1]]
+
+
+# -- a change, its audit and its sequence: one write --------------------------------------
+
+
+def draft(subject: str, action: str = "test.change", **details: object) -> AuditDraft:
+    return AuditDraft(time=1_000, actor="tester", action=action, subject=subject, details=details)
+
+
+UNSTORABLE = {"not json": object()}
+
+# Each change, applied to a store holding entry "e1", revocation serial "ab" and authority "a1".
+CHANGES: dict[str, Callable[[Store, Sequence[AuditDraft]], object]] = {
+    "create_entry": lambda s, audit: s.create_entry(entry("e2", spiffe_id=NODE), audit=audit),
+    "update_entry": lambda s, audit: s.update_entry(
+        entry("e1", hint="new"), expected_revision=0, audit=audit
+    ),
+    "delete_entry": lambda s, audit: s.delete_entry("e1", audit=audit),
+    "add_revocation": lambda s, audit: s.add_revocation(
+        revocation(WEB, target_kind="spiffe_id"), audit=audit
+    ),
+    "remove_revocation": lambda s, audit: s.remove_revocation("serial", "ab", audit=audit),
+    "save_authorities": lambda s, audit: s.save_authorities(
+        [authority("a2")], delete=["a1"], audit=audit, sequence="bundle"
+    ),
+}
+
+
+def stored_state(store: Store) -> tuple[object, ...]:
+    return (
+        store.list_entries(),
+        store.list_revocations(),
+        store.list_authorities(),
+        store.current_sequence("bundle"),
+        store.list_audit(),
+    )
+
+
+def with_one_of_each(store: Store) -> Store:
+    store.create_entry(entry("e1"))
+    store.add_revocation(revocation("ab"))
+    store.save_authorities([authority("a1")])
+    return store
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_change_whose_audit_record_cannot_be_stored_leaves_nothing(
+    store: Store, change: str
+) -> None:
+    with_one_of_each(store)
+    before = stored_state(store)
+    bad = AuditDraft(time=1, actor="tester", action="test.bad", subject="x", details=UNSTORABLE)
+    with pytest.raises(StoreError, match="cannot be stored"):
+        CHANGES[change](store, [draft("first"), bad])
+    assert stored_state(store) == before
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_change_that_fails_before_its_commit_leaves_neither_it_nor_its_audit(
+    store: Store, change: str
+) -> None:
+    with_one_of_each(store)
+    before = stored_state(store)
+    fault = fail_writes(store, at=1)
+    with pytest.raises(StoreError, match="injected fault"):
+        CHANGES[change](store, [draft(change)])
+    assert fault.failed == [1]
+    assert stored_state(store) == before
+    CHANGES[change](store, [draft(change)])  # the retry is the first time it happens
+    assert [r.subject for r in store.list_audit()] == [change]
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_change_and_its_audit_records_are_stored_together(store: Store, change: str) -> None:
+    with_one_of_each(store)
+    CHANGES[change](store, [draft(change, n=1), draft(change, n=2)])
+    records = store.list_audit()
+    assert [(r.seq, r.subject, r.details) for r in records] == [
+        (1, change, {"n": 1}),
+        (2, change, {"n": 2}),
+    ]
+    assert verify_chain(records).intact
+
+
+def test_a_refused_change_appends_no_audit_record(store: Store) -> None:
+    with_one_of_each(store)
+    with pytest.raises(AlreadyExists):
+        store.create_entry(entry("e1"), audit=draft("e1"))
+    with pytest.raises(Conflict):
+        store.update_entry(entry("e1"), expected_revision=7, audit=draft("e1"))
+    with pytest.raises(Conflict):
+        store.delete_entry("e1", expected_revision=7, audit=draft("e1"))
+    with pytest.raises(AlreadyExists):
+        store.add_revocation(revocation("ab"), audit=draft("ab"))
+    with pytest.raises(NotFound):
+        store.remove_revocation("serial", "cd", audit=draft("cd"))
+    with pytest.raises(NotFound):
+        store.save_authorities([authority("a2")], delete=["gone"], audit=draft("a2"))
+    assert store.list_audit() == []
+    assert [a.authority_id for a in store.list_authorities()] == ["a1"]
+
+
+def test_save_authorities_moves_its_sequence_once_with_the_write(store: Store) -> None:
+    store.save_authorities([authority("a1")], sequence="bundle")
+    store.save_authorities([authority("a2")], delete=["a1"], sequence="bundle")
+    store.save_authorities([authority("a2", state="retired")])
+    assert store.current_sequence("bundle") == 2
+    assert [a.authority_id for a in store.list_authorities()] == ["a2"]
+
+
+def test_every_change_made_with_an_audit_record_is_in_one_intact_chain(store: Store) -> None:
+    store.create_entry(entry("e1"), audit=draft("e1", "entry.create"))
+    store.update_entry(
+        entry("e1", hint="h"), expected_revision=0, audit=draft("e1", "entry.update")
+    )
+    store.add_revocation(revocation("e1", target_kind="entry"), audit=draft("entry:e1", "revoke"))
+    store.append_audit(time=1, actor="tester", action="note", subject="-", details={})
+    store.remove_revocation("entry", "e1", audit=draft("entry:e1", "unrevoke"))
+    store.delete_entry("e1", expected_revision=1, audit=draft("e1", "entry.delete"))
+    store.save_authorities([authority("a1")], audit=draft("a1", "authority.active"))
+    records = store.list_audit()
+    assert [r.action for r in records] == [
+        "entry.create",
+        "entry.update",
+        "revoke",
+        "note",
+        "unrevoke",
+        "entry.delete",
+        "authority.active",
+    ]
+    assert verify_chain(records).intact
+    assert store.position().audit_seq == 7
+
+
+def test_concurrent_audited_changes_form_one_unbroken_chain(store: Store) -> None:
+    def revoke(n: int) -> None:
+        store.add_revocation(revocation(f"{n:x}"), audit=draft(f"serial:{n:x}"))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(revoke, range(40)))
+    records = store.list_audit()
+    assert len(records) == 40 and verify_chain(records).intact
+    assert {r.subject for r in records} == {f"serial:{n:x}" for n in range(40)}
 
 
 # -- the store as a whole ----------------------------------------------------------------

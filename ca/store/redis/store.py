@@ -3,7 +3,8 @@
 ``client`` reaches the server from the URL and runs each read-modify-write as one watched
 MULTI/EXEC; ``codec`` turns records into values and back; ``keys`` names every key under one
 Cluster hash tag; ``feed`` records each change on the stream other replicas follow
-(``change_feed()``), in the same transaction as the change.
+(``change_feed()``), in the same transaction as the change. A change's audit records go in that
+transaction too: it watches the audit chain's head and links them after it.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from redis.typing import EncodableT, FieldT
 
 from ca.store.base import (
     AlreadyExists,
+    Audit,
+    AuditDraft,
     Conflict,
     NotFound,
     SchemaError,
     Store,
     StoreError,
-    next_audit_record,
+    audit_drafts,
+    link_audit_drafts,
 )
 from ca.store.durability import Durability
 from ca.store.records import (
@@ -95,6 +99,29 @@ class RedisStore(Store):
     def _add_change(self, pipe: Pipe, kind: str, op: str, key: str) -> None:
         add_change(pipe, self._keys.changes, kind, op, key)
 
+    def _link_audit(
+        self, pipe: Pipe, drafts: Sequence[AuditDraft]
+    ) -> list[tuple[AuditRecord, str]]:
+        """``drafts`` linked after the chain's head (read under the caller's WATCH of it),
+        each with its encoded member."""
+        if not drafts:
+            return []
+        last = pipe.zrange(self._keys.audit, -1, -1)
+        previous = AUDIT.decode(reply_text(last[0])) if last else None
+        records = link_audit_drafts(
+            None if previous is None else (previous.seq, previous.hash), drafts
+        )
+        return [(r, AUDIT.encode(r, f"audit record {r.seq}")) for r in records]
+
+    def _write_audit(self, pipe: Pipe, linked: Sequence[tuple[AuditRecord, str]]) -> None:
+        for record, member in linked:
+            pipe.zadd(self._keys.audit, {member: record.seq})
+            pipe.zadd(self._keys.audit_by_subject(record.subject), {member: record.seq})
+
+    def _watched(self, keys: Sequence[str], drafts: Sequence[AuditDraft]) -> list[str]:
+        """``keys``, and the audit chain's head when the change appends to it."""
+        return [*keys, self._keys.audit] if drafts else list(keys)
+
     def change_feed(self) -> RedisChangeFeed:
         return self._feed
 
@@ -135,27 +162,47 @@ class RedisStore(Store):
             key=lambda r: (r.not_before, r.created_at, r.authority_id),
         )
 
-    def save_authorities(self, records: Sequence[AuthorityRecord]) -> None:
+    def save_authorities(
+        self,
+        records: Sequence[AuthorityRecord],
+        *,
+        delete: Sequence[str] = (),
+        audit: Audit = (),
+        sequence: str | None = None,
+    ) -> None:
         encoded = {
             r.authority_id: AUTHORITIES.encode(r, f"authority {r.authority_id!r}") for r in records
         }
-        if not encoded:
+        drafts = audit_drafts(audit)
+        if not (encoded or delete or drafts or sequence is not None):
             return
         mapping: dict[FieldT, EncodableT] = {key: value for key, value in encoded.items()}
 
         def prepare(pipe: Pipe) -> tuple[Write, None]:
-            existing = pipe.hmget(self._keys.authorities, list(encoded))
+            existing = pipe.hmget(self._keys.authorities, list(encoded)) if encoded else []
+            for authority_id in delete:
+                if not pipe.hexists(self._keys.authorities, authority_id):
+                    raise NotFound(f"authority {authority_id!r} not found")
+            linked = self._link_audit(pipe, drafts)
 
             def write(pipe: Pipe) -> None:
-                pipe.hset(self._keys.authorities, mapping=mapping)
+                if mapping:
+                    pipe.hset(self._keys.authorities, mapping=mapping)
                 for authority_id, before in zip(encoded, existing, strict=True):
                     self._add_change(
                         pipe, "authority", "add" if before is None else "update", authority_id
                     )
+                if delete:
+                    pipe.hdel(self._keys.authorities, *delete)
+                for authority_id in delete:
+                    self._add_change(pipe, "authority", "remove", authority_id)
+                if sequence is not None:
+                    pipe.incr(self._keys.sequence(sequence))
+                self._write_audit(pipe, linked)
 
             return write, None
 
-        self._redis.transaction([self._keys.authorities], prepare)
+        self._redis.transaction(self._watched([self._keys.authorities], drafts), prepare)
 
     def delete_authority(self, authority_id: str) -> None:
         def prepare(pipe: Pipe) -> tuple[Write, None]:
@@ -276,16 +323,18 @@ class RedisStore(Store):
 
     # -- registration entries ------------------------------------------------------------
 
-    def create_entry(self, entry: RegistrationEntry) -> RegistrationEntry:
+    def create_entry(self, entry: RegistrationEntry, *, audit: Audit = ()) -> RegistrationEntry:
         stored = replace(entry, revision=0)
         value = ENTRIES.encode(stored, f"registration entry {stored.entry_id!r}")
         entry_key = self._keys.entry(stored.entry_id)
         signature_key = self._keys.entry_signature(stored)
+        drafts = audit_drafts(audit)
 
         def prepare(pipe: Pipe) -> tuple[Write, RegistrationEntry]:
             if pipe.exists(entry_key):
                 raise AlreadyExists(f"registration entry {stored.entry_id!r} already exists")
             self._refuse_duplicate_selectors(pipe, signature_key, stored)
+            linked = self._link_audit(pipe, drafts)
 
             def write(pipe: Pipe) -> None:
                 pipe.set(entry_key, value)
@@ -294,10 +343,11 @@ class RedisStore(Store):
                 for index in self._keys.entry_indexes(stored):
                     pipe.sadd(index, stored.entry_id)
                 self._add_change(pipe, "entry", "add", stored.entry_id)
+                self._write_audit(pipe, linked)
 
             return write, stored
 
-        return self._redis.transaction([entry_key, signature_key], prepare)
+        return self._redis.transaction(self._watched([entry_key, signature_key], drafts), prepare)
 
     @staticmethod
     def _refuse_duplicate_selectors(
@@ -354,8 +404,9 @@ class RedisStore(Store):
         return sorted(matching, key=lambda e: (e.created_at, e.entry_id))
 
     def update_entry(
-        self, entry: RegistrationEntry, *, expected_revision: int
+        self, entry: RegistrationEntry, *, expected_revision: int, audit: Audit = ()
     ) -> RegistrationEntry:
+        drafts = audit_drafts(audit)
         described = f"registration entry {entry.entry_id!r}"
         ENTRIES.encode(entry, described)  # type errors before any round trip
         entry_key = self._keys.entry(entry.entry_id)
@@ -378,6 +429,7 @@ class RedisStore(Store):
                 self._keys.entry_indexes(old),
                 self._keys.entry_indexes(stored),
             )
+            linked = self._link_audit(pipe, drafts)
 
             def write(pipe: Pipe) -> None:
                 pipe.set(entry_key, value)
@@ -389,19 +441,29 @@ class RedisStore(Store):
                 for index in new_indexes - old_indexes:
                     pipe.sadd(index, stored.entry_id)
                 self._add_change(pipe, "entry", "update", stored.entry_id)
+                self._write_audit(pipe, linked)
 
             return write, stored
 
-        return self._redis.transaction([entry_key, signature_key], prepare)
+        return self._redis.transaction(self._watched([entry_key, signature_key], drafts), prepare)
 
-    def delete_entry(self, entry_id: str) -> None:
+    def delete_entry(
+        self, entry_id: str, *, expected_revision: int | None = None, audit: Audit = ()
+    ) -> None:
         entry_key = self._keys.entry(entry_id)
+        drafts = audit_drafts(audit)
 
         def prepare(pipe: Pipe) -> tuple[Write, None]:
             current = pipe.get(entry_key)
             if current is None:
                 raise NotFound(f"registration entry {entry_id!r} not found")
             old = ENTRIES.decode(reply_text(current))
+            if expected_revision is not None and old.revision != expected_revision:
+                raise Conflict(
+                    f"registration entry {entry_id!r} is at revision {old.revision},"
+                    f" not {expected_revision}"
+                )
+            linked = self._link_audit(pipe, drafts)
 
             def write(pipe: Pipe) -> None:
                 pipe.delete(entry_key, self._keys.entry_signature(old))
@@ -409,14 +471,16 @@ class RedisStore(Store):
                 for index in self._keys.entry_indexes(old):
                     pipe.srem(index, entry_id)
                 self._add_change(pipe, "entry", "remove", entry_id)
+                self._write_audit(pipe, linked)
 
             return write, None
 
-        self._redis.transaction([entry_key], prepare)
+        self._redis.transaction(self._watched([entry_key], drafts), prepare)
 
     # -- revocations ---------------------------------------------------------------------
 
-    def add_revocation(self, revocation: Revocation) -> None:
+    def add_revocation(self, revocation: Revocation, *, audit: Audit = ()) -> None:
+        drafts = audit_drafts(audit)
         name = f"{revocation.target_kind} {revocation.target!r}"
         value = REVOCATIONS.encode(revocation, f"the revocation of {name}")
         key = self._keys.revocation(revocation.target_kind, revocation.target)
@@ -427,6 +491,7 @@ class RedisStore(Store):
         def prepare(pipe: Pipe) -> tuple[Write, None]:
             if pipe.exists(key):
                 raise AlreadyExists(f"{name} is already revoked")
+            linked = self._link_audit(pipe, drafts)
 
             def write(pipe: Pipe) -> None:
                 [text] = member
@@ -436,10 +501,11 @@ class RedisStore(Store):
                 self._add_change(
                     pipe, "revocation", "add", f"{revocation.target_kind}:{revocation.target}"
                 )
+                self._write_audit(pipe, linked)
 
             return write, None
 
-        self._redis.transaction([key], prepare)
+        self._redis.transaction(self._watched([key], drafts), prepare)
 
     def get_revocation(self, target_kind: str, target: str) -> Revocation:
         with self._redis.call() as client:
@@ -448,23 +514,26 @@ class RedisStore(Store):
             raise NotFound(f"{target_kind} {target!r} is not revoked")
         return REVOCATIONS.decode(reply_text(stored)[MEMBER_TAIL:])
 
-    def remove_revocation(self, target_kind: str, target: str) -> None:
+    def remove_revocation(self, target_kind: str, target: str, *, audit: Audit = ()) -> None:
         key = self._keys.revocation(target_kind, target)
+        drafts = audit_drafts(audit)
 
         def prepare(pipe: Pipe) -> tuple[Write, None]:
             member = pipe.get(key)
             if member is None:
                 raise NotFound(f"{target_kind} {target!r} is not revoked")
+            linked = self._link_audit(pipe, drafts)
 
             def write(pipe: Pipe) -> None:
                 pipe.delete(key)
                 pipe.zrem(self._keys.revocations, reply_text(member))
                 pipe.zrem(self._keys.revocations_by_kind(target_kind), reply_text(member))
                 self._add_change(pipe, "revocation", "remove", f"{target_kind}:{target}")
+                self._write_audit(pipe, linked)
 
             return write, None
 
-        self._redis.transaction([key], prepare)
+        self._redis.transaction(self._watched([key], drafts), prepare)
 
     def list_revocations(self, target_kind: str | None = None) -> list[Revocation]:
         index = (
@@ -487,24 +556,15 @@ class RedisStore(Store):
         subject: str,
         details: Mapping[str, Any],
     ) -> AuditRecord:
+        draft = AuditDraft(time, actor, action, subject, details)
+
         def prepare(pipe: Pipe) -> tuple[Write, AuditRecord]:
-            last = pipe.zrange(self._keys.audit, -1, -1)
-            previous = AUDIT.decode(reply_text(last[0])) if last else None
-            record = next_audit_record(
-                None if previous is None else (previous.seq, previous.hash),
-                time=time,
-                actor=actor,
-                action=action,
-                subject=subject,
-                details=details,
-            )
-            member = {AUDIT.encode(record, f"audit record {record.seq}"): record.seq}
+            linked = self._link_audit(pipe, (draft,))
 
             def write(pipe: Pipe) -> None:
-                pipe.zadd(self._keys.audit, member)
-                pipe.zadd(self._keys.audit_by_subject(subject), member)
+                self._write_audit(pipe, linked)
 
-            return write, record
+            return write, linked[0][0]
 
         return self._redis.transaction([self._keys.audit], prepare)
 
