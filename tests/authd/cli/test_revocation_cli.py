@@ -136,8 +136,8 @@ def test_refused_revocations_store_nothing(daemon: Daemon) -> None:
     leaf = mint(daemon, WEB)
     invalid = "authd: invalid argument: "
     refusals = {
-        ("revoke", "serial", "1f"): f"{invalid}unknown serial 1f: authd never issued it",
-        ("revoke", "serial", "0x1F"): f"{invalid}unknown serial 1f: authd never issued it",
+        ("revoke", "serial", "1f"): "authd: not found: unknown serial 1f: authd never issued it",
+        ("revoke", "serial", "0x1F"): "authd: not found: unknown serial 1f: authd never issued it",
         ("revoke", "serial", "xyz"): f"{invalid}serial 'xyz' is not hexadecimal",
         ("revoke", "spiffe-id", "spiffe://Example.org/web"):
             f"{invalid}'spiffe://Example.org/web': trust domain character 'E' is not allowed",
@@ -148,7 +148,8 @@ def test_refused_revocations_store_nothing(daemon: Daemon) -> None:
             f"{invalid}unknown revocation reason '7'",
         ("revoke", "serial", serial(leaf), "--reason", "remove-from-crl"):
             f"{invalid}removeFromCRL is not a revocation; use unrevoke",
-        ("revoke", "entry", "no-such-entry"): f"{invalid}no registration entry 'no-such-entry'",
+        ("revoke", "entry", "no-such-entry"):
+            "authd: not found: no registration entry 'no-such-entry'",
         ("unrevoke", "spiffe-id", WEB): f"authd: not found: spiffe_id {WEB} is not revoked",
         ("unrevoke", "serial", serial(leaf)):
             f"authd: not found: serial {serial(leaf)} is not revoked",
