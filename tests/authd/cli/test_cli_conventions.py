@@ -142,3 +142,14 @@ def test_every_shell_gets_a_script_from_the_same_table() -> None:
         assert result.returncode == 0 and marker in result.stdout
         assert "--selector" in result.stdout
     assert run("completion", "tcsh").returncode == Exit.USAGE
+
+
+def test_a_malformed_ca_subject_is_refused_with_a_reason(tmp_path: Path) -> None:
+    config = tmp_path / "authd.toml"
+    config.write_text('[ca]\nsubject = "garbage"\n')
+    result = run("run", "--data-dir", str(tmp_path / "d"), "--config", str(config))
+    assert result.returncode == Exit.INVALID
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("authd: config key 'ca.subject'"), line
+    assert not line.rstrip().endswith(":"), line
+    assert "'garbage'" in line, line
