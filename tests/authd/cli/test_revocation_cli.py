@@ -268,8 +268,8 @@ def test_svid_list_answers_which_svids_an_authority_signed(daemon: Daemon) -> No
     assert human[1].split() == ["SERIAL", "SPIFFE", "ID", "NOT", "AFTER", "REQUESTER", "REVOKED"]
     assert human[2].split()[:2] == [serial(api), API]
     assert human[2].split()[-2:] == ["admin:uid=0", "no"]
-    nothing = authd("svid", "list", "--authority", "no-such-authority", data_dir=data).stdout
-    assert nothing.strip() == "Found 0 SVIDs signed by authority no-such-authority"
+    unknown = failure(daemon, "svid", "list", "--authority", "no-such-authority")
+    assert unknown.startswith("authd: not found: no authority 'no-such-authority'"), unknown
     bad_filter = failure(
         daemon,
         "svid",
