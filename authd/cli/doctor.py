@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,8 +102,14 @@ def check_authorities(admin: admin_pb2_grpc.AdminStub, now: float) -> list[Findi
         state = call(admin.ShowCA, admin_pb2.ShowCARequest())
     except CommandError as exc:
         return [Finding("authorities", FAIL, str(exc))]
+    return authority_findings(state.authorities, now)
+
+
+def authority_findings(listed: Iterable[admin_pb2.Authority], now: float) -> list[Finding]:
+    """What the authorities say at ``now``: each kind's active one and its remaining life
+    (a warning when under a sixth of it is left and none is prepared), and the clock."""
     found: list[Finding] = []
-    authorities = ordered_authorities(state.authorities)
+    authorities = ordered_authorities(listed)
     for kind in ("x509", "jwt"):
         active = [a for a in authorities if a.kind == kind and a.state == "active"]
         if not active:
