@@ -19,6 +19,7 @@ class Exit(enum.IntEnum):
     NOT_FOUND = 5  # what the command names does not exist
     PERMISSION = 6  # the caller may not do this (not an authd admin, socket not readable)
     UNAVAILABLE = 7  # the daemon (or its store) cannot be reached; retrying may help
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), without a traceback
     PIPE_CLOSED = 141  # stdout was closed by the reader (128 + SIGPIPE, as `yes | head`)
 
 

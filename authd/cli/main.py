@@ -63,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return result
     except BrokenPipeError:
         return _closed_pipe()
+    except KeyboardInterrupt:
+        return Exit.INTERRUPTED
     except CommandError as exc:
         print(f"authd: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -11,8 +11,12 @@ import subprocess
 import tomllib
 from pathlib import Path
 
+import pytest
+
+from authd.cli import completion
 from authd.cli.completion import completion_table
 from authd.cli.errors import Exit
+from authd.cli.main import main
 from authd.cli.parser import build_parser, command_parsers
 from tests.support.daemon import AUTHD, authd
 
@@ -153,3 +157,14 @@ def test_a_malformed_ca_subject_is_refused_with_a_reason(tmp_path: Path) -> None
     assert line.startswith("authd: config key 'ca.subject'"), line
     assert not line.rstrip().endswith(":"), line
     assert "'garbage'" in line, line
+
+
+def test_an_interrupted_command_exits_130_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(table: object) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(completion, "bash_script", interrupted)
+    assert main(["completion", "bash"]) == Exit.INTERRUPTED
+    assert capsys.readouterr().err == ""
