@@ -99,21 +99,21 @@ class CertificateAuthority:
         """Call ``listener()`` after every change of the authorities or the bundle."""
         self.timeline.add_listener(listener)
 
-    def prepare_authority(self, kind: str) -> AuthorityRecord:
+    def prepare_authority(self, kind: str, *, actor: str = "authd") -> AuthorityRecord:
         """Prepare the next authority of ``kind`` now (it enters the bundle at once)."""
-        return self.timeline.prepare_authority(kind)
+        return self.timeline.prepare_authority(kind, actor=actor)
 
-    def activate_authority(self, kind: str) -> AuthorityRecord:
+    def activate_authority(self, kind: str, *, actor: str = "authd") -> AuthorityRecord:
         """Make the prepared authority of ``kind`` sign now; the active one is retired."""
-        return self.timeline.activate_authority(kind)
+        return self.timeline.activate_authority(kind, actor=actor)
 
-    def taint_authority(self, authority_id: str) -> AuthorityRecord:
+    def taint_authority(self, authority_id: str, *, actor: str = "authd") -> AuthorityRecord:
         """Mark a retired authority tainted: everything it signed is re-issued at once."""
-        return self.timeline.taint_authority(authority_id)
+        return self.timeline.taint_authority(authority_id, actor=actor)
 
-    def revoke_authority(self, authority_id: str) -> AuthorityRecord:
+    def revoke_authority(self, authority_id: str, *, actor: str = "authd") -> AuthorityRecord:
         """Remove a tainted authority from the bundle: what it signed is no longer trusted."""
-        return self.timeline.revoke_authority(authority_id)
+        return self.timeline.revoke_authority(authority_id, actor=actor)
 
     def authorities(self) -> list[AuthorityRecord]:
         return self.timeline.authorities()

@@ -19,6 +19,10 @@ class AlreadyRevoked(InvalidRequest):
     """The target is revoked already."""
 
 
+class UnknownTarget(InvalidRequest):
+    """What a revocation names (a serial, a registration entry) does not exist."""
+
+
 class NotRevoked(InvalidRequest):
     """The target to lift is not revoked."""
 

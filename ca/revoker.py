@@ -19,7 +19,7 @@ from cryptography import x509
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
 from ca.crl import build_crl
-from ca.errors import AlreadyRevoked, FinalRevocation, InvalidRequest, NotRevoked
+from ca.errors import AlreadyRevoked, FinalRevocation, InvalidRequest, NotRevoked, UnknownTarget
 from ca.revocation_view import RevocationReason, RevocationView
 from ca.spiffe_id import SpiffeId
 from ca.store import (
@@ -204,9 +204,7 @@ class Revoker:
                 try:
                     self._store.get_issuance(serial)
                 except NotFound:
-                    raise InvalidRequest(
-                        f"unknown serial {serial}: authd never issued it"
-                    ) from None
+                    raise UnknownTarget(f"unknown serial {serial}: authd never issued it") from None
             return serial
         if kind == "spiffe_id":
             return str(SpiffeId.parse(target))  # InvalidSpiffeId says what is wrong
@@ -215,7 +213,7 @@ class Revoker:
                 try:
                     self._store.get_entry(target)
                 except NotFound:
-                    raise InvalidRequest(f"no registration entry {target!r}") from None
+                    raise UnknownTarget(f"no registration entry {target!r}") from None
             return target
         raise InvalidRequest(f"cannot revoke a {kind!r}; use serial, spiffe_id or entry")
 

@@ -132,7 +132,7 @@ class AuthorityTimeline:
 
     # --- operator-driven steps (SPIRE's `localauthority` commands) -------------------------
 
-    def prepare_authority(self, kind: str) -> AuthorityRecord:
+    def prepare_authority(self, kind: str, *, actor: str = "authd") -> AuthorityRecord:
         """Prepare the next authority of ``kind`` now (it enters the bundle at once)."""
         self._require_rotating()
         with self._lock:
@@ -141,10 +141,10 @@ class AuthorityTimeline:
             if any(r.state == rotation.PREPARED for r in self.store.list_authorities(kind)):
                 raise InvalidRequest(f"a prepared {kind} authority already exists")
             record = self._new_authority(kind, rotation.PREPARED, self.clock.now())
-            self._changed([record], "")
+            self._changed([record], "", actor)
             return record
 
-    def activate_authority(self, kind: str) -> AuthorityRecord:
+    def activate_authority(self, kind: str, *, actor: str = "authd") -> AuthorityRecord:
         """Make the prepared authority of ``kind`` sign now; the active one is retired."""
         self._require_rotating()
         with self._lock:
@@ -156,10 +156,10 @@ class AuthorityTimeline:
             updates += [
                 replace(r, state=rotation.RETIRED) for r in records if r.state == rotation.ACTIVE
             ]
-            self._changed(updates, "")
+            self._changed(updates, "", actor)
             return updates[0]
 
-    def taint_authority(self, authority_id: str) -> AuthorityRecord:
+    def taint_authority(self, authority_id: str, *, actor: str = "authd") -> AuthorityRecord:
         """Mark a retired authority tainted: everything it signed is re-issued at once."""
         with self._lock:
             record = self._record(authority_id)
@@ -171,10 +171,10 @@ class AuthorityTimeline:
             if record.tainted:
                 raise InvalidRequest(f"authority {authority_id} is already tainted")
             tainted = replace(record, tainted=True)
-            self._changed([tainted], "tainted")
+            self._changed([tainted], "tainted", actor)
             return tainted
 
-    def revoke_authority(self, authority_id: str) -> AuthorityRecord:
+    def revoke_authority(self, authority_id: str, *, actor: str = "authd") -> AuthorityRecord:
         """Remove a tainted authority from the bundle: what it signed is no longer trusted."""
         with self._lock:
             record = self._record(authority_id)
@@ -184,7 +184,7 @@ class AuthorityTimeline:
                     "what it signed is re-issued first"
                 )
             revoked = replace(record, revoked=True)
-            self._changed([revoked], "revoked")
+            self._changed([revoked], "revoked", actor)
             return revoked
 
     # --- internals ------------------------------------------------------------------------
@@ -202,9 +202,13 @@ class AuthorityTimeline:
         except NotFound:
             raise InvalidRequest(f"no authority {authority_id!r}") from None
 
-    def _changed(self, updates: Sequence[AuthorityRecord], action: str) -> None:
+    def _changed(
+        self, updates: Sequence[AuthorityRecord], action: str, actor: str = "authd"
+    ) -> None:
         audit = [
-            self._audit(f"authority.{action}" if action else f"authority.{record.state}", record)
+            self._audit(
+                f"authority.{action}" if action else f"authority.{record.state}", record, actor
+            )
             for record in updates
         ]
         self.store.save_authorities(updates, audit=audit, sequence=BUNDLE_SEQUENCE)
@@ -249,10 +253,10 @@ class AuthorityTimeline:
             upstream=self.upstream,
         )
 
-    def _audit(self, action: str, record: AuthorityRecord) -> AuditDraft:
+    def _audit(self, action: str, record: AuthorityRecord, actor: str = "authd") -> AuditDraft:
         return AuditDraft(
             time=int(self.clock.now()),
-            actor="authd",
+            actor=actor,
             action=action,
             subject=record.authority_id,
             details={"kind": record.kind, "not_after": record.not_after},

@@ -60,21 +60,33 @@ class AuthorityOperations:
 
     def prepare(self, caller: AdminCaller, kind: str) -> AuthorityStep:
         kind = check_kind(kind)
-        return self._step(caller, lambda: self._ca.prepare_authority(kind), "prepared")
+        return self._step(
+            caller, lambda: self._ca.prepare_authority(kind, actor=caller.actor), "prepared"
+        )
 
     def activate(self, caller: AdminCaller, kind: str) -> AuthorityStep:
         kind = check_kind(kind)
-        return self._step(caller, lambda: self._ca.activate_authority(kind), "activated")
+        return self._step(
+            caller, lambda: self._ca.activate_authority(kind, actor=caller.actor), "activated"
+        )
 
     def taint(self, caller: AdminCaller, kind: str, authority_id: str) -> AuthorityStep:
         record = self._authority(kind, authority_id)
-        return self._step(caller, lambda: self._ca.taint_authority(record.authority_id), "tainted")
+        return self._step(
+            caller,
+            lambda: self._ca.taint_authority(record.authority_id, actor=caller.actor),
+            "tainted",
+        )
 
     def revoke(self, caller: AdminCaller, kind: str, authority_id: str) -> AuthorityStep:
         record = self._authority(kind, authority_id)
         if record.revoked:
             raise FailedPrecondition(f"authority {record.authority_id} is already revoked")
-        return self._step(caller, lambda: self._ca.revoke_authority(record.authority_id), "revoked")
+        return self._step(
+            caller,
+            lambda: self._ca.revoke_authority(record.authority_id, actor=caller.actor),
+            "revoked",
+        )
 
     def _authority(self, kind: str, authority_id: str) -> AuthorityRecord:
         """The authority ``authority_id``, which must exist and be of ``kind``."""

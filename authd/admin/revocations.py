@@ -19,6 +19,7 @@ from authd.admin.errors import (
     UnknownTarget,
     store_refusal,
 )
+from ca import errors as ca_errors
 from ca.errors import AlreadyRevoked, FinalRevocation, InvalidRequest, InvalidSpiffeId, NotRevoked
 from ca.revocation_view import RevocationReason
 from ca.revoker import Revoker
@@ -31,6 +32,7 @@ REVOCATION_KINDS = ("serial", "spiffe_id", "entry")
 _STATE_REFUSALS: tuple[tuple[type[InvalidRequest], type[AdminError]], ...] = (
     (AlreadyRevoked, Duplicate),
     (NotRevoked, UnknownTarget),
+    (ca_errors.UnknownTarget, UnknownTarget),
     (FinalRevocation, FailedPrecondition),
 )
 

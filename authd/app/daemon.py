@@ -197,7 +197,7 @@ class Daemon:
         """False once a replica has been cut off from the shared store for too long."""
         return self.staleness() <= self.config.store.max_staleness
 
-    async def close(self) -> None:
+    async def close(self, *, announce: bool = True) -> None:
         await self._health.enter_graceful_shutdown()
         if self.follower is not None:
             self.follower.stop()
@@ -213,13 +213,19 @@ class Daemon:
             self._ca.close()
         if self._store is not None:
             self._store.close()
-        log.info("authd stopped")
+        if announce:
+            log.info("authd stopped")
 
 
 async def serve(config: Config) -> None:
     daemon = Daemon(config)
     try:
         await daemon.start()
+    except BaseException:
+        # The caller reports why; a daemon that never started does not say it stopped.
+        await daemon.close(announce=False)
+        raise
+    try:
         await daemon.run_until_stopped()
     finally:
         await daemon.close()

@@ -84,7 +84,8 @@ def identity_settings(config: Config) -> IdentitySettings:
     authz = config.authz
     return IdentitySettings(
         jwt_svid_header=authz.jwt_svid_header,
-        jwt_svid_audiences=authz.jwt_svid_audiences,
+        # Unset: a JWT-SVID must be minted for this trust domain (spiffe://<trust domain>).
+        jwt_svid_audiences=authz.jwt_svid_audiences or (f"spiffe://{config.trust_domain}",),
         issuers=tuple(
             IssuerSettings(
                 name=i.name,

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from authd.api.authd.admin.v1 import admin_pb2
 from authd.cli.client import CommandError, ask
+from authd.cli.errors import Exit
 from authd.cli.flags import time_flag
-from authd.cli.output import audit_json, svid_json, table, when
+from authd.cli.output import audit_json, print_json, svid_json, table, when
+
+
+def _check_authority_exists(args: argparse.Namespace, authority_id: str) -> None:
+    """An authority no longer listed may still have SVIDs in the log; one never seen has none."""
+    known = ask(args, "ShowCA", admin_pb2.ShowCARequest()).authorities
+    if authority_id not in {a.authority_id for a in known}:
+        raise CommandError(
+            f"not found: no authority {authority_id!r} (see `authd authority show`)",
+            Exit.NOT_FOUND,
+        )
 
 
 def cmd_svid_list(args: argparse.Namespace) -> int:
@@ -17,8 +27,10 @@ def cmd_svid_list(args: argparse.Namespace) -> int:
     )
     reply = ask(args, "ListSvids", request)
     svids = [svid_json(s) for s in reply.svids]
+    if not svids:
+        _check_authority_exists(args, args.authority)
     if args.json:
-        print(json.dumps({"svids": svids}, indent=2))
+        print_json({"svids": svids})
         return 0
     count = len(svids)
     print(f"Found {count} {'SVID' if count == 1 else 'SVIDs'} signed by authority {args.authority}")
@@ -47,7 +59,7 @@ def cmd_audit_log(args: argparse.Namespace) -> int:
     )
     reply = ask(args, "ListAudit", request)
     if args.json:
-        print(json.dumps({"records": [audit_json(r) for r in reply.records]}, indent=2))
+        print_json({"records": [audit_json(r) for r in reply.records]})
         return 0
     rows = [
         [str(r.seq), when(r.time), r.actor, r.action, r.subject, r.details_json]
@@ -60,6 +72,17 @@ def cmd_audit_log(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     reply = ask(args, "VerifyAudit", admin_pb2.VerifyAuditRequest())
     records = f"{reply.records} {'record' if reply.records == 1 else 'records'}"
+    if args.json:
+        print_json(
+            {
+                "intact": reply.intact,
+                "records": reply.records,
+                "last_hash": reply.last_hash if reply.intact else None,
+                "broken_seq": None if reply.intact else reply.broken_seq,
+                "problem": None if reply.intact else reply.problem,
+            }
+        )
+        return Exit.OK if reply.intact else Exit.FAILED
     if not reply.intact:
         raise CommandError(
             f"audit log broken at record {reply.broken_seq}: {reply.problem} ({records} read)"

@@ -4,7 +4,9 @@ and a failed call as one line."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,13 +17,13 @@ from cryptography.hazmat.primitives import serialization
 
 from authd.admin.errors import STORE_FAILURE
 from authd.api.authd.admin.v1 import admin_pb2_grpc
+from authd.cli.errors import CommandError, Exit, exit_of_status
 from authd.config import Config, load_config
 
+__all__ = ["CommandError", "Exit", "admin_stub", "ask", "call", "cli_config", "connect"]
+
 RPC_TIMEOUT = 30.0
-
-
-class CommandError(Exception):
-    """A failure to report as one line and exit status 1."""
+NOT_RUNNING = "is `authd run` running (with the same --data-dir or config)?"
 
 
 def cli_config(args: argparse.Namespace) -> Config:
@@ -34,17 +36,36 @@ def cli_config(args: argparse.Namespace) -> Config:
     return load_config(Path(path) if path else None, overrides=overrides)
 
 
+def probe_socket(socket_path: Path) -> None:
+    """Connect once to the admin socket, so a missing, stale or unreadable one is named."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(socket_path))
+        except FileNotFoundError:
+            raise CommandError(
+                f"no authd admin socket at {socket_path}: {NOT_RUNNING}", Exit.UNAVAILABLE
+            ) from None
+        except PermissionError:
+            raise CommandError(
+                f"permission denied on the admin socket {socket_path}: run as root or a uid "
+                "in admin.allowed_uids",
+                Exit.PERMISSION,
+            ) from None
+        except OSError as exc:
+            if exc.errno == errno.ECONNREFUSED:
+                raise CommandError(
+                    f"nothing listens on the admin socket {socket_path} (left by a stopped "
+                    f"daemon): {NOT_RUNNING}",
+                    Exit.UNAVAILABLE,
+                ) from None
+            raise CommandError(
+                f"cannot reach the admin socket {socket_path}: {exc.strerror}", Exit.UNAVAILABLE
+            ) from None
+
+
 def local_channel(config: Config) -> grpc.Channel:
     socket_path = config.admin_socket_path
-    try:
-        exists = socket_path.exists()
-    except OSError as exc:
-        raise CommandError(f"cannot reach the admin socket {socket_path}: {exc.strerror}") from None
-    if not exists:
-        raise CommandError(
-            f"no authd admin socket at {socket_path}: is `authd run` running "
-            "(with the same --data-dir or config)?"
-        )
+    probe_socket(socket_path)
     return grpc.insecure_channel(f"unix:{socket_path}")
 
 
@@ -53,7 +74,7 @@ def read_pem(path: str, flag: str, kind: str) -> bytes:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise CommandError(f"{flag}: cannot read {path}: {exc.strerror}") from None
+        raise CommandError(f"{flag}: cannot read {path}: {exc.strerror}", Exit.USAGE) from None
     try:
         if kind == "key":
             serialization.load_pem_private_key(data, password=None)
@@ -61,7 +82,7 @@ def read_pem(path: str, flag: str, kind: str) -> bytes:
             x509.load_pem_x509_certificates(data)
     except (ValueError, TypeError):
         what = "an unencrypted PEM private key" if kind == "key" else "PEM certificates"
-        raise CommandError(f"{flag}: {path} does not hold {what}") from None
+        raise CommandError(f"{flag}: {path} does not hold {what}", Exit.USAGE) from None
     return data
 
 
@@ -102,8 +123,12 @@ def call(method: Callable[..., Any], request: Any) -> Any:
         code, details = exc.code(), exc.details() or ""
         # UNAVAILABLE is the daemon out of reach, unless the daemon itself says its store is.
         if code == grpc.StatusCode.UNAVAILABLE and not details.startswith(STORE_FAILURE):
-            raise CommandError(f"cannot reach the authd daemon: {exc.details()}") from None
-        raise CommandError(f"{code.name.lower().replace('_', ' ')}: {exc.details()}") from None
+            raise CommandError(
+                f"cannot reach the authd daemon: {details}", Exit.UNAVAILABLE
+            ) from None
+        raise CommandError(
+            f"{code.name.lower().replace('_', ' ')}: {details}", exit_of_status(code)
+        ) from None
 
 
 def ask(args: argparse.Namespace, method: str, request: Any) -> Any:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from authd.api.authd.admin.v1 import admin_pb2
 from authd.cli.client import admin_stub, ask, call
 from authd.cli.flags import duration_flag, time_flag
-from authd.cli.output import entry_json, entry_lines, print_entry
+from authd.cli.output import entry_json, entry_lines, print_entry, print_json
 
 
 def _selector(text: str) -> admin_pb2.Selector:
@@ -64,7 +63,7 @@ def cmd_entry_list(args: argparse.Namespace) -> int:
     )
     reply = ask(args, "ListEntries", request)
     if args.json:
-        print(json.dumps({"entries": [entry_json(e) for e in reply.entries]}, indent=2))
+        print_json({"entries": [entry_json(e) for e in reply.entries]})
         return 0
     count = len(reply.entries)
     print(f"Found {count} {'entry' if count == 1 else 'entries'}")
@@ -92,5 +91,8 @@ def cmd_entry_update(args: argparse.Namespace) -> int:
 
 def cmd_entry_delete(args: argparse.Namespace) -> int:
     ask(args, "DeleteEntry", admin_pb2.DeleteEntryRequest(id=args.id))
+    if args.json:
+        print_json({"deleted": args.id})
+        return 0
     print(f"Deleted entry {args.id}")
     return 0

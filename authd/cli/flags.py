@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from authd.cli.client import CommandError
+from authd.cli.errors import usage_error
 from authd.config import parse_duration
 
 
@@ -14,7 +14,7 @@ def duration_flag(text: str | None, flag: str = "--ttl") -> int:
     try:
         return parse_duration(text)
     except ValueError as exc:
-        raise CommandError(f"{flag}: {exc}") from None
+        raise usage_error(f"{flag}: {exc}") from None
 
 
 def time_flag(text: str, flag: str) -> int:
@@ -24,7 +24,7 @@ def time_flag(text: str, flag: str) -> int:
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise CommandError(f"{flag}: {text!r} is not an RFC 3339 time or Unix seconds") from None
+        raise usage_error(f"{flag}: {text!r} is not an RFC 3339 time or Unix seconds") from None
     if when.tzinfo is None:
-        raise CommandError(f"{flag}: {text!r} has no time zone; add 'Z' or an offset like +02:00")
+        raise usage_error(f"{flag}: {text!r} has no time zone; add 'Z' or an offset like +02:00")
     return int(when.timestamp())

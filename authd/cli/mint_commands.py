@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from authd.api.authd.admin.v1 import admin_pb2
 from authd.cli.client import CommandError, ask
 from authd.cli.flags import duration_flag
-from authd.cli.output import when
+from authd.cli.output import print_json, when
 
 
 def _new_key(key_type: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
@@ -66,6 +66,18 @@ def cmd_x509_mint(args: argparse.Namespace) -> int:
         _write(out / "bundle.pem", bundle, 0o644)
     except OSError as exc:
         raise CommandError(f"cannot write to {out}: {exc}") from None
+    if args.json:
+        print_json(
+            {
+                "spiffe_id": args.spiffe_id,
+                "serial": reply.serial,
+                "expires_at": when(reply.expires_at),
+                "svid": str(out / "svid.pem"),
+                "key": str(out / "svid.key"),
+                "bundle": str(out / "bundle.pem"),
+            }
+        )
+        return 0
     print(
         f"X.509-SVID {args.spiffe_id} serial {reply.serial} expires {when(reply.expires_at)}; "
         f"wrote {out / 'svid.pem'}, {out / 'svid.key'}, {out / 'bundle.pem'}"
@@ -82,5 +94,15 @@ def cmd_jwt_mint(args: argparse.Namespace) -> int:
             spiffe_id=args.spiffe_id, audience=args.audience, ttl_seconds=ttl
         ),
     )
+    if args.json:
+        print_json(
+            {
+                "spiffe_id": args.spiffe_id,
+                "audience": list(args.audience),
+                "expires_at": when(reply.expires_at),
+                "token": reply.token,
+            }
+        )
+        return 0
     print(reply.token)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from authd.api.authd.admin.v1 import admin_pb2
@@ -24,6 +24,38 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
         "  ".join([*(row[i].ljust(width) for i, width in enumerate(widths)), row[-1]]).rstrip()
         for row in table
     ]
+
+
+def print_json(document: Any) -> None:
+    """What every ``--json`` prints: one JSON document, indented."""
+    print(json.dumps(document, indent=2))
+
+
+AUTHORITY_KINDS = ("x509", "jwt")
+AUTHORITY_STATES = ("active", "prepared", "retired")
+
+
+def ordered_authorities(authorities: Iterable[admin_pb2.Authority]) -> list[admin_pb2.Authority]:
+    """The one order every command lists authorities in: X.509 before JWT, then active,
+    prepared, retired, and the newest first within a state."""
+
+    def rank(a: admin_pb2.Authority) -> tuple[int, int, int]:
+        kinds, states = AUTHORITY_KINDS, AUTHORITY_STATES
+        kind = kinds.index(a.kind) if a.kind in kinds else len(kinds)
+        state = states.index(a.state) if a.state in states else len(states)
+        return kind, state, -a.not_before
+
+    return sorted(authorities, key=rank)
+
+
+def authority_lines(authorities: Iterable[admin_pb2.Authority]) -> list[str]:
+    """X.509 and JWT authorities under their headings, in the one order."""
+    ordered = ordered_authorities(authorities)
+    lines: list[str] = []
+    for kind, title in (("x509", "X.509 authorities"), ("jwt", "JWT authorities")):
+        lines += ["", f"{title}:"]
+        lines += [authority_line(a) for a in ordered if a.kind == kind]
+    return lines
 
 
 def authority_json(a: admin_pb2.Authority) -> dict[str, Any]:
@@ -99,7 +131,7 @@ def entry_lines(entry: admin_pb2.Entry) -> list[str]:
 
 def print_entry(entry: admin_pb2.Entry, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(entry_json(entry), indent=2))
+        print_json(entry_json(entry))
     else:
         print("\n".join(entry_lines(entry)))
 

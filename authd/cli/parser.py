@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 
 from authd.cli.audit_commands import cmd_audit_log, cmd_audit_verify, cmd_svid_list
 from authd.cli.ca_commands import (
@@ -14,7 +15,9 @@ from authd.cli.ca_commands import (
     cmd_bundle_show,
     cmd_ca_show,
 )
+from authd.cli.completion import SHELLS, cmd_completion
 from authd.cli.daemon_commands import cmd_healthcheck, cmd_run
+from authd.cli.doctor import cmd_doctor
 from authd.cli.entry_commands import (
     cmd_entry_create,
     cmd_entry_delete,
@@ -30,6 +33,22 @@ from authd.cli.revocation_commands import (
     cmd_revoke,
     cmd_unrevoke,
 )
+
+JSON_HELP = "print one JSON document instead of text"
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def command_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Every parser under ``parser`` that runs a command (has no subcommands of its own)."""
+    nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not nested:
+        yield parser
+    for action in nested:
+        for child in dict.fromkeys(action.choices.values()):
+            yield from command_parsers(child)
 
 
 def add_entry_flags(parser: argparse.ArgumentParser, *, update: bool) -> None:
@@ -60,18 +79,23 @@ def add_entry_flags(parser: argparse.ArgumentParser, *, update: bool) -> None:
         federates.add_argument(
             "--clear-federates-with", action="store_true", help="federate with no one"
         )
-    for flag in ("--admin", "--downstream"):
-        parser.add_argument(
-            flag,
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="SPIRE's flag of that name (stored, not yet acted on)",
-        )
+    parser.add_argument(
+        "--admin",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the SVIDs of this entry may call the admin API over mTLS (admin.mtls_address)",
+    )
+    parser.add_argument(
+        "--downstream",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="SPIRE's flag of that name (stored, not yet acted on)",
+    )
     parser.add_argument("--hint", metavar="TEXT", help="tells a workload's SVIDs apart")
     parser.add_argument(
         "--expires-at", metavar="TIME", help="RFC 3339 (2030-01-01T00:00:00Z) or Unix seconds"
     )
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="ca_command", metavar="<command>", required=True
     )
     show = ca.add_parser("show", parents=[client], help="trust domain and authorities")
-    show.add_argument("--json", action="store_true", help="print JSON")
+    show.add_argument("--json", action="store_true", help=JSON_HELP)
     show.set_defaults(func=cmd_ca_show)
 
     x509_commands = commands.add_parser("x509", help="X.509-SVIDs").add_subparsers(
@@ -136,24 +160,33 @@ def build_parser() -> argparse.ArgumentParser:
     mint.add_argument(
         "--out", required=True, metavar="DIR", help="writes svid.pem, svid.key, bundle.pem"
     )
+    add_json_flag(mint)
     mint.set_defaults(func=cmd_x509_mint)
 
     jwt_commands = commands.add_parser("jwt", help="JWT-SVIDs").add_subparsers(
         dest="jwt_command", metavar="<command>", required=True
     )
     jwt_mint = jwt_commands.add_parser("mint", parents=[client], help="mint a JWT-SVID")
-    jwt_mint.add_argument("--spiffe-id", required=True, metavar="ID")
+    jwt_mint.add_argument(
+        "--spiffe-id", required=True, metavar="ID", help="spiffe://trust-domain/path (the sub)"
+    )
     jwt_mint.add_argument(
         "--audience", action="append", required=True, metavar="AUD", help="audience (repeat)"
     )
     jwt_mint.add_argument("--ttl", metavar="DURATION", help="e.g. 5m (default: ca.jwt_svid_ttl)")
+    add_json_flag(jwt_mint)
     jwt_mint.set_defaults(func=cmd_jwt_mint)
 
     bundle = commands.add_parser("bundle", help="the trust bundle").add_subparsers(
         dest="bundle_command", metavar="<command>", required=True
     )
     bundle_show = bundle.add_parser("show", parents=[client], help="print the trust bundle")
-    bundle_show.add_argument("--format", choices=["spiffe", "pem"], default="spiffe")
+    bundle_show.add_argument(
+        "--format",
+        choices=["spiffe", "pem"],
+        default="spiffe",
+        help="spiffe: the SPIFFE bundle as JWKS (JSON, default); pem: the X.509 roots",
+    )
     bundle_show.set_defaults(func=cmd_bundle_show)
 
     entry = commands.add_parser("entry", help="registration entries").add_subparsers(
@@ -166,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_entry_flags(entry_create, update=False)
     entry_create.set_defaults(func=cmd_entry_create)
     entry_show = entry.add_parser("show", parents=[client], help="show one entry")
-    entry_show.add_argument("id", metavar="ID")
-    entry_show.add_argument("--json", action="store_true", help="print JSON")
+    entry_show.add_argument("id", metavar="ID", help="the entry's id")
+    entry_show.add_argument("--json", action="store_true", help=JSON_HELP)
     entry_show.set_defaults(func=cmd_entry_show)
     entry_list = entry.add_parser("list", parents=[client], help="list entries")
     entry_list.add_argument("--spiffe-id", metavar="ID", help="only entries for this SPIFFE ID")
@@ -175,12 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     entry_list.add_argument(
         "--selector", metavar="TYPE:KEY:VALUE", help="only entries with this selector"
     )
-    entry_list.add_argument("--json", action="store_true", help="print JSON")
+    entry_list.add_argument("--json", action="store_true", help=JSON_HELP)
     entry_list.set_defaults(func=cmd_entry_list)
     entry_update = entry.add_parser(
         "update", parents=[client], help="change an entry (flags not given keep their value)"
     )
-    entry_update.add_argument("id", metavar="ID")
+    entry_update.add_argument("id", metavar="ID", help="the entry's id")
     entry_update.add_argument(
         "--revision",
         type=int,
@@ -190,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_entry_flags(entry_update, update=True)
     entry_update.set_defaults(func=cmd_entry_update)
     entry_delete = entry.add_parser("delete", parents=[client], help="delete an entry")
-    entry_delete.add_argument("id", metavar="ID")
+    entry_delete.add_argument("id", metavar="ID", help="the entry's id")
+    add_json_flag(entry_delete)
     entry_delete.set_defaults(func=cmd_entry_delete)
 
     authority = commands.add_parser(
@@ -199,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     authority_show = authority.add_parser(
         "show", parents=[client], help="every X.509 and JWT authority and its state"
     )
-    authority_show.add_argument("--json", action="store_true", help="print JSON")
+    authority_show.add_argument("--json", action="store_true", help=JSON_HELP)
     authority_show.set_defaults(func=cmd_authority_show)
     for name, func, text, needs_id in (
         ("prepare", cmd_authority_prepare, "prepare the next authority (enters the bundle)", False),
@@ -208,9 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("revoke", cmd_authority_revoke, "remove a tainted authority from the bundle", True),
     ):
         step = authority.add_parser(name, parents=[client], help=text)
-        step.add_argument("--kind", required=True, choices=["x509", "jwt"])
+        step.add_argument(
+            "--kind", required=True, choices=["x509", "jwt"], help="X.509 or JWT authorities"
+        )
         if needs_id:
-            step.add_argument("--id", required=True, metavar="AUTHORITY_ID")
+            step.add_argument(
+                "--id", required=True, metavar="AUTHORITY_ID", help="see `authd authority show`"
+            )
+        add_json_flag(step)
         step.set_defaults(func=func)
 
     revoke = commands.add_parser(
@@ -235,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
         "privilege-withdrawn, aa-compromise, unspecified (default), or its number",
     )
     revoke.add_argument("--note", default="", metavar="TEXT", help="kept with the revocation")
+    add_json_flag(revoke)
+    add_json_flag(unrevoke)
     revoke.set_defaults(func=cmd_revoke)
     unrevoke.set_defaults(func=cmd_unrevoke)
 
@@ -243,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revocations_list = revocations.add_parser("list", parents=[client], help="list revocations")
     revocations_list.add_argument("--kind", choices=list(REVOCATION_KINDS), help="only this kind")
-    revocations_list.add_argument("--json", action="store_true", help="print JSON")
+    revocations_list.add_argument("--json", action="store_true", help=JSON_HELP)
     revocations_list.set_defaults(func=cmd_revocations_list)
 
     svid = commands.add_parser("svid", help="issued SVIDs").add_subparsers(
@@ -256,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--authority", required=True, metavar="AUTHORITY_ID", help="see `authd authority show`"
     )
     svid_list.add_argument("--spiffe-id", metavar="ID", help="only SVIDs of this SPIFFE ID")
-    svid_list.add_argument("--json", action="store_true", help="print JSON")
+    svid_list.add_argument("--json", action="store_true", help=JSON_HELP)
     svid_list.set_defaults(func=cmd_svid_list)
 
     audit = commands.add_parser("audit", help="the audit log").add_subparsers(
@@ -272,13 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="only records about this SPIFFE ID (its revocations, its entries, its serials)",
     )
     audit_log.add_argument("--subject", metavar="SUBJECT", help="only records with this subject")
-    audit_log.add_argument("--json", action="store_true", help="print JSON")
+    audit_log.add_argument("--json", action="store_true", help=JSON_HELP)
     audit_log.set_defaults(func=cmd_audit_log)
     audit_verify = audit.add_parser(
         "verify",
         parents=[client],
         help="check the hash chain; exit 1 naming the first broken record",
     )
+    add_json_flag(audit_verify)
     audit_verify.set_defaults(func=cmd_audit_verify)
 
     policy = commands.add_parser("policy", help="the authorization policy").add_subparsers(
@@ -295,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="a CheckRequest as JSON, or an OPA-Envoy input document (uses 'attributes')",
     )
-    policy_check.add_argument("--json", action="store_true", help="print JSON")
+    policy_check.add_argument("--json", action="store_true", help=JSON_HELP)
     policy_check.set_defaults(func=cmd_policy_check)
 
     apikey = commands.add_parser("apikey", help="API keys for ext_authz").add_subparsers(
@@ -304,6 +346,20 @@ def build_parser() -> argparse.ArgumentParser:
     apikey_hash = apikey.add_parser(
         "hash", help="read a key on stdin, print its entry for authz.api_keys_file"
     )
-    apikey_hash.add_argument("--name", required=True, help="the key's name in policies")
+    apikey_hash.add_argument(
+        "--name", required=True, metavar="NAME", help="the key's name in policies"
+    )
     apikey_hash.set_defaults(func=cmd_apikey_hash)
+
+    doctor = commands.add_parser(
+        "doctor", parents=[common], help="check the daemon, its sockets, store and authorities"
+    )
+    add_json_flag(doctor)
+    doctor.set_defaults(func=cmd_doctor)
+    completion = commands.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=list(SHELLS), help="bash, zsh or fish")
+    completion.set_defaults(func=cmd_completion, root_parser=parser)
+    for command in command_parsers(parser):
+        # Usage errors found after parsing are reported with the command's own usage.
+        command.set_defaults(command_parser=command)
     return parser

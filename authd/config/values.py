@@ -77,7 +77,8 @@ def parse_subject(value: object) -> str:
     try:
         name = x509.Name.from_rfc4514_string(text)
     except ValueError as exc:
-        raise ValueError(f"must be an RFC 4514 name like 'O=authd,C=US': {exc}") from None
+        why = str(exc) or f"{text!r} is not ATTRIBUTE=value pairs joined by commas"
+        raise ValueError(f"must be an RFC 4514 name like 'O=authd,C=US': {why}") from None
     if len(name) == 0:  # RFC 5280: a CA certificate's subject (our issuer name) is non-empty
         raise ValueError("must not be empty")
     return text

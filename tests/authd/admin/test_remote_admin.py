@@ -32,6 +32,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from authd.admin.remote import ADMIN_TLS_NAME, AdminServerSvid, client_chain
 from authd.admin.servicer import AdminService
 from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
+from authd.cli.errors import Exit
 from authd.config import ConfigError, load_config
 from authd.transport.peercred import PeerCredGateway
 from authd.workload.registry import EntryRegistry
@@ -43,6 +44,7 @@ from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import RegistrationEntry, Selector, SQLiteStore
 from ca.x509svid import verify_x509_svid
 from tests.support.certs import make_root
+from tests.support.cli_exit import expected_exit
 from tests.support.daemon import AUTHD, Daemon, authd
 from tests.support.ports import free_port
 
@@ -129,10 +131,10 @@ def remote() -> Iterator[RemoteAdmin]:
 
 
 def denial(result: subprocess.CompletedProcess[str]) -> str:
-    """The one line a refused remote call prints, after checking it failed with status 1."""
-    assert result.returncode == 1, (result.stdout, result.stderr)
+    """The one line a refused remote call prints, after checking its exit status."""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
+    assert result.returncode == expected_exit(lines[0]), (result.stdout, result.stderr)
     return lines[0]
 
 
@@ -141,7 +143,7 @@ def unreachable(result: subprocess.CompletedProcess[str]) -> str:
 
     It is the CLI's own line; grpc core may log the failed handshake on a line before it.
     """
-    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.returncode == Exit.UNAVAILABLE, (result.stdout, result.stderr)
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("authd: cannot reach the authd daemon: "), result.stderr
     return line

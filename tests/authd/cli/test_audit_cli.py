@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from authd.cli.errors import Exit
+from tests.support.cli_exit import expected_exit
 from tests.support.daemon import NOBODY, Daemon, as_uid, authd
 
 WEB = "spiffe://example.org/web"
@@ -46,11 +48,11 @@ def audit_log(daemon: Daemon, *filters: str) -> list[dict[str, Any]]:
 
 
 def failure(daemon: Daemon, *args: str) -> str:
-    """The one line of stderr of a command that must fail with exit status 1."""
+    """The one line of stderr of a command that must fail, with the exit status it names."""
     result = authd(*args, data_dir=daemon.data_dir, check=False)
-    assert result.returncode == 1, (args, result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
+    assert result.returncode == expected_exit(lines[0]), (args, result.stdout, result.stderr)
     return lines[0]
 
 
@@ -176,5 +178,5 @@ def test_audit_rows_that_no_longer_parse_are_reported_as_data_loss(daemon: Daemo
 def test_audit_commands_refuse_a_non_admin_uid(daemon: Daemon) -> None:
     for args in (["audit", "log"], ["audit", "verify"]):
         result = as_uid(NOBODY, args, daemon.data_dir)
-        assert result.returncode == 1, (args, result.stdout)
+        assert result.returncode == Exit.PERMISSION, (args, result.stdout)
         assert f"permission denied: uid {NOBODY} is not an authd admin" in result.stderr, args

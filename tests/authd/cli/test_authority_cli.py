@@ -21,11 +21,13 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from authd.cli.errors import Exit
 from ca.bundle import TrustBundle
 from ca.errors import VerificationError
 from ca.jwtsvid import verify_jwt_svid
 from ca.spiffe_id import TrustDomain
 from ca.x509svid import verify_x509_svid
+from tests.support.cli_exit import expected_exit
 from tests.support.daemon import NOBODY, Daemon, as_uid, authd
 
 EXAMPLE = TrustDomain("example.org")
@@ -109,9 +111,9 @@ def step(daemon: Daemon, *args: str) -> str:
 
 def refused(daemon: Daemon, *args: str) -> str:
     result = authd("authority", *args, data_dir=daemon.data_dir, check=False)
-    assert result.returncode == 1, (args, result.stdout)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
+    assert result.returncode == expected_exit(lines[0]), (args, result.stdout)
     return lines[0]
 
 
@@ -262,7 +264,7 @@ def test_authority_commands_refuse_a_non_admin_uid(daemon: Daemon) -> None:
         ["authority", "revoke", "--kind", "x509", "--id", active],
     ):
         result = as_uid(NOBODY, args, daemon.data_dir)
-        assert result.returncode == 1, (args, result.stdout)
+        assert result.returncode == Exit.PERMISSION, (args, result.stdout)
         assert f"permission denied: uid {NOBODY} is not an authd admin" in result.stderr, args
     assert show(daemon) == before
 

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from authd.cli.errors import Exit
 from ca.bundle import TrustBundle
 from ca.jwtsvid import verify_jwt_svid
 from ca.spiffe_id import TrustDomain
 from ca.x509svid import verify_x509_svid
+from tests.support.cli_exit import expected_exit
 from tests.support.daemon import AUTHD, NOBODY, Daemon, as_uid, authd
 
 
@@ -113,9 +115,9 @@ def test_bad_input_gets_one_line_and_nonzero_exit(daemon: Daemon, workdir: Path)
     }  # fmt: skip
     for args, message in cases.items():
         result = authd(*args, data_dir=data, check=False)
-        assert result.returncode == 1, args
         assert message in result.stderr, (args, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert result.returncode == expected_exit(line), (args, line)
     assert not (workdir / "x").exists()
     # Nothing was lost: the CA still serves.
     assert authd("healthcheck", data_dir=data).returncode == 0
@@ -123,9 +125,10 @@ def test_bad_input_gets_one_line_and_nonzero_exit(daemon: Daemon, workdir: Path)
 
 def test_cli_without_daemon_says_so(workdir: Path) -> None:
     result = authd("ca", "show", data_dir=workdir / "nothing", check=False)
-    assert result.returncode == 1
+    assert result.returncode == Exit.UNAVAILABLE
     assert "is `authd run` running" in result.stderr
-    assert authd("healthcheck", data_dir=workdir / "nothing", check=False).returncode == 1
+    healthcheck = authd("healthcheck", data_dir=workdir / "nothing", check=False)
+    assert healthcheck.returncode == Exit.UNAVAILABLE
 
 
 def test_second_daemon_on_same_data_dir_fails_loudly(daemon: Daemon) -> None:
@@ -149,14 +152,14 @@ def test_invalid_config_names_the_key(workdir: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert result.returncode == 1
+    assert result.returncode == Exit.INVALID
     assert "ca.key_type" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_admin_api_refuses_non_admin_uid(daemon: Daemon) -> None:
     result = as_uid(NOBODY, ["ca", "show"], daemon.data_dir)
-    assert result.returncode == 1
+    assert result.returncode == Exit.PERMISSION
     assert "permission denied" in result.stderr
     assert f"uid {NOBODY} is not an authd admin" in result.stderr
 

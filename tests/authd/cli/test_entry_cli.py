@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from authd.cli.errors import Exit
+from tests.support.cli_exit import expected_exit
 from tests.support.daemon import NOBODY, Daemon, as_uid, authd
 
 WEB = "spiffe://example.org/web"
@@ -41,11 +43,11 @@ def listed(daemon: Daemon, *filters: str) -> list[str]:
 
 
 def failure(daemon: Daemon, *args: str) -> str:
-    """The one line of stderr of a command that must fail with exit status 1."""
+    """The one line of stderr of a command that must fail, with the exit status it names."""
     result = authd(*args, data_dir=daemon.data_dir, check=False)
-    assert result.returncode == 1, (args, result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
+    assert result.returncode == expected_exit(lines[0]), (args, result.stdout, result.stderr)
     return lines[0]
 
 
@@ -213,6 +215,6 @@ def test_entry_commands_refuse_a_non_admin_uid(daemon: Daemon) -> None:
         ["entry", "delete", web["id"]],
     ):
         result = as_uid(NOBODY, args, daemon.data_dir)
-        assert result.returncode == 1, (args, result.stdout)
+        assert result.returncode == Exit.PERMISSION, (args, result.stdout)
         assert f"permission denied: uid {NOBODY} is not an authd admin" in result.stderr, args
     assert entry_json(daemon, "entry", "list") == {"entries": [web]}

@@ -16,6 +16,8 @@ import pytest
 import spiffe
 from cryptography import x509
 
+from authd.cli.errors import Exit
+from tests.support.cli_exit import expected_exit
 from tests.support.daemon import NOBODY, Daemon, as_uid, authd
 
 WEB = "spiffe://example.org/web"
@@ -41,11 +43,11 @@ def run_json(daemon: Daemon, *args: str) -> Any:
 
 
 def failure(daemon: Daemon, *args: str) -> str:
-    """The one line of stderr of a command that must fail with exit status 1."""
+    """The one line of stderr of a command that must fail, with the exit status it names."""
     result = authd(*args, data_dir=daemon.data_dir, check=False)
-    assert result.returncode == 1, (args, result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
+    assert result.returncode == expected_exit(lines[0]), (args, result.stdout, result.stderr)
     return lines[0]
 
 
@@ -134,8 +136,8 @@ def test_refused_revocations_store_nothing(daemon: Daemon) -> None:
     leaf = mint(daemon, WEB)
     invalid = "authd: invalid argument: "
     refusals = {
-        ("revoke", "serial", "1f"): f"{invalid}unknown serial 1f: authd never issued it",
-        ("revoke", "serial", "0x1F"): f"{invalid}unknown serial 1f: authd never issued it",
+        ("revoke", "serial", "1f"): "authd: not found: unknown serial 1f: authd never issued it",
+        ("revoke", "serial", "0x1F"): "authd: not found: unknown serial 1f: authd never issued it",
         ("revoke", "serial", "xyz"): f"{invalid}serial 'xyz' is not hexadecimal",
         ("revoke", "spiffe-id", "spiffe://Example.org/web"):
             f"{invalid}'spiffe://Example.org/web': trust domain character 'E' is not allowed",
@@ -146,7 +148,8 @@ def test_refused_revocations_store_nothing(daemon: Daemon) -> None:
             f"{invalid}unknown revocation reason '7'",
         ("revoke", "serial", serial(leaf), "--reason", "remove-from-crl"):
             f"{invalid}removeFromCRL is not a revocation; use unrevoke",
-        ("revoke", "entry", "no-such-entry"): f"{invalid}no registration entry 'no-such-entry'",
+        ("revoke", "entry", "no-such-entry"):
+            "authd: not found: no registration entry 'no-such-entry'",
         ("unrevoke", "spiffe-id", WEB): f"authd: not found: spiffe_id {WEB} is not revoked",
         ("unrevoke", "serial", serial(leaf)):
             f"authd: not found: serial {serial(leaf)} is not revoked",
@@ -265,8 +268,8 @@ def test_svid_list_answers_which_svids_an_authority_signed(daemon: Daemon) -> No
     assert human[1].split() == ["SERIAL", "SPIFFE", "ID", "NOT", "AFTER", "REQUESTER", "REVOKED"]
     assert human[2].split()[:2] == [serial(api), API]
     assert human[2].split()[-2:] == ["admin:uid=0", "no"]
-    nothing = authd("svid", "list", "--authority", "no-such-authority", data_dir=data).stdout
-    assert nothing.strip() == "Found 0 SVIDs signed by authority no-such-authority"
+    unknown = failure(daemon, "svid", "list", "--authority", "no-such-authority")
+    assert unknown.startswith("authd: not found: no authority 'no-such-authority'"), unknown
     bad_filter = failure(
         daemon,
         "svid",
@@ -290,6 +293,6 @@ def test_revocation_commands_refuse_a_non_admin_uid(daemon: Daemon) -> None:
         ["svid", "list", "--authority", authority],
     ):
         result = as_uid(NOBODY, args, daemon.data_dir)
-        assert result.returncode == 1, (args, result.stdout)
+        assert result.returncode == Exit.PERMISSION, (args, result.stdout)
         assert f"permission denied: uid {NOBODY} is not an authd admin" in result.stderr, args
     assert revocations(daemon) == []
