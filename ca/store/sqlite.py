@@ -3,12 +3,11 @@
 One connection is shared by all threads behind a lock; every call is short. Each mutation runs
 in its own ``BEGIN IMMEDIATE`` transaction with the audit records that describe it, so a crash
 (or a full disk) leaves either the old state or the new state and its audit.
-The schema version lives in ``PRAGMA user_version`` and ``_MIGRATIONS`` upgrades it in order.
+The schema version lives in ``PRAGMA user_version`` and ``MIGRATIONS`` upgrades it in order.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import sqlite3
@@ -44,137 +43,35 @@ from ca.store.records import (
     StorePosition,
     canonical_json,
 )
+from ca.store.sqlite_rows import (
+    authority_from_row,
+    authority_to_row,
+    entry_from_row,
+    entry_to_row,
+    selectors_from_json,
+)
+from ca.store.sqlite_schema import (
+    AUDIT_COLUMNS,
+    AUTHORITY_COLUMNS,
+    DUPLICATE_KEY_ERRORS,
+    ENTRY_COLUMNS,
+    INSERT_AUDIT,
+    INSERT_ENTRY,
+    INSERT_ISSUANCE,
+    INSERT_REVOCATION,
+    ISSUANCE_COLUMNS,
+    MIGRATIONS,
+    NEXT_SEQUENCE,
+    REVOCATION_COLUMNS,
+    SCHEMA_VERSION,
+    UPDATE_ENTRY,
+    UPSERT_AUTHORITY,
+    select,
+    user_version,
+    where_clause,
+)
 
 BUSY_TIMEOUT_MS = 5000
-
-# Migration N (1-based) takes the schema from version N-1 to N. Never edit a released one.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE authorities (
-            authority_id TEXT PRIMARY KEY,
-            kind TEXT NOT NULL,
-            state TEXT NOT NULL,
-            key_type TEXT NOT NULL,
-            key_ref TEXT NOT NULL,
-            public_key_der BLOB NOT NULL,
-            certificate_der BLOB NOT NULL,
-            upstream_chain_der TEXT NOT NULL,
-            not_before INTEGER NOT NULL,
-            not_after INTEGER NOT NULL,
-            created_at INTEGER NOT NULL,
-            tainted INTEGER NOT NULL,
-            revoked INTEGER NOT NULL
-        ) STRICT""",
-        """CREATE TABLE sequences (
-            name TEXT PRIMARY KEY,
-            value INTEGER NOT NULL
-        ) STRICT""",
-        """CREATE TABLE issuances (
-            serial TEXT PRIMARY KEY,
-            kind TEXT NOT NULL,
-            spiffe_id TEXT NOT NULL,
-            authority_id TEXT NOT NULL,
-            not_before INTEGER NOT NULL,
-            not_after INTEGER NOT NULL,
-            requester TEXT NOT NULL,
-            issued_at INTEGER NOT NULL
-        ) STRICT""",
-        "CREATE INDEX issuances_by_spiffe_id ON issuances (spiffe_id, issued_at)",
-        "CREATE INDEX issuances_by_authority ON issuances (authority_id, issued_at)",
-        """CREATE TABLE entries (
-            entry_id TEXT PRIMARY KEY,
-            spiffe_id TEXT NOT NULL,
-            parent_id TEXT NOT NULL,
-            selectors TEXT NOT NULL,
-            x509_svid_ttl INTEGER NOT NULL,
-            jwt_svid_ttl INTEGER NOT NULL,
-            dns_names TEXT NOT NULL,
-            federates_with TEXT NOT NULL,
-            admin INTEGER NOT NULL,
-            downstream INTEGER NOT NULL,
-            hint TEXT NOT NULL,
-            expires_at INTEGER NOT NULL,
-            revision INTEGER NOT NULL,
-            created_at INTEGER NOT NULL
-        ) STRICT""",
-        "CREATE INDEX entries_by_spiffe_id ON entries (spiffe_id, parent_id)",
-        "CREATE INDEX entries_by_parent_id ON entries (parent_id)",
-        """CREATE TABLE revocations (
-            target_kind TEXT NOT NULL,
-            target TEXT NOT NULL,
-            reason INTEGER NOT NULL,
-            note TEXT NOT NULL,
-            revoked_at INTEGER NOT NULL,
-            revoked_by TEXT NOT NULL,
-            PRIMARY KEY (target_kind, target)
-        ) STRICT""",
-        """CREATE TABLE audit (
-            seq INTEGER PRIMARY KEY,
-            time INTEGER NOT NULL,
-            actor TEXT NOT NULL,
-            action TEXT NOT NULL,
-            subject TEXT NOT NULL,
-            details TEXT NOT NULL,
-            prev_hash TEXT NOT NULL,
-            hash TEXT NOT NULL
-        ) STRICT""",
-        "CREATE INDEX audit_by_time ON audit (time)",
-        "CREATE INDEX audit_by_subject ON audit (subject)",
-    ),
-    (
-        "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT",
-        "INSERT INTO meta (name, value) VALUES ('generation', lower(hex(randomblob(16))))",
-    ),
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
-
-_AUTHORITY_COLUMNS = (
-    "authority_id, kind, state, key_type, key_ref, public_key_der, certificate_der,"
-    " upstream_chain_der, not_before, not_after, created_at, tainted, revoked"
-)
-_ISSUANCE_COLUMNS = (
-    "serial, kind, spiffe_id, authority_id, not_before, not_after, requester, issued_at"
-)
-_ENTRY_COLUMNS = (
-    "entry_id, spiffe_id, parent_id, selectors, x509_svid_ttl, jwt_svid_ttl, dns_names,"
-    " federates_with, admin, downstream, hint, expires_at, revision, created_at"
-)
-_REVOCATION_COLUMNS = "target_kind, target, reason, note, revoked_at, revoked_by"
-_AUDIT_COLUMNS = "seq, time, actor, action, subject, details, prev_hash, hash"
-
-
-def _insert(table: str, columns: str, *, upsert_key: str | None = None) -> str:
-    """An INSERT (or upsert on ``upsert_key``) of ``columns``, every value bound as ``?``."""
-    names = [name.strip() for name in columns.split(",")]
-    sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(names))})"  # noqa: S608
-    if upsert_key is not None:
-        updates = ", ".join(f"{name} = excluded.{name}" for name in names if name != upsert_key)
-        sql += f" ON CONFLICT ({upsert_key}) DO UPDATE SET {updates}"
-    return sql
-
-
-def _select(columns: str, table: str, where: str = "", order_by: str = "") -> str:
-    """A SELECT built only from this module's constants; values are always bound as ``?``."""
-    order = f"ORDER BY {order_by}" if order_by else ""
-    return f"SELECT {columns} FROM {table} {where} {order}"  # noqa: S608
-
-
-_UPSERT_AUTHORITY = _insert("authorities", _AUTHORITY_COLUMNS, upsert_key="authority_id")
-_INSERT_ISSUANCE = _insert("issuances", _ISSUANCE_COLUMNS)
-_INSERT_ENTRY = _insert("entries", _ENTRY_COLUMNS)
-_INSERT_REVOCATION = _insert("revocations", _REVOCATION_COLUMNS)
-_INSERT_AUDIT = _insert("audit", _AUDIT_COLUMNS)
-_UPDATE_ENTRY = (
-    "UPDATE entries SET spiffe_id = ?, parent_id = ?, selectors = ?, x509_svid_ttl = ?,"
-    " jwt_svid_ttl = ?, dns_names = ?, federates_with = ?, admin = ?, downstream = ?,"
-    " hint = ?, expires_at = ?, revision = ?, created_at = ? WHERE entry_id = ?"
-)
-_NEXT_SEQUENCE = (
-    "INSERT INTO sequences (name, value) VALUES (?, 1)"
-    " ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value"
-)
-
-_DUPLICATE_KEY_ERRORS = frozenset({"SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"})
 
 
 class SQLiteStore(Store):
@@ -214,13 +111,13 @@ class SQLiteStore(Store):
 
     def _migrate(self) -> None:
         with self._transaction() as conn:
-            version = _user_version(conn)
+            version = user_version(conn)
             if version > SCHEMA_VERSION:
                 raise SchemaError(
                     f"store {self._path} has schema version {version}, but this authd only"
                     f" knows versions up to {SCHEMA_VERSION}: upgrade authd to open it"
                 )
-            for statements in _MIGRATIONS[version:]:
+            for statements in MIGRATIONS[version:]:
                 for statement in statements:
                     conn.execute(statement)
             if version != SCHEMA_VERSION:
@@ -258,7 +155,7 @@ class SQLiteStore(Store):
 
     def schema_version(self) -> int:
         with self._connection() as conn:
-            return _user_version(conn)
+            return user_version(conn)
 
     def position(self) -> StorePosition:
         with self._connection() as conn:
@@ -272,23 +169,23 @@ class SQLiteStore(Store):
     def get_authority(self, authority_id: str) -> AuthorityRecord:
         with self._connection() as conn:
             row = conn.execute(
-                _select(_AUTHORITY_COLUMNS, "authorities", "WHERE authority_id = ?"),
+                select(AUTHORITY_COLUMNS, "authorities", "WHERE authority_id = ?"),
                 (authority_id,),
             ).fetchone()
         if row is None:
             raise NotFound(f"authority {authority_id!r} not found")
-        return _authority_from_row(row)
+        return authority_from_row(row)
 
     def list_authorities(self, kind: str | None = None) -> list[AuthorityRecord]:
-        where, params = _where(("kind = ?", kind))
+        where, params = where_clause(("kind = ?", kind))
         with self._connection() as conn:
             rows = conn.execute(
-                _select(
-                    _AUTHORITY_COLUMNS, "authorities", where, "not_before, created_at, authority_id"
+                select(
+                    AUTHORITY_COLUMNS, "authorities", where, "not_before, created_at, authority_id"
                 ),
                 params,
             ).fetchall()
-        return [_authority_from_row(row) for row in rows]
+        return [authority_from_row(row) for row in rows]
 
     def save_authorities(
         self,
@@ -300,7 +197,7 @@ class SQLiteStore(Store):
     ) -> None:
         with self._transaction() as conn:
             for record in records:
-                conn.execute(_UPSERT_AUTHORITY, _authority_to_row(record))
+                conn.execute(UPSERT_AUTHORITY, authority_to_row(record))
             for authority_id in delete:
                 cursor = conn.execute(
                     "DELETE FROM authorities WHERE authority_id = ?", (authority_id,)
@@ -308,7 +205,7 @@ class SQLiteStore(Store):
                 if cursor.rowcount == 0:
                     raise NotFound(f"authority {authority_id!r} not found")
             if sequence is not None:
-                conn.execute(_NEXT_SEQUENCE, (sequence,)).fetchall()
+                conn.execute(NEXT_SEQUENCE, (sequence,)).fetchall()
             _append_audit(conn, audit_drafts(audit))
 
     def delete_authority(self, authority_id: str) -> None:
@@ -322,7 +219,7 @@ class SQLiteStore(Store):
     def next_sequence(self, name: str) -> int:
         with self._transaction() as conn:
             # fetchall: a RETURNING statement only completes once every row is read.
-            ((value,),) = conn.execute(_NEXT_SEQUENCE, (name,)).fetchall()
+            ((value,),) = conn.execute(NEXT_SEQUENCE, (name,)).fetchall()
         return int(value)
 
     def current_sequence(self, name: str) -> int:
@@ -349,9 +246,9 @@ class SQLiteStore(Store):
         ]
         with self._transaction() as conn:
             try:
-                conn.executemany(_INSERT_ISSUANCE, rows)
+                conn.executemany(INSERT_ISSUANCE, rows)
             except sqlite3.IntegrityError as exc:
-                if exc.sqlite_errorname in _DUPLICATE_KEY_ERRORS:
+                if exc.sqlite_errorname in DUPLICATE_KEY_ERRORS:
                     serials = ", ".join(repr(r.serial) for r in records[:3])
                     raise AlreadyExists(
                         f"issuance with serial {serials} already recorded (batch of {len(records)})"
@@ -361,7 +258,7 @@ class SQLiteStore(Store):
     def get_issuance(self, serial: str) -> IssuanceRecord:
         with self._connection() as conn:
             row = conn.execute(
-                _select(_ISSUANCE_COLUMNS, "issuances", "WHERE serial = ?"), (serial,)
+                select(ISSUANCE_COLUMNS, "issuances", "WHERE serial = ?"), (serial,)
             ).fetchone()
         if row is None:
             raise NotFound(f"issuance with serial {serial!r} not found")
@@ -377,12 +274,12 @@ class SQLiteStore(Store):
     ) -> list[IssuanceRecord]:
         if limit is not None and limit < 0:
             raise ValueError(f"limit must not be negative, got {limit}")
-        where, params = _where(
+        where, params = where_clause(
             ("spiffe_id = ?", spiffe_id), ("authority_id = ?", authority_id), ("kind = ?", kind)
         )
         with self._connection() as conn:
             rows = conn.execute(
-                _select(_ISSUANCE_COLUMNS, "issuances", where, "issued_at DESC, rowid DESC")
+                select(ISSUANCE_COLUMNS, "issuances", where, "issued_at DESC, rowid DESC")
                 + " LIMIT ?",
                 (*params, -1 if limit is None else limit),
             ).fetchall()
@@ -396,18 +293,18 @@ class SQLiteStore(Store):
             if _entry_exists(conn, entry.entry_id):
                 raise AlreadyExists(f"registration entry {entry.entry_id!r} already exists")
             _refuse_duplicate_selectors(conn, stored)
-            conn.execute(_INSERT_ENTRY, _entry_to_row(stored))
+            conn.execute(INSERT_ENTRY, entry_to_row(stored))
             _append_audit(conn, audit_drafts(audit))
         return stored
 
     def get_entry(self, entry_id: str) -> RegistrationEntry:
         with self._connection() as conn:
             row = conn.execute(
-                _select(_ENTRY_COLUMNS, "entries", "WHERE entry_id = ?"), (entry_id,)
+                select(ENTRY_COLUMNS, "entries", "WHERE entry_id = ?"), (entry_id,)
             ).fetchone()
         if row is None:
             raise NotFound(f"registration entry {entry_id!r} not found")
-        return _entry_from_row(row)
+        return entry_from_row(row)
 
     def list_entries(
         self,
@@ -419,17 +316,17 @@ class SQLiteStore(Store):
         # Canonical JSON is deterministic, so a selector's encoding appears verbatim in the
         # selectors column of every entry that has it; the Python filter below makes it exact.
         encoded = None if selector is None else canonical_json([selector.type, selector.value])
-        where, params = _where(
+        where, params = where_clause(
             ("spiffe_id = ?", spiffe_id),
             ("parent_id = ?", parent_id),
             ("instr(selectors, ?) > 0", encoded),
         )
         with self._connection() as conn:
             rows = conn.execute(
-                _select(_ENTRY_COLUMNS, "entries", where, "created_at, entry_id"),
+                select(ENTRY_COLUMNS, "entries", where, "created_at, entry_id"),
                 params,
             ).fetchall()
-        entries = [_entry_from_row(row) for row in rows]
+        entries = [entry_from_row(row) for row in rows]
         if selector is not None:
             entries = [entry for entry in entries if selector in entry.selectors]
         return entries
@@ -451,8 +348,8 @@ class SQLiteStore(Store):
                 )
             stored = replace(entry, revision=revision + 1, created_at=created_at)
             _refuse_duplicate_selectors(conn, stored)
-            values = _entry_to_row(stored)
-            conn.execute(_UPDATE_ENTRY, (*values[1:], stored.entry_id))
+            values = entry_to_row(stored)
+            conn.execute(UPDATE_ENTRY, (*values[1:], stored.entry_id))
             _append_audit(conn, audit_drafts(audit))
         return stored
 
@@ -479,7 +376,7 @@ class SQLiteStore(Store):
         with self._transaction() as conn:
             try:
                 conn.execute(
-                    _INSERT_REVOCATION,
+                    INSERT_REVOCATION,
                     (
                         revocation.target_kind,
                         revocation.target,
@@ -490,7 +387,7 @@ class SQLiteStore(Store):
                     ),
                 )
             except sqlite3.IntegrityError as exc:
-                if exc.sqlite_errorname in _DUPLICATE_KEY_ERRORS:
+                if exc.sqlite_errorname in DUPLICATE_KEY_ERRORS:
                     raise AlreadyExists(
                         f"{revocation.target_kind} {revocation.target!r} is already revoked"
                     ) from exc
@@ -500,7 +397,7 @@ class SQLiteStore(Store):
     def get_revocation(self, target_kind: str, target: str) -> Revocation:
         with self._connection() as conn:
             row = conn.execute(
-                _select(_REVOCATION_COLUMNS, "revocations", "WHERE target_kind = ? AND target = ?"),
+                select(REVOCATION_COLUMNS, "revocations", "WHERE target_kind = ? AND target = ?"),
                 (target_kind, target),
             ).fetchone()
         if row is None:
@@ -518,10 +415,10 @@ class SQLiteStore(Store):
             _append_audit(conn, audit_drafts(audit))
 
     def list_revocations(self, target_kind: str | None = None) -> list[Revocation]:
-        where, params = _where(("target_kind = ?", target_kind))
+        where, params = where_clause(("target_kind = ?", target_kind))
         with self._connection() as conn:
             rows = conn.execute(
-                _select(_REVOCATION_COLUMNS, "revocations", where, "revoked_at, rowid"),
+                select(REVOCATION_COLUMNS, "revocations", where, "revoked_at, rowid"),
                 params,
             ).fetchall()
         return [Revocation(*row) for row in rows]
@@ -549,12 +446,12 @@ class SQLiteStore(Store):
         subject: str | None = None,
         after_seq: int | None = None,
     ) -> list[AuditRecord]:
-        where, params = _where(
+        where, params = where_clause(
             ("time >= ?", since), ("subject = ?", subject), ("seq > ?", after_seq)
         )
         with self._connection() as conn:
             rows = conn.execute(
-                _select(_AUDIT_COLUMNS, "audit", where, "seq"),
+                select(AUDIT_COLUMNS, "audit", where, "seq"),
                 params,
             ).fetchall()
         records = []
@@ -576,7 +473,7 @@ def _append_audit(conn: sqlite3.Connection, drafts: Sequence[AuditDraft]) -> lis
     last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     records = link_audit_drafts(None if last is None else (last[0], last[1]), drafts)
     conn.executemany(
-        _INSERT_AUDIT,
+        INSERT_AUDIT,
         [
             (
                 r.seq,
@@ -600,129 +497,6 @@ def _create_private_file(path: Path) -> None:
     os.close(fd)
 
 
-def _user_version(conn: sqlite3.Connection) -> int:
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    return int(version)
-
-
-def _where(*conditions: tuple[str, object]) -> tuple[str, list[object]]:
-    """A WHERE clause of the ``(clause, value)`` conditions whose value is not None."""
-    given = [(clause, value) for clause, value in conditions if value is not None]
-    if not given:
-        return "", []
-    return "WHERE " + " AND ".join(clause for clause, _ in given), [value for _, value in given]
-
-
-def _authority_to_row(record: AuthorityRecord) -> tuple[object, ...]:
-    chain = [base64.b64encode(der).decode("ascii") for der in record.upstream_chain_der]
-    return (
-        record.authority_id,
-        record.kind,
-        record.state,
-        record.key_type,
-        record.key_ref,
-        record.public_key_der,
-        record.certificate_der,
-        json.dumps(chain),
-        record.not_before,
-        record.not_after,
-        record.created_at,
-        record.tainted,
-        record.revoked,
-    )
-
-
-def _authority_from_row(row: tuple[Any, ...]) -> AuthorityRecord:
-    (
-        authority_id,
-        kind,
-        state,
-        key_type,
-        key_ref,
-        public_key_der,
-        certificate_der,
-        chain,
-        not_before,
-        not_after,
-        created_at,
-        tainted,
-        revoked,
-    ) = row
-    return AuthorityRecord(
-        authority_id=authority_id,
-        kind=kind,
-        state=state,
-        key_type=key_type,
-        key_ref=key_ref,
-        public_key_der=public_key_der,
-        certificate_der=certificate_der,
-        upstream_chain_der=tuple(base64.b64decode(der) for der in json.loads(chain)),
-        not_before=not_before,
-        not_after=not_after,
-        created_at=created_at,
-        tainted=bool(tainted),
-        revoked=bool(revoked),
-    )
-
-
-def _entry_to_row(entry: RegistrationEntry) -> tuple[object, ...]:
-    return (
-        entry.entry_id,
-        entry.spiffe_id,
-        entry.parent_id,
-        canonical_json([[s.type, s.value] for s in entry.selectors]),
-        entry.x509_svid_ttl,
-        entry.jwt_svid_ttl,
-        canonical_json(list(entry.dns_names)),
-        canonical_json(list(entry.federates_with)),
-        entry.admin,
-        entry.downstream,
-        entry.hint,
-        entry.expires_at,
-        entry.revision,
-        entry.created_at,
-    )
-
-
-def _entry_from_row(row: tuple[Any, ...]) -> RegistrationEntry:
-    (
-        entry_id,
-        spiffe_id,
-        parent_id,
-        selectors,
-        x509_svid_ttl,
-        jwt_svid_ttl,
-        dns_names,
-        federates_with,
-        admin,
-        downstream,
-        hint,
-        expires_at,
-        revision,
-        created_at,
-    ) = row
-    return RegistrationEntry(
-        entry_id=entry_id,
-        spiffe_id=spiffe_id,
-        parent_id=parent_id,
-        selectors=_selectors_from_json(selectors),
-        x509_svid_ttl=x509_svid_ttl,
-        jwt_svid_ttl=jwt_svid_ttl,
-        dns_names=tuple(json.loads(dns_names)),
-        federates_with=tuple(json.loads(federates_with)),
-        admin=bool(admin),
-        downstream=bool(downstream),
-        hint=hint,
-        expires_at=expires_at,
-        revision=revision,
-        created_at=created_at,
-    )
-
-
-def _selectors_from_json(text: str) -> tuple[Selector, ...]:
-    return tuple(Selector(type_, value) for type_, value in json.loads(text))
-
-
 def _entry_exists(conn: sqlite3.Connection, entry_id: str) -> bool:
     row = conn.execute("SELECT 1 FROM entries WHERE entry_id = ?", (entry_id,)).fetchone()
     return row is not None
@@ -738,7 +512,7 @@ def _refuse_duplicate_selectors(conn: sqlite3.Connection, entry: RegistrationEnt
         (entry.spiffe_id, entry.parent_id, entry.entry_id),
     )
     for other_id, selectors in rows:
-        if frozenset(_selectors_from_json(selectors)) == wanted:
+        if frozenset(selectors_from_json(selectors)) == wanted:
             raise AlreadyExists(
                 f"registration entry {other_id!r} already maps the same selectors under"
                 f" parent {entry.parent_id!r} to {entry.spiffe_id!r}"

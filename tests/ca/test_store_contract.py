@@ -42,7 +42,7 @@ from ca.store import (
     audit_record_hash,
     open_store,
 )
-from ca.store.sqlite import SCHEMA_VERSION
+from ca.store.sqlite_schema import SCHEMA_VERSION
 from tests.support.store_faults import fail_writes
 
 Opener = Callable[[], Store]
