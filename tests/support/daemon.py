@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.support.ports import free_port
 
@@ -87,3 +89,8 @@ def as_uid(uid: int, args: list[str], data_dir: Path) -> subprocess.CompletedPro
     return subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd="/"
     )
+
+
+def cli_json(daemon: Daemon, *args: str) -> Any:
+    """What ``authd ARGS --json`` prints, parsed."""
+    return json.loads(authd(*args, "--json", data_dir=daemon.data_dir).stdout)

@@ -3,47 +3,25 @@ log altered behind the daemon's back."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cryptography import x509
 
 from authd.cli.errors import Exit
 from tests.support.cli_exit import expected_exit
-from tests.support.daemon import NOBODY, Daemon, as_uid, authd
+from tests.support.daemon import NOBODY, Daemon, as_uid, authd, cli_json
 
 WEB = "spiffe://example.org/web"
 API = "spiffe://example.org/api"
 
 
-@pytest.fixture
-def daemon() -> Iterator[Daemon]:
-    # Short paths: Unix socket paths are limited to 108 bytes.
-    workdir = Path(tempfile.mkdtemp(prefix="authd-audit-"))
-    os.chmod(workdir, 0o755)
-    running = Daemon(workdir / "data")
-    running.start()
-    yield running
-    if running.process and running.process.poll() is None:
-        running.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
-
-
-def run_json(daemon: Daemon, *args: str) -> Any:
-    return json.loads(authd(*args, "--json", data_dir=daemon.data_dir).stdout)
-
-
 def audit_log(daemon: Daemon, *filters: str) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = run_json(daemon, "audit", "log", *filters)["records"]
+    records: list[dict[str, Any]] = cli_json(daemon, "audit", "log", *filters)["records"]
     return records
 
 
@@ -65,7 +43,7 @@ def mint_serial(daemon: Daemon, spiffe_id: str) -> str:
 
 def test_audit_log_shows_authority_entry_and_revocation_events(daemon: Daemon) -> None:
     data = daemon.data_dir
-    entry = run_json(daemon, "entry", "create", "--spiffe-id", WEB, "--selector", "unix:uid:7")
+    entry = cli_json(daemon, "entry", "create", "--spiffe-id", WEB, "--selector", "unix:uid:7")
     serial = mint_serial(daemon, WEB)
     authd(
         "revoke", "serial", serial, "--reason", "key-compromise", "--note", "INC-7", data_dir=data

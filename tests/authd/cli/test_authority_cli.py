@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,15 +29,6 @@ from tests.support.daemon import NOBODY, Daemon, as_uid, authd
 
 EXAMPLE = TrustDomain("example.org")
 WEB = "spiffe://example.org/web"
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    # Short paths: Unix socket paths are limited to 108 bytes.
-    path = Path(tempfile.mkdtemp(prefix="authd-rot-"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from authd.cli.errors import Exit
-from tests.support.daemon import AUTHD, Daemon, authd
+from tests.support.daemon import AUTHD, Daemon, authd, cli_json
 
 TD = "spiffe://example.org"
 
@@ -34,10 +34,6 @@ def daemon(workdir: Path) -> Iterator[Daemon]:
     yield running
     if running.process and running.process.poll() is None:
         running.stop()
-
-
-def cli_json(daemon: Daemon, *args: str) -> object:
-    return json.loads(authd(*args, "--json", data_dir=daemon.data_dir).stdout)
 
 
 def failure(daemon: Daemon, *args: str) -> tuple[int, str]:

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from cryptography import x509
 
 from authd.cli.errors import Exit
@@ -21,24 +16,6 @@ from ca.spiffe_id import TrustDomain
 from ca.x509svid import verify_x509_svid
 from tests.support.cli_exit import expected_exit
 from tests.support.daemon import AUTHD, NOBODY, Daemon, as_uid, authd
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    # Short paths: Unix socket paths are limited to 108 bytes.
-    path = Path(tempfile.mkdtemp(prefix="authd-e2e-"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def daemon(workdir: Path) -> Iterator[Daemon]:
-    running = Daemon(workdir / "data")
-    running.start()
-    yield running
-    if running.process and running.process.poll() is None:
-        running.stop()
 
 
 def load_chain(path: Path) -> list[x509.Certificate]:

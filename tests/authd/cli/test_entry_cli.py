@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,19 +13,6 @@ from tests.support.cli_exit import expected_exit
 from tests.support.daemon import NOBODY, Daemon, as_uid, authd
 
 WEB = "spiffe://example.org/web"
-
-
-@pytest.fixture
-def daemon() -> Iterator[Daemon]:
-    # Short paths: Unix socket paths are limited to 108 bytes.
-    workdir = Path(tempfile.mkdtemp(prefix="authd-entry-"))
-    os.chmod(workdir, 0o755)
-    running = Daemon(workdir / "data")
-    running.start()
-    yield running
-    if running.process and running.process.poll() is None:
-        running.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def entry_json(daemon: Daemon, *args: str) -> dict[str, Any]:

@@ -3,43 +3,21 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import spiffe
 from cryptography import x509
 
 from authd.cli.errors import Exit
 from tests.support.cli_exit import expected_exit
-from tests.support.daemon import NOBODY, Daemon, as_uid, authd
+from tests.support.daemon import NOBODY, Daemon, as_uid, authd, cli_json
 
 WEB = "spiffe://example.org/web"
 API = "spiffe://example.org/api"
 WORKLOAD = "spiffe://example.org/workload"
-
-
-@pytest.fixture
-def daemon() -> Iterator[Daemon]:
-    # Short paths: Unix socket paths are limited to 108 bytes.
-    workdir = Path(tempfile.mkdtemp(prefix="authd-rev-"))
-    os.chmod(workdir, 0o755)
-    running = Daemon(workdir / "data")
-    running.start()
-    yield running
-    if running.process and running.process.poll() is None:
-        running.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
-
-
-def run_json(daemon: Daemon, *args: str) -> Any:
-    return json.loads(authd(*args, "--json", data_dir=daemon.data_dir).stdout)
 
 
 def failure(daemon: Daemon, *args: str) -> str:
@@ -77,12 +55,12 @@ def colon_serial(certificate: x509.Certificate) -> str:
 
 
 def revocations(daemon: Daemon, *filters: str) -> list[dict[str, Any]]:
-    listed: list[dict[str, Any]] = run_json(daemon, "revocations", "list", *filters)["revocations"]
+    listed: list[dict[str, Any]] = cli_json(daemon, "revocations", "list", *filters)["revocations"]
     return listed
 
 
 def active_x509_authority(daemon: Daemon) -> str:
-    shown = run_json(daemon, "authority", "show")
+    shown = cli_json(daemon, "authority", "show")
     (active,) = [
         a["authority_id"]
         for a in shown["authorities"]
@@ -92,7 +70,7 @@ def active_x509_authority(daemon: Daemon) -> str:
 
 
 def svids(daemon: Daemon, authority: str, *filters: str) -> dict[str, dict[str, Any]]:
-    listed = run_json(daemon, "svid", "list", "--authority", authority, *filters)["svids"]
+    listed = cli_json(daemon, "svid", "list", "--authority", authority, *filters)["svids"]
     return {s["serial"]: s for s in listed}
 
 
@@ -157,7 +135,7 @@ def test_refused_revocations_store_nothing(daemon: Daemon) -> None:
     for args, message in refusals.items():
         assert failure(daemon, *args).startswith(message), args
     assert revocations(daemon) == []
-    actions = {r["action"] for r in run_json(daemon, "audit", "log")["records"]}
+    actions = {r["action"] for r in cli_json(daemon, "audit", "log")["records"]}
     assert not actions & {"revoke", "unrevoke"}
     listed = svids(daemon, active_x509_authority(daemon))
     assert listed[serial(leaf)]["revoked"] is False
@@ -190,7 +168,7 @@ def test_certificate_hold_is_lifted_by_unrevoke(daemon: Daemon) -> None:
 def test_revoking_a_spiffe_id_or_an_entry_covers_the_svids_it_holds(daemon: Daemon) -> None:
     data = daemon.data_dir
     web, api = mint(daemon, WEB), mint(daemon, API)
-    entry = run_json(daemon, "entry", "create", "--spiffe-id", WORKLOAD, "--selector", "unix:uid:0")
+    entry = cli_json(daemon, "entry", "create", "--spiffe-id", WORKLOAD, "--selector", "unix:uid:0")
     held = fetch_workload_svid(daemon)  # this process is root: the entry's workload
 
     authd("revoke", "spiffe-id", API, "--reason", "privilege-withdrawn", data_dir=data)
@@ -253,7 +231,7 @@ def test_svid_list_answers_which_svids_an_authority_signed(daemon: Daemon) -> No
     new_authority = active_x509_authority(daemon)
     later = mint(daemon, WEB)
 
-    listed = run_json(daemon, "svid", "list", "--authority", old_authority)["svids"]
+    listed = cli_json(daemon, "svid", "list", "--authority", old_authority)["svids"]
     assert [s["serial"] for s in listed] == [serial(api), serial(second), serial(first)]
     assert {(s["authority_id"], s["requester"], s["revoked"]) for s in listed} == {
         (old_authority, "admin:uid=0", False)
