@@ -26,11 +26,9 @@ from ca.store.base import (
     Store,
     StoreError,
     audit_drafts,
-    link_audit_drafts,
 )
 from ca.store.durability import Durability
 from ca.store.records import (
-    AUDIT_GENESIS_HASH,
     AuditRecord,
     AuthorityRecord,
     IssuanceRecord,
@@ -39,9 +37,9 @@ from ca.store.records import (
     Selector,
     StorePosition,
 )
+from ca.store.redis.audit import PAGE, RedisAuditChain
 from ca.store.redis.client import Pipe, RedisConnection, Write, reply_text
 from ca.store.redis.codec import (
-    AUDIT,
     AUTHORITIES,
     ENTRIES,
     ISSUANCES,
@@ -53,8 +51,6 @@ from ca.store.redis.feed import RedisChangeFeed, add_change
 from ca.store.redis.keys import DEFAULT_KEY_PREFIX, KeyLayout, selector_json
 
 SCHEMA_VERSION = 1
-
-_PAGE = 500  # members per round trip when walking an index
 
 
 class RedisStore(Store):
@@ -72,6 +68,7 @@ class RedisStore(Store):
         self._redis = RedisConnection(url, durability=durability)
         self._url = self._redis.url
         self._feed = RedisChangeFeed(self._redis, self._keys.changes)
+        self._audit = RedisAuditChain(self._redis, self._keys)
         with self._redis.opening():
             self._check_schema()  # also the first connection, where bad options show up
 
@@ -99,29 +96,6 @@ class RedisStore(Store):
     def _add_change(self, pipe: Pipe, kind: str, op: str, key: str) -> None:
         add_change(pipe, self._keys.changes, kind, op, key)
 
-    def _link_audit(
-        self, pipe: Pipe, drafts: Sequence[AuditDraft]
-    ) -> list[tuple[AuditRecord, str]]:
-        """``drafts`` linked after the chain's head (read under the caller's WATCH of it),
-        each with its encoded member."""
-        if not drafts:
-            return []
-        last = pipe.zrange(self._keys.audit, -1, -1)
-        previous = AUDIT.decode(reply_text(last[0])) if last else None
-        records = link_audit_drafts(
-            None if previous is None else (previous.seq, previous.hash), drafts
-        )
-        return [(r, AUDIT.encode(r, f"audit record {r.seq}")) for r in records]
-
-    def _write_audit(self, pipe: Pipe, linked: Sequence[tuple[AuditRecord, str]]) -> None:
-        for record, member in linked:
-            pipe.zadd(self._keys.audit, {member: record.seq})
-            pipe.zadd(self._keys.audit_by_subject(record.subject), {member: record.seq})
-
-    def _watched(self, keys: Sequence[str], drafts: Sequence[AuditDraft]) -> list[str]:
-        """``keys``, and the audit chain's head when the change appends to it."""
-        return [*keys, self._keys.audit] if drafts else list(keys)
-
     def change_feed(self) -> RedisChangeFeed:
         return self._feed
 
@@ -131,13 +105,8 @@ class RedisStore(Store):
     def position(self) -> StorePosition:
         with self._redis.call() as client:
             generation = client.get(self._keys.generation)
-            last = client.zrange(self._keys.audit, -1, -1)
-        head = AUDIT.decode(reply_text(last[0])) if last else None
-        return StorePosition(
-            reply_text(generation) if generation is not None else "",
-            head.seq if head is not None else 0,
-            head.hash if head is not None else AUDIT_GENESIS_HASH,
-        )
+        seq, digest = self._audit.head()
+        return StorePosition(reply_text(generation) if generation is not None else "", seq, digest)
 
     def schema_version(self) -> int:
         with self._redis.call() as client:
@@ -183,7 +152,7 @@ class RedisStore(Store):
             for authority_id in delete:
                 if not pipe.hexists(self._keys.authorities, authority_id):
                     raise NotFound(f"authority {authority_id!r} not found")
-            linked = self._link_audit(pipe, drafts)
+            linked = self._audit.link(pipe, drafts)
 
             def write(pipe: Pipe) -> None:
                 if mapping:
@@ -198,11 +167,11 @@ class RedisStore(Store):
                     self._add_change(pipe, "authority", "remove", authority_id)
                 if sequence is not None:
                     pipe.incr(self._keys.sequence(sequence))
-                self._write_audit(pipe, linked)
+                self._audit.write(pipe, linked)
 
             return write, None
 
-        self._redis.transaction(self._watched([self._keys.authorities], drafts), prepare)
+        self._redis.transaction(self._audit.watched([self._keys.authorities], drafts), prepare)
 
     def delete_authority(self, authority_id: str) -> None:
         def prepare(pipe: Pipe) -> tuple[Write, None]:
@@ -302,9 +271,7 @@ class RedisStore(Store):
         upper = "+"
         with self._redis.call() as client:
             while limit is None or len(found) < limit:
-                members = [
-                    reply_text(m) for m in client.zrevrangebylex(index, upper, "-", 0, _PAGE)
-                ]
+                members = [reply_text(m) for m in client.zrevrangebylex(index, upper, "-", 0, PAGE)]
                 if not members:
                     break
                 upper = "(" + members[-1]
@@ -334,7 +301,7 @@ class RedisStore(Store):
             if pipe.exists(entry_key):
                 raise AlreadyExists(f"registration entry {stored.entry_id!r} already exists")
             self._refuse_duplicate_selectors(pipe, signature_key, stored)
-            linked = self._link_audit(pipe, drafts)
+            linked = self._audit.link(pipe, drafts)
 
             def write(pipe: Pipe) -> None:
                 pipe.set(entry_key, value)
@@ -343,11 +310,13 @@ class RedisStore(Store):
                 for index in self._keys.entry_indexes(stored):
                     pipe.sadd(index, stored.entry_id)
                 self._add_change(pipe, "entry", "add", stored.entry_id)
-                self._write_audit(pipe, linked)
+                self._audit.write(pipe, linked)
 
             return write, stored
 
-        return self._redis.transaction(self._watched([entry_key, signature_key], drafts), prepare)
+        return self._redis.transaction(
+            self._audit.watched([entry_key, signature_key], drafts), prepare
+        )
 
     @staticmethod
     def _refuse_duplicate_selectors(
@@ -389,8 +358,8 @@ class RedisStore(Store):
                 )
             )
             stored = []
-            for start in range(0, len(ids), _PAGE):
-                page = ids[start : start + _PAGE]
+            for start in range(0, len(ids), PAGE):
+                page = ids[start : start + PAGE]
                 stored += client.mget([self._keys.entry(i) for i in page])
         entries = [ENTRIES.decode(reply_text(value)) for value in stored if value is not None]
         # An entry changed between the index read and the record read must still match.
@@ -429,7 +398,7 @@ class RedisStore(Store):
                 self._keys.entry_indexes(old),
                 self._keys.entry_indexes(stored),
             )
-            linked = self._link_audit(pipe, drafts)
+            linked = self._audit.link(pipe, drafts)
 
             def write(pipe: Pipe) -> None:
                 pipe.set(entry_key, value)
@@ -441,11 +410,13 @@ class RedisStore(Store):
                 for index in new_indexes - old_indexes:
                     pipe.sadd(index, stored.entry_id)
                 self._add_change(pipe, "entry", "update", stored.entry_id)
-                self._write_audit(pipe, linked)
+                self._audit.write(pipe, linked)
 
             return write, stored
 
-        return self._redis.transaction(self._watched([entry_key, signature_key], drafts), prepare)
+        return self._redis.transaction(
+            self._audit.watched([entry_key, signature_key], drafts), prepare
+        )
 
     def delete_entry(
         self, entry_id: str, *, expected_revision: int | None = None, audit: Audit = ()
@@ -463,7 +434,7 @@ class RedisStore(Store):
                     f"registration entry {entry_id!r} is at revision {old.revision},"
                     f" not {expected_revision}"
                 )
-            linked = self._link_audit(pipe, drafts)
+            linked = self._audit.link(pipe, drafts)
 
             def write(pipe: Pipe) -> None:
                 pipe.delete(entry_key, self._keys.entry_signature(old))
@@ -471,11 +442,11 @@ class RedisStore(Store):
                 for index in self._keys.entry_indexes(old):
                     pipe.srem(index, entry_id)
                 self._add_change(pipe, "entry", "remove", entry_id)
-                self._write_audit(pipe, linked)
+                self._audit.write(pipe, linked)
 
             return write, None
 
-        self._redis.transaction(self._watched([entry_key], drafts), prepare)
+        self._redis.transaction(self._audit.watched([entry_key], drafts), prepare)
 
     # -- revocations ---------------------------------------------------------------------
 
@@ -491,7 +462,7 @@ class RedisStore(Store):
         def prepare(pipe: Pipe) -> tuple[Write, None]:
             if pipe.exists(key):
                 raise AlreadyExists(f"{name} is already revoked")
-            linked = self._link_audit(pipe, drafts)
+            linked = self._audit.link(pipe, drafts)
 
             def write(pipe: Pipe) -> None:
                 [text] = member
@@ -501,11 +472,11 @@ class RedisStore(Store):
                 self._add_change(
                     pipe, "revocation", "add", f"{revocation.target_kind}:{revocation.target}"
                 )
-                self._write_audit(pipe, linked)
+                self._audit.write(pipe, linked)
 
             return write, None
 
-        self._redis.transaction(self._watched([key], drafts), prepare)
+        self._redis.transaction(self._audit.watched([key], drafts), prepare)
 
     def get_revocation(self, target_kind: str, target: str) -> Revocation:
         with self._redis.call() as client:
@@ -522,18 +493,18 @@ class RedisStore(Store):
             member = pipe.get(key)
             if member is None:
                 raise NotFound(f"{target_kind} {target!r} is not revoked")
-            linked = self._link_audit(pipe, drafts)
+            linked = self._audit.link(pipe, drafts)
 
             def write(pipe: Pipe) -> None:
                 pipe.delete(key)
                 pipe.zrem(self._keys.revocations, reply_text(member))
                 pipe.zrem(self._keys.revocations_by_kind(target_kind), reply_text(member))
                 self._add_change(pipe, "revocation", "remove", f"{target_kind}:{target}")
-                self._write_audit(pipe, linked)
+                self._audit.write(pipe, linked)
 
             return write, None
 
-        self._redis.transaction(self._watched([key], drafts), prepare)
+        self._redis.transaction(self._audit.watched([key], drafts), prepare)
 
     def list_revocations(self, target_kind: str | None = None) -> list[Revocation]:
         index = (
@@ -559,14 +530,14 @@ class RedisStore(Store):
         draft = AuditDraft(time, actor, action, subject, details)
 
         def prepare(pipe: Pipe) -> tuple[Write, AuditRecord]:
-            linked = self._link_audit(pipe, (draft,))
+            linked = self._audit.link(pipe, (draft,))
 
             def write(pipe: Pipe) -> None:
-                self._write_audit(pipe, linked)
+                self._audit.write(pipe, linked)
 
             return write, linked[0][0]
 
-        return self._redis.transaction([self._keys.audit], prepare)
+        return self._redis.transaction(self._audit.watched([], (draft,)), prepare)
 
     def list_audit(
         self,
@@ -575,14 +546,4 @@ class RedisStore(Store):
         subject: str | None = None,
         after_seq: int | None = None,
     ) -> list[AuditRecord]:
-        index = self._keys.audit if subject is None else self._keys.audit_by_subject(subject)
-        lower = "-inf" if after_seq is None else f"({after_seq}"
-        records: list[AuditRecord] = []
-        with self._redis.call() as client:
-            while True:
-                page = client.zrangebyscore(index, lower, "+inf", start=0, num=_PAGE)
-                records += [AUDIT.decode(reply_text(member)) for member in page]
-                if len(page) < _PAGE:
-                    break
-                lower = f"({records[-1].seq}"
-        return [r for r in records if since is None or r.time >= since]
+        return self._audit.records(since=since, subject=subject, after_seq=after_seq)
