@@ -7,7 +7,9 @@ step, and rebuilds what follows from the records: the trust bundle and the autho
 replica can sign with. It never signs an SVID and never decides *when* to rotate.
 
 With several replicas on one store, exactly one rotates (it holds the keys); the others
-follow: ``reload()`` re-reads the records another replica changed.
+follow: ``reload()`` re-reads the records another replica changed. A store that is not
+trusted (``store_trusted()`` false: it went backwards, see ``ca.store.regression``) is never
+rotated, so authorities are never made over one that merely lost them.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class AuthorityTimeline:
         upstream: UpstreamAuthority | None = None,
         rotates: bool = True,
         notify: Callable[[Callable[[], None]], object] | None = None,
+        store_trusted: Callable[[], bool] = lambda: True,
     ) -> None:
         self.trust_domain = trust_domain
         self.store = store
@@ -61,7 +64,8 @@ class AuthorityTimeline:
         self._bundle = TrustBundle(trust_domain)
         self._listeners: list[Callable[[], None]] = []
         self._dispatch = notify or (lambda listener: listener())  # e.g. onto the serving loop
-        if rotates:
+        self._store_trusted = store_trusted
+        if rotates and store_trusted():
             self.rotate()
             signing = self._signing
             if signing.x509_active is None or signing.jwt_active is None:
@@ -98,7 +102,7 @@ class AuthorityTimeline:
 
         Only the rotating replica moves the timeline (it holds the keys); the others follow.
         """
-        if not self.rotates:
+        if not self.rotates or not self._store_trusted():
             return False
         with self._lock:
             now = self.clock.now()

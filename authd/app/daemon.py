@@ -30,6 +30,7 @@ from authd.app.errors import StartupError
 from authd.app.loop_dispatch import on_loop
 from authd.app.refusals import ListenerRefusals
 from authd.app.replicas import change_feed_position, follow_store
+from authd.app.store_trust import StoreTrust
 from authd.app.workload_listener import start_workload
 from authd.authz.metrics import AuthzMetrics
 from authd.config.model import Config
@@ -81,10 +82,19 @@ class Daemon:
         prepare_data_dir(data_dir)
         upstream = load_upstream(config)
         self._store = open_store(config.store_url, data_dir=data_dir)
-        start_from = change_feed_position(self._store)
+        self.trust = StoreTrust(self._store, data_dir, self.metrics)
+        # On a regressed store the follower starts with a guarded resync instead.
+        start_from = change_feed_position(self._store) if self.trust.view_trusted else None
         loop = asyncio.get_running_loop()
         # A scheduled rotation runs on a worker thread; the CA's listeners run on the loop.
-        self._ca = open_authority(config, self._store, self.clock, upstream, notify=on_loop(loop))
+        self._ca = open_authority(
+            config,
+            self._store,
+            self.clock,
+            upstream,
+            notify=on_loop(loop),
+            store_trusted=self.trust.store_trusted,
+        )
         self.entry_registry = EntryRegistry(self._store, self.clock)
         self.revocations = Revoker(
             self.ca,
@@ -92,7 +102,7 @@ class Daemon:
             self.clock,
             crl_refresh=config.ca.crl_refresh,
             notify=loop.call_soon_threadsafe,
-            view=RevocationView(self.clock) if start_from is not None else None,
+            view=RevocationView(self.clock) if self._store.change_feed() is not None else None,
         )
         self.follower = follow_store(
             self._store,
@@ -101,6 +111,8 @@ class Daemon:
             revocations=self.revocations,
             clock=self.clock,
             start_from=start_from,
+            guard=self.trust.guard,
+            on_in_step=self.trust.view_in_step,
         )
         self._admin = AdminListeners(
             config,
@@ -190,7 +202,10 @@ class Daemon:
         return 0.0 if self.follower is None else self.follower.staleness()
 
     def fresh(self) -> bool:
-        """False once a replica has been cut off from the shared store for too long."""
+        """False once a replica has been cut off from the shared store for too long, or
+        while it started on a regressed store (it then has no view of its own)."""
+        if not self.trust.view_trusted:
+            return False
         return self.staleness() <= self.config.store.max_staleness
 
     async def close(self) -> None:
