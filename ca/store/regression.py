@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
-from ca.store.base import Store
+from ca.store.base import Store, StoreError
 from ca.store.position_memory import PositionMemory
 from ca.store.records import StorePosition
 
@@ -70,11 +71,22 @@ def find_regression(
 
 
 class RegressionGuard:
-    """Compares a store with what this replica remembers; safe to call from any thread."""
+    """Compares a store with what this replica remembers; safe to call from any thread.
 
-    def __init__(self, store: Store, memory: PositionMemory) -> None:
+    ``publish(remembered)`` is called on every check that finds a regression (so that a
+    repair can tell whose copy is the newest); its ``StoreError`` is ignored.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        memory: PositionMemory,
+        *,
+        publish: Callable[[StorePosition], object] = lambda position: None,
+    ) -> None:
         self._store = store
         self._memory = memory
+        self._publish = publish
         self._lock = threading.Lock()
         self.regressed = False
         self.reason = ""
@@ -112,8 +124,8 @@ class RegressionGuard:
                     log.warning("store: in step again at %s; adopting its state", _short(found))
                 self.regressed, self.reason = False, ""
                 return True
+            assert remembered is not None  # first contact is never a regression
             if not self.regressed or reason != self.reason:
-                assert remembered is not None
                 log.error(
                     "store regression: %s. This replica last saw %s; the store now has %s. "
                     "Not adopting the store's state: deciding from the last view until "
@@ -125,4 +137,8 @@ class RegressionGuard:
                     _short(found),
                 )
             self.regressed, self.reason = True, reason
+            try:
+                self._publish(remembered)
+            except StoreError as exc:
+                log.debug("store regression: cannot publish the remembered position: %s", exc)
             return False
