@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from ca.clock import Clock
 from ca.revoker import Revoker
-from ca.store import ChangeFeed, ChangeFeedGap, StoreError
+from ca.store import Change, ChangeFeed, ChangeFeedGap, StoreError
 from ca.store.regression import RegressionGuard
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class ReplicaFollower:
         retry_interval: float = 0.5,
         start_from: str | None = None,
         guard: RegressionGuard | None = None,
-        on_in_step: Callable[[], object] = lambda: None,
+        on_in_step: Callable[[list[Change] | None], object] = lambda changes: None,
     ) -> None:
         self._feed = feed
         self._revocations = revocations
@@ -59,7 +59,8 @@ class ReplicaFollower:
         # from there avoids loading everything a second time at start.
         self._start_from = start_from
         self._guard = guard
-        self._on_in_step = on_in_step  # after the view was brought in step with the store
+        # After the view was brought in step with the store: by a resync (None) or changes.
+        self._on_in_step = on_in_step
         self.connected = start_from is not None
         self.resyncs = 0
         self.events = 0
@@ -97,7 +98,7 @@ class ReplicaFollower:
                         self._stop.wait(self._retry)
                         continue
                     last = self._resync()
-                    self._on_in_step()
+                    self._on_in_step(None)
                     if not self.connected:
                         log.info("replica: in step with the shared store")
                     self.connected = True
@@ -109,7 +110,7 @@ class ReplicaFollower:
                 for change in changes:
                     self._apply(change["kind"], change["key"])
                 self.events += len(changes)
-                self._on_in_step()
+                self._on_in_step(changes)
                 # An answered read, even an empty one, proves the view is current.
                 self._revocations.view.synced_at = self._clock.now()
             except ChangeFeedGap:

@@ -23,6 +23,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry
 
+from authd.admin.store_ops import StoreOperations
 from authd.app.admin_listeners import AdminListeners
 from authd.app.authority import load_upstream, open_authority, prepare_data_dir
 from authd.app.authz_listeners import AuthzListeners
@@ -65,6 +66,7 @@ class Daemon:
         self._workload: WorkloadEndpoint | None = None
         self.follower: ReplicaFollower | None = None
         self._bundle_endpoint: BundleEndpoint | None = None
+        self.trust: StoreTrust | None = None
         self.metrics = AuthzMetrics()
         self.registry = CollectorRegistry()
         self.registry.register(self.metrics)
@@ -82,9 +84,11 @@ class Daemon:
         prepare_data_dir(data_dir)
         upstream = load_upstream(config)
         self._store = open_store(config.store_url, data_dir=data_dir)
-        self.trust = StoreTrust(self._store, data_dir, self.metrics)
-        # On a regressed store the follower starts with a guarded resync instead.
-        start_from = change_feed_position(self._store) if self.trust.view_trusted else None
+        # The position first: a change made meanwhile is replayed, into the mirror as well.
+        start_from = change_feed_position(self._store)
+        trust = self.trust = StoreTrust(self._store, data_dir, self.metrics)
+        if not trust.view_trusted:
+            start_from = None  # the follower starts with a guarded resync instead
         loop = asyncio.get_running_loop()
         # A scheduled rotation runs on a worker thread; the CA's listeners run on the loop.
         self._ca = open_authority(
@@ -93,7 +97,7 @@ class Daemon:
             self.clock,
             upstream,
             notify=on_loop(loop),
-            store_trusted=self.trust.store_trusted,
+            store_trusted=trust.store_trusted,
         )
         self.entry_registry = EntryRegistry(self._store, self.clock)
         self.revocations = Revoker(
@@ -111,8 +115,8 @@ class Daemon:
             revocations=self.revocations,
             clock=self.clock,
             start_from=start_from,
-            guard=self.trust.guard,
-            on_in_step=self.trust.view_in_step,
+            guard=trust.guard,
+            on_in_step=trust.view_in_step,
         )
         self._admin = AdminListeners(
             config,
@@ -122,6 +126,9 @@ class Daemon:
             revocations=self.revocations,
             health=self._health,
             refusals=self.refusals.callback,
+            store=StoreOperations(
+                self._store, trust.guard, trust.mirror, self.clock, replica=trust.replica
+            ),
         )
         await self._admin.start()
         self._authz = AuthzListeners(
@@ -204,7 +211,7 @@ class Daemon:
     def fresh(self) -> bool:
         """False once a replica has been cut off from the shared store for too long, or
         while it started on a regressed store (it then has no view of its own)."""
-        if not self.trust.view_trusted:
+        if self.trust is not None and not self.trust.view_trusted:
             return False
         return self.staleness() <= self.config.store.max_staleness
 
@@ -222,6 +229,8 @@ class Daemon:
             await self._admin.close()
         if self._ca is not None:
             self._ca.close()
+        if self.trust is not None:
+            self.trust.close()
         if self._store is not None:
             self._store.close()
         log.info("authd stopped")

@@ -14,7 +14,7 @@ from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
 from ca.replication import ReplicaFollower
 from ca.revoker import Revoker
-from ca.store import Store
+from ca.store import Change, Store
 from ca.store.regression import RegressionGuard
 
 __all__ = ["change_feed_position", "follow_store"]
@@ -38,12 +38,13 @@ def follow_store(
     clock: Clock,
     start_from: str | None,
     guard: RegressionGuard | None = None,
-    on_in_step: Callable[[], object] = lambda: None,
+    on_in_step: Callable[[list[Change] | None], object] = lambda changes: None,
 ) -> ReplicaFollower | None:
     """Start following ``store``'s change feed; None for a store no other replica shares.
 
     With ``guard``, a store that went backwards is never adopted (see ``ca.replication``);
-    ``on_in_step`` runs on the follower's thread each time the view is in step with the store.
+    ``on_in_step`` runs on the follower's thread each time the view is in step with the store
+    (after a resync: None; after changes: those).
     """
     feed = store.change_feed()
     if feed is None:

@@ -30,6 +30,7 @@ from authd.cli.revocation_commands import (
     cmd_revoke,
     cmd_unrevoke,
 )
+from authd.cli.store_commands import add_store_commands
 
 
 def add_entry_flags(parser: argparse.ArgumentParser, *, update: bool) -> None:
@@ -280,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the hash chain; exit 1 naming the first broken record",
     )
     audit_verify.set_defaults(func=cmd_audit_verify)
+    add_store_commands(commands, client)
 
     policy = commands.add_parser("policy", help="the authorization policy").add_subparsers(
         dest="policy_command", metavar="<command>", required=True

@@ -10,6 +10,7 @@ hash, since a record's hash depends only on its content and the one before it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -43,10 +44,8 @@ def copy_entry(source: Store, target: Store, entry_id: str) -> None:
     try:
         wanted = source.get_entry(entry_id)
     except NotFound:
-        try:
+        with contextlib.suppress(NotFound):
             target.delete_entry(entry_id)
-        except NotFound:
-            pass
         return
     try:
         held = target.get_entry(entry_id)
@@ -174,7 +173,8 @@ class StoreMirror:
             if changes is None:
                 copy_state(source, self._store, self.sequences)
                 return
-            copy_sequences(source, self._store, self.sequences)
+            if changes:
+                copy_sequences(source, self._store, self.sequences)
             for change in changes:
                 if change["kind"] == "entry":
                     copy_entry(source, self._store, change["key"])
