@@ -12,7 +12,9 @@ With a ``RegressionGuard``, every read of the feed is followed by a check of the
 position, before anything read is applied: a store that went backwards (wiped, restarted
 from an older snapshot, replaced) is never adopted. The view is then neither rebuilt nor
 updated, so it keeps deciding from what it held and goes stale, exactly as if the store were
-unreachable, until the store is in step again (repaired by ``authd store reseed``).
+unreachable, until the store is in step again (repaired by ``authd store reseed``); only
+revocations made on the regressed store meanwhile are still applied, since those can only
+deny more.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class ReplicaFollower:
         # from there avoids loading everything a second time at start.
         self._start_from = start_from
         self._guard = guard
+        self._additions_from: str | None = None  # feed position while the store is regressed
         # After the view was brought in step with the store: by a resync (None) or changes.
         self._on_in_step = on_in_step
         self.connected = start_from is not None
@@ -88,6 +91,21 @@ class ReplicaFollower:
     def _store_in_step(self) -> bool:
         return self._guard is None or self._guard.in_step()
 
+    def _follow_additions(self) -> None:
+        """While the store is regressed, revocations made on it still apply, and nothing
+        else: that can only deny more. The view stays stale, so its age still counts."""
+        try:
+            start = self._additions_from or "0-0"  # a wiped store's feed starts afresh
+            self._additions_from, changes = self._feed.changes_since(start, block_ms=self._block_ms)
+        except ChangeFeedGap:
+            self._additions_from = self._feed.latest_change_id()
+            return
+        for change in changes:
+            if change["kind"] == "revocation" and change["op"] == "add":
+                kind, _, target = change["key"].partition(":")
+                if not self._revocations.view.contains(kind, target):
+                    self._revocations.refresh(kind, target)  # adds it if the store has it
+
     def _run(self) -> None:
         last: str | None = self._start_from
         while not self._stop.is_set():
@@ -95,8 +113,9 @@ class ReplicaFollower:
                 if last is None:
                     if not self._store_in_step():
                         self.connected = False
-                        self._stop.wait(self._retry)
+                        self._follow_additions()
                         continue
+                    self._additions_from = None
                     last = self._resync()
                     self._on_in_step(None)
                     if not self.connected:
