@@ -118,6 +118,11 @@ class Daemon:
             guard=trust.guard,
             on_in_step=trust.view_in_step,
         )
+        if self.follower is None:
+            # This process is the store's only writer: remember each change it makes at once
+            # (a store file replaced later by an older copy is then found behind).
+            self.revocations.add_listener(trust.remember_now)
+            self.ca.add_listener(trust.remember_now)
         self._admin = AdminListeners(
             config,
             ca=self.ca,
@@ -230,6 +235,7 @@ class Daemon:
         if self._ca is not None:
             self._ca.close()
         if self.trust is not None:
+            self.trust.remember_now()
             self.trust.close()
         if self._store is not None:
             self._store.close()

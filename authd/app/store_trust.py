@@ -69,6 +69,13 @@ class StoreTrust:
         """Read the store's position now: True unless it went backwards."""
         return self.guard.in_step()
 
+    def remember_now(self) -> None:
+        """Check the store and remember its position now (after this process changed it)."""
+        try:
+            self.guard.in_step()
+        except StoreError as exc:
+            log.warning("store position not checked: %s", exc)
+
     def refresh_mirror(self, changes: list[Change] | None) -> None:
         if self.mirror is not None:
             self.mirror.refresh(self.store, changes)
