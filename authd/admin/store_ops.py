@@ -68,8 +68,9 @@ class StoreOperations:
             mirror,
         )
 
-    def reseed(self, caller: AdminCaller) -> ReseedResult:
-        """Write this replica's copy back into the regressed store."""
+    def reseed(self, caller: AdminCaller | str) -> ReseedResult:
+        """Write this replica's copy back into the regressed store (``caller``: an admin, or
+        ``"authd"`` itself with ``store.auto_reseed``)."""
         if self._mirror is None or not isinstance(self._store, RedisStore):
             raise FailedPrecondition(
                 "this replica keeps no copy of its store (an embedded SQLite store): restore "

@@ -23,6 +23,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry
 
+from authd.admin.errors import AdminError
 from authd.admin.store_ops import StoreOperations
 from authd.app.admin_listeners import AdminListeners
 from authd.app.authority import load_upstream, open_authority, prepare_data_dir
@@ -67,6 +68,7 @@ class Daemon:
         self.follower: ReplicaFollower | None = None
         self._bundle_endpoint: BundleEndpoint | None = None
         self.trust: StoreTrust | None = None
+        self._reseed_refusal = ""
         self.metrics = AuthzMetrics()
         self.registry = CollectorRegistry()
         self.registry.register(self.metrics)
@@ -123,6 +125,9 @@ class Daemon:
             # (a store file replaced later by an older copy is then found behind).
             self.revocations.add_listener(trust.remember_now)
             self.ca.add_listener(trust.remember_now)
+        self.store_ops = StoreOperations(
+            self._store, trust.guard, trust.mirror, self.clock, replica=trust.replica
+        )
         self._admin = AdminListeners(
             config,
             ca=self.ca,
@@ -131,9 +136,7 @@ class Daemon:
             revocations=self.revocations,
             health=self._health,
             refusals=self.refusals.callback,
-            store=StoreOperations(
-                self._store, trust.guard, trust.mirror, self.clock, replica=trust.replica
-            ),
+            store=self.store_ops,
         )
         await self._admin.start()
         self._authz = AuthzListeners(
@@ -194,6 +197,7 @@ class Daemon:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=interval)
             if not self._stopping.is_set():
+                await self.auto_reseed()
                 await self.rotate()
 
     async def rotate(self) -> None:
@@ -205,6 +209,21 @@ class Daemon:
                 log.info("authorities rotated; bundle sequence %d", self.ca.bundle.sequence)
         except Exception:
             log.exception("authority rotation failed; will retry")
+
+    async def auto_reseed(self) -> None:
+        """With ``store.auto_reseed``, the rotating replica repairs a regressed store itself."""
+        trust = self.trust
+        if not (self.config.store.auto_reseed and self.ca.rotates and trust is not None):
+            return
+        if not trust.guard.regressed or trust.mirror is None:
+            return
+        try:
+            await asyncio.to_thread(self.store_ops.reseed, "authd")
+            self._reseed_refusal = ""
+        except AdminError as exc:
+            if str(exc) != self._reseed_refusal:  # once per reason, not every interval
+                log.warning("store.auto_reseed: %s", exc)
+            self._reseed_refusal = str(exc)
 
     def stop(self) -> None:
         self._stopping.set()

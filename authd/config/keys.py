@@ -58,6 +58,7 @@ PARSERS: dict[str, Callable[[object], object]] = {
     "ca.http_address": parse_address,
     "store.url": parse_store_url,
     "store.max_staleness": parse_positive_duration,
+    "store.auto_reseed": parse_bool,
     "admin.socket_path": parse_path,
     "admin.allowed_uids": parse_uids,
     "admin.mtls_address": parse_address,

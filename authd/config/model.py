@@ -67,6 +67,9 @@ class StoreConfig:
     # With a shared (Redis) store: how long a replica that lost the store keeps deciding
     # from its last revocation view before ext_authz fails closed (503).
     max_staleness: int = 30
+    # The rotating replica writes its copy back into a store that went backwards by itself
+    # (as `authd store reseed` does), unless another replica saw more.
+    auto_reseed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,3 +189,42 @@ def test_reseed_is_refused_while_the_store_is_in_step(group: Group) -> None:
     assert result.returncode == 1 and "nothing to reseed" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert group.r1.store_state()["regressed"] is False
+
+
+def test_with_auto_reseed_the_rotating_replica_repairs_the_store_itself(workdir: Path) -> None:
+    (workdir / "policy.yaml").write_text(ALLOW_WORKLOADS_POLICY)
+    redis = RedisServer(workdir / "redis").start()
+    r1 = Replica(
+        workdir,
+        "r1",
+        redis.url,
+        rotates=True,
+        max_staleness=MAX_STALENESS,
+        extra_store_config="auto_reseed = true\n",
+    )
+    r2 = Replica(workdir, "r2", redis.url, rotates=False, max_staleness=MAX_STALENESS)
+    try:
+        r1.start()
+        r2.start()
+        revoked, allowed = r1.token(f"{TD}/web"), r1.token(f"{TD}/billing")
+        r2.cli("revoke", "spiffe-id", f"{TD}/web", "--reason", "key-compromise")
+        for replica in (r1, r2):
+            wait_for(f"{replica.name} to deny", lambda r=replica: check(r, revoked)[0] == 401)
+        redis.crash()
+        redis.restart_from(None)
+        for replica in (r1, r2):
+            wait_for(
+                f"{replica.name} to be in step with the repaired store",
+                lambda r=replica: (
+                    f"{TD}/web" in r.revoked_targets() and r.gauge("authd_store_regressed") == 0
+                ),
+            )
+            assert check(replica, revoked) == (401, "revoked")
+            assert check(replica, allowed) == (200, "allowed")
+        assert r1.cli("audit", "verify").startswith("audit log intact")
+        assert "store reseeded by authd" in r1.logs()
+    finally:
+        for replica in (r1, r2):
+            if replica.running:
+                replica.stop()
+        redis.stop()
