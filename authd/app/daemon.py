@@ -1,15 +1,18 @@
 """``authd run``: the one process that hosts the CA and its APIs.
 
-Start-up order: data directory (0711) → store → CA (authorities created on first start; a
-store made for another trust domain is refused) → replica follower (shared store) → admin
-API behind the peer-credential gateway → policy → ext_authz listeners (gRPC, HTTP service
-mode) and metrics → Workload API and SDS → bundle endpoint → rotation and policy-reload loops.
-Shutdown reverses it and writes out the issuance and decision logs.
+Start-up order: data directory (0711) → store → its trust (``store_trust``: a store that
+went backwards since this replica last saw it is never adopted) → CA (authorities created
+on first start, never over a regressed store; a store made for another trust domain is
+refused) → replica follower (shared store) → admin API behind the peer-credential gateway →
+policy → ext_authz listeners (gRPC, HTTP service mode) and metrics → Workload API and SDS →
+bundle endpoint → rotation and policy-reload loops. Shutdown reverses it and writes out the
+issuance and decision logs.
 
 The wiring lives beside this module, one concern each: ``authority`` (data directory, CA),
-``replicas`` (following a shared store), ``admin_listeners``, ``authz_listeners``,
-``workload_listener``, ``refusals`` (the refusal counter), ``loop_dispatch`` (callbacks from
-other threads reach the loop's state through the loop).
+``replicas`` (following a shared store), ``store_trust`` (regression detection, the store's
+mirror), ``admin_listeners``, ``authz_listeners``, ``workload_listener``, ``refusals`` (the
+refusal counter), ``loop_dispatch`` (callbacks from other threads reach the loop's state
+through the loop).
 """
 
 from __future__ import annotations

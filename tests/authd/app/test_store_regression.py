@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,11 +128,13 @@ def test_a_store_that_went_backwards_is_never_trusted_and_reseed_repairs_it(
 
         redis.crash()
         redis.restart_from(snapshot)
+        restarted = time.monotonic()
         for replica in group.both:
             wait_for(
                 f"{replica.name} to see the regression",
                 lambda r=replica: r.gauge("authd_store_regressed") == 1,
             )
+        print(f"regression seen on both replicas {time.monotonic() - restarted:.3f}s after restart")
         # Deciding from the last view: what it allowed it still allows, nothing revoked.
         assert [check(r, tokens["billing"]) for r in group.both] == [(200, "allowed")] * 2
         # Revocations made on the regressed store still reach every replica.
@@ -152,7 +155,9 @@ def test_a_store_that_went_backwards_is_never_trusted_and_reseed_repairs_it(
         assert r2.gauge("authd_store_regressed") == 1
 
         # The repair: r1 writes back what it holds.
+        started = time.monotonic()
         assert "store reseeded" in r1.cli("store", "reseed")
+        print(f"authd store reseed took {time.monotonic() - started:.3f}s")
         for replica in group.both:
             wait_for(
                 f"{replica.name} to be in step again",
