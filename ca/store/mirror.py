@@ -225,11 +225,13 @@ class StoreMirror:
         original), then ``revocations`` and ``audit`` kept from the regressed store."""
         with self._lock:
             copy_state(self._store, fresh, self.sequences)
+            held = {_revocation_key(r) for r in fresh.list_revocations()}
+            for revocation in revocations:
+                if _revocation_key(revocation) not in held:
+                    fresh.add_revocation(revocation)
+            # The audit chain last: replicas trust the store again once it reaches the
+            # position they remember, so everything else must be there by then.
             copy_audit(self._store, fresh)
-        held = {_revocation_key(r) for r in fresh.list_revocations()}
-        for revocation in revocations:
-            if _revocation_key(revocation) not in held:
-                fresh.add_revocation(revocation)
         for record in audit:
             _append(fresh, record)
         head = fresh.position()
