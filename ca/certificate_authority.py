@@ -49,6 +49,7 @@ class CertificateAuthority:
         upstream: UpstreamAuthority | None = None,
         rotates: bool = True,
         notify: Callable[[Callable[[], None]], object] | None = None,
+        store_trusted: Callable[[], bool] = lambda: True,
     ) -> None:
         settings = settings or CASettings()
         if len(settings.subject) == 0:
@@ -70,6 +71,7 @@ class CertificateAuthority:
             upstream=upstream,
             rotates=rotates,
             notify=notify,
+            store_trusted=store_trusted,
         )
         self.issuance_log = IssuanceLog(store)
         timeline = self.timeline

@@ -12,7 +12,9 @@ wholly done or not at all, every stored step is audited, and no sequence number 
 bundle contents. A pruned authority's key is deleted only after that write.
 
 With several replicas on one store, exactly one rotates (it holds the keys); the others
-follow: ``reload()`` re-reads the records another replica changed.
+follow: ``reload()`` re-reads the records another replica changed. A store that is not
+trusted (``store_trusted()`` false: it went backwards, see ``ca.store.regression``) is never
+rotated, so authorities are never made over one that merely lost them.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class AuthorityTimeline:
         upstream: UpstreamAuthority | None = None,
         rotates: bool = True,
         notify: Callable[[Callable[[], None]], object] | None = None,
+        store_trusted: Callable[[], bool] = lambda: True,
     ) -> None:
         self.trust_domain = trust_domain
         self.store = store
@@ -70,7 +73,8 @@ class AuthorityTimeline:
         self._listeners: list[Callable[[], None]] = []
         self._stale = False  # a step was stored but could not be read back: rotate() reloads
         self._dispatch = notify or (lambda listener: listener())  # e.g. onto the serving loop
-        if rotates:
+        self._store_trusted = store_trusted
+        if rotates and store_trusted():
             self.rotate()
             signing = self._signing
             if signing.x509_active is None or signing.jwt_active is None:
@@ -107,7 +111,7 @@ class AuthorityTimeline:
 
         Only the rotating replica moves the timeline (it holds the keys); the others follow.
         """
-        if not self.rotates:
+        if not self.rotates or not self._store_trusted():
             return False
         with self._lock:
             now = self.clock.now()

@@ -6,11 +6,12 @@ from cryptography import x509
 
 from authd.admin.authorities import AuthorityStep, CAState
 from authd.admin.issuance import IssuedSvid
+from authd.admin.store_ops import StoreState
 from authd.api.authd.admin.v1 import admin_pb2
 from ca.audit import AuditVerdict
 from ca.revocation_view import RevocationReason
 from ca.store import AuditRecord, AuthorityRecord, RegistrationEntry, Revocation, Selector
-from ca.store.records import canonical_json
+from ca.store.records import StorePosition, canonical_json
 
 
 def entry_to_proto(entry: RegistrationEntry) -> admin_pb2.Entry:
@@ -136,4 +137,24 @@ def audit_verdict_to_proto(verdict: AuditVerdict) -> admin_pb2.VerifyAuditRespon
         broken_seq=verdict.broken_seq or 0,
         problem=verdict.problem,
         last_hash=verdict.last_hash,
+    )
+
+
+def _position_to_proto(position: StorePosition | None) -> admin_pb2.StorePosition | None:
+    if position is None:
+        return None
+    return admin_pb2.StorePosition(
+        generation=position.generation,
+        audit_seq=position.audit_seq,
+        audit_hash=position.audit_hash,
+    )
+
+
+def store_state_to_proto(state: StoreState) -> admin_pb2.ShowStoreResponse:
+    return admin_pb2.ShowStoreResponse(
+        regressed=state.regressed,
+        reason=state.reason,
+        remembered=_position_to_proto(state.remembered),
+        found=_position_to_proto(state.found),
+        mirror=_position_to_proto(state.mirror),
     )

@@ -32,6 +32,7 @@ from authd.admin.errors import (
 from authd.admin.issuance import IssuanceOperations
 from authd.admin.remote import client_chain
 from authd.admin.revocations import RevocationOperations
+from authd.admin.store_ops import StoreOperations
 from authd.admin.worker import OperationWorker
 from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
 from authd.transport.peercred import PeerCredGateway
@@ -65,9 +66,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         allows_uid: Callable[[int], bool],
         registry: EntryRegistry,
         revocations: Revoker | None = None,
+        store: StoreOperations | None = None,
     ) -> None:
         """``revocations`` is the daemon's list, the one ext_authz and the Workload API
-        consult; without it the service keeps one of its own over the CA's store."""
+        consult; without it the service keeps one of its own over the CA's store.
+        ``store`` serves ShowStore and ReseedStore (without it they are refused)."""
         revocations = revocations or Revoker(ca, ca.store, ca.clock)
         self._gateway = gateway
         self._gate = AdminGate(ca, allows_uid, registry, revocations)
@@ -76,6 +79,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self._issuance = IssuanceOperations(ca, revocations)
         self._revocations = RevocationOperations(revocations, ca.store)
         self._audit = AuditOperations(ca)
+        self._store = store
         self._worker = OperationWorker()
 
     def close(self) -> None:
@@ -280,3 +284,27 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.VerifyAuditResponse:
         verdict = await self._serve(context, self._audit.verify)
         return proto.audit_verdict_to_proto(verdict)
+
+    # --- store regression ---------------------------------------------------------------------
+
+    def _store_ops(self) -> StoreOperations:
+        if self._store is None:
+            raise FailedPrecondition("this server does not watch its store for regression")
+        return self._store
+
+    async def ShowStore(
+        self, request: admin_pb2.ShowStoreRequest, context: Context
+    ) -> admin_pb2.ShowStoreResponse:
+        state = await self._serve(context, lambda _: self._store_ops().show())
+        return proto.store_state_to_proto(state)
+
+    async def ReseedStore(
+        self, request: admin_pb2.ReseedStoreRequest, context: Context
+    ) -> admin_pb2.ReseedStoreResponse:
+        result = await self._serve(context, lambda caller: self._store_ops().reseed(caller))
+        return admin_pb2.ReseedStoreResponse(
+            audit_seq=result.audit_seq,
+            audit_hash=result.audit_hash,
+            kept_revocations=result.kept_revocations,
+            kept_audit_records=result.kept_audit_records,
+        )

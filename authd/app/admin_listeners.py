@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from authd.admin.remote import ADMIN_TLS_NAME, AdminServerSvid
 from authd.admin.servicer import AdminService
+from authd.admin.store_ops import StoreOperations
 from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
 from authd.app.errors import StartupError
 from authd.config.model import Config
@@ -47,8 +48,10 @@ class AdminListeners:
         revocations: Revoker,
         health: health_pb2_grpc.HealthServicer,
         refusals: Callable[[str], RefusalCallback],
+        store: StoreOperations | None = None,
     ) -> None:
         self.config = config
+        self._store = store
         self._ca = ca
         self._clock = clock
         self._entries = entries
@@ -86,6 +89,7 @@ class AdminListeners:
             self.config.admin.allows_uid,
             self._entries,
             self._revocations,
+            self._store,
         )
         admin_pb2_grpc.add_AdminServicer_to_server(self._admin_service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

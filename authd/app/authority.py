@@ -8,6 +8,7 @@ authorities, so it is refused with a line that says how to move.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -112,10 +113,12 @@ def open_authority(
     clock: Clock,
     upstream: UpstreamAuthority | None,
     notify: Notify | None = None,
+    store_trusted: Callable[[], bool] = lambda: True,
 ) -> CertificateAuthority:
     """The CA on ``store``, creating its first authorities if the store has none.
 
-    ``notify`` says how the CA calls its listeners (see ``authd.app.loop_dispatch``).
+    ``notify`` says how the CA calls its listeners (see ``authd.app.loop_dispatch``);
+    while ``store_trusted()`` is false (the store went backwards) no authority is made.
     """
     check_trust_domain(config, store)
     return CertificateAuthority(
@@ -127,4 +130,5 @@ def open_authority(
         upstream=upstream,
         rotates=config.ca.rotates,
         notify=notify,
+        store_trusted=store_trusted,
     )

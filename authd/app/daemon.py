@@ -1,15 +1,18 @@
 """``authd run``: the one process that hosts the CA and its APIs.
 
-Start-up order: data directory (0711) → store → CA (authorities created on first start; a
-store made for another trust domain is refused) → replica follower (shared store) → admin
-API behind the peer-credential gateway → policy → ext_authz listeners (gRPC, HTTP service
-mode) and metrics → Workload API and SDS → bundle endpoint → rotation and policy-reload loops.
-Shutdown reverses it and writes out the issuance and decision logs.
+Start-up order: data directory (0711) → store → its trust (``store_trust``: a store that
+went backwards since this replica last saw it is never adopted) → CA (authorities created
+on first start, never over a regressed store; a store made for another trust domain is
+refused) → replica follower (shared store) → admin API behind the peer-credential gateway →
+policy → ext_authz listeners (gRPC, HTTP service mode) and metrics → Workload API and SDS →
+bundle endpoint → rotation and policy-reload loops. Shutdown reverses it and writes out the
+issuance and decision logs.
 
 The wiring lives beside this module, one concern each: ``authority`` (data directory, CA),
-``replicas`` (following a shared store), ``admin_listeners``, ``authz_listeners``,
-``workload_listener``, ``refusals`` (the refusal counter), ``loop_dispatch`` (callbacks from
-other threads reach the loop's state through the loop).
+``replicas`` (following a shared store), ``store_trust`` (regression detection, the store's
+mirror), ``admin_listeners``, ``authz_listeners``, ``workload_listener``, ``refusals`` (the
+refusal counter), ``loop_dispatch`` (callbacks from other threads reach the loop's state
+through the loop).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry
 
+from authd.admin.errors import AdminError
+from authd.admin.store_ops import StoreOperations
 from authd.app.admin_listeners import AdminListeners
 from authd.app.authority import load_upstream, open_authority, prepare_data_dir
 from authd.app.authz_listeners import AuthzListeners
@@ -31,6 +36,7 @@ from authd.app.loop_dispatch import on_loop
 from authd.app.refusals import ListenerRefusals
 from authd.app.replicas import change_feed_position, follow_store
 from authd.app.store_durability import check_store_durability
+from authd.app.store_trust import StoreTrust
 from authd.app.workload_listener import start_workload
 from authd.authz.metrics import AuthzMetrics
 from authd.config.model import Config
@@ -65,6 +71,8 @@ class Daemon:
         self._workload: WorkloadEndpoint | None = None
         self.follower: ReplicaFollower | None = None
         self._bundle_endpoint: BundleEndpoint | None = None
+        self.trust: StoreTrust | None = None
+        self._reseed_refusal = ""
         self.metrics = AuthzMetrics()
         self.registry = CollectorRegistry()
         self.registry.register(self.metrics)
@@ -85,10 +93,21 @@ class Daemon:
         self._store = open_store(
             config.store_url, data_dir=data_dir, durability=config.store.write_durability
         )
+        # The position first: a change made meanwhile is replayed, into the mirror as well.
         start_from = change_feed_position(self._store)
+        trust = self.trust = StoreTrust(self._store, data_dir, self.metrics)
+        if not trust.view_trusted:
+            start_from = None  # the follower starts with a guarded resync instead
         loop = asyncio.get_running_loop()
         # A scheduled rotation runs on a worker thread; the CA's listeners run on the loop.
-        self._ca = open_authority(config, self._store, self.clock, upstream, notify=on_loop(loop))
+        self._ca = open_authority(
+            config,
+            self._store,
+            self.clock,
+            upstream,
+            notify=on_loop(loop),
+            store_trusted=trust.store_trusted,
+        )
         self.entry_registry = EntryRegistry(self._store, self.clock)
         self.revocations = Revoker(
             self.ca,
@@ -96,7 +115,7 @@ class Daemon:
             self.clock,
             crl_refresh=config.ca.crl_refresh,
             notify=loop.call_soon_threadsafe,
-            view=RevocationView(self.clock) if start_from is not None else None,
+            view=RevocationView(self.clock) if self._store.change_feed() is not None else None,
         )
         self.follower = follow_store(
             self._store,
@@ -105,6 +124,16 @@ class Daemon:
             revocations=self.revocations,
             clock=self.clock,
             start_from=start_from,
+            guard=trust.guard,
+            on_in_step=trust.view_in_step,
+        )
+        if self.follower is None:
+            # This process is the store's only writer: remember each change it makes at once
+            # (a store file replaced later by an older copy is then found behind).
+            self.revocations.add_listener(trust.remember_now)
+            self.ca.add_listener(trust.remember_now)
+        self.store_ops = StoreOperations(
+            self._store, trust.guard, trust.mirror, self.clock, replica=trust.replica
         )
         self._admin = AdminListeners(
             config,
@@ -114,6 +143,7 @@ class Daemon:
             revocations=self.revocations,
             health=self._health,
             refusals=self.refusals.callback,
+            store=self.store_ops,
         )
         await self._admin.start()
         self._authz = AuthzListeners(
@@ -174,6 +204,7 @@ class Daemon:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=interval)
             if not self._stopping.is_set():
+                await self.auto_reseed()
                 await self.rotate()
 
     async def rotate(self) -> None:
@@ -186,6 +217,21 @@ class Daemon:
         except Exception:
             log.exception("authority rotation failed; will retry")
 
+    async def auto_reseed(self) -> None:
+        """With ``store.auto_reseed``, the rotating replica repairs a regressed store itself."""
+        trust = self.trust
+        if not (self.config.store.auto_reseed and self.ca.rotates and trust is not None):
+            return
+        if not trust.guard.regressed or trust.mirror is None:
+            return
+        try:
+            await asyncio.to_thread(self.store_ops.reseed, "authd")
+            self._reseed_refusal = ""
+        except AdminError as exc:
+            if str(exc) != self._reseed_refusal:  # once per reason, not every interval
+                log.warning("store.auto_reseed: %s", exc)
+            self._reseed_refusal = str(exc)
+
     def stop(self) -> None:
         self._stopping.set()
 
@@ -194,7 +240,10 @@ class Daemon:
         return 0.0 if self.follower is None else self.follower.staleness()
 
     def fresh(self) -> bool:
-        """False once a replica has been cut off from the shared store for too long."""
+        """False once a replica has been cut off from the shared store for too long, or
+        while it started on a regressed store (it then has no view of its own)."""
+        if self.trust is not None and not self.trust.view_trusted:
+            return False
         return self.staleness() <= self.config.store.max_staleness
 
     async def close(self, *, announce: bool = True) -> None:
@@ -211,6 +260,9 @@ class Daemon:
             await self._admin.close()
         if self._ca is not None:
             self._ca.close()
+        if self.trust is not None:
+            self.trust.remember_now()
+            self.trust.close()
         if self._store is not None:
             self._store.close()
         if announce:

@@ -33,6 +33,7 @@ from authd.cli.revocation_commands import (
     cmd_revoke,
     cmd_unrevoke,
 )
+from authd.cli.store_commands import add_store_commands
 
 JSON_HELP = "print one JSON document instead of text"
 
@@ -322,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_json_flag(audit_verify)
     audit_verify.set_defaults(func=cmd_audit_verify)
+    add_store_commands(commands, client)
 
     policy = commands.add_parser("policy", help="the authorization policy").add_subparsers(
         dest="policy_command", metavar="<command>", required=True

@@ -63,6 +63,7 @@ PARSERS: dict[str, Callable[[object], object]] = {
     "store.durability_replicas": parse_positive_int,
     "store.durability_timeout": parse_positive_duration,
     "store.allow_weak_durability": parse_bool,
+    "store.auto_reseed": parse_bool,
     "admin.socket_path": parse_path,
     "admin.allowed_uids": parse_uids,
     "admin.mtls_address": parse_address,

@@ -75,6 +75,9 @@ class StoreConfig:
     durability_timeout: int = 5
     # Start on a Redis that cannot give the durability (with a warning) instead of refusing.
     allow_weak_durability: bool = False
+    # The rotating replica writes its copy back into a store that went backwards by itself
+    # (as `authd store reseed` does), unless another replica saw more.
+    auto_reseed: bool = False
 
     @property
     def write_durability(self) -> Durability:

@@ -222,6 +222,36 @@ class RedisServer:
                 process.kill()
                 process.wait(timeout=STOP_TIMEOUT)
 
+    def crash(self) -> None:
+        """SIGKILL, as a crash: nothing is saved; the port is kept for ``start``."""
+        process, self._process = self._process, None
+        assert process is not None
+        process.kill()
+        process.wait(timeout=STOP_TIMEOUT)
+
+    def save_snapshot(self) -> Path:
+        """SAVE now (``dump.rdb``) and keep a copy of it; returns the copy's path."""
+        with self.client() as client:
+            client.save()
+        kept = self.directory / f"snapshot-{time.monotonic_ns()}.rdb"
+        shutil.copy(self.directory / "dump.rdb", kept)
+        return kept
+
+    def restart_from(self, snapshot: Path | None) -> RedisServer:
+        """Start again on the same port (after ``crash`` or ``stop``) holding exactly what
+        ``snapshot`` holds, or nothing at all: Redis's RDB-only persistence after a crash,
+        or a wiped server."""
+        assert self._process is None, "stop or crash the server first"
+        for leftover in ("dump.rdb", "appendonly.aof", "appendonlydir"):
+            path = self.directory / leftover
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        if snapshot is not None:
+            shutil.copy(snapshot, self.directory / "dump.rdb")
+        return self.start()
+
     def freeze(self) -> None:
         """SIGSTOP: the port still accepts connections, but nothing ever answers."""
         assert self._process is not None

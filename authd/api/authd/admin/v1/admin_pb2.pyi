@@ -393,3 +393,47 @@ class VerifyAuditResponse(_message.Message):
     problem: str
     last_hash: str
     def __init__(self, intact: _Optional[bool] = ..., records: _Optional[int] = ..., broken_seq: _Optional[int] = ..., problem: _Optional[str] = ..., last_hash: _Optional[str] = ...) -> None: ...
+
+class StorePosition(_message.Message):
+    __slots__ = ("generation", "audit_seq", "audit_hash")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_HASH_FIELD_NUMBER: _ClassVar[int]
+    generation: str
+    audit_seq: int
+    audit_hash: str
+    def __init__(self, generation: _Optional[str] = ..., audit_seq: _Optional[int] = ..., audit_hash: _Optional[str] = ...) -> None: ...
+
+class ShowStoreRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ShowStoreResponse(_message.Message):
+    __slots__ = ("regressed", "reason", "remembered", "found", "mirror")
+    REGRESSED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REMEMBERED_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    MIRROR_FIELD_NUMBER: _ClassVar[int]
+    regressed: bool
+    reason: str
+    remembered: StorePosition
+    found: StorePosition
+    mirror: StorePosition
+    def __init__(self, regressed: _Optional[bool] = ..., reason: _Optional[str] = ..., remembered: _Optional[_Union[StorePosition, _Mapping]] = ..., found: _Optional[_Union[StorePosition, _Mapping]] = ..., mirror: _Optional[_Union[StorePosition, _Mapping]] = ...) -> None: ...
+
+class ReseedStoreRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReseedStoreResponse(_message.Message):
+    __slots__ = ("audit_seq", "audit_hash", "kept_revocations", "kept_audit_records")
+    AUDIT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_HASH_FIELD_NUMBER: _ClassVar[int]
+    KEPT_REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    KEPT_AUDIT_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    audit_seq: int
+    audit_hash: str
+    kept_revocations: int
+    kept_audit_records: int
+    def __init__(self, audit_seq: _Optional[int] = ..., audit_hash: _Optional[str] = ..., kept_revocations: _Optional[int] = ..., kept_audit_records: _Optional[int] = ...) -> None: ...

@@ -132,6 +132,16 @@ class AdminStub:
                 request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.VerifyAuditRequest.SerializeToString,
                 response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.VerifyAuditResponse.FromString,
                 _registered_method=True)
+        self.ShowStore = channel.unary_unary(
+                '/authd.admin.v1.Admin/ShowStore',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ShowStoreRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ShowStoreResponse.FromString,
+                _registered_method=True)
+        self.ReseedStore = channel.unary_unary(
+                '/authd.admin.v1.Admin/ReseedStore',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ReseedStoreRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ReseedStoreResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -274,6 +284,20 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShowStore(self, request, context):
+        """Whether the store went backwards (wiped, restored from an older snapshot, replaced)
+        compared with what this replica saw, and the repair: writing this replica's copy back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReseedStore(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -371,6 +395,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.VerifyAudit,
                     request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.VerifyAuditRequest.FromString,
                     response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.VerifyAuditResponse.SerializeToString,
+            ),
+            'ShowStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShowStore,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ShowStoreRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ShowStoreResponse.SerializeToString,
+            ),
+            'ReseedStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReseedStore,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ReseedStoreRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ReseedStoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -889,6 +923,60 @@ class Admin:
             '/authd.admin.v1.Admin/VerifyAudit',
             authd_dot_admin_dot_v1_dot_admin__pb2.VerifyAuditRequest.SerializeToString,
             authd_dot_admin_dot_v1_dot_admin__pb2.VerifyAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShowStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/ShowStore',
+            authd_dot_admin_dot_v1_dot_admin__pb2.ShowStoreRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.ShowStoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReseedStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/ReseedStore',
+            authd_dot_admin_dot_v1_dot_admin__pb2.ReseedStoreRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.ReseedStoreResponse.FromString,
             options,
             channel_credentials,
             insecure,
