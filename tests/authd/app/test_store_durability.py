@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from authd.cli.errors import Exit
 from authd.config.errors import ConfigError
 from authd.config.loader import load_config
 from tests.support.daemon import AUTHD, Daemon, authd
@@ -82,7 +83,7 @@ def test_a_revocation_the_replicas_never_acknowledged_is_unavailable_not_success
                 listed = authd("revocations", "list", data_dir=daemon.data_dir).stdout
             finally:
                 assert daemon.stop() == 0
-    assert refused.returncode == 1
+    assert refused.returncode == Exit.UNAVAILABLE
     assert "only 0 of 1 replica(s) acknowledged it within 1s" in refused.stderr
     assert "may still be there" in refused.stderr
     assert target in listed
