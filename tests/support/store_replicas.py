@@ -122,6 +122,9 @@ class Replica(Daemon):
         listed = json.loads(self.cli("revocations", "list", "--json"))["revocations"]
         return {r["target"] for r in listed}
 
+    def staleness(self) -> float:
+        return self.gauge("authd_revocation_staleness_seconds")
+
     def store_state(self) -> dict[str, object]:
         shown: dict[str, object] = json.loads(self.cli("store", "show", "--json"))
         return shown

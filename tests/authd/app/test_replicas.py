@@ -13,21 +13,17 @@ chain intact, and what it acknowledged issuing can still be revoked.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 import pytest
@@ -36,120 +32,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
-from tests.support.daemon import Daemon, authd
-from tests.support.ports import free_port
+from tests.support.daemon import authd
 from tests.support.redis_server import RedisServer
+from tests.support.store_replicas import ALLOW_WORKLOADS_POLICY as POLICY
+from tests.support.store_replicas import Replica, check, wait_for
 
 MAX_STALENESS = 3  # seconds; store.max_staleness of every replica
 PROPAGATION_LIMIT = 1.0  # seconds from `authd revoke` returning to every replica denying
 ROTATION_CHECK_INTERVAL = 1  # seconds; ca.rotation_check_interval of every replica
 ENVOY_AUTHZ_TIMEOUT = 0.5  # seconds; the ext_authz timeout of deploy/envoy/*.yaml
 TD = "spiffe://example.org"
-
-POLICY = f"""\
-version: 1
-rule_sets:
-  default:
-    rules:
-      - name: orders-for-workloads
-        effect: allow
-        paths: ["/orders/{{id}}"]
-        callers: ["{TD}/*"]
-"""
-
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 10.0) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.02)
-
-
-class Replica(Daemon):
-    """One `authd run` with its own data directory (and key store) on the shared Redis."""
-
-    def __init__(self, workdir: Path, name: str, redis_url: str, *, rotates: bool) -> None:
-        self.name = name
-        self.http_port, self.metrics_port = free_port(), free_port()
-        (workdir / name).mkdir(parents=True)
-        super().__init__(workdir / name / "data")
-        self.config.write_text(
-            'trust_domain = "example.org"\n'
-            "[ca]\n"
-            f"rotates = {str(rotates).lower()}\n"
-            f'rotation_check_interval = "{ROTATION_CHECK_INTERVAL}s"\n'
-            "[store]\n"
-            f'url = "{redis_url}"\n'
-            f'max_staleness = "{MAX_STALENESS}s"\n'
-            "[authz]\n"
-            'grpc_address = ""\n'
-            f'http_address = "127.0.0.1:{self.http_port}"\n'
-            f'metrics_address = "127.0.0.1:{self.metrics_port}"\n'
-            f'policy_file = "{workdir / "policy.yaml"}"\n'
-            'jwt_svid_audiences = ["authd"]\n'
-        )
-
-    def start(self) -> None:
-        super().start()
-        wait_for(f"{self.name}'s listeners", self._listening)
-
-    def _listening(self) -> bool:
-        try:
-            self.metrics()
-            check(self, "")
-        except OSError:
-            return False
-        return True
-
-    def kill9(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self.log.close()
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def cli(self, *args: str, check: bool = True) -> str:
-        return authd(*args, data_dir=self.data_dir, check=check).stdout
-
-    def metrics(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            return str(reply.read().decode())
-
-    def gauge(self, name: str) -> float:
-        match = re.search(rf"^{name} (\S+)$", self.metrics(), re.MULTILINE)
-        assert match is not None, f"{self.name} publishes no {name}"
-        return float(match.group(1))
-
-    def staleness(self) -> float:
-        return self.gauge("authd_revocation_staleness_seconds")
-
-
-def check(replica: Replica, token: str) -> tuple[int, str]:
-    """GET /orders/1 on the replica's HTTP ext_authz port: (status, reason)."""
-    connection = http.client.HTTPConnection("127.0.0.1", replica.http_port, timeout=5)
-    try:
-        headers = {"host": "api.example.com"}
-        if token:
-            headers["authorization"] = f"Bearer {token}"
-        connection.request("GET", "/orders/1", headers=headers)
-        response = connection.getresponse()
-        body = response.read()
-    finally:
-        connection.close()
-    if response.status == 200:
-        return 200, "allowed"
-    return response.status, json.loads(body)["error"]
 
 
 @dataclass
@@ -179,7 +71,10 @@ def replicas() -> Iterator[Replicas]:
     os.chmod(workdir, 0o755)
     (workdir / "policy.yaml").write_text(POLICY)
     redis = RedisServer(workdir / "redis", appendonly=True).start()
-    group = [Replica(workdir, f"r{n}", redis.url, rotates=n == 1) for n in range(1, 4)]
+    group = [
+        Replica(workdir, f"r{n}", redis.url, rotates=n == 1, max_staleness=MAX_STALENESS)
+        for n in range(1, 4)
+    ]
     try:
         group[0].start()  # makes the authorities the others load
         with ThreadPoolExecutor(2) as pool:
