@@ -44,6 +44,15 @@ def cmd_store_show(args: argparse.Namespace) -> int:
 
 def cmd_store_reseed(args: argparse.Namespace) -> int:
     reply = ask(args, "ReseedStore", admin_pb2.ReseedStoreRequest())
+    if args.json:
+        reseeded = {
+            "audit_seq": reply.audit_seq,
+            "audit_hash": reply.audit_hash,
+            "kept_revocations": reply.kept_revocations,
+            "kept_audit_records": reply.kept_audit_records,
+        }
+        print(json.dumps(reseeded, indent=2))
+        return 0
     print(
         f"store reseeded: audit head {reply.audit_seq} ({reply.audit_hash}); kept "
         f"{reply.kept_revocations} revocations and {reply.kept_audit_records} audit records "
@@ -67,4 +76,5 @@ def add_store_commands(commands: Subparsers, client: argparse.ArgumentParser) ->
         parents=[client],
         help="write this replica's copy back into a store that went backwards",
     )
+    reseed.add_argument("--json", action="store_true", help="print JSON")
     reseed.set_defaults(func=cmd_store_reseed)

@@ -21,6 +21,7 @@ from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from authd.cli.errors import Exit
 from tests.support.daemon import Daemon, authd
 from tests.support.ports import free_port
 
@@ -274,5 +275,5 @@ def test_policy_check_explains_a_decision(daemon: AuthzDaemon, tmp_path: Path) -
 
     request.write_text("{}")
     bad = authd(*args, data_dir=daemon.data_dir, check=False)
-    assert bad.returncode == 1
+    assert bad.returncode == Exit.INVALID
     assert "'attributes'" in bad.stderr
