@@ -5,7 +5,7 @@ header and payload JSON, deep nesting, random base64), headers, bodies and paths
 them through the gRPC adapter's translation, a real IdentityResolver and real policy engines
 (rules and Rego). The pipeline must never raise, and its answer must translate into a
 CheckResponse and an HTTP-mode response. Few examples, deterministic, no deadline: this runs
-in CI; raise ``max_examples`` locally to search harder.
+in CI; set ``AUTHD_HYPOTHESIS_EXAMPLES`` (say 5000) to search harder before a release.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 from typing import Any
 
 import pytest
@@ -34,7 +35,12 @@ from ca.bundle import TrustBundle
 from ca.clock import FakeClock
 from ca.spiffe_id import TrustDomain
 
-EXAMPLES = settings(derandomize=True, database=None, deadline=None, max_examples=60)
+EXAMPLES = settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=int(os.environ.get("AUTHD_HYPOTHESIS_EXAMPLES", "60")),
+)
 EXAMPLE = TrustDomain("example.org")
 ISSUER = "https://idp.example.com"
 
