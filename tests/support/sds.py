@@ -190,6 +190,11 @@ class EnvoyStream:
     async def ask(self, names: Sequence[str], *, error: str = "") -> None:
         await self.call.write(request(names, after=self.last, error=error))
 
+    async def ask_refused(self, names: Sequence[str]) -> None:
+        """Ask on a stream authd refuses as it opens: the write may meet the status."""
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await self.ask(names)
+
     async def ack(self, names: Sequence[str]) -> None:
         await self.ask(names)
 

@@ -180,7 +180,7 @@ def test_a_caller_the_gateway_did_not_attest_is_denied(workdir: Path) -> None:
             # Straight to the internal socket, past the gateway: no credentials recorded.
             async with w.channel(w.gateway.internal_address) as channel:
                 envoy = EnvoyStream(channel)
-                await envoy.ask(["ROOTCA"])
+                await envoy.ask_refused(["ROOTCA"])
                 assert await envoy.status() == grpc.StatusCode.PERMISSION_DENIED
                 stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
                 with pytest.raises(grpc.aio.AioRpcError) as denied:
@@ -219,7 +219,7 @@ def test_a_caller_that_cannot_be_attested_is_denied(workdir: Path) -> None:
             w.add_entry(WEB)
             async with w.channel() as channel:
                 envoy = EnvoyStream(channel)
-                await envoy.ask(["ROOTCA"])
+                await envoy.ask_refused(["ROOTCA"])
                 assert await envoy.status() == grpc.StatusCode.PERMISSION_DENIED
                 stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
                 with pytest.raises(grpc.aio.AioRpcError) as denied:
