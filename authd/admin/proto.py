@@ -8,6 +8,7 @@ from authd.admin.authorities import AuthorityStep, CAState
 from authd.admin.issuance import IssuedSvid
 from authd.admin.store_ops import StoreState
 from authd.api.authd.admin.v1 import admin_pb2
+from authd.workload.sds_stream import SdsStreamStatus
 from ca.audit import AuditVerdict
 from ca.revocation_view import RevocationReason
 from ca.store import AuditRecord, AuthorityRecord, RegistrationEntry, Revocation, Selector
@@ -115,6 +116,24 @@ def svid_to_proto(svid: IssuedSvid) -> admin_pb2.Svid:
     if svid.revocation is not None:
         message.revocation.CopyFrom(revocation_to_proto(svid.revocation))
     return message
+
+
+def sds_stream_to_proto(stream: SdsStreamStatus) -> admin_pb2.SdsStream:
+    return admin_pb2.SdsStream(
+        node_id=stream.node_id,
+        cluster=stream.cluster,
+        pid=stream.pid,
+        uid=stream.uid,
+        resource_names=list(stream.names),
+        sent_version=stream.sent_version,
+        acked_version=stream.acked_version,
+        responses=stream.responses,
+        acks=stream.acks,
+        nacks=stream.nacks,
+        last_nack=stream.last_nack,
+        nacked_version=stream.nacked_version,
+        opened_at=int(stream.opened_at),
+    )
 
 
 def audit_to_proto(record: AuditRecord) -> admin_pb2.AuditRecord:

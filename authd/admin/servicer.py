@@ -8,7 +8,7 @@ its refusal (``authd.admin.errors``) to a status with the message. Operations ru
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -37,6 +37,7 @@ from authd.admin.worker import OperationWorker
 from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
 from authd.transport.peercred import PeerCredGateway
 from authd.workload.registry import EntryRegistry
+from authd.workload.sds_stream import SdsStreamStatus
 from ca.certificate_authority import CertificateAuthority
 from ca.revoker import Revoker
 
@@ -67,10 +68,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         registry: EntryRegistry,
         revocations: Revoker | None = None,
         store: StoreOperations | None = None,
+        sds_status: Callable[[], Sequence[SdsStreamStatus]] | None = None,
     ) -> None:
         """``revocations`` is the daemon's list, the one ext_authz and the Workload API
         consult; without it the service keeps one of its own over the CA's store.
-        ``store`` serves ShowStore and ReseedStore (without it they are refused)."""
+        ``store`` serves ShowStore and ReseedStore (without it they are refused).
+        ``sds_status`` reads the open SDS streams, on the loop (None: no workload socket)."""
         revocations = revocations or Revoker(ca, ca.store, ca.clock)
         self._gateway = gateway
         self._gate = AdminGate(ca, allows_uid, registry, revocations)
@@ -80,6 +83,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self._revocations = RevocationOperations(revocations, ca.store)
         self._audit = AuditOperations(ca)
         self._store = store
+        self._sds_status = sds_status
         self._worker = OperationWorker()
 
     def close(self) -> None:
@@ -284,6 +288,16 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.VerifyAuditResponse:
         verdict = await self._serve(context, self._audit.verify)
         return proto.audit_verdict_to_proto(verdict)
+
+    async def ListSdsStreams(
+        self, request: admin_pb2.ListSdsStreamsRequest, context: Context
+    ) -> admin_pb2.ListSdsStreamsResponse:
+        await self._serve(context, lambda _: None)  # admins only
+        if self._sds_status is None:
+            return admin_pb2.ListSdsStreamsResponse(serving=False)
+        # Read on the loop, where the streams live.
+        streams = [proto.sds_stream_to_proto(s) for s in self._sds_status()]
+        return admin_pb2.ListSdsStreamsResponse(streams=streams, serving=True)
 
     # --- store regression ---------------------------------------------------------------------
 

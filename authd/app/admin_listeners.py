@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -24,6 +24,7 @@ from authd.transport.grpc_options import grpc_server_options
 from authd.transport.peercred import PeerCredGateway
 from authd.transport.refusals import RefusalCallback
 from authd.workload.registry import EntryRegistry
+from authd.workload.sds_stream import SdsStreamStatus
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
 from ca.errors import InvalidRequest
@@ -49,9 +50,11 @@ class AdminListeners:
         health: health_pb2_grpc.HealthServicer,
         refusals: Callable[[str], RefusalCallback],
         store: StoreOperations | None = None,
+        sds_status: Callable[[], Sequence[SdsStreamStatus]] | None = None,
     ) -> None:
         self.config = config
         self._store = store
+        self._sds_status = sds_status
         self._ca = ca
         self._clock = clock
         self._entries = entries
@@ -90,6 +93,7 @@ class AdminListeners:
             self._entries,
             self._revocations,
             self._store,
+            self._sds_status,
         )
         admin_pb2_grpc.add_AdminServicer_to_server(self._admin_service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

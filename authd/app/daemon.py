@@ -43,6 +43,7 @@ from authd.config.model import Config
 from authd.federation.bundle_endpoint import BundleEndpoint
 from authd.transport.sockets import parse_host_port
 from authd.workload.registry import EntryRegistry
+from authd.workload.sds_stream import SdsStreamStatus
 from authd.workload.server import WorkloadEndpoint
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock, SystemClock
@@ -144,6 +145,7 @@ class Daemon:
             health=self._health,
             refusals=self.refusals.callback,
             store=self.store_ops,
+            sds_status=self._sds_status if config.workload.enabled else None,
         )
         await self._admin.start()
         self._authz = AuthzListeners(
@@ -188,6 +190,9 @@ class Daemon:
             config.admin_socket_path,
             data_dir,
         )
+
+    def _sds_status(self) -> list[SdsStreamStatus]:
+        return self._workload.sds_status() if self._workload is not None else []
 
     async def run_until_stopped(self) -> None:
         """Rotate authorities on schedule until ``stop()`` or SIGTERM/SIGINT."""

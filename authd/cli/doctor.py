@@ -16,6 +16,7 @@ from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
 from authd.cli.client import CommandError, call, cli_config, probe_socket
 from authd.cli.errors import Exit
 from authd.cli.output import ordered_authorities, print_json
+from authd.cli.sds_commands import in_step, refused_latest
 from authd.config import Config, format_duration
 
 OK, WARN, FAIL, UNKNOWN = "ok", "warn", "FAIL", "n/a"
@@ -151,12 +152,44 @@ def authority_findings(listed: Iterable[admin_pb2.Authority], now: float) -> lis
     return found
 
 
-def sds_finding() -> Finding:
+def check_sds(admin: admin_pb2_grpc.AdminStub, workload_socket: Path) -> Finding:
+    try:
+        reply = call(admin.ListSdsStreams, admin_pb2.ListSdsStreamsRequest())
+    except CommandError as exc:
+        return Finding("envoy sds", FAIL, str(exc))
+    return sds_finding(reply, workload_socket)
+
+
+def sds_finding(reply: admin_pb2.ListSdsStreamsResponse, workload_socket: Path) -> Finding:
+    """Which Envoys are connected over SDS, and whether each took what it was last sent."""
+    if not reply.serving:
+        return Finding("envoy sds", UNKNOWN, "this daemon does not serve SDS (workload disabled)")
+    streams = list(reply.streams)
+    if not streams:
+        return Finding(
+            "envoy sds",
+            WARN,
+            "no Envoy is connected over SDS",
+            f"point each Envoy's sds_config at unix:{workload_socket} "
+            "(see deploy/envoy/sidecar-sds.yaml)",
+        )
+    envoys = sorted({s.node_id or f"pid {s.pid}" for s in streams})
+    refused = [s for s in streams if refused_latest(s)]
+    if refused:
+        first = refused[0]
+        return Finding(
+            "envoy sds",
+            FAIL,
+            f"{len(refused)} of {len(streams)} streams refused their secrets; "
+            f"{first.node_id or f'pid {first.pid}'}: {first.last_nack}",
+            "see that Envoy's log; it keeps its previous certificates until it accepts new ones",
+        )
+    waiting = sum(not in_step(s) for s in streams)
+    tail = f"{waiting} awaiting Envoy's ACK" if waiting else "each on what it was last sent"
     return Finding(
         "envoy sds",
-        UNKNOWN,
-        "the admin API does not report SDS streams yet",
-        "see each Envoy's admin page (/certs) for the certificates it holds",
+        OK,
+        f"{len(envoys)} Envoys ({', '.join(envoys)}) on {len(streams)} streams, {tail}",
     )
 
 
@@ -170,7 +203,7 @@ def run_checks(config: Config, now: Callable[[], float] = time.time) -> list[Fin
         admin = admin_pb2_grpc.AdminStub(channel)
         findings.append(check_store(admin))
         findings += check_authorities(admin, now())
-    findings.append(sds_finding())
+        findings.append(check_sds(admin, config.workload_socket_path))
     return findings
 
 

@@ -33,6 +33,7 @@ from authd.cli.revocation_commands import (
     cmd_revoke,
     cmd_unrevoke,
 )
+from authd.cli.sds_commands import add_sds_commands
 from authd.cli.store_commands import add_store_commands
 
 JSON_HELP = "print one JSON document instead of text"
@@ -358,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_json_flag(doctor)
     doctor.set_defaults(func=cmd_doctor)
+    add_sds_commands(commands, client)
     completion = commands.add_parser("completion", help="print a shell completion script")
     completion.add_argument("shell", choices=list(SHELLS), help="bash, zsh or fish")
     completion.set_defaults(func=cmd_completion, root_parser=parser)

@@ -42,10 +42,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -63,6 +62,7 @@ from authd.ports.identity_source import IdentitySource, WorkloadX509Svid
 from authd.transport.peercred import PeerCredentials, PeerCredGateway
 from authd.workload.caller import AttestCredentials, Caller, abort, attested_caller
 from authd.workload.change_signal import ChangeSignal
+from authd.workload.sds_stream import SdsStream, SdsStreamStatus
 from ca.bundle import TrustBundle
 from ca.crl import crl_pem
 from ca.errors import InvalidSpiffeId
@@ -78,6 +78,7 @@ __all__ = [
     "CrlFeed",
     "NoIdentity",
     "SdsStream",
+    "SdsStreamStatus",
     "SecretDiscoveryService",
     "requested_secrets",
     "secrets_version",
@@ -227,57 +228,6 @@ def discovery_response(secrets: Sequence[Any], version: str, nonce: str = "") ->
     )
 
 
-# --- one stream's protocol state (pure) ----------------------------------------------------
-
-
-@dataclass(eq=False)
-class SdsStream:
-    """What one SDS stream asked for and was sent, and whether Envoy needs a response.
-
-    ``names`` is None until the first request. ``version`` and ``nonce`` are those of the
-    last response sent. The counters are for logs and tests.
-    """
-
-    names: tuple[str, ...] | None = None
-    version: str = ""
-    nonce: str = ""
-    acks: int = 0
-    nacks: int = 0
-    stale: int = 0
-    responses: int = 0
-    provider_version: int = 0  # the identity source's version last looked at
-    crl_version: int = 0  # the CrlFeed version last looked at
-    _nonces: itertools.count[int] = field(default_factory=lambda: itertools.count(1), repr=False)
-
-    def on_request(self, request: Any) -> bool:
-        """Take in a DiscoveryRequest; True if it must be answered now."""
-        if request.response_nonce != self.nonce:
-            # Envoy answered an older response; the newer one is on its way to it.
-            self.stale += 1
-            return False
-        names = tuple(request.resource_names)
-        first, changed = self.names is None, names != self.names
-        self.names = names
-        if first:
-            return True
-        if request.HasField("error_detail"):
-            self.nacks += 1
-        elif not changed:
-            self.acks += 1
-        return changed
-
-    def needs_push(self, version: str) -> bool:
-        """After a change of SVIDs or bundle: do this stream's secrets now differ?"""
-        return self.names is not None and version != self.version
-
-    def sent(self, version: str) -> str:
-        """Record a response of ``version``; returns its nonce."""
-        self.version = version
-        self.nonce = str(next(self._nonces))
-        self.responses += 1
-        return self.nonce
-
-
 # --- the CRLs and when they change ----------------------------------------------------------
 
 
@@ -367,10 +317,20 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         )
         self._closing = asyncio.Event()
         self.streams: list[SdsStream] = []
+        self._callers: dict[SdsStream, tuple[PeerCredentials, float]] = {}
 
     @property
     def active_streams(self) -> int:
         return len(self.streams)
+
+    def status(self) -> list[SdsStreamStatus]:
+        """The open streams: each Envoy's node, the versions it was sent and accepted, and
+        its last refusal; oldest stream first."""
+        found = []
+        for stream in self.streams:
+            creds, opened_at = self._callers[stream]
+            found.append(stream.status(pid=creds.pid, uid=creds.uid, opened_at=opened_at))
+        return found
 
     def close(self) -> None:
         """End every open stream (cleanly, status OK) and refuse new ones."""
@@ -436,6 +396,7 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         )
         closing = asyncio.ensure_future(self._closing.wait())
         self.streams.append(stream)
+        self._callers[stream] = (creds, time.time())
         log.info("SDS: stream opened by pid %d (uid %d)", creds.pid, creds.uid)
         try:
             while not self._closing.is_set():
@@ -489,6 +450,7 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
                 task.cancel()
             await asyncio.gather(reader, change, crl_change, closing, return_exceptions=True)
             self.streams.remove(stream)
+            del self._callers[stream]
             log.info(
                 "SDS: stream of pid %d (uid %d) ended after %d responses, %d ACKs, %d NACKs",
                 creds.pid,

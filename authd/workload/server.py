@@ -26,6 +26,7 @@ from authd.transport.peercred import PeerCredGateway
 from authd.transport.refusals import RefusalCallback
 from authd.workload.attestation import attest
 from authd.workload.sds import SecretDiscoveryService
+from authd.workload.sds_stream import SdsStreamStatus
 from authd.workload.workload_api import WorkloadApiService
 from ca.revoker import Revoker
 
@@ -77,6 +78,10 @@ class WorkloadEndpoint:
         await server.start()
         self._server = server
         self._rotation = asyncio.create_task(self._rotate_forever())
+
+    def sds_status(self) -> list[SdsStreamStatus]:
+        """The Envoys connected over SDS now (none before ``start``)."""
+        return self._sds.status() if self._sds is not None else []
 
     async def _rotate_forever(self) -> None:
         while True:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -379,6 +380,36 @@ def watch(mesh: Mesh, stop: threading.Event, seen: Observations) -> None:
 
 def wait_until(what: str, condition: Callable[[], bool], timeout: float) -> None:
     wait_for(what, lambda: condition() or None, timeout)
+
+
+def test_the_operator_sees_each_sidecar_on_sds(mesh: Mesh, users: dict[str, ServiceUser]) -> None:
+    """`authd sds status` lists each connected Envoy's streams (Envoy opens one per secret)
+    by its node id, with the uid the kernel gave and the version it accepted; `authd doctor`
+    counts the Envoys."""
+
+    def streams() -> list[dict[str, Any]]:
+        shown = json.loads(mesh.authd.cli("sds", "status", "--json").stdout)
+        assert shown["serving"] is True
+        return list(shown["streams"])
+
+    def in_step() -> bool:
+        listed = streams()
+        return {s["node_id"] for s in listed} == {"client", "server"} and all(
+            s["state"] == "in step" for s in listed
+        )
+
+    wait_for("both sidecars in step on SDS", in_step)
+    names: dict[str, set[str]] = {"client": set(), "server": set()}
+    for stream in streams():
+        assert stream["uid"] == users[stream["node_id"]].uid
+        assert stream["acked_version"] == stream["sent_version"] != ""
+        assert stream["nacks"] == 0 and stream["last_nack"] == ""
+        names[stream["node_id"]] |= set(stream["resource_names"])
+    assert names == {"server": {"default", "ROOTCA"}, "client": {CLIENT, "ALL"}}
+    doctor = json.loads(mesh.authd.cli("doctor", "--json").stdout)
+    (sds,) = [c for c in doctor["checks"] if c["check"] == "envoy sds"]
+    assert sds["status"] == "ok", sds
+    assert "2 Envoys (client, server)" in sds["detail"], sds
 
 
 def test_a_sidecar_refuses_a_peer_with_another_spiffe_id(

@@ -35,6 +35,7 @@ from authd.workload.sds import (
     SdsStream,
     secrets_version,
 )
+from authd.workload.sds_stream import MAX_NACK_CHARS, MAX_NODE_CHARS
 from ca.store import Selector
 from tests.support.sds import (
     ORDERS,
@@ -317,6 +318,11 @@ def test_a_nack_is_logged_and_not_answered_until_something_changes(
                 await envoy.ask(["default"], error="Failed to load certificate chain")
                 (stream,) = w.service.streams
                 await w.until("the NACK", lambda: stream.nacks == 1)
+                (status,) = w.service.status()
+                assert status.last_nack == "Failed to load certificate chain"
+                assert status.nacked_version == status.sent_version == first.version_info
+                assert status.acked_version == ""
+                assert (status.node_id, status.cluster) == ("sidecar~127.0.0.1~web~example", "web")
                 # A change elsewhere (the bundle) leaves this stream's secret as it was.
                 await w.settled()
                 w.ca.prepare_authority("x509")
@@ -326,6 +332,11 @@ def test_a_nack_is_logged_and_not_answered_until_something_changes(
                 second = await envoy.response()
                 assert serial_of(second) != serial_of(first)
                 assert (stream.responses, stream.acks, stream.nacks) == (2, 0, 1)
+                await envoy.ack(["default"])
+                await w.until("the ACK", lambda: stream.acks == 1)
+                (status,) = w.service.status()
+                assert status.acked_version == status.sent_version == second.version_info
+                assert status.nacked_version == first.version_info  # the refusal it got over
 
     run(scenario())
     rejections = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -343,6 +354,20 @@ def test_a_request_answering_an_older_response_is_ignored() -> None:
     assert stream.names == ("default",)
     assert stream.on_request(request(["ROOTCA"], after=second))
     assert (stream.acks, stream.stale, stream.names) == (1, 1, ("ROOTCA",))
+
+
+def test_what_an_envoy_says_of_itself_is_kept_bounded() -> None:
+    stream = SdsStream()
+    first = request(["default"])
+    first.node.id = "n" * 10_000
+    assert stream.on_request(first)
+    nack = request(["default"], after=discovery_pb2.DiscoveryResponse(nonce=stream.sent("v1")))
+    nack.node.id = "m" * 10_000
+    nack.error_detail.message = "x" * 100_000
+    stream.on_request(nack)
+    status = stream.status(pid=1, uid=2, opened_at=0.0)
+    assert len(status.node_id) == MAX_NODE_CHARS and len(status.last_nack) == MAX_NACK_CHARS
+    assert (status.nacks, status.acked_version, status.nacked_version) == (1, "", "v1")
 
 
 def test_a_push_needs_a_stream_that_has_asked_and_secrets_that_differ() -> None:

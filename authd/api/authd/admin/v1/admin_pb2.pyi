@@ -340,6 +340,48 @@ class ListSvidsResponse(_message.Message):
     svids: _containers.RepeatedCompositeFieldContainer[Svid]
     def __init__(self, svids: _Optional[_Iterable[_Union[Svid, _Mapping]]] = ...) -> None: ...
 
+class ListSdsStreamsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSdsStreamsResponse(_message.Message):
+    __slots__ = ("streams", "serving")
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    streams: _containers.RepeatedCompositeFieldContainer[SdsStream]
+    serving: bool
+    def __init__(self, streams: _Optional[_Iterable[_Union[SdsStream, _Mapping]]] = ..., serving: _Optional[bool] = ...) -> None: ...
+
+class SdsStream(_message.Message):
+    __slots__ = ("node_id", "cluster", "pid", "uid", "resource_names", "sent_version", "acked_version", "responses", "acks", "nacks", "last_nack", "nacked_version", "opened_at")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    SENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    NACKS_FIELD_NUMBER: _ClassVar[int]
+    LAST_NACK_FIELD_NUMBER: _ClassVar[int]
+    NACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OPENED_AT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    cluster: str
+    pid: int
+    uid: int
+    resource_names: _containers.RepeatedScalarFieldContainer[str]
+    sent_version: str
+    acked_version: str
+    responses: int
+    acks: int
+    nacks: int
+    last_nack: str
+    nacked_version: str
+    opened_at: int
+    def __init__(self, node_id: _Optional[str] = ..., cluster: _Optional[str] = ..., pid: _Optional[int] = ..., uid: _Optional[int] = ..., resource_names: _Optional[_Iterable[str]] = ..., sent_version: _Optional[str] = ..., acked_version: _Optional[str] = ..., responses: _Optional[int] = ..., acks: _Optional[int] = ..., nacks: _Optional[int] = ..., last_nack: _Optional[str] = ..., nacked_version: _Optional[str] = ..., opened_at: _Optional[int] = ...) -> None: ...
+
 class AuditRecord(_message.Message):
     __slots__ = ("seq", "time", "actor", "action", "subject", "details_json", "prev_hash", "hash")
     SEQ_FIELD_NUMBER: _ClassVar[int]

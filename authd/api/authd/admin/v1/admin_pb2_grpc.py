@@ -122,6 +122,11 @@ class AdminStub:
                 request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListSvidsRequest.SerializeToString,
                 response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListSvidsResponse.FromString,
                 _registered_method=True)
+        self.ListSdsStreams = channel.unary_unary(
+                '/authd.admin.v1.Admin/ListSdsStreams',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListSdsStreamsRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListSdsStreamsResponse.FromString,
+                _registered_method=True)
         self.ListAudit = channel.unary_unary(
                 '/authd.admin.v1.Admin/ListAudit',
                 request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
@@ -271,6 +276,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSdsStreams(self, request, context):
+        """The Envoys connected over SDS on this daemon's workload socket: each one's node, the
+        secrets version it was sent and the one it accepted, and its last refusal (NACK).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAudit(self, request, context):
         """The hash-chained audit log, and a check of the whole chain.
         """
@@ -385,6 +398,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListSvids,
                     request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListSvidsRequest.FromString,
                     response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListSvidsResponse.SerializeToString,
+            ),
+            'ListSdsStreams': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSdsStreams,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListSdsStreamsRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListSdsStreamsResponse.SerializeToString,
             ),
             'ListAudit': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAudit,
@@ -869,6 +887,33 @@ class Admin:
             '/authd.admin.v1.Admin/ListSvids',
             authd_dot_admin_dot_v1_dot_admin__pb2.ListSvidsRequest.SerializeToString,
             authd_dot_admin_dot_v1_dot_admin__pb2.ListSvidsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSdsStreams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/ListSdsStreams',
+            authd_dot_admin_dot_v1_dot_admin__pb2.ListSdsStreamsRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.ListSdsStreamsResponse.FromString,
             options,
             channel_credentials,
             insecure,
