@@ -152,7 +152,10 @@ class HttpCheckProtocol(asyncio.Protocol):
         self._writing_paused = False
         self._reading_paused = False
         self._refusal: Refused | None = None
+        # One timer per connection, moved on lazily: when it fires before the deadline it is
+        # set again for the rest, so an answer only writes down a new deadline.
         self._idle: asyncio.TimerHandle | None = None
+        self._idle_deadline: float | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -265,10 +268,12 @@ class HttpCheckProtocol(asyncio.Protocol):
         method = self._parser.get_method().decode("ascii")
         self._queue.append(self._server.context(method, self._url, self._headers, self._body))
         self._body = []
-        self._disarm_idle()
-        self._update_reading()
+        self._idle_deadline = None
         if not self._busy:
             self._next()
+        # Most checks are answered within _next: reading pauses only for one that waits
+        # (pausing and resuming for each check costs two system calls).
+        self._update_reading()
 
     # -- checks, one at a time per connection, answered in order ---------------------------
 
@@ -336,18 +341,25 @@ class HttpCheckProtocol(asyncio.Protocol):
                 transport.resume_reading()
 
     def _arm_idle(self) -> None:
-        self._disarm_idle()
         loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(self._limits.idle_timeout, self._idle_expired)
+        self._idle_deadline = deadline = loop.time() + self._limits.idle_timeout
+        if self._idle is None:
+            self._idle = loop.call_at(deadline, self._idle_expired)
 
     def _disarm_idle(self) -> None:
+        self._idle_deadline = None
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
 
     def _idle_expired(self) -> None:
         self._idle = None
-        if self._transport is None or self._busy or self._queue:
+        deadline = self._idle_deadline
+        if deadline is None or self._transport is None or self._busy or self._queue:
+            return  # a check in flight: its answer sets the next deadline
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._idle = loop.call_at(deadline, self._idle_expired)
             return
         if self._head_bytes or not self._in_head:
             # Part of a request arrived and the rest did not (a slowloris, or a lost peer).
