@@ -39,7 +39,7 @@ from typing import Any, Protocol
 from authd.authz.decision_log import DecisionLog
 from authd.authz.metrics import AuthzMetrics
 from authd.check.errors import MalformedRequest
-from authd.check.header_values import sendable_outcome
+from authd.check.header_values import check_names, sendable_outcome
 from authd.check.input_document import input_document, pruned_input_document
 from authd.check.model import CheckContext, Decision, Identities, Outcome, Reason
 from authd.policy.base import Policy
@@ -158,6 +158,7 @@ class Authorizer:
         self._id_header = s.decision_id_header
         self._identity_headers = [s.caller_header, s.subject_header, s.decision_id_header]
         self._strip = [*self._identity_headers, *s.remove_headers]
+        check_names(self._strip)  # once: the checks add only the policy's names
         self._prefix = os.urandom(4).hex()
         self._counter = 0
 

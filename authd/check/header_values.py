@@ -110,7 +110,8 @@ def field_values(headers: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def _names(names: Iterable[str]) -> None:
+def check_names(names: Iterable[str]) -> None:
+    """Raise InvalidHeader for a name that is not an RFC 9110 token."""
     for name in names:
         if not is_token(name):
             raise InvalidHeader(name, "the name is not an RFC 9110 token")
@@ -131,7 +132,8 @@ def sendable_outcome(outcome: Outcome, decision_id_header: str) -> Outcome:
         if added and (checked := field_values(added)) is not added:
             # A copy: a policy may hand out the same Decision for many checks.
             outcome.decision = replace(decision, response_headers_to_add=checked)
-        _names(outcome.remove_headers)
+        # The configured names to remove were checked once (Authorizer); the policy's here.
+        check_names(decision.request_headers_to_remove)
     except InvalidHeader as exc:
         return _refused(outcome, exc.name, decision_id_header)
     return outcome

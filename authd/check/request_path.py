@@ -13,7 +13,11 @@ policy comparing that text is fooled by other spellings of the same resource:
 3. runs of ``/`` are merged into one;
 4. ``.`` and ``..`` segments are removed (RFC 3986 5.2.4 remove_dot_segments; ``..`` never
    climbs above the root); a path ending in one of them keeps its trailing ``/``;
-5. a path that does not start with ``/`` is read as if it did (so ``admin/x`` is ``/admin/x``).
+5. a path that does not start with ``/`` is read as if it did (so ``admin/x`` is ``/admin/x``);
+6. a dot segment with parameters (``..;x``, ``.;``, also spelt ``%2e%2e;``) is refused like an
+   encoded ``/``: Tomcat and Jetty drop the ``;x`` and climb, others take it as a name, so
+   ``/public/..;/orders`` would mean two things. Envoy's normalisation removes a raw
+   ``..;`` itself but forwards one it decoded from ``%2e%2e;``.
 
 The query string is not touched. The raw path stays available beside the normalised one.
 """
@@ -39,7 +43,8 @@ def path_without_query(path: str) -> str:
 def normalize_path(path: str) -> str:
     """The normalised form of a path without query (see the module docstring).
 
-    Raises ``MalformedRequest`` for an encoded ``/`` or ``\\``, or a raw ``\\``.
+    Raises ``MalformedRequest`` for an encoded ``/`` or ``\\``, a raw ``\\``, or a dot
+    segment with parameters.
     """
     if "%" in path or "\\" in path:
         if _AMBIGUOUS.search(path):
@@ -52,6 +57,8 @@ def normalize_path(path: str) -> str:
     segments = path.split("/")
     kept: list[str] = []
     for segment in segments[1:]:
+        if ";" in segment and segment.split(";", 1)[0] in (".", ".."):
+            raise MalformedRequest("path", "a dot segment with parameters ('..;') is refused")
         if segment == ".":
             continue
         if segment == "..":

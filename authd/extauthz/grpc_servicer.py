@@ -19,7 +19,6 @@ from google.rpc import code_pb2, status_pb2
 
 from authd.authz.metrics import AuthzMetrics
 from authd.authz.pipeline import UNAUTHENTICATED, Authorizer
-from authd.check.header_values import is_field_value, is_token
 from authd.check.input_document import check_request_headers
 from authd.check.model import CheckContext, Outcome
 from authd.policy.base import PolicyError
@@ -65,10 +64,8 @@ _header_options: dict[tuple[str, str], base_pb2.HeaderValueOption] = {}
 
 
 def _header_option(key: str, value: str) -> base_pb2.HeaderValueOption:
-    # The pipeline made every header sendable (authd.check.header_values), the same bytes as
-    # HTTP mode sends; this only makes sure nothing else ever reaches Envoy.
-    if not (is_token(key) and is_field_value(value)):
-        raise ValueError(f"unsendable header {key[:64]!r}")
+    # The pipeline made every header sendable (authd.check.header_values.sendable_outcome),
+    # the same bytes as HTTP mode sends.
     return base_pb2.HeaderValueOption(
         header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE
     )

@@ -36,7 +36,6 @@ import httptools
 
 from authd.authz.metrics import AuthzMetrics
 from authd.authz.pipeline import Authorizer
-from authd.check.header_values import is_field_value, is_token
 from authd.check.model import CheckContext, Outcome
 from authd.policy.base import PolicyError
 from authd.transport.eager import run_eagerly
@@ -90,34 +89,22 @@ def refusal_response(refused: Refused) -> bytes:
     )
 
 
-def _check_sendable(headers: dict[str, str], removed: str = "") -> None:
-    # The pipeline made every header sendable (authd.check.header_values); this only makes
-    # sure no control character (a line break above all) or non-ASCII ever reaches the wire.
-    probe = "".join(headers.values()) + "".join(headers) + removed
-    if probe.isascii() and probe.isprintable():
-        return
-    if not all(is_token(k) and is_field_value(v) for k, v in headers.items()):
-        raise ValueError("unsendable header")
-    if not all(is_token(name) for name in removed.split(",") if removed):
-        raise ValueError("unsendable header name to remove")
-
-
 def http_response(outcome: Outcome) -> bytes:
+    """The reply for ``outcome``. Its headers are sendable: the pipeline checked or encoded
+    every name and value (``authd.check.header_values.sendable_outcome``), the one place that
+    does, identically for both transports; a non-ASCII value would still fail to encode."""
     if outcome.allowed:
         headers = outcome.upstream_headers
         removed = ",".join(outcome.remove_headers)
-        _check_sendable(headers, removed)
         text = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
         if removed:
             text += f"x-envoy-auth-headers-to-remove: {removed}\r\n"
         # The policy's response_headers_to_add: Envoy passes those its
         # allowed_client_headers_on_success lists to the client's response.
         if added := outcome.decision.response_headers_to_add:
-            _check_sendable(added)
             text += "".join([f"{k}: {v}\r\n" for k, v in added.items()])
         return b"HTTP/1.1 200 OK\r\n" + text.encode("ascii") + b"content-length: 0\r\n\r\n"
     headers = outcome.deny_headers
-    _check_sendable(headers)
     body = outcome.deny_body.encode("utf-8")
     text = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
     text += f"content-length: {len(body)}\r\n\r\n"
@@ -152,7 +139,10 @@ class HttpCheckProtocol(asyncio.Protocol):
         self._writing_paused = False
         self._reading_paused = False
         self._refusal: Refused | None = None
+        # One timer per connection, moved on lazily: when it fires before the deadline it is
+        # set again for the rest, so an answer only writes down a new deadline.
         self._idle: asyncio.TimerHandle | None = None
+        self._idle_deadline: float | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -265,10 +255,12 @@ class HttpCheckProtocol(asyncio.Protocol):
         method = self._parser.get_method().decode("ascii")
         self._queue.append(self._server.context(method, self._url, self._headers, self._body))
         self._body = []
-        self._disarm_idle()
-        self._update_reading()
+        self._idle_deadline = None
         if not self._busy:
             self._next()
+        # Most checks are answered within _next: reading pauses only for one that waits
+        # (pausing and resuming for each check costs two system calls).
+        self._update_reading()
 
     # -- checks, one at a time per connection, answered in order ---------------------------
 
@@ -336,18 +328,25 @@ class HttpCheckProtocol(asyncio.Protocol):
                 transport.resume_reading()
 
     def _arm_idle(self) -> None:
-        self._disarm_idle()
         loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(self._limits.idle_timeout, self._idle_expired)
+        self._idle_deadline = deadline = loop.time() + self._limits.idle_timeout
+        if self._idle is None:
+            self._idle = loop.call_at(deadline, self._idle_expired)
 
     def _disarm_idle(self) -> None:
+        self._idle_deadline = None
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
 
     def _idle_expired(self) -> None:
         self._idle = None
-        if self._transport is None or self._busy or self._queue:
+        deadline = self._idle_deadline
+        if deadline is None or self._transport is None or self._busy or self._queue:
+            return  # a check in flight: its answer sets the next deadline
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._idle = loop.call_at(deadline, self._idle_expired)
             return
         if self._head_bytes or not self._in_head:
             # Part of a request arrived and the rest did not (a slowloris, or a lost peer).

@@ -438,8 +438,10 @@ class Authd:
         """``python -m authd ARGS --data-dir D --config F``; raises with stderr on failure."""
         command = [sys.executable, "-m", "authd", *args]
         command += ["--data-dir", str(self.data_dir), "--config", str(self.config_path)]
+        # AUTHD_* variables are config overrides to the CLI (AUTHD_HYPOTHESIS_EXAMPLES is not).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHD_")}
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=60, cwd=REPO, check=False
+            command, capture_output=True, text=True, timeout=60, cwd=REPO, check=False, env=env
         )
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stderr}")

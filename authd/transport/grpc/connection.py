@@ -33,6 +33,10 @@ from authd.transport.refusals import RefusalReporter
 
 LINGER = 1.0  # seconds a connection ended by our GOAWAY is read (and dropped) before closing
 STREAM_SEND_BUFFER = 256 * 1024  # a streaming call's write waits while more than this waits
+# Frames read per turn of the loop: a read holding more (thousands of small frames, each
+# maybe a Check) is read on in later turns, with reading paused, so other connections are
+# served between its chunks. A Check is two frames; Envoy's reads hold far fewer.
+FRAMES_PER_TURN = 128
 _MESSAGE_PREFIX = struct.Struct(">BI")
 
 
@@ -58,6 +62,7 @@ class GrpcConnection(asyncio.Protocol):
         self.calls: dict[int, Call] = {}
         self._batching = False  # inside data_received: answers are written at its end
         self._writing_paused = False
+        self._frames_waiting = False  # reading paused: the core holds frames for the next turn
         self._waiters: list[asyncio.Future[None]] = []
         self.going_away = False
         self.closed = False
@@ -98,16 +103,25 @@ class GrpcConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self._transport is not None and not self.closed:
+        if self._transport is not None and not self.closed and not self._frames_waiting:
             self._transport.resume_reading()
         self._wake()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return  # lingering after a connection error: what the peer still sends is dropped
+        self._read(data)
+
+    def _read_on(self) -> None:
+        """The next turn's frames of a read that held more than FRAMES_PER_TURN."""
+        if self.closed:
+            return
+        self._read(b"")
+
+    def _read(self, data: bytes) -> None:
         self._batching = True
         try:
-            for event in self.h2.events_from(data):
+            for event in self.h2.events_from(data, FRAMES_PER_TURN):
                 kind = type(event)
                 if kind is ev.DataReceived:
                     self._on_data(event)  # type: ignore[arg-type]
@@ -121,6 +135,15 @@ class GrpcConnection(asyncio.Protocol):
         if self.h2.closed:
             self._linger()
             return
+        if self.h2.frame_waiting:
+            if not self._frames_waiting and self._transport is not None:
+                self._frames_waiting = True
+                self._transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._read_on)
+        elif self._frames_waiting:
+            self._frames_waiting = False
+            if self._transport is not None and not self._writing_paused:
+                self._transport.resume_reading()
         if self._waiters:
             self._wake()
         if (self.going_away or self.h2.peer_going_away) and not self.busy():

@@ -24,6 +24,11 @@ What it enforces (RFC 9113, and the abuse bounds of §10.5 as Envoy and nghttp2 
   decompression bomb is ever inflated).
 
 Every refusal is reported through ``on_refusal(reason)``.
+
+``events_from(data, max_frames)`` reads at most ``max_frames`` frames and keeps the rest;
+``frame_waiting`` says whether a whole frame is still buffered. The user decides how much
+to read per turn of its loop, so one connection's burst of cheap frames cannot keep others
+waiting: the core itself never looks at time or turns.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ class H2Connection(Sending):
         self._out: list[bytes] = []
         self._events: list[Event] = []
         self._buffer = b""
+        self._pos = 0  # where the unread part of _buffer starts
         self._preface_seen = False
         self._settings_seen = False
         self._headers = HeaderDecoder(limits.max_header_list_size)
@@ -145,36 +151,52 @@ class H2Connection(Sending):
 
     # --- receiving ------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes, max_frames: int | None = None) -> list[Event]:
         """Parse ``data`` (any split of the byte stream); never raises for what a peer sends."""
-        return list(self.events_from(data))
+        return list(self.events_from(data, max_frames))
 
-    def events_from(self, data: bytes) -> Iterator[Event]:
+    @property
+    def frame_waiting(self) -> bool:
+        """A whole frame (or one too large to wait for) is buffered, not read yet."""
+        rest = len(self._buffer) - self._pos
+        if rest < 9 or self.closed or not self._preface_seen:
+            return False
+        length = int.from_bytes(self._buffer[self._pos : self._pos + 3], "big")
+        return length > FRAME_SIZE or rest - 9 >= length
+
+    def events_from(self, data: bytes, max_frames: int | None = None) -> Iterator[Event]:
         """``receive_data`` frame by frame: each frame's events come before the next is read,
-        so what the user sends in answer is queued before the frames that follow it answer."""
+        so what the user sends in answer is queued before the frames that follow it answer.
+        After ``max_frames`` frames the rest stays buffered (see ``frame_waiting``)."""
         if self.closed:
             return
         events = self._events
-        buffer = self._buffer + data if self._buffer else data
+        buffer, pos = self._buffer, self._pos
+        if not buffer:
+            buffer, pos = data, 0
+        elif data:
+            buffer, pos = buffer[pos:] + data, 0
+        self._buffer, self._pos = b"", 0
+        budget = -1 if max_frames is None else max_frames
         try:
             if not self._preface_seen:
-                if not f.PREFACE.startswith(buffer[: len(f.PREFACE)]):
+                if not f.PREFACE.startswith(buffer[pos : pos + len(f.PREFACE)]):
                     raise f.ProtocolError(f.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
-                if len(buffer) < len(f.PREFACE):
-                    self._buffer = buffer
+                if len(buffer) - pos < len(f.PREFACE):
+                    self._buffer, self._pos = buffer, pos
                     return
-                buffer = buffer[len(f.PREFACE) :]
+                pos += len(f.PREFACE)
                 self._preface_seen = True
-            pos, end = 0, len(buffer)
-            self._buffer = b""
+            end = len(buffer)
             unpack = FRAME_HEADER.unpack_from
-            while end - pos >= 9 and not self.closed:
+            while end - pos >= 9 and not self.closed and budget:
                 word, flags, stream_id = unpack(buffer, pos)
                 length = word >> 8
                 if length > FRAME_SIZE:
                     raise f.ProtocolError(f.FRAME_SIZE_ERROR, "frame larger than MAX_FRAME_SIZE")
                 if end - pos - 9 < length:
                     break
+                budget -= 1
                 start = pos + 9
                 pos = start + length
                 kind = word & 0xFF
@@ -190,8 +212,10 @@ class H2Connection(Sending):
                     else:
                         yield from events
                         events.clear()
-            if not self.closed:
-                self._buffer = buffer[pos:]
+            if not self.closed and pos < end:
+                # Stopped by the budget: keep the read as it is, the next call goes on in it.
+                # Otherwise only a part of one frame is left: keep that alone.
+                self._buffer, self._pos = (buffer, pos) if not budget else (buffer[pos:], 0)
         except f.ProtocolError as exc:
             self.close_connection(exc.code, exc.message, exc.reason)
         yield from events

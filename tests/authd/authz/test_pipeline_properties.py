@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from authd.authz.api_keys import ApiKeyEntry, ApiKeyStore, hash_api_key
 from authd.authz.identity import IdentityResolver, IdentitySettings, IssuerSettings
 from authd.authz.pipeline import Authorizer
+from authd.check.header_values import is_field_value, is_token
 from authd.check.model import Outcome, Reason
 from authd.extauthz.grpc_servicer import check_response, context_from_check_request
 from authd.extauthz.http_service import HttpAuthzServer, http_response
@@ -254,6 +255,13 @@ def assert_valid(outcome: Outcome) -> None:
         assert outcome.decision.reason != Reason.ALLOWED
         assert 400 <= outcome.status < 600
         assert json.loads(outcome.deny_body)["error"] == outcome.decision.reason
+    # The pipeline is the one place that makes headers sendable (the adapters write what it
+    # gives them): every name a token, every value an RFC 9110 field value.
+    added = outcome.decision.response_headers_to_add or {}
+    for headers in (outcome.upstream_headers, outcome.deny_headers, added):
+        for name, value in headers.items():
+            assert is_token(name) and is_field_value(value), (name, value)
+    assert all(is_token(name) for name in outcome.remove_headers)
     check_response(outcome)  # the gRPC adapter can send it
     http_response(outcome)  # and so can the HTTP-service adapter
 

@@ -51,6 +51,20 @@ def test_encoded_slash_or_backslash_is_refused(raw: str) -> None:
     assert info.value.rule == "path"
 
 
+@pytest.mark.parametrize(
+    "raw", ["/public/..;/orders", "/public/..;x=1/orders", "/public/%2e%2e;/orders", "/a/.;/b"]
+)
+def test_a_dot_segment_with_parameters_is_refused(raw: str) -> None:
+    with pytest.raises(MalformedRequest) as info:
+        normalize_path(raw)
+    assert info.value.rule == "path"
+
+
+def test_parameters_on_other_segments_are_kept() -> None:
+    assert normalize_path("/public/a;v=1/b") == "/public/a;v=1/b"
+    assert normalize_path("/public/...;/b") == "/public/...;/b"
+
+
 def test_context_normalises_the_path_without_its_query_and_keeps_the_raw_path() -> None:
     ctx = CheckContext(
         method="GET", host="h", path="/public/../orders?next=/public/..%2f", headers={}

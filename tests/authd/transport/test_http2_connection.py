@@ -321,3 +321,25 @@ def test_after_a_connection_error_nothing_more_is_read() -> None:
     assert client.goaway_code() == PROTOCOL_ERROR
     assert client.send(client.headers(1)) == []
     assert client.take() == []
+
+
+def test_max_frames_reads_that_many_frames_and_keeps_the_rest_for_the_next_call() -> None:
+    client = Client()
+    ping = frame(PING, 0, 0, b"12345678")
+    server = client.server
+    server.receive_data(ping * 5 + ping[:4], max_frames=2)
+    assert len(client.take()) == 2
+    assert server.frame_waiting
+    server.receive_data(b"", max_frames=2)
+    assert len(client.take()) == 2 and server.frame_waiting
+    server.receive_data(ping[4:], max_frames=2)  # new bytes join the frames still waiting
+    assert len(client.take()) == 2 and not server.frame_waiting
+    events = server.receive_data(client.headers(1, flags=END_HEADERS | END_STREAM), max_frames=1)
+    assert [type(e) for e in events] == [ev.RequestReceived]
+    assert not server.frame_waiting and not client.take()
+
+
+def test_a_part_of_a_frame_is_not_a_frame_waiting() -> None:
+    client = Client()
+    client.server.receive_data(frame(PING, 0, 0, b"12345678")[:12], max_frames=1)
+    assert not client.server.frame_waiting

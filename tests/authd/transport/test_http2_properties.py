@@ -165,3 +165,25 @@ def test_any_bytes_at_all_are_answered_without_an_exception(data: bytes) -> None
     harness = Harness()
     harness.feed(data, 10)
     harness.feed(PREFACE + data, 10)
+
+
+def read_in_turns(data: bytes, max_frames: int | None) -> tuple[list[ev.Event], bytes]:
+    """Everything a fresh core says to ``data``, read at most ``max_frames`` frames a call."""
+    server = H2Connection(LIMITS, clock=lambda: 0.0)
+    server.initiate_connection()
+    events = server.receive_data(data, max_frames)
+    turns = 0
+    while server.frame_waiting:
+        turns += 1
+        assert turns <= len(data) // 9, "frames waiting that never get read"
+        events += server.receive_data(b"", max_frames)
+    return events, server.data_to_send()
+
+
+@PROPERTY
+@given(st.lists(frames(), max_size=40), st.integers(1, 8))
+def test_reading_a_few_frames_per_call_says_what_reading_all_at_once_says(
+    sequence: list[bytes], max_frames: int
+) -> None:
+    data = PREFACE + frame(0x4, 0, 0) + b"".join(sequence)
+    assert read_in_turns(data, max_frames) == read_in_turns(data, None)
