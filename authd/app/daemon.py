@@ -36,7 +36,7 @@ from authd.app.loop_dispatch import on_loop
 from authd.app.refusals import ListenerRefusals
 from authd.app.replicas import change_feed_position, follow_store
 from authd.app.store_durability import check_store_durability
-from authd.app.store_trust import StoreTrust
+from authd.app.store_trust import MIRRORED_SEQUENCES, StoreTrust
 from authd.app.workload_listener import start_workload
 from authd.authz.metrics import AuthzMetrics
 from authd.config.model import Config
@@ -133,7 +133,14 @@ class Daemon:
             self.revocations.add_listener(trust.remember_now)
             self.ca.add_listener(trust.remember_now)
         self.store_ops = StoreOperations(
-            self._store, trust.guard, trust.mirror, self.clock, replica=trust.replica
+            self._store,
+            trust.guard,
+            trust.mirror,
+            self.clock,
+            replica=trust.replica,
+            scratch=data_dir,
+            sequences=MIRRORED_SEQUENCES,
+            on_adopted=lambda: self._reload_view(loop),
         )
         self._admin = AdminListeners(
             config,
@@ -188,6 +195,16 @@ class Daemon:
             config.admin_socket_path,
             data_dir,
         )
+
+    def _reload_view(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read everything again from a store this replica was told to adopt as it is (after
+        a restore, or `authd store accept`): revocations now, entries and authorities on the
+        loop that owns them."""
+        self.revocations.sync()
+        if self.trust is not None:
+            self.trust.view_trusted = True
+        loop.call_soon_threadsafe(self.entry_registry.reload)
+        loop.call_soon_threadsafe(self.ca.reload)
 
     async def run_until_stopped(self) -> None:
         """Rotate authorities on schedule until ``stop()`` or SIGTERM/SIGINT."""
