@@ -134,9 +134,8 @@ class StoreOperations:
         ``"authd"`` itself with ``store.auto_reseed``)."""
         if self._mirror is None or not isinstance(self._store, RedisStore):
             raise FailedPrecondition(
-                "this replica keeps no copy of its store (an embedded SQLite store): restore "
-                "the store file from a backup, or remove store-position.json from the data "
-                "directory to accept the store as it is"
+                "this replica keeps no copy of its store (an embedded SQLite store): "
+                "`authd store restore` a backup, or `authd store accept` the store as it is"
             )
         with self._lock:
             try:
