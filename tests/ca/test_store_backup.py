@@ -262,3 +262,24 @@ def test_a_snapshot_taken_while_revocations_stream_in_is_one_point_in_time(
         verify_snapshot(snapshot)
         audited = sum(1 for r in snapshot.audit if r.action == "revocation.add")
         assert len(snapshot.revocations) == audited
+
+
+def test_a_redis_backup_and_restore_touch_only_authds_keys(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex}"
+    store = RedisStore(redis_server.url, key_prefix=f"{prefix}:")
+    neighbours = {f"{prefix}-other:key": "theirs", "plain-key-" + prefix: "theirs too"}
+    with redis_server.client() as client:
+        client.mset(neighbours)
+        fill(store, 1)
+        client.hset("{" + prefix + "}:replica-positions", "r9", "{}")
+        snapshot = take_snapshot(store, SEQUENCES, scratch=tmp_path)
+        data = file_of(Backup(1, "redis", snapshot))
+        assert b"theirs" not in data and b"replica-positions" not in data
+        damage(store)
+        restore_snapshot(store, snapshot, scratch=tmp_path)
+        assert client.mget(list(neighbours)) == list(neighbours.values())
+        client.delete(*neighbours)
+    assert contents(store) == snapshot
+    store.close()
