@@ -39,6 +39,7 @@ from authd.app.store_durability import check_store_durability
 from authd.app.store_trust import MIRRORED_SEQUENCES, StoreTrust
 from authd.app.workload_listener import start_workload
 from authd.authz.metrics import AuthzMetrics
+from authd.check.model import Reason
 from authd.config.model import Config
 from authd.federation.bundle_endpoint import BundleEndpoint
 from authd.transport.sockets import parse_host_port
@@ -164,6 +165,7 @@ class Daemon:
             staleness=self.staleness,
             fresh=self.fresh,
             refusals=self.refusals.callback,
+            stale_reason=self.stale_reason,
         )
         await self._authz.start()
         if config.workload.enabled:
@@ -255,6 +257,12 @@ class Daemon:
     def staleness(self) -> float:
         """Seconds since this replica's revocation view last matched the shared store."""
         return 0.0 if self.follower is None else self.follower.staleness()
+
+    def stale_reason(self) -> Reason:
+        """Why a replica that is not fresh fails closed: its store went backwards, or it was
+        cut off from the store."""
+        regressed = self.trust is not None and self.trust.guard.regressed
+        return Reason.STORE_REGRESSED if regressed else Reason.STALE
 
     def fresh(self) -> bool:
         """False once a replica has been cut off from the shared store for too long, or

@@ -51,8 +51,8 @@ def test_a_replaced_sqlite_store_is_never_trusted(workdir: Path, replaced_by: st
                 (daemon.data_dir / name).unlink(missing_ok=True)
         daemon.start()
 
-        assert check(daemon, revoked) == (503, "revocations_stale")
-        assert check(daemon, allowed) == (503, "revocations_stale")
+        assert check(daemon, revoked) == (503, "store_regressed")
+        assert check(daemon, allowed) == (503, "store_regressed")
         assert daemon.gauge("authd_store_regressed") == 1
         state = daemon.store_state()
         assert state["regressed"] is True
