@@ -159,7 +159,7 @@ def audit_verdict_to_proto(verdict: AuditVerdict) -> admin_pb2.VerifyAuditRespon
     )
 
 
-def _position_to_proto(position: StorePosition | None) -> admin_pb2.StorePosition | None:
+def position_to_proto(position: StorePosition | None) -> admin_pb2.StorePosition | None:
     if position is None:
         return None
     return admin_pb2.StorePosition(
@@ -173,7 +173,7 @@ def store_state_to_proto(state: StoreState) -> admin_pb2.ShowStoreResponse:
     return admin_pb2.ShowStoreResponse(
         regressed=state.regressed,
         reason=state.reason,
-        remembered=_position_to_proto(state.remembered),
-        found=_position_to_proto(state.found),
-        mirror=_position_to_proto(state.mirror),
+        remembered=position_to_proto(state.remembered),
+        found=position_to_proto(state.found),
+        mirror=position_to_proto(state.mirror),
     )

@@ -8,7 +8,8 @@ its refusal (``authd.admin.errors``) to a status with the message. Operations ru
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -42,6 +43,9 @@ from ca.certificate_authority import CertificateAuthority
 from ca.revoker import Revoker
 
 T = TypeVar("T")
+
+BACKUP_CHUNK = 1 << 20  # bytes per message of a backup file, well under gRPC's 4 MiB
+MAX_RESTORE_BYTES = 4 << 30  # an upload past this is refused before it fills the disk
 Context = grpc.aio.ServicerContext[Any, Any]
 
 STATUS_OF_REFUSAL: dict[type[AdminError], grpc.StatusCode] = {
@@ -321,4 +325,69 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             audit_hash=result.audit_hash,
             kept_revocations=result.kept_revocations,
             kept_audit_records=result.kept_audit_records,
+        )
+
+    async def AcceptStore(
+        self, request: admin_pb2.AcceptStoreRequest, context: Context
+    ) -> admin_pb2.AcceptStoreResponse:
+        previous, adopted = await self._serve(
+            context, lambda caller: self._store_ops().accept(caller, request.audit_hash)
+        )
+        return admin_pb2.AcceptStoreResponse(
+            previous=proto.position_to_proto(previous), adopted=proto.position_to_proto(adopted)
+        )
+
+    # --- backups --------------------------------------------------------------------------
+
+    async def BackupStore(
+        self, request: admin_pb2.BackupStoreRequest, context: Context
+    ) -> AsyncIterator[admin_pb2.BackupChunk]:
+        path, _ = await self._serve(
+            context, lambda caller: self._store_ops().backups.backup(caller)
+        )
+        try:
+            with path.open("rb") as backup:
+                while chunk := backup.read(BACKUP_CHUNK):
+                    yield admin_pb2.BackupChunk(data=chunk)
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def RestoreStore(
+        self, request_iterator: AsyncIterator[admin_pb2.RestoreStoreRequest], context: Context
+    ) -> admin_pb2.RestoreStoreResponse:
+        await self._serve(context, lambda caller: self._store_ops().backups)  # admins only
+        force, size = False, 0
+        with tempfile.SpooledTemporaryFile(max_size=BACKUP_CHUNK * 8) as upload:
+            first = True
+            async for message in request_iterator:
+                if first:
+                    force, first = message.force, False
+                size += len(message.data)
+                if size > MAX_RESTORE_BYTES:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"backup file refused, store untouched: larger than "
+                        f"{MAX_RESTORE_BYTES >> 20} MiB",
+                    )
+                upload.write(message.data)
+            upload.seek(0)
+            result = await self._serve(
+                context,
+                lambda caller: self._store_ops().backups.restore(
+                    caller,
+                    upload,
+                    force=force,
+                ),
+            )
+        counts = result.counts
+        return admin_pb2.RestoreStoreResponse(
+            replaced=proto.position_to_proto(result.replaced),
+            restored=proto.position_to_proto(result.restored),
+            position=proto.position_to_proto(result.position),
+            authorities=counts["authorities"],
+            entries=counts["entries"],
+            revocations=counts["revocations"],
+            issuances=counts["issuances"],
+            audit_records=counts["audit"],
+            forced=result.forced,
         )

@@ -22,6 +22,7 @@ from authd.app.errors import StartupError
 from authd.authz import assembly as authz_service
 from authd.authz.decision_log import DecisionLog
 from authd.authz.metrics import AuthzMetrics
+from authd.check.model import Reason
 from authd.config.model import Config
 from authd.extauthz.grpc_servicer import ExtAuthzService
 from authd.extauthz.http_service import HttpAuthzServer
@@ -56,6 +57,7 @@ class AuthzListeners:
         staleness: Callable[[], float],
         fresh: Callable[[], bool],
         refusals: Callable[[str], RefusalCallback],
+        stale_reason: Callable[[], Reason] = lambda: Reason.STALE,
     ) -> None:
         self.config = config
         self._ca = ca
@@ -66,6 +68,7 @@ class AuthzListeners:
         self._health = health
         self._staleness = staleness
         self._fresh = fresh
+        self._stale_reason = stale_reason
         # Each listener's refusal callback, by listener name ("ext_authz_grpc", ...).
         self._refusals = refusals
         self._policy: PolicyHolder | None = None
@@ -184,6 +187,7 @@ class AuthzListeners:
             metrics=self.metrics,
             decision_log=self._decision_log,
             fresh=self._fresh,
+            stale_reason=self._stale_reason,
         )
         self.metrics.add_gauge_source(
             "authd_revocation_staleness_seconds",

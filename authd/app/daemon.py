@@ -36,9 +36,10 @@ from authd.app.loop_dispatch import on_loop
 from authd.app.refusals import ListenerRefusals
 from authd.app.replicas import change_feed_position, follow_store
 from authd.app.store_durability import check_store_durability
-from authd.app.store_trust import StoreTrust
+from authd.app.store_trust import MIRRORED_SEQUENCES, StoreTrust
 from authd.app.workload_listener import start_workload
 from authd.authz.metrics import AuthzMetrics
+from authd.check.model import Reason
 from authd.config.model import Config
 from authd.federation.bundle_endpoint import BundleEndpoint
 from authd.transport.sockets import parse_host_port
@@ -134,7 +135,14 @@ class Daemon:
             self.revocations.add_listener(trust.remember_now)
             self.ca.add_listener(trust.remember_now)
         self.store_ops = StoreOperations(
-            self._store, trust.guard, trust.mirror, self.clock, replica=trust.replica
+            self._store,
+            trust.guard,
+            trust.mirror,
+            self.clock,
+            replica=trust.replica,
+            scratch=data_dir,
+            sequences=MIRRORED_SEQUENCES,
+            on_adopted=lambda: self._reload_view(loop),
         )
         self._admin = AdminListeners(
             config,
@@ -159,6 +167,7 @@ class Daemon:
             staleness=self.staleness,
             fresh=self.fresh,
             refusals=self.refusals.callback,
+            stale_reason=self.stale_reason,
         )
         await self._authz.start()
         if config.workload.enabled:
@@ -193,6 +202,15 @@ class Daemon:
 
     def _sds_status(self) -> list[SdsStreamStatus]:
         return self._workload.sds_status() if self._workload is not None else []
+    def _reload_view(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read everything again from a store this replica was told to adopt as it is (after
+        a restore, or `authd store accept`): revocations now, entries and authorities on the
+        loop that owns them."""
+        self.revocations.sync()
+        if self.trust is not None:
+            self.trust.view_trusted = True
+        loop.call_soon_threadsafe(self.entry_registry.reload)
+        loop.call_soon_threadsafe(self.ca.reload)
 
     async def run_until_stopped(self) -> None:
         """Rotate authorities on schedule until ``stop()`` or SIGTERM/SIGINT."""
@@ -243,6 +261,12 @@ class Daemon:
     def staleness(self) -> float:
         """Seconds since this replica's revocation view last matched the shared store."""
         return 0.0 if self.follower is None else self.follower.staleness()
+
+    def stale_reason(self) -> Reason:
+        """Why a replica that is not fresh fails closed: its store went backwards, or it was
+        cut off from the store."""
+        regressed = self.trust is not None and self.trust.guard.regressed
+        return Reason.STORE_REGRESSED if regressed else Reason.STALE
 
     def fresh(self) -> bool:
         """False once a replica has been cut off from the shared store for too long, or

@@ -20,6 +20,7 @@ from authd.authz.identity import (
 )
 from authd.authz.metrics import AuthzMetrics
 from authd.authz.pipeline import Authorizer, AuthzSettings
+from authd.check.model import Reason
 from authd.config.model import Config
 from authd.policy.base import Policy, PolicyError
 from authd.ports.bundle_view import BundleView
@@ -145,9 +146,11 @@ def build_authorizer(
     metrics: AuthzMetrics | None = None,
     decision_log: DecisionLog | None = None,
     fresh: Callable[[], bool] = lambda: True,
+    stale_reason: Callable[[], Reason] = lambda: Reason.STALE,
 ) -> Authorizer:
     return Authorizer(
         fresh=fresh,
+        stale_reason=stale_reason,
         resolver=resolver,
         policy=policy,
         settings=authz_settings(config),

@@ -147,13 +147,18 @@ class Authorizer:
         decision_log: DecisionLog | None = None,
         metrics: AuthzMetrics | None = None,
         fresh: Callable[[], bool] = lambda: True,
+        stale_reason: Callable[[], Reason] = lambda: Reason.STALE,
     ) -> None:
+        """``fresh`` says whether this replica's view may decide; when it may not, the check
+        fails closed (503) with ``stale_reason()``: the view is too old, or the store went
+        backwards."""
         self._resolver = resolver
         self._policy = policy
         self.settings = settings or AuthzSettings()
         self._log = decision_log
         self._metrics = metrics
         self._fresh = fresh
+        self._stale_reason = stale_reason
         s = self.settings
         self._id_header = s.decision_id_header
         self._identity_headers = [s.caller_header, s.subject_header, s.decision_id_header]
@@ -175,9 +180,9 @@ class Authorizer:
             identities = await self._resolver.resolve(ctx)
             if not self._fresh():
                 # Fail closed: past the maximum staleness a revocation may have been missed.
-                decision = Decision(
-                    allowed=False, reason=Reason.STALE, rule="revocations", http_status=503
-                )
+                reason = self._stale_reason()
+                rule = "store" if reason == Reason.STORE_REGRESSED else "revocations"
+                decision = Decision(allowed=False, reason=reason, rule=rule, http_status=503)
             elif identities.problems:
                 problem = identities.problems[0]
                 reason = Reason.REVOKED if problem.revoked else Reason.INVALID_CREDENTIALS

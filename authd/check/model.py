@@ -134,6 +134,7 @@ class Reason(enum.StrEnum):
     INVALID_CREDENTIALS = "invalid_credentials"
     REVOKED = "revoked"
     STALE = "revocations_stale"  # this replica lost the shared store too long ago
+    STORE_REGRESSED = "store_regressed"  # the store went backwards, past store.max_staleness
     MALFORMED_REQUEST = "malformed_request"  # caller input that cannot be parsed (400)
 
 

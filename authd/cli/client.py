@@ -20,7 +20,16 @@ from authd.api.authd.admin.v1 import admin_pb2_grpc
 from authd.cli.errors import CommandError, Exit, exit_of_status
 from authd.config import Config, load_config
 
-__all__ = ["CommandError", "Exit", "admin_stub", "ask", "call", "cli_config", "connect"]
+__all__ = [
+    "CommandError",
+    "Exit",
+    "admin_stub",
+    "ask",
+    "call",
+    "cli_config",
+    "connect",
+    "rpc_error",
+]
 
 RPC_TIMEOUT = 30.0
 NOT_RUNNING = "is `authd run` running (with the same --data-dir or config)?"
@@ -116,19 +125,20 @@ def admin_stub(args: argparse.Namespace) -> tuple[grpc.Channel, admin_pb2_grpc.A
     return channel, admin_pb2_grpc.AdminStub(channel)
 
 
-def call(method: Callable[..., Any], request: Any) -> Any:
+def rpc_error(exc: grpc.RpcError) -> CommandError:
+    """A failed call as the one line and exit status the CLI reports."""
+    code, details = exc.code(), exc.details() or ""
+    # UNAVAILABLE is the daemon out of reach, unless the daemon itself says its store is.
+    if code == grpc.StatusCode.UNAVAILABLE and not details.startswith(STORE_FAILURE):
+        return CommandError(f"cannot reach the authd daemon: {details}", Exit.UNAVAILABLE)
+    return CommandError(f"{code.name.lower().replace('_', ' ')}: {details}", exit_of_status(code))
+
+
+def call(method: Callable[..., Any], request: Any, *, timeout: float = RPC_TIMEOUT) -> Any:
     try:
-        return method(request, timeout=RPC_TIMEOUT)
+        return method(request, timeout=timeout)
     except grpc.RpcError as exc:
-        code, details = exc.code(), exc.details() or ""
-        # UNAVAILABLE is the daemon out of reach, unless the daemon itself says its store is.
-        if code == grpc.StatusCode.UNAVAILABLE and not details.startswith(STORE_FAILURE):
-            raise CommandError(
-                f"cannot reach the authd daemon: {details}", Exit.UNAVAILABLE
-            ) from None
-        raise CommandError(
-            f"{code.name.lower().replace('_', ' ')}: {details}", exit_of_status(code)
-        ) from None
+        raise rpc_error(exc) from None
 
 
 def ask(args: argparse.Namespace, method: str, request: Any) -> Any:

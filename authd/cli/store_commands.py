@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from authd.api.authd.admin.v1 import admin_pb2
+from authd.cli.backup_commands import add_backup_commands
 from authd.cli.client import ask
 
 if TYPE_CHECKING:
@@ -62,8 +63,9 @@ def cmd_store_reseed(args: argparse.Namespace) -> int:
 
 
 def add_store_commands(commands: Subparsers, client: argparse.ArgumentParser) -> None:
-    """Register `authd store show|reseed` (``client`` holds the flags that find the daemon)."""
-    store = commands.add_parser("store", help="the store's health and repair").add_subparsers(
+    """Register `authd store show|reseed|backup|restore|accept` (``client`` holds the flags
+    that find the daemon)."""
+    store = commands.add_parser("store", help="the store's health, repair, backups").add_subparsers(
         dest="store_command", metavar="<command>", required=True
     )
     show = store.add_parser(
@@ -78,3 +80,4 @@ def add_store_commands(commands: Subparsers, client: argparse.ArgumentParser) ->
     )
     reseed.add_argument("--json", action="store_true", help="print JSON")
     reseed.set_defaults(func=cmd_store_reseed)
+    add_backup_commands(store, client)

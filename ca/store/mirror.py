@@ -183,6 +183,16 @@ class StoreMirror:
                 elif change["kind"] == "revocation":
                     self._copy_revocation(source, change["key"])
 
+    def rebuild(self, source: Store) -> None:
+        """Throw the copy away and make it again from ``source`` (after a restore)."""
+        with self._lock:
+            self._store.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            self._store = SQLiteStore(self.path)
+            copy_audit(source, self._store)
+            copy_state(source, self._store, self.sequences)
+
     def _copy_revocation(self, source: Store, key: str) -> None:
         kind, _, target = key.partition(":")
         try:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from ca.store.base import Store, StoreError
 from ca.store.position_memory import PositionMemory
@@ -91,6 +92,7 @@ class RegressionGuard:
         self.regressed = False
         self.reason = ""
         self.found: StorePosition | None = None
+        self._suspended = False
 
     @property
     def remembered(self) -> StorePosition | None:
@@ -102,6 +104,8 @@ class RegressionGuard:
         ``StoreError`` from the store passes through: unreachable is not regressed.
         """
         with self._lock:
+            if self._suspended:
+                return False  # being rewritten on purpose (a restore): trust nothing yet
             found = self._store.position()
             remembered = self._memory.remembered
             at_remembered: str | None = None
@@ -142,3 +146,38 @@ class RegressionGuard:
             except StoreError as exc:
                 log.debug("store regression: cannot publish the remembered position: %s", exc)
             return False
+
+    @contextmanager
+    def suspended(self) -> Iterator[None]:
+        """While this replica rewrites the store on purpose (a restore), ``in_step()`` is False
+        without a report: nothing half written is adopted, and no regression is logged."""
+        with self._lock:
+            self._suspended = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._suspended = False
+
+    def adopt(self, audit_hash: str | None = None) -> tuple[StorePosition | None, StorePosition]:
+        """Accept the store as it is now, even behind what this replica saw (the operator
+        restored it on purpose): remember its position. With ``audit_hash``, only if the
+        store's audit head still has that hash (``StoreError`` otherwise). Returns the position
+        remembered before, and the one adopted."""
+        with self._lock:
+            found = self._store.position()
+            if audit_hash is not None and found.audit_hash != audit_hash:
+                raise StoreError(
+                    f"the store's audit head is record {found.audit_seq} ({found.audit_hash}), "
+                    f"not {audit_hash}: it changed since; look again with `authd store show`"
+                )
+            before = self._memory.remembered
+            self._memory.remember(found)
+            self.found = found
+            self.regressed, self.reason = False, ""
+            log.warning(
+                "store: adopted as it is at %s on the operator's word (this replica last saw %s)",
+                _short(found),
+                _short(before) if before is not None else "nothing",
+            )
+            return before, found

@@ -43,11 +43,15 @@ from ca.store.records import (
     StorePosition,
     canonical_json,
 )
+from ca.store.snapshot import StoreSnapshot
 from ca.store.sqlite_rows import (
+    audit_to_row,
     authority_from_row,
     authority_to_row,
     entry_from_row,
     entry_to_row,
+    issuance_to_row,
+    revocation_to_row,
     selectors_from_json,
 )
 from ca.store.sqlite_schema import (
@@ -157,6 +161,53 @@ class SQLiteStore(Store):
         with self._connection() as conn:
             return user_version(conn)
 
+    def copy_to(self, path: Path) -> None:
+        """Write a consistent copy of the whole store into the new file ``path`` (SQLite's
+        online backup API, under the store's lock: writers wait, readers elsewhere do not)."""
+        _create_private_file(path)
+        try:
+            target = sqlite3.connect(path)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot create the copy {path}: {exc}") from exc
+        try:
+            with self._connection() as conn:
+                conn.backup(target)
+        finally:
+            target.close()
+
+    def load_snapshot(self, snapshot: StoreSnapshot) -> None:
+        """Replace everything this store holds with ``snapshot`` (its generation included), in
+        one transaction: a failure leaves the store as it was."""
+        with self._transaction() as conn:
+            for table in (
+                "authorities",
+                "sequences",
+                "issuances",
+                "entries",
+                "revocations",
+                "audit",
+            ):
+                conn.execute(f"DELETE FROM {table}")  # noqa: S608 (constant names)
+            conn.execute(
+                "INSERT INTO meta (name, value) VALUES ('generation', ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (snapshot.position.generation,),
+            )
+            conn.executemany(
+                "INSERT INTO sequences (name, value) VALUES (?, ?)",
+                list(snapshot.sequences.items()),
+            )
+            conn.executemany(UPSERT_AUTHORITY, [authority_to_row(r) for r in snapshot.authorities])
+            conn.executemany(INSERT_ENTRY, [entry_to_row(e) for e in snapshot.entries])
+            conn.executemany(
+                INSERT_REVOCATION, [revocation_to_row(r) for r in snapshot.revocations]
+            )
+            # Oldest first, so that ties in issued_at list in the same order as before.
+            conn.executemany(
+                INSERT_ISSUANCE, [issuance_to_row(r) for r in reversed(snapshot.issuances)]
+            )
+            conn.executemany(INSERT_AUDIT, [audit_to_row(r) for r in snapshot.audit])
+
     def position(self) -> StorePosition:
         with self._connection() as conn:
             row = conn.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone()
@@ -231,19 +282,7 @@ class SQLiteStore(Store):
 
     def record_issuances(self, records: Sequence[IssuanceRecord]) -> None:
         # The hot path: the CA's issuance journal hands over batches, one transaction each.
-        rows = [
-            (
-                r.serial,
-                r.kind,
-                r.spiffe_id,
-                r.authority_id,
-                r.not_before,
-                r.not_after,
-                r.requester,
-                r.issued_at,
-            )
-            for r in records
-        ]
+        rows = [issuance_to_row(r) for r in records]
         with self._transaction() as conn:
             try:
                 conn.executemany(INSERT_ISSUANCE, rows)
@@ -472,22 +511,7 @@ def _append_audit(conn: sqlite3.Connection, drafts: Sequence[AuditDraft]) -> lis
         return []
     last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     records = link_audit_drafts(None if last is None else (last[0], last[1]), drafts)
-    conn.executemany(
-        INSERT_AUDIT,
-        [
-            (
-                r.seq,
-                r.time,
-                r.actor,
-                r.action,
-                r.subject,
-                canonical_json(r.details),
-                r.prev_hash,
-                r.hash,
-            )
-            for r in records
-        ],
-    )
+    conn.executemany(INSERT_AUDIT, [audit_to_row(r) for r in records])
     return records
 
 

@@ -7,8 +7,11 @@ import json
 from typing import Any
 
 from ca.store.records import (
+    AuditRecord,
     AuthorityRecord,
+    IssuanceRecord,
     RegistrationEntry,
+    Revocation,
     Selector,
     canonical_json,
 )
@@ -122,3 +125,25 @@ def entry_from_row(row: tuple[Any, ...]) -> RegistrationEntry:
 
 def selectors_from_json(text: str) -> tuple[Selector, ...]:
     return tuple(Selector(type_, value) for type_, value in json.loads(text))
+
+
+def issuance_to_row(r: IssuanceRecord) -> tuple[object, ...]:
+    return (
+        r.serial,
+        r.kind,
+        r.spiffe_id,
+        r.authority_id,
+        r.not_before,
+        r.not_after,
+        r.requester,
+        r.issued_at,
+    )
+
+
+def revocation_to_row(r: Revocation) -> tuple[object, ...]:
+    return (r.target_kind, r.target, r.reason, r.note, r.revoked_at, r.revoked_by)
+
+
+def audit_to_row(r: AuditRecord) -> tuple[object, ...]:
+    details = canonical_json(r.details)
+    return (r.seq, r.time, r.actor, r.action, r.subject, details, r.prev_hash, r.hash)

@@ -1,7 +1,8 @@
 """A data directory whose SQLite store was replaced while authd was stopped (an older copy
 restored, or a new empty file): authd starts, but never trusts it. ext_authz fails closed
 (503) from the first check, no authority is made over it, the gauge and `authd store show`
-say why, and `authd store reseed` explains that only a restore can repair an embedded store.
+say why, and `authd store reseed` explains that only a restore can repair an embedded store;
+`authd store accept` with the store's head adopts an older copy as it is.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def test_a_replaced_sqlite_store_is_never_trusted(workdir: Path, replaced_by: st
                 (daemon.data_dir / name).unlink(missing_ok=True)
         daemon.start()
 
-        assert check(daemon, revoked) == (503, "revocations_stale")
-        assert check(daemon, allowed) == (503, "revocations_stale")
+        assert check(daemon, revoked) == (503, "store_regressed")
+        assert check(daemon, allowed) == (503, "store_regressed")
         assert daemon.gauge("authd_store_regressed") == 1
         state = daemon.store_state()
         assert state["regressed"] is True
@@ -63,8 +64,20 @@ def test_a_replaced_sqlite_store_is_never_trusted(workdir: Path, replaced_by: st
             assert "behind" in str(state["reason"])
             assert daemon.cli("bundle", "show") == bundle  # the copy's own authorities
         refused = authd("store", "reseed", data_dir=daemon.data_dir, check=False)
-        assert refused.returncode == 1 and "restore the store file" in refused.stderr
+        assert refused.returncode == 1 and "authd store restore" in refused.stderr
         assert "store regression" in daemon.logs()
+        if replaced_by == "an-older-copy":
+            # The operator accepts the older copy, and the revocation it lacks is lost.
+            found = state["found"]
+            assert isinstance(found, dict)
+            wrong = authd("store", "accept", "--audit-hash", "f" * 64, data_dir=daemon.data_dir,
+                          check=False)  # fmt: skip
+            assert wrong.returncode == 1 and "store not accepted" in wrong.stderr
+            daemon.cli("store", "accept", "--audit-hash", str(found["audit_hash"]))
+            assert daemon.store_state()["regressed"] is False
+            assert daemon.gauge("authd_store_regressed") == 0
+            assert check(daemon, allowed) == (200, "allowed")
+            assert check(daemon, revoked) == (200, "allowed")
     finally:
         if daemon.running:
             daemon.stop()

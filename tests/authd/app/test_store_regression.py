@@ -151,7 +151,7 @@ def test_a_store_that_went_backwards_is_never_trusted_and_reseed_repairs_it(
         # A replica restarted on the regressed store fails closed instead of starting fresh.
         r2.stop()
         r2.start()
-        assert check(r2, tokens["billing"]) == (503, "revocations_stale")
+        assert check(r2, tokens["billing"]) == (503, "store_regressed")
         assert r2.gauge("authd_store_regressed") == 1
 
         # The repair: r1 writes back what it holds.

@@ -251,6 +251,20 @@ def test_stale_revocation_state_fails_closed_with_503() -> None:
     assert json.loads(outcome.deny_body)["error"] == "revocations_stale"
 
 
+def test_a_replica_whose_store_went_backwards_fails_closed_naming_it() -> None:
+    policy = PathPolicy()
+    authorizer = Authorizer(
+        resolver=FixedIdentities(Identities(peer=WEB)),
+        policy=lambda: policy,
+        fresh=lambda: False,
+        stale_reason=lambda: Reason.STORE_REGRESSED,
+    )
+    outcome = asyncio.run(authorizer.check(ctx("/public/x")))
+    assert (outcome.allowed, outcome.status) == (False, 503)
+    assert (outcome.decision.reason, outcome.decision.rule) == (Reason.STORE_REGRESSED, "store")
+    assert json.loads(outcome.deny_body)["error"] == "store_regressed"
+
+
 class MetadataPolicy:
     """A policy whose result sets dynamic metadata under authd's own keys."""
 

@@ -479,3 +479,57 @@ class ReseedStoreResponse(_message.Message):
     kept_revocations: int
     kept_audit_records: int
     def __init__(self, audit_seq: _Optional[int] = ..., audit_hash: _Optional[str] = ..., kept_revocations: _Optional[int] = ..., kept_audit_records: _Optional[int] = ...) -> None: ...
+
+class AcceptStoreRequest(_message.Message):
+    __slots__ = ("audit_hash",)
+    AUDIT_HASH_FIELD_NUMBER: _ClassVar[int]
+    audit_hash: str
+    def __init__(self, audit_hash: _Optional[str] = ...) -> None: ...
+
+class AcceptStoreResponse(_message.Message):
+    __slots__ = ("previous", "adopted")
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    ADOPTED_FIELD_NUMBER: _ClassVar[int]
+    previous: StorePosition
+    adopted: StorePosition
+    def __init__(self, previous: _Optional[_Union[StorePosition, _Mapping]] = ..., adopted: _Optional[_Union[StorePosition, _Mapping]] = ...) -> None: ...
+
+class BackupStoreRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BackupChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class RestoreStoreRequest(_message.Message):
+    __slots__ = ("data", "force")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    force: bool
+    def __init__(self, data: _Optional[bytes] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class RestoreStoreResponse(_message.Message):
+    __slots__ = ("replaced", "restored", "position", "authorities", "entries", "revocations", "issuances", "audit_records", "forced")
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    AUTHORITIES_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    ISSUANCES_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    FORCED_FIELD_NUMBER: _ClassVar[int]
+    replaced: StorePosition
+    restored: StorePosition
+    position: StorePosition
+    authorities: int
+    entries: int
+    revocations: int
+    issuances: int
+    audit_records: int
+    forced: bool
+    def __init__(self, replaced: _Optional[_Union[StorePosition, _Mapping]] = ..., restored: _Optional[_Union[StorePosition, _Mapping]] = ..., position: _Optional[_Union[StorePosition, _Mapping]] = ..., authorities: _Optional[int] = ..., entries: _Optional[int] = ..., revocations: _Optional[int] = ..., issuances: _Optional[int] = ..., audit_records: _Optional[int] = ..., forced: _Optional[bool] = ...) -> None: ...

@@ -147,6 +147,21 @@ class AdminStub:
                 request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ReseedStoreRequest.SerializeToString,
                 response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ReseedStoreResponse.FromString,
                 _registered_method=True)
+        self.AcceptStore = channel.unary_unary(
+                '/authd.admin.v1.Admin/AcceptStore',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.AcceptStoreRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.AcceptStoreResponse.FromString,
+                _registered_method=True)
+        self.BackupStore = channel.unary_stream(
+                '/authd.admin.v1.Admin/BackupStore',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.BackupStoreRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.BackupChunk.FromString,
+                _registered_method=True)
+        self.RestoreStore = channel.stream_unary(
+                '/authd.admin.v1.Admin/RestoreStore',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.RestoreStoreRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.RestoreStoreResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -311,6 +326,29 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AcceptStore(self, request, context):
+        """Adopt a store found behind this replica as it is (after a deliberate restore elsewhere).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BackupStore(self, request, context):
+        """A consistent backup of the store, as the chunks of a backup file (format version 1, see
+        README "Backups"), and writing one back: the file is verified whole (checksum, audit
+        chain) before the store is touched; a store or replica ahead of it is refused unless
+        forced. The first RestoreStore message carries the flags, every message a chunk.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreStore(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -423,6 +461,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ReseedStore,
                     request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ReseedStoreRequest.FromString,
                     response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ReseedStoreResponse.SerializeToString,
+            ),
+            'AcceptStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptStore,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.AcceptStoreRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.AcceptStoreResponse.SerializeToString,
+            ),
+            'BackupStore': grpc.unary_stream_rpc_method_handler(
+                    servicer.BackupStore,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.BackupStoreRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.BackupChunk.SerializeToString,
+            ),
+            'RestoreStore': grpc.stream_unary_rpc_method_handler(
+                    servicer.RestoreStore,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.RestoreStoreRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.RestoreStoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1022,6 +1075,87 @@ class Admin:
             '/authd.admin.v1.Admin/ReseedStore',
             authd_dot_admin_dot_v1_dot_admin__pb2.ReseedStoreRequest.SerializeToString,
             authd_dot_admin_dot_v1_dot_admin__pb2.ReseedStoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/AcceptStore',
+            authd_dot_admin_dot_v1_dot_admin__pb2.AcceptStoreRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.AcceptStoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackupStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/authd.admin.v1.Admin/BackupStore',
+            authd_dot_admin_dot_v1_dot_admin__pb2.BackupStoreRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.BackupChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreStore(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/authd.admin.v1.Admin/RestoreStore',
+            authd_dot_admin_dot_v1_dot_admin__pb2.RestoreStoreRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.RestoreStoreResponse.FromString,
             options,
             channel_credentials,
             insecure,
