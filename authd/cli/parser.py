@@ -254,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         step.set_defaults(func=func)
 
     revoke = commands.add_parser(
-        "revoke", parents=[client], help="revoke SVIDs by serial, SPIFFE ID or registration entry"
+        "revoke",
+        parents=[client],
+        help="revoke SVIDs by serial, SPIFFE ID or registration entry; tokens by jti or txn",
     )
     unrevoke = commands.add_parser(
         "unrevoke", parents=[client], help="lift a certificate-hold revocation"
@@ -264,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
         step.add_argument(
             "target",
             metavar="TARGET",
-            help="a serial (hex, 0x... or AA:BB:...), SPIFFE ID or entry id",
+            help="a serial (hex, 0x... or AA:BB:...), SPIFFE ID, entry id, JWT id (jti) or "
+            "transaction id (a Txn-Token's txn)",
         )
     revoke.add_argument(
         "--reason",
