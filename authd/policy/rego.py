@@ -406,6 +406,7 @@ def _copy_decision(decision: Decision) -> Decision:
         query_parameters_to_remove=list(decision.query_parameters_to_remove),
         body=decision.body,
         dynamic_metadata=copy.deepcopy(metadata) if metadata else {},
+        txn_scope=decision.txn_scope,  # a tuple: shared safely
     )
 
 
