@@ -20,12 +20,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-import jwt
 import pytest
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from ca.bundle import TrustBundle
-from ca.spiffe_id import TrustDomain
 from tests.support.envoy import (
     HOST,
     REPO,
@@ -44,6 +40,7 @@ from tests.support.envoy import (
 )
 from tests.support.idp import TokenIssuer
 from tests.support.ports import free_port
+from tests.support.txn_tokens import sign_txn_token, txn_claims
 
 GATEWAY = f"spiffe://{TRUST_DOMAIN}/gateway"
 ORDERS = f"spiffe://{TRUST_DOMAIN}/orders"
@@ -336,35 +333,6 @@ def decode(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return header, payload
 
 
-def sign_with_the_authority(mesh: Mesh, claims: dict[str, Any], typ: str = TYP) -> str:
-    """A token signed with authd's own active JWT key (read from its key store, as the CA's
-    operator could): how a token that is expired, or for another audience, is made here
-    without waiting or injecting a clock into the daemon."""
-    bundle = TrustBundle.parse(
-        mesh.authd.cli("bundle", "show").stdout, TrustDomain.parse(TRUST_DOMAIN)
-    )
-    for path in (mesh.authd.data_dir / "keys").glob("*.pem"):
-        key = load_pem_private_key(path.read_bytes(), None)
-        for kid, public in bundle.jwt_authorities.items():
-            if public.public_numbers() == key.public_key().public_numbers():  # type: ignore[union-attr]
-                return jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid, "typ": typ})  # type: ignore[arg-type]
-    raise AssertionError("no JWT authority key in the key store")
-
-
-def claims(**changes: Any) -> dict[str, Any]:
-    now = int(time.time())
-    base: dict[str, Any] = {
-        "iat": now,
-        "exp": now + 60,
-        "aud": f"spiffe://{TRUST_DOMAIN}",
-        "txn": "forged-1",
-        "sub": "mallory",
-        "scope": "orders:read",
-        "req_wl": GATEWAY,
-    }
-    return base | changes
-
-
 def denial(reply: Reply) -> str:
     return str(reply.json()["error"])
 
@@ -430,7 +398,7 @@ def test_a_bound_token_without_its_certificate_is_401(mesh: Mesh) -> None:
 def test_a_forged_or_stale_token_is_denied_at_the_hop(mesh: Mesh, forgery: str) -> None:
     if forgery == "tampered":
         header, _, signature = mesh.minted().split(".")
-        body = base64.urlsafe_b64encode(json.dumps(claims(scope="admin")).encode())
+        body = base64.urlsafe_b64encode(json.dumps(txn_claims(scope="admin")).encode())
         token = f"{header}.{body.rstrip(b'=').decode()}.{signature}"
     elif forgery == "garbage":
         token = "e30.e30." + "A" * 50
@@ -442,7 +410,12 @@ def test_a_forged_or_stale_token_is_denied_at_the_hop(mesh: Mesh, forgery: str) 
             "foreign_minter": {"req_wl": "spiffe://other.org/gateway"},
         }[forgery]
         typ = "JWT" if forgery == "wrong_typ" else TYP
-        token = sign_with_the_authority(mesh, claims(**changes), typ=typ)
+        token = sign_txn_token(
+            mesh.authd.data_dir,
+            mesh.authd.cli("bundle", "show").stdout,
+            txn_claims(**changes),
+            typ=typ,
+        )
     reply = mesh.at_hop("gateway", **{"txn-token": token})
     assert (reply.status, denial(reply)) == (401, "invalid_credentials"), reply.body
 
