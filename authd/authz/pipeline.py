@@ -228,7 +228,7 @@ class Authorizer:
             if not set(scope) <= set(carried.scope):
                 return _widened(decision, "the Txn-Token's scope")
             if tuple(scope) != carried.scope:
-                step.token = tokens.replace(carried, scope)
+                step.token = tokens.replace(carried, scope) or ""
         return decision
 
     def _malformed(self, ctx: CheckContext, exc: MalformedRequest) -> Decision:

@@ -237,7 +237,8 @@ class TxnTokens:
         scope: Sequence[str] | None,
         rule: str,
     ) -> str | None:
-        """A fresh Txn-Token for the verified caller of ``ctx``; None when nobody verified."""
+        """A fresh Txn-Token for the verified caller of ``ctx``; None when nobody verified (or
+        there is no signer)."""
         subject, authn = _subject(identities)
         if subject is None:
             return None
@@ -269,7 +270,7 @@ class TxnTokens:
         }
         return self._sign(claims)
 
-    def replace(self, token: TxnToken, scope: Sequence[str]) -> str:
+    def replace(self, token: TxnToken, scope: Sequence[str]) -> str | None:
         """``token`` re-minted with a narrower ``scope`` (the caller checked it is narrower)."""
         now = int(self._clock.now())
         claims = {
@@ -285,9 +286,10 @@ class TxnTokens:
         }
         return self._sign(claims)
 
-    def _sign(self, claims: Mapping[str, Any]) -> str:
+    def _sign(self, claims: Mapping[str, Any]) -> str | None:
+        # Without a signer (`authd policy check`, offline) nothing is minted.
         if self._signer is None:
-            raise RuntimeError("no token signer: this decision point cannot mint Txn-Tokens")
+            return None
         return self._signer.sign_jwt(claims, typ=TYP)
 
 

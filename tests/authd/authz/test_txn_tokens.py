@@ -547,3 +547,21 @@ def test_a_bound_token_counts_only_with_its_certificate(
         )
         assert (outcome.status, outcome.decision.reason) == (401, Reason.INVALID_CREDENTIALS)
         assert why in outcome.identities.problems[-1].reason
+
+
+def test_without_a_signer_nothing_is_minted_and_the_check_still_decides(
+    ca: CertificateAuthority, clock: FakeClock, idp: TokenIssuer
+) -> None:
+    # `authd policy check` decides offline, with no CA key at hand.
+    hop = Hop(ca, clock, idp)
+    offline = TxnTokens(trust_domain=EXAMPLE, clock=clock)
+    authorizer = Authorizer(
+        resolver=hop.resolver,
+        policy=lambda: RulesPolicy.from_text(POLICY, "policy.yaml"),
+        txn_tokens=offline,
+    )
+    outcome = asyncio.run(
+        authorizer.check(ctx("/orders/1", at=GATEWAY, headers={"x-api-key": API_KEY}, mint=True))
+    )
+    assert outcome.allowed and "txn-token" not in outcome.upstream_headers
+    assert "txn-token" in outcome.remove_headers
