@@ -50,10 +50,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from authd.authz.token_cache import TtlCache
 from authd.authz.token_claims import MAX_TOKEN_BYTES, is_time, sha256, unverified_claims
 from authd.check.model import CheckContext, CredentialProblem, Identities, TxnToken
+from authd.policy.base import PolicyError
 from authd.ports.token_signer import TokenSigner
 from ca.bundle import TrustBundle
 from ca.clock import Clock
-from ca.errors import InvalidSpiffeId, VerificationError
+from ca.errors import CAError, InvalidSpiffeId, VerificationError
 from ca.jwtsvid import verify_jws
 from ca.spiffe_id import SpiffeId, TrustDomain
 
@@ -290,7 +291,12 @@ class TxnTokens:
         # Without a signer (`authd policy check`, offline) nothing is minted.
         if self._signer is None:
             return None
-        return self._signer.sign_jwt(claims, typ=TYP)
+        try:
+            return self._signer.sign_jwt(claims, typ=TYP)
+        except CAError as exc:
+            # authd's own failure, not the caller's: an error Envoy's status_on_error answers,
+            # logged as one line (no traceback per request).
+            raise PolicyError(f"cannot mint a Txn-Token: {exc}") from None
 
 
 def user_scope(identities: Identities) -> tuple[str, ...] | None:

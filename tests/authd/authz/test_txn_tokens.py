@@ -565,3 +565,27 @@ def test_without_a_signer_nothing_is_minted_and_the_check_still_decides(
     )
     assert outcome.allowed and "txn-token" not in outcome.upstream_headers
     assert "txn-token" in outcome.remove_headers
+
+
+class _NoKeyHere:
+    """A signer on a replica without the CA keys (ca.rotates = false)."""
+
+    def sign_jwt(self, claims: Mapping[str, Any], *, typ: str) -> str:
+        from ca.errors import InvalidRequest
+
+        raise InvalidRequest("no active jwt authority with its key here")
+
+
+def test_a_replica_that_cannot_sign_fails_the_check_as_authds_own_error(
+    ca: CertificateAuthority, clock: FakeClock, idp: TokenIssuer
+) -> None:
+    hop = Hop(ca, clock, idp)
+    unable = TxnTokens(trust_domain=EXAMPLE, clock=clock, signer=_NoKeyHere())
+    authorizer = Authorizer(
+        resolver=hop.resolver,
+        policy=lambda: RulesPolicy.from_text(POLICY, "policy.yaml"),
+        txn_tokens=unable,
+    )
+    request = ctx("/orders/1", at=GATEWAY, headers={"x-api-key": API_KEY}, mint=True)
+    with pytest.raises(PolicyError, match="cannot mint a Txn-Token: no active jwt authority"):
+        asyncio.run(authorizer.check(request))
