@@ -8,7 +8,8 @@ contains. Time always comes from the injected clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from cryptography import x509
 
@@ -144,6 +145,10 @@ class CertificateAuthority:
         return self.timeline.signing.jwt
 
     # --- issuing (ca.signer) --------------------------------------------------------------
+
+    def sign_jwt(self, claims: Mapping[str, Any], *, typ: str) -> str:
+        """``claims`` signed by the active JWT authority (kid in the bundle), header ``typ``."""
+        return self.signer.sign_jwt(claims, typ=typ)
 
     def issue_x509_svid(
         self,

@@ -121,6 +121,67 @@ def mint_jwt_svid(
     return JwtSvid(token, spiffe_id, audience, expiry, claims, authority.kid)
 
 
+def sign_jws(authority: JwtAuthority, claims: Mapping[str, Any], *, typ: str) -> str:
+    """A compact JWS of ``claims`` signed by ``authority``, header exactly alg/kid/typ.
+
+    For JWTs other than JWT-SVIDs that the trust domain's JWT authorities vouch for
+    (transaction tokens, ``typ: txntoken+jwt``); ``exp`` is capped by the authority's notAfter.
+    """
+    expiry = claims.get("exp")
+    if not isinstance(expiry, int) or isinstance(expiry, bool):
+        raise InvalidRequest("a signed token needs an integer exp")
+    if expiry > authority.not_after:
+        claims = {**claims, "exp": authority.not_after}
+    alg = algorithm_for(authority.key)
+    header = json.dumps({"alg": alg, "kid": authority.kid, "typ": typ}, separators=(",", ":"))
+    signing_input = (
+        b64url(header.encode()) + "." + b64url(json.dumps(claims, separators=(",", ":")).encode())
+    )
+    signature = _sign(authority.key, alg, signing_input.encode("ascii"))
+    return f"{signing_input}.{b64url(signature)}"
+
+
+def verify_jws(
+    token: str, *, keys: Mapping[str, PublicKey], typ: str, rule: str
+) -> tuple[dict[str, Any], str]:
+    """The claims and kid of a compact JWS whose header is exactly alg/kid/``typ``, with an
+    allowed alg, a kid in ``keys`` and a signature that verifies; else VerificationError
+    naming ``rule``/... (the claims themselves are the caller's to check)."""
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts[:2]):
+        raise VerificationError(f"{rule}/compact", "not a compact JWS (header.payload.signature)")
+    try:
+        header = _json_object(parts[0], "header")
+        claims = _json_object(parts[1], "payload")
+    except VerificationError as exc:
+        raise VerificationError(f"{rule}/compact", exc.detail) from None
+    extra = set(header) - ALLOWED_HEADER_FIELDS
+    if extra:
+        raise VerificationError(
+            f"{rule}/header",
+            f"header may only hold alg, kid and typ; found {_short(sorted(extra))}",
+        )
+    if header.get("typ") != typ:
+        raise VerificationError(f"{rule}/typ", f"typ {_short(header.get('typ'))} is not {typ}")
+    alg = header.get("alg")
+    if alg not in ALLOWED_ALGORITHMS:
+        raise VerificationError(f"{rule}/alg", f"algorithm {_short(alg)} is not allowed")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise VerificationError(f"{rule}/kid", "header has no kid")
+    key = keys.get(kid)
+    if key is None:
+        raise VerificationError(f"{rule}/kid", f"kid {_short(kid)} is not in the bundle")
+    try:
+        signature = b64url_decode(parts[2])
+        _verify_signature(key, alg, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
+    except VerificationError as exc:
+        raise VerificationError(f"{rule}/alg", exc.detail) from None
+    except (InvalidSignature, ValueError, binascii.Error):
+        raise VerificationError(f"{rule}/signature", "signature does not verify") from None
+    return claims, kid
+
+
 def _sign(key: PrivateKey, alg: str, data: bytes) -> bytes:
     digest = _HASHES[alg[2:]]()
     if isinstance(key, ec.EllipticCurvePrivateKey):

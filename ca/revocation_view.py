@@ -83,10 +83,11 @@ class RevocationQuery:
     spiffe_id: str | None = None
     jti: str | None = None  # a JWT-SVID's token id
     entry_id: str | None = None  # the registration entry the credential was issued for
+    txn: str | None = None  # a transaction token's transaction id
 
 
 class RevocationView:
-    """The revoked serials, SPIFFE IDs, entries and JWT ids, for O(1) lookups.
+    """The revoked serials, SPIFFE IDs, entries, JWT ids and transactions, for O(1) lookups.
 
     Swapped whole on resynchronisation and edited in place for single changes; a lookup
     reads a few set memberships and takes no lock (membership tests and single adds or
@@ -108,6 +109,7 @@ class RevocationView:
         sets: dict[str, set[str]] = {"serial": set(), "spiffe_id": set(), "entry": set()}
         sets["authority"] = set()
         sets["jti"] = set()
+        sets["txn"] = set()
         for revocation in revocations:
             sets.setdefault(revocation.target_kind, set()).add(revocation.target)
         with self._lock:
@@ -133,6 +135,7 @@ class RevocationView:
             or (query.spiffe_id is not None and query.spiffe_id in sets["spiffe_id"])
             or (query.jti is not None and query.jti in sets["jti"])
             or (query.entry_id is not None and query.entry_id in sets["entry"])
+            or (query.txn is not None and query.txn in sets["txn"])
         )
 
     def contains(self, kind: str, target: str) -> bool:

@@ -215,7 +215,12 @@ class Revoker:
                 except NotFound:
                     raise UnknownTarget(f"no registration entry {target!r}") from None
             return target
-        raise InvalidRequest(f"cannot revoke a {kind!r}; use serial, spiffe_id or entry")
+        if kind in ("jti", "txn"):
+            # A token's id or a transaction's: refused wherever it is presented from now on.
+            if not target or len(target) > 256 or not target.isprintable() or " " in target:
+                raise InvalidRequest(f"{kind} {target[:64]!r} is not a token or transaction id")
+            return target
+        raise InvalidRequest(f"cannot revoke a {kind!r}; use serial, spiffe_id, entry, jti or txn")
 
     def _changed(self) -> None:
         self._invalidate()

@@ -8,13 +8,14 @@ the timeline itself. What a certificate contains is ``ca.templates``' business.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from ca.authorities import SigningAuthorities
 from ca.clock import Clock
 from ca.errors import InvalidRequest
 from ca.issuance_log import IssuanceLog
-from ca.jwtsvid import JwtSvid, mint_jwt_svid
+from ca.jwtsvid import JwtSvid, mint_jwt_svid, sign_jws
 from ca.keys import PublicKey
 from ca.settings import CASettings
 from ca.spiffe_id import SpiffeId, TrustDomain
@@ -113,6 +114,10 @@ class Signer:
             now=self.clock.now(),
             ttl=self.ttl(ttl, self.settings.jwt_svid_ttl),
         )
+
+    def sign_jwt(self, claims: Mapping[str, Any], *, typ: str) -> str:
+        """Sign ``claims`` (a transaction token, say) with the active JWT authority."""
+        return sign_jws(self._authorities().jwt, claims, typ=typ)
 
     def ttl(self, requested: float | None, default: int) -> float:
         """The lifetime to issue for: ``default`` for none or 0, else ``requested`` if allowed."""

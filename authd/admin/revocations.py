@@ -27,7 +27,7 @@ from ca.store import Revocation, Store, StoreError
 
 log = logging.getLogger(__name__)
 
-REVOCATION_KINDS = ("serial", "spiffe_id", "entry")
+REVOCATION_KINDS = ("serial", "spiffe_id", "entry", "jti", "txn")
 
 _STATE_REFUSALS: tuple[tuple[type[InvalidRequest], type[AdminError]], ...] = (
     (AlreadyRevoked, Duplicate),
@@ -48,7 +48,9 @@ def _refusal(exc: InvalidRequest | InvalidSpiffeId | StoreError) -> AdminError:
 
 def check_kind(kind: str, *, optional: bool = False) -> str:
     if not (kind in REVOCATION_KINDS or (optional and not kind)):
-        raise InvalidArgument(f"revocation kind must be serial, spiffe_id or entry, not {kind!r}")
+        raise InvalidArgument(
+            f"revocation kind must be serial, spiffe_id, entry, jti or txn, not {kind!r}"
+        )
     return kind
 
 

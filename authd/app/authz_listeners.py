@@ -151,6 +151,9 @@ class AuthzListeners:
                 bundles=self._ca,
                 clock=self.clock,
                 revocations=self._revocations.view,
+                txn_tokens=authz_service.build_txn_tokens(
+                    config, clock=self.clock, signer=self._ca
+                ),
             )
         except (PolicyError, ValueError) as exc:
             raise StartupError(f"cannot load the policy: {exc}") from None

@@ -20,11 +20,13 @@ from authd.authz.identity import (
 )
 from authd.authz.metrics import AuthzMetrics
 from authd.authz.pipeline import Authorizer, AuthzSettings
+from authd.authz.txn_tokens import TxnTokens, TxnTokenSettings
 from authd.check.model import Reason
 from authd.config.model import Config
 from authd.policy.base import Policy, PolicyError
 from authd.ports.bundle_view import BundleView
 from authd.ports.revocation_view import RevocationView
+from authd.ports.token_signer import TokenSigner
 from ca.clock import Clock
 from ca.spiffe_id import TrustDomain
 
@@ -115,12 +117,33 @@ def authz_settings(config: Config) -> AuthzSettings:
     )
 
 
+def build_txn_tokens(
+    config: Config, *, clock: Clock, signer: TokenSigner | None = None
+) -> TxnTokens:
+    """Txn-Token verification (always on: a hop judges what it is sent) and minting."""
+    section = config.txn_token
+    return TxnTokens(
+        trust_domain=TrustDomain.parse(config.trust_domain),
+        clock=clock,
+        settings=TxnTokenSettings(
+            mint=section.mint,
+            workload_id=section.workload_id,
+            lifetime=float(section.lifetime),
+            header=section.header,
+            claims=section.claims,
+            leeway=float(section.leeway),
+        ),
+        signer=signer,
+    )
+
+
 def build_resolver(
     config: Config,
     *,
     bundles: BundleView,
     clock: Clock,
     revocations: RevocationView | None = None,
+    txn_tokens: TxnTokens | None = None,
 ) -> IdentityResolver:
     api_keys = None
     if config.authz.api_keys_file:
@@ -135,6 +158,7 @@ def build_resolver(
         settings=identity_settings(config),
         api_keys=api_keys,
         revocations=revocations,
+        txn_tokens=txn_tokens,
     )
 
 
@@ -151,6 +175,7 @@ def build_authorizer(
     return Authorizer(
         fresh=fresh,
         stale_reason=stale_reason,
+        txn_tokens=resolver.txn_tokens,
         resolver=resolver,
         policy=policy,
         settings=authz_settings(config),

@@ -47,6 +47,7 @@ class DecisionLog:
             "caller": str(identities.caller) if identities.caller else None,
             "user": identities.user.subject if identities.user else None,
             "api_key": identities.api_key,
+            "txn": outcome.txn or None,
             "request": {
                 "id": ctx.request_id or None,
                 "method": ctx.method,

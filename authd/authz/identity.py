@@ -50,8 +50,15 @@ from authd.authz.token_claims import (
     short,
     unverified_claims,
 )
+from authd.authz.txn_tokens import TxnTokens, certificate_thumbprint, mints_here
 from authd.check.errors import MalformedRequest
-from authd.check.model import CheckContext, CredentialProblem, Identities, UserIdentity
+from authd.check.model import (
+    CheckContext,
+    CredentialProblem,
+    Identities,
+    TxnToken,
+    UserIdentity,
+)
 from authd.ports.bundle_view import BundleView
 from authd.ports.revocation_view import NeverRevoked, RevocationView
 from ca.bundle import TrustBundle
@@ -68,6 +75,7 @@ PEER = "peer_certificate"
 JWT_SVID = "jwt_svid"
 USER_JWT = "user_jwt"
 API_KEY = "api_key"
+TXN_TOKEN = "txn_token"  # noqa: S105 (a credential kind, not a secret)
 
 # Far above any real chain (three certificates are ~4 kB), below Envoy's 60 KiB header limit.
 MAX_PEER_CERTIFICATE_BYTES = 64 * 1024
@@ -174,6 +182,7 @@ class _Found:
     jti: str | None = None
     user: UserIdentity | None = None
     api_key: str | None = None
+    txn_token: TxnToken | None = None
     problems: list[CredentialProblem] = field(default_factory=list)
 
 
@@ -189,13 +198,16 @@ class IdentityResolver:
         settings: IdentitySettings | None = None,
         api_keys: ApiKeyStore | None = None,
         revocations: RevocationView | None = None,
+        txn_tokens: TxnTokens | None = None,
     ) -> None:
         self.trust_domain = trust_domain
+        self.txn_tokens = txn_tokens
         self.settings = s = settings or IdentitySettings()
         self._bundles = bundles
         self._clock = clock
         self._api_keys = api_keys
-        self._is_revoked = (revocations or NeverRevoked()).is_revoked
+        self._revocations = revocations or NeverRevoked()
+        self._is_revoked = self._revocations.is_revoked
         self._foreign = frozenset(TrustDomain.parse(n) for n in s.allowed_foreign_trust_domains)
         self._issuers: dict[str, dict[str, IssuerSettings]] = {}
         for issuer in s.issuers:
@@ -242,6 +254,14 @@ class IdentityResolver:
                 found.api_key = self._api_keys.lookup(presented)
                 if found.api_key is None:
                     found.problems.append(CredentialProblem(API_KEY, "unknown API key"))
+        if found.user is not None and "cnf" in found.user.claims:
+            self._check_binding(ctx, found)
+        txn_tokens = self.txn_tokens
+        if txn_tokens is not None and not mints_here(ctx, txn_tokens.settings):
+            # At a front door that mints, a client's own Txn-Token is ignored (and removed).
+            value = ctx.headers.get(txn_tokens.settings.header)
+            if value is not None:
+                self._txn_token(value, bundle, found)
         return Identities(
             peer=found.peer,
             peer_serial=found.peer_serial,
@@ -249,8 +269,46 @@ class IdentityResolver:
             workload_token_id=found.jti,
             user=found.user,
             api_key=found.api_key,
+            txn_token=found.txn_token,
             problems=tuple(found.problems),
         )
+
+    def _check_binding(self, ctx: CheckContext, found: _Found) -> None:
+        """RFC 8705: a token with ``cnf.x5t#S256`` counts only with that client certificate."""
+        assert found.user is not None
+        cnf = found.user.claims["cnf"]
+        expected = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+        if not isinstance(expected, str):
+            reason = "user-jwt/cnf: the token is bound by a confirmation method authd cannot check"
+        elif len(ctx.source_certificate) > MAX_PEER_CERTIFICATE_BYTES:
+            reason = "user-jwt/cnf: the client certificate is too long"
+        elif certificate_thumbprint(ctx.source_certificate) == expected:
+            return
+        elif not ctx.source_certificate:
+            reason = "user-jwt/cnf: the token is bound to a client certificate; none was presented"
+        else:
+            reason = "user-jwt/cnf: the client certificate is not the one the token is bound to"
+        found.user = None
+        found.problems.append(CredentialProblem(USER_JWT, reason))
+
+    def _txn_token(self, value: str, bundle: TrustBundle, found: _Found) -> None:
+        assert self.txn_tokens is not None
+        try:
+            result = self.txn_tokens.verify(value, bundle)
+        except Exception as exc:  # a parser failed on the token the caller presented
+            raise MalformedRequest(
+                TXN_TOKEN, f"token cannot be read: {type(exc).__name__}"
+            ) from exc
+        if isinstance(result, CredentialProblem):
+            found.problems.append(result)
+        elif self._is_revoked(RevocationQuery(spiffe_id=result.req_wl, txn=result.txn)):
+            found.problems.append(
+                CredentialProblem(
+                    TXN_TOKEN, "revoked transaction, or its requesting workload", revoked=True
+                )
+            )
+        else:
+            found.txn_token = result
 
     # --- the mTLS peer ------------------------------------------------------------------
 

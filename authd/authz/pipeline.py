@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 from authd.authz.decision_log import DecisionLog
 from authd.authz.metrics import AuthzMetrics
+from authd.authz.txn_tokens import TxnTokens, mints_here, user_scope
 from authd.check.errors import MalformedRequest
 from authd.check.header_values import check_names, sendable_outcome
 from authd.check.input_document import input_document, pruned_input_document
@@ -50,7 +51,9 @@ UNAUTHENTICATED = 401
 FORBIDDEN = 403
 BAD_REQUEST = 400
 # Dynamic metadata keys that only authd sets; a policy's values for them are dropped.
-AUTHD_METADATA_KEYS = frozenset({"decision_id", "reason", "rule", "caller", "dry_run_would_deny"})
+AUTHD_METADATA_KEYS = frozenset(
+    {"decision_id", "reason", "rule", "caller", "dry_run_would_deny", "txn"}
+)
 _NOBODY = Identities()
 
 
@@ -128,6 +131,7 @@ def identity_document(identities: Identities) -> dict[str, Any]:
         else {"issuer": user.issuer, "subject": user.subject, "claims": dict(user.claims)},
         "api_key": identities.api_key,
         "authenticated": identities.authenticated,
+        "txn_token": None if identities.txn_token is None else identities.txn_token.document(),
     }
 
 
@@ -148,11 +152,13 @@ class Authorizer:
         metrics: AuthzMetrics | None = None,
         fresh: Callable[[], bool] = lambda: True,
         stale_reason: Callable[[], Reason] = lambda: Reason.STALE,
+        txn_tokens: TxnTokens | None = None,
     ) -> None:
         """``fresh`` says whether this replica's view may decide; when it may not, the check
         fails closed (503) with ``stale_reason()``: the view is too old, or the store went
         backwards."""
         self._resolver = resolver
+        self._txn_tokens = txn_tokens
         self._policy = policy
         self.settings = settings or AuthzSettings()
         self._log = decision_log
@@ -164,6 +170,7 @@ class Authorizer:
         self._identity_headers = [s.caller_header, s.subject_header, s.decision_id_header]
         self._strip = [*self._identity_headers, *s.remove_headers]
         check_names(self._strip)  # once: the checks add only the policy's names
+        self._txn_header = txn_tokens.settings.header if txn_tokens is not None else ""
         self._prefix = os.urandom(4).hex()
         self._counter = 0
 
@@ -191,13 +198,44 @@ class Authorizer:
                 decision = await policy.evaluate(ctx, identities, _LazyInput(ctx, identities))
         except MalformedRequest as exc:
             decision = self._malformed(ctx, exc)
-        outcome = sendable_outcome(self._outcome(decision, identities), self._id_header)
+        txn = _TxnStep()
+        if self._txn_tokens is not None:
+            decision = self._txn_step(ctx, identities, decision, txn)
+        outcome = sendable_outcome(self._outcome(decision, identities, txn), self._id_header)
         elapsed = time.perf_counter() - started
         if self._metrics is not None:
             self._metrics.observe(ctx.transport, outcome, elapsed)
         if self._log is not None:
             self._log.write(ctx, outcome, policy.name, elapsed, dry_run=self.settings.dry_run)
         return outcome
+
+    def _txn_step(
+        self, ctx: CheckContext, identities: Identities, decision: Decision, step: _TxnStep
+    ) -> Decision:
+        """Mint a Txn-Token at a front door, or narrow the one carried; never widen one."""
+        tokens = self._txn_tokens
+        assert tokens is not None
+        carried = identities.txn_token
+        step.minting = mints_here(ctx, tokens.settings)
+        if not step.minting and carried is not None:
+            step.txn = carried.txn
+        if not decision.allowed:
+            return decision
+        scope = decision.txn_scope
+        if step.minting:
+            widest = user_scope(identities)
+            if scope is not None and widest is not None and not set(scope) <= set(widest):
+                return _widened(decision, "the end user's scope")
+            txn = tokens.new_txn()
+            token = tokens.mint(ctx, identities, txn=txn, scope=scope, rule=decision.rule)
+            if token is not None:
+                step.txn, step.token = txn, token
+        elif carried is not None and scope is not None:
+            if not set(scope) <= set(carried.scope):
+                return _widened(decision, "the Txn-Token's scope")
+            if tuple(scope) != carried.scope:
+                step.token = tokens.replace(carried, scope) or ""
+        return decision
 
     def _malformed(self, ctx: CheckContext, exc: MalformedRequest) -> Decision:
         """The deny for input the caller sent that cannot be read; logged once and counted."""
@@ -212,9 +250,10 @@ class Authorizer:
             allowed=False, reason=Reason.MALFORMED_REQUEST, rule=exc.rule, http_status=BAD_REQUEST
         )
 
-    def _outcome(self, decision: Decision, identities: Identities) -> Outcome:
+    def _outcome(self, decision: Decision, identities: Identities, txn: _TxnStep) -> Outcome:
         s = self.settings
-        decision_id = self._new_decision_id()
+        # A transaction minted here is known by its txn everywhere, from this decision on.
+        decision_id = txn.txn if txn.token and txn.minting else self._new_decision_id()
         metadata: dict[str, Any] = {
             key: value
             for key, value in decision.dynamic_metadata.items()
@@ -224,8 +263,10 @@ class Authorizer:
         metadata["reason"] = str(decision.reason)
         if decision.rule:
             metadata["rule"] = decision.rule
+        if txn.txn:
+            metadata["txn"] = txn.txn
         if decision.allowed:
-            return self._allow(decision, identities, decision_id, metadata)
+            return self._allow(decision, identities, decision_id, metadata, txn)
         status = decision.http_status
         bad_credentials = decision.reason in (Reason.INVALID_CREDENTIALS, Reason.REVOKED)
         if not identities.authenticated and not bad_credentials and not status:
@@ -249,10 +290,11 @@ class Authorizer:
         )
         if s.dry_run:
             metadata["dry_run_would_deny"] = True
-            outcome = self._allow(decision, identities, decision_id, metadata)
+            outcome = self._allow(decision, identities, decision_id, metadata, txn)
             outcome.status = status
             return outcome
         return Outcome(
+            txn=txn.txn,
             decision=decision,
             identities=identities,
             decision_id=decision_id,
@@ -269,6 +311,7 @@ class Authorizer:
         identities: Identities,
         decision_id: str,
         metadata: dict[str, Any],
+        txn: _TxnStep,
     ) -> Outcome:
         s = self.settings
         # Client-sent copies of the identity headers never reach the upstream: they are
@@ -281,7 +324,11 @@ class Authorizer:
         if identities.user is not None:
             headers[s.subject_header] = identities.user.subject
         headers.update(decision.headers)
+        if txn.token:
+            headers[self._txn_header] = txn.token
         remove = [h for h in self._strip if h not in headers]
+        if txn.minting and not txn.token:
+            remove.append(self._txn_header)  # a client's own Txn-Token never enters the mesh
         remove.extend(decision.request_headers_to_remove)
         return Outcome(
             decision=decision,
@@ -292,4 +339,26 @@ class Authorizer:
             upstream_headers=headers,
             remove_headers=remove,
             dynamic_metadata=metadata,
+            txn=txn.txn,
         )
+
+
+class _TxnStep:
+    """What the Txn-Token step decided: the transaction, and a token to send upstream."""
+
+    __slots__ = ("minting", "token", "txn")
+
+    def __init__(self) -> None:
+        self.minting = False
+        self.txn = ""
+        self.token = ""
+
+
+def _widened(decision: Decision, than: str) -> Decision:
+    log.info("Txn-Token scope %s is wider than %s: refused", decision.txn_scope, than)
+    return Decision(
+        allowed=False,
+        reason=Reason.TXN_SCOPE_WIDENED,
+        rule=decision.rule,
+        http_status=FORBIDDEN,
+    )

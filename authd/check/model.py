@@ -34,6 +34,7 @@ class CheckContext:
         source_principal: str = "",
         source_certificate: str = "",
         source_address: str = "",
+        destination_principal: str = "",
         context_extensions: Mapping[str, str] = _EMPTY,
         protocol: str = "",
         scheme: str = "",
@@ -55,6 +56,9 @@ class CheckContext:
         # URL-encoded PEM of the peer certificate (Envoy's include_peer_certificate).
         self.source_certificate = source_certificate
         self.source_address = source_address
+        # The SPIFFE ID of the Envoy asking (its own certificate's URI SAN on an mTLS
+        # listener): the hop a call-path rule names with ``at``.
+        self.destination_principal = destination_principal
         self.context_extensions = context_extensions
         self.protocol = protocol
         self.scheme = scheme
@@ -92,10 +96,40 @@ class UserIdentity:
 
 
 @dataclass(frozen=True, slots=True)
+class TxnToken:
+    """A verified transaction token (draft-ietf-oauth-transaction-tokens): the call's context,
+    minted at the front door by authd and carried to every hop behind it."""
+
+    txn: str  # the transaction's id (also the front door's decision id)
+    sub: str  # the end user (or API key, or workload) the call is made for
+    scope: tuple[str, ...]  # what the transaction may do (space-separated in the token)
+    req_wl: str  # the workload that asked for it: the front door's SPIFFE ID
+    tctx: Mapping[str, Any]  # the transaction's context: method, path, selected claims
+    rctx: Mapping[str, Any]  # the request's context: client IP, authentication method
+    iat: int
+    exp: int
+    aud: str
+
+    def document(self) -> dict[str, Any]:
+        """As policies see it (``input.authd.txn_token``)."""
+        return {
+            "txn": self.txn,
+            "sub": self.sub,
+            "scope": list(self.scope),
+            "req_wl": self.req_wl,
+            "tctx": dict(self.tctx),
+            "rctx": dict(self.rctx),
+            "iat": self.iat,
+            "exp": self.exp,
+            "aud": self.aud,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class CredentialProblem:
     """A credential that was presented but did not verify: what it was and why."""
 
-    kind: str  # "peer_certificate" | "jwt_svid" | "user_jwt" | "api_key"
+    kind: str  # "peer_certificate" | "jwt_svid" | "user_jwt" | "api_key" | "txn_token"
     reason: str  # the verifier's message (safe to log; never the credential itself)
     revoked: bool = False
 
@@ -110,6 +144,7 @@ class Identities:
     workload_token_id: str | None = None  # the JWT-SVID's jti, when present
     user: UserIdentity | None = None
     api_key: str | None = None  # the name of the API key that matched
+    txn_token: TxnToken | None = None  # a verified incoming transaction token
     problems: tuple[CredentialProblem, ...] = ()
 
     @property
@@ -136,6 +171,8 @@ class Reason(enum.StrEnum):
     STALE = "revocations_stale"  # this replica lost the shared store too long ago
     STORE_REGRESSED = "store_regressed"  # the store went backwards, past store.max_staleness
     MALFORMED_REQUEST = "malformed_request"  # caller input that cannot be parsed (400)
+    CALL_PATH = "call-path"  # an allow rule's `from` did not hold: no Txn-Token, wrong hop
+    TXN_SCOPE_WIDENED = "txn_scope_widened"  # the policy asked a wider Txn-Token scope
 
 
 @dataclass(slots=True)
@@ -157,6 +194,8 @@ class Decision:
     query_parameters_to_remove: list[str] = field(default_factory=list)
     body: str = ""
     dynamic_metadata: dict[str, Any] = field(default_factory=dict)
+    # On allow: the scope the Txn-Token sent upstream gets (a narrowing; None: unchanged).
+    txn_scope: tuple[str, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -173,3 +212,4 @@ class Outcome:
     deny_headers: dict[str, str] = field(default_factory=dict)
     deny_body: str = ""
     dynamic_metadata: dict[str, Any] = field(default_factory=dict)
+    txn: str = ""  # the transaction this check belongs to (minted or carried), if any

@@ -25,6 +25,7 @@ from authd.cli.entry_commands import (
     cmd_entry_show,
     cmd_entry_update,
 )
+from authd.cli.log_commands import cmd_log
 from authd.cli.mint_commands import cmd_jwt_mint, cmd_x509_mint
 from authd.cli.policy_commands import cmd_apikey_hash, cmd_policy_check
 from authd.cli.revocation_commands import (
@@ -255,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
         step.set_defaults(func=func)
 
     revoke = commands.add_parser(
-        "revoke", parents=[client], help="revoke SVIDs by serial, SPIFFE ID or registration entry"
+        "revoke",
+        parents=[client],
+        help="revoke SVIDs by serial, SPIFFE ID or registration entry; tokens by jti or txn",
     )
     unrevoke = commands.add_parser(
         "unrevoke", parents=[client], help="lift a certificate-hold revocation"
@@ -265,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
         step.add_argument(
             "target",
             metavar="TARGET",
-            help="a serial (hex, 0x... or AA:BB:...), SPIFFE ID or entry id",
+            help="a serial (hex, 0x... or AA:BB:...), SPIFFE ID, entry id, JWT id (jti) or "
+            "transaction id (a Txn-Token's txn)",
         )
     revoke.add_argument(
         "--reason",
@@ -340,8 +344,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="a CheckRequest as JSON, or an OPA-Envoy input document (uses 'attributes')",
     )
+    policy_check.add_argument(
+        "--at",
+        metavar="SPIFFE_ID",
+        help="decide as the hop with this SPIFFE ID would (its rules with `at`); "
+        "default: the input's destination principal",
+    )
     policy_check.add_argument("--json", action="store_true", help=JSON_HELP)
     policy_check.set_defaults(func=cmd_policy_check)
+
+    decision_log = commands.add_parser(
+        "log", parents=[common], help="one transaction's decisions, from the decision log file"
+    )
+    decision_log.add_argument(
+        "--txn", required=True, metavar="ID", help="the transaction id (a Txn-Token's txn)"
+    )
+    decision_log.add_argument(
+        "--file", metavar="PATH", help="the decision log to read (default: authz.decision_log)"
+    )
+    decision_log.add_argument("--json", action="store_true", help=JSON_HELP)
+    decision_log.set_defaults(func=cmd_log)
 
     apikey = commands.add_parser("apikey", help="API keys for ext_authz").add_subparsers(
         dest="apikey_command", metavar="<command>", required=True

@@ -15,7 +15,8 @@ from authd.cli.errors import Exit, usage_error
 from authd.cli.output import print_json
 from authd.config import Config
 from ca.bundle import TrustBundle
-from ca.spiffe_id import TrustDomain
+from ca.errors import InvalidSpiffeId
+from ca.spiffe_id import SpiffeId, TrustDomain
 
 
 def _bundle_for_policy_check(config: Config) -> tuple[TrustBundle, str]:
@@ -61,12 +62,22 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     bundle, note = _bundle_for_policy_check(config)
     try:
         policy = authz_service.policy_source(config).load()
+        clock = SystemClock()
         resolver = authz_service.build_resolver(
-            config, bundles=StaticBundles(bundle), clock=SystemClock()
+            config,
+            bundles=StaticBundles(bundle),
+            clock=clock,
+            txn_tokens=authz_service.build_txn_tokens(config, clock=clock),
         )
     except (PolicyError, ValueError) as exc:
         raise CommandError(str(exc), Exit.INVALID) from None
     authorizer = authz_service.build_authorizer(config, resolver=resolver, policy=lambda: policy)
+    if args.at:
+        try:
+            SpiffeId.parse(args.at)
+        except InvalidSpiffeId as exc:
+            raise usage_error(f"--at: {exc}") from None
+        request.attributes.destination.principal = args.at
     ctx = context_from_check_request(request)
     outcome = asyncio.run(authorizer.check(ctx))
     identities = outcome.identities
@@ -92,6 +103,9 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
             "workload": str(identities.workload) if identities.workload else None,
             "user": identities.user.subject if identities.user else None,
             "api_key": identities.api_key,
+            "txn": identities.txn_token.txn if identities.txn_token else None,
+            "txn_req_wl": identities.txn_token.req_wl if identities.txn_token else None,
+            "txn_scope": " ".join(identities.txn_token.scope) if identities.txn_token else None,
             "problems": [f"{p.kind}: {p.reason}" for p in identities.problems],
         },
         "upstream_headers": outcome.upstream_headers,
@@ -108,6 +122,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         if detail:
             print(f"detail: {detail}")
         print(f"policy: {policy.name}")
+        if args.at or ctx.destination_principal:
+            print(f"at: {args.at or ctx.destination_principal}")
         print("identities:")
         found = report["identities"]
         assert isinstance(found, dict)

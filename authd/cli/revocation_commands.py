@@ -9,7 +9,13 @@ from authd.cli.client import ask
 from authd.cli.output import print_json, revocation_json, table, when
 
 # The CLI spells kinds as flags are spelled; the API as fields are.
-REVOCATION_KINDS = {"serial": "serial", "spiffe-id": "spiffe_id", "entry": "entry"}
+REVOCATION_KINDS = {
+    "serial": "serial",
+    "spiffe-id": "spiffe_id",
+    "entry": "entry",
+    "jti": "jti",
+    "txn": "txn",
+}
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from authd.config.values import (
     parse_int_at_least,
     parse_issuers,
     parse_log_level,
+    parse_non_negative_duration,
     parse_non_negative_int,
     parse_path,
     parse_positive_duration,
@@ -36,7 +37,7 @@ __all__ = ["ENV_KEYS", "ENV_PREFIX", "PARSERS", "SECTIONS", "env_name", "unknown
 
 ENV_PREFIX = "AUTHD_"
 
-SECTIONS = ("ca", "store", "admin", "authz", "workload", "limits")
+SECTIONS = ("ca", "store", "admin", "authz", "txn_token", "workload", "limits")
 
 # Every key, "section.key" or "key", with the parser that checks and converts its value.
 PARSERS: dict[str, Callable[[object], object]] = {
@@ -97,6 +98,12 @@ PARSERS: dict[str, Callable[[object], object]] = {
     "authz.api_keys_file": parse_path,
     "authz.trust_principal_without_certificate": parse_bool,
     "authz.issuers": parse_issuers,
+    "txn_token.mint": parse_bool,
+    "txn_token.workload_id": parse_spiffe_id,
+    "txn_token.lifetime": parse_positive_duration,
+    "txn_token.header": parse_header_name,
+    "txn_token.claims": parse_str_list,
+    "txn_token.leeway": parse_non_negative_duration,
     "workload.socket_path": parse_path,
     "workload.enabled": parse_bool,
     "workload.rotation_check_interval": parse_positive_duration,

@@ -24,6 +24,7 @@ from authd.config.model import (
     Config,
     LimitsConfig,
     StoreConfig,
+    TxnTokenConfig,
     WorkloadConfig,
 )
 
@@ -131,6 +132,7 @@ def load_config(
         store=StoreConfig(**section("store")),
         admin=AdminConfig(**section("admin")),
         authz=AuthzConfig(**section("authz")),
+        txn_token=TxnTokenConfig(**section("txn_token")),
         workload=WorkloadConfig(**section("workload")),
         limits=LimitsConfig(**section("limits")),
         **top,

@@ -26,6 +26,7 @@ __all__ = [
     "LimitsConfig",
     "LogLevel",
     "StoreConfig",
+    "TxnTokenConfig",
     "WorkloadConfig",
 ]
 
@@ -152,6 +153,18 @@ class AuthzConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TxnTokenConfig:
+    """[txn_token]: transaction tokens minted at the front door and verified at every hop."""
+
+    mint: bool = False  # mint on every allowed check, unless a route says txn_token: off
+    workload_id: str = ""  # req_wl of minted tokens; "" means spiffe://<trust_domain>/gateway
+    lifetime: int = 60
+    header: str = "txn-token"
+    claims: tuple[str, ...] = ()  # end-user claims copied into tctx.claims
+    leeway: int = 5  # clock skew allowed on a Txn-Token's exp and iat
+
+
+@dataclass(frozen=True, slots=True)
 class WorkloadConfig:
     """The SPIFFE Workload API and Envoy SDS, served together on one Unix socket."""
 
@@ -184,6 +197,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     authz: AuthzConfig = field(default_factory=AuthzConfig)
+    txn_token: TxnTokenConfig = field(default_factory=TxnTokenConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 

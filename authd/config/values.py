@@ -34,6 +34,13 @@ def parse_path(value: object) -> str:
     return parse_str(value)
 
 
+def parse_non_negative_duration(value: object) -> int:
+    seconds = parse_duration(value)
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
 def parse_positive_duration(value: object) -> int:
     seconds = parse_duration(value)
     if seconds <= 0:

@@ -48,6 +48,7 @@ def context_from_check_request(request: Any) -> CheckContext:
         source_principal=source.principal,
         source_certificate=source.certificate,
         source_address=f"{address.address}:{address.port_value}" if address.address else "",
+        destination_principal=attributes.destination.principal,
         context_extensions=attributes.context_extensions,
         protocol=http.protocol,
         scheme=http.scheme,

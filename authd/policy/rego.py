@@ -3,8 +3,9 @@
 An OPA-Envoy policy runs unchanged: the input is the OPA-Envoy input document
 (``input.attributes``, ``input.parsed_path``, ``input.parsed_query``, ``input.parsed_body``,
 ``input.truncated_body``, ``input.version``) plus ``input.authd``, the identities authd has
-already verified and the normalised path (``parsed_path`` is built from it too; see
-``authd.check.request_path``); the entrypoint (default ``envoy/authz/allow``) yields a boolean or an
+already verified (``input.authd.txn_token``: a verified transaction token) and the
+normalised path (``parsed_path`` is built from it too; see ``authd.check.request_path``); the
+entrypoint (default ``envoy/authz/allow``) yields a boolean or an
 OPA-Envoy result object (see ``authd.policy.result``). An undefined result denies.
 
 The modules are compiled once, at load, into a bundle; each check runs the bundle's entrypoint
@@ -406,6 +407,7 @@ def _copy_decision(decision: Decision) -> Decision:
         query_parameters_to_remove=list(decision.query_parameters_to_remove),
         body=decision.body,
         dynamic_metadata=copy.deepcopy(metadata) if metadata else {},
+        txn_scope=decision.txn_scope,  # a tuple: shared safely
     )
 
 

@@ -6,7 +6,9 @@ OPA-Envoy means the same thing in both. The object form follows OPA-Envoy's
 ``response_headers_to_add`` (an object of string or list-of-string values, or a list of such
 objects), ``request_headers_to_remove`` and ``query_parameters_to_remove`` (lists of strings),
 ``query_parameters_to_set`` (an object of strings), ``http_status`` (a known HTTP status),
-``body`` (a string) and ``dynamic_metadata`` (an object). Other keys are ignored, as OPA-Envoy
+``body`` (a string) and ``dynamic_metadata`` (an object); and authd's own ``txn_scope`` (a
+space-separated string or an array of strings: the narrower scope of the Txn-Token sent
+upstream on allow). Other keys are ignored, as OPA-Envoy
 does. A malformed result is a ``PolicyError``: the policy is broken, not the request.
 
 ``Decision`` holds one value per header, so a header given several values is joined with
@@ -76,6 +78,11 @@ def decision_from_result(result: Any, rule: str) -> Decision:
                 f"{rule}: 'dynamic_metadata' must be an object, not {_type_name(metadata)}"
             )
         decision.dynamic_metadata = metadata
+    if "txn_scope" in result:
+        scope = result["txn_scope"]
+        if isinstance(scope, str):
+            scope = scope.split()
+        decision.txn_scope = tuple(_strings(scope, "txn_scope", rule))
     return decision
 
 

@@ -18,6 +18,12 @@ The file (``deploy/policy/rules.yaml`` is a commented example)::
             users: {issuers: ["https://idp.example.com"], claims: {scope: "orders:read"}}
             api_keys: ["ci-bot"]
             headers: {x-tenant: "acme", x-debug: {present: false}}
+          - name: orders-pay             # at the payments hop: only calls the front door
+            effect: allow                #   let in, forwarded by orders, allowed to pay
+            at: ["spiffe://example.org/payments"]
+            from: ["spiffe://example.org/gateway", "spiffe://example.org/orders"]
+            txn_scopes: [pay]
+            txn_scope: [pay]             # the Txn-Token sent on carries only "pay"
 
 Every condition is optional; a rule matches when all its conditions hold (AND), and a list
 condition holds when any element matches (OR). A rule without conditions matches every
@@ -49,6 +55,18 @@ Conditions, and exactly what they compare:
 - ``api_keys``: the name of the API key that verified.
 - ``headers``: lower-case header name to an exact value, a list of accepted values, or
   ``{present: true|false}``.
+- ``at``: the hop deciding, as ``callers`` patterns: the route's ``at`` context extension,
+  else the asking Envoy's own SPIFFE ID (``destination.principal`` on an mTLS listener), so
+  one file can hold the rules of the front door and of every hop.
+- ``from: [minter, peer]``: the call path. The request carries a verified Txn-Token whose
+  ``req_wl`` (the front door that minted it) matches ``minter``, and the mTLS peer matches
+  ``peer``; ``from: [id]`` means both are ``id``. An allow rule that fails only on ``from``
+  denies with reason ``call-path`` (403) when no other rule allows.
+- ``txn_scopes``: the verified Txn-Token's scope holds every listed value.
+
+And one action: ``txn_scope`` (a list, or a space-separated string) on an allow rule narrows
+the scope of the Txn-Token sent upstream (minted at a front door, or replaced at a hop); a
+scope wider than the one carried (or the end user's) is refused with ``txn_scope_widened``.
 
 The file is read by ``rules_parser``; the compiled rules decide in ``rules_evaluator``.
 Every mistake is a ``PolicyError`` naming the file, the 1-based line and the rule, e.g.
@@ -136,6 +154,8 @@ class RulesPolicy:
                 f"decision: deny ({Reason.MALFORMED_REQUEST})",
             ]
         lines = [f"rule set {name!r}, selected by {how}"]
+        if request.at is not None:
+            lines.append(f"at hop {request.at}: a rule with `at` applies only at the hops it names")
         for rule in rule_set.rules:
             label = f"{rule.effect} rule {rule.name!r} (line {rule.line})"
             failed = [

@@ -22,7 +22,17 @@ _SPACE_SEPARATED_CLAIMS: Final = frozenset({"scope", "scp"})
 class RequestView:
     """The normalized parts of one request that rules compare, computed once per check."""
 
-    __slots__ = ("caller", "headers", "host", "identities", "method", "path", "peer", "workload")
+    __slots__ = (
+        "at",
+        "caller",
+        "headers",
+        "host",
+        "identities",
+        "method",
+        "path",
+        "peer",
+        "workload",
+    )
 
     def __init__(self, ctx: CheckContext, identities: Identities) -> None:
         self.method = ctx.method
@@ -35,6 +45,9 @@ class RequestView:
         self.workload = None if workload is None else str(workload)
         self.headers = ctx.headers
         self.identities = identities
+        # The hop deciding: the route's `at` context extension, else the asking Envoy's own
+        # SPIFFE ID (destination.principal on an mTLS listener).
+        self.at = ctx.context_extensions.get("at") or ctx.destination_principal or None
 
 
 def normalize_host(host: str) -> str:
@@ -180,6 +193,95 @@ class Callers(Condition):
         return f"caller {request.caller} does not match {_shown(self.patterns)}"
 
 
+class SpiffeIdPattern:
+    """One pattern of SPIFFE IDs: exact IDs, and ``<id>/*`` prefixes (as ``callers`` has)."""
+
+    __slots__ = ("exact", "patterns", "prefixes")
+
+    def __init__(self, patterns: list[str], exact: frozenset[str], prefixes: tuple[str, ...]):
+        self.patterns = patterns
+        self.exact = exact
+        self.prefixes = prefixes
+
+    def matches(self, spiffe_id: str | None) -> bool:
+        return spiffe_id is not None and (
+            spiffe_id in self.exact or spiffe_id.startswith(self.prefixes)
+        )
+
+    def __str__(self) -> str:
+        return _shown(self.patterns)
+
+
+class CallPath(Condition):
+    """``from: [minter, peer]``: the call carries a verified Txn-Token whose ``req_wl`` (the
+    front door that minted it) is ``minter``, and the mTLS peer is ``peer``; ``from: [id]``
+    means both are ``id`` (a call straight from the front door)."""
+
+    __slots__ = ("minter", "peer")
+
+    def __init__(self, hops: list[SpiffeIdPattern]) -> None:
+        super().__init__("from")
+        self.minter = hops[0]
+        self.peer = hops[-1]
+
+    def matches(self, request: RequestView) -> bool:
+        token = request.identities.txn_token
+        return (
+            token is not None
+            and self.minter.matches(token.req_wl)
+            and self.peer.matches(request.peer)
+        )
+
+    def why_not(self, request: RequestView) -> str:
+        token = request.identities.txn_token
+        if token is None:
+            return f"no verified Txn-Token: the call did not come through {self.minter}"
+        if not self.minter.matches(token.req_wl):
+            return f"the Txn-Token was minted by {token.req_wl}, not {self.minter}"
+        if request.peer is None:
+            return f"no verified mTLS peer; expected {self.peer}"
+        return f"the call comes from {request.peer}, not {self.peer}"
+
+
+class TxnScopes(Condition):
+    """``txn_scopes``: the verified Txn-Token's scope holds every one of these."""
+
+    __slots__ = ("required",)
+
+    def __init__(self, required: list[str]) -> None:
+        super().__init__("txn_scopes")
+        self.required = frozenset(required)
+
+    def matches(self, request: RequestView) -> bool:
+        token = request.identities.txn_token
+        return token is not None and self.required <= set(token.scope)
+
+    def why_not(self, request: RequestView) -> str:
+        token = request.identities.txn_token
+        if token is None:
+            return "no verified Txn-Token"
+        missing = sorted(self.required - set(token.scope))
+        return f"the Txn-Token's scope lacks {_shown(missing)}"
+
+
+class At(Condition):
+    """``at``: the rule applies at these hops (the SPIFFE ID of the Envoy asking)."""
+
+    __slots__ = ("hops",)
+
+    def __init__(self, hops: SpiffeIdPattern) -> None:
+        super().__init__("at")
+        self.hops = hops
+
+    def matches(self, request: RequestView) -> bool:
+        return self.hops.matches(request.at)
+
+    def why_not(self, request: RequestView) -> str:
+        if request.at is None:
+            return f"applies at {self.hops}; this hop is not known (no destination principal)"
+        return f"applies at {self.hops}, not at {request.at}"
+
+
 class Authenticated(Condition):
     __slots__ = ()
 
@@ -312,10 +414,29 @@ _CANDIDATE_CACHE_SIZE: Final = 4096
 class Rule:
     """A compiled rule: its name, effect, source line and conditions."""
 
-    __slots__ = ("checks", "conditions", "effect", "hosts", "line", "methods", "name")
+    __slots__ = (
+        "call_path",
+        "call_path_checks",
+        "checks",
+        "conditions",
+        "effect",
+        "hosts",
+        "line",
+        "methods",
+        "name",
+        "txn_scope",
+    )
 
-    def __init__(self, name: str, effect: str, line: int, conditions: list[Condition]) -> None:
+    def __init__(
+        self,
+        name: str,
+        effect: str,
+        line: int,
+        conditions: list[Condition],
+        txn_scope: tuple[str, ...] | None = None,
+    ) -> None:
         self.name = name
+        self.txn_scope = txn_scope
         self.effect = effect
         self.line = line
         self.conditions = tuple(conditions)
@@ -323,10 +444,26 @@ class Rule:
         self.hosts = next((c for c in conditions if isinstance(c, Hosts)), None)
         # Methods and hosts are settled once per (method, host) by the rule set's candidate
         # table; the rest run per request, cheapest and most selective first.
-        order = ("paths", "api_keys", "callers", "authenticated", "headers", "users")
+        order = (
+            "at",
+            "paths",
+            "api_keys",
+            "callers",
+            "authenticated",
+            "headers",
+            "users",
+            "from",
+            "txn_scopes",
+        )
         rest = [c for c in conditions if not isinstance(c, Methods | Hosts)]
         rest.sort(key=lambda c: order.index(c.key))
         self.checks: tuple[_Check, ...] = tuple(c.matches for c in rest)
+        # With a call path: the checks not about the transaction, to tell a call-path deny
+        # (everything else holds, the call path does not) from no match.
+        self.call_path = next((c for c in rest if isinstance(c, CallPath)), None)
+        self.call_path_checks = tuple(
+            c.matches for c in rest if not isinstance(c, CallPath | TxnScopes)
+        )
 
     def applies_to(self, method: str, host: str) -> bool:
         return (self.methods is None or method in self.methods.methods) and (
@@ -337,7 +474,15 @@ class Rule:
 class RuleSet:
     """The rules Envoy selects by name; deny rules are tried first, then allow rules in order."""
 
-    __slots__ = ("_candidates", "_no_match", "allow_rules", "deny_rules", "name", "rules")
+    __slots__ = (
+        "_by_name",
+        "_candidates",
+        "_no_match",
+        "allow_rules",
+        "deny_rules",
+        "name",
+        "rules",
+    )
 
     def __init__(self, name: str, rules: list[Rule]) -> None:
         self.name = name
@@ -346,6 +491,7 @@ class RuleSet:
         self.allow_rules = tuple(r for r in rules if r.effect == "allow")
         self._no_match = f"no rule matched in rule set {name!r}"
         self._candidates: dict[tuple[str, str], _Candidates] = {}
+        self._by_name = {r.name: r for r in self.allow_rules}
 
     def candidates(self, method: str, host: str) -> _Candidates:
         """The (name, remaining checks) of the deny and the allow rules that apply."""
@@ -375,5 +521,19 @@ class RuleSet:
                 if not check(request):
                     break
             else:
-                return Decision(True, Reason.ALLOWED, rule=name)
+                scope = self._by_name[name].txn_scope
+                return Decision(True, Reason.ALLOWED, rule=name, txn_scope=scope)
+        return self._no_match_decision(request)
+
+    def _no_match_decision(self, request: RequestView) -> Decision:
+        """``call-path`` if an allow rule failed only on where the call came from."""
+        for rule in self.allow_rules:
+            call_path = rule.call_path
+            if (
+                call_path is not None
+                and rule.applies_to(request.method, request.host)
+                and all(check(request) for check in rule.call_path_checks)
+                and not call_path.matches(request)
+            ):
+                return Decision(False, Reason.CALL_PATH, rule=rule.name, http_status=403)
         return Decision(False, Reason.NO_MATCHING_RULE, rule=self._no_match)

@@ -18,8 +18,10 @@ from authd.check.request_path import decode_unreserved
 from authd.policy.base import PolicyError
 from authd.policy.rules_evaluator import (
     ApiKeys,
+    At,
     Authenticated,
     Callers,
+    CallPath,
     Condition,
     Headers,
     Hosts,
@@ -27,6 +29,8 @@ from authd.policy.rules_evaluator import (
     Paths,
     Rule,
     RuleSet,
+    SpiffeIdPattern,
+    TxnScopes,
     Users,
     claim_key,
 )
@@ -49,6 +53,10 @@ _RULE_KEYS: Final = (
     "users",
     "api_keys",
     "headers",
+    "at",
+    "from",
+    "txn_scopes",
+    "txn_scope",
 )
 _USER_KEYS: Final = ("issuers", "claims")
 _HEADER_KEYS: Final = ("present",)
@@ -254,7 +262,16 @@ class RulesCompiler:
             condition = self.compile_condition(key, value_node, str(effect))
             if condition is not None:
                 conditions.append(condition)
-        return Rule(name, str(effect), node.start_mark.line + 1, conditions)
+        txn_scope = None
+        if "txn_scope" in fields:
+            scope_node = fields["txn_scope"][1]
+            if effect != "allow":
+                raise self.error(scope_node, "txn_scope narrows what an allow rule lets through")
+            if isinstance(scope_node, yaml.SequenceNode):
+                txn_scope = tuple(s for _, s in self.strings(scope_node, "txn_scope"))
+            else:
+                txn_scope = tuple(self.string(scope_node, "txn_scope").split())
+        return Rule(name, str(effect), node.start_mark.line + 1, conditions, txn_scope)
 
     def compile_condition(
         self, key: str, node: yaml.Node, effect: str = "allow"
@@ -276,7 +293,13 @@ class RulesCompiler:
                 return ApiKeys([s for _, s in self.strings(node, key)])
             case "headers":
                 return self.headers(node)
-        return None  # name, description, effect
+            case "at":
+                return At(self.spiffe_ids(node, key))
+            case "from":
+                return self.call_path(node)
+            case "txn_scopes":
+                return TxnScopes([s for _, s in self.strings(node, key)])
+        return None  # name, description, effect, txn_scope
 
     def host(self, node: yaml.Node, text: str) -> str:
         host = text.lower()
@@ -401,6 +424,29 @@ class RulesCompiler:
                 )
             exact.add(text)
         return Callers(patterns, frozenset(exact), tuple(prefixes), any_identity=any_identity)
+
+    def spiffe_ids(self, node: yaml.Node, what: str) -> SpiffeIdPattern:
+        """A list of SPIFFE IDs or ``<id>/*`` patterns, as ``callers`` takes."""
+        callers = self.callers(node)
+        return SpiffeIdPattern(callers.patterns, callers.exact, callers.prefixes)
+
+    def call_path(self, node: yaml.Node) -> CallPath:
+        items = self.items(node, "from")
+        if len(items) > 2:
+            raise self.error(
+                node,
+                "from names the front door that minted the Txn-Token and the mTLS peer "
+                "(at most two SPIFFE IDs); the hops between them are not recorded",
+            )
+        hops = []
+        for item in items:
+            if isinstance(item, yaml.SequenceNode):
+                hops.append(self.spiffe_ids(item, "from"))
+            else:
+                single = yaml.SequenceNode("tag:yaml.org,2002:seq", [item])
+                single.start_mark = item.start_mark
+                hops.append(self.spiffe_ids(single, "from"))
+        return CallPath(hops)
 
     def users(self, node: yaml.Node) -> Users:
         fields = self.mapping(node, "users", _USER_KEYS)

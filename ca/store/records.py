@@ -14,7 +14,7 @@ from typing import Any
 AUTHORITY_KINDS = ("x509", "jwt")
 AUTHORITY_STATES = ("prepared", "active", "retired")
 ISSUANCE_KINDS = ("x509", "jwt")
-REVOCATION_TARGET_KINDS = ("serial", "spiffe_id", "entry", "authority")
+REVOCATION_TARGET_KINDS = ("serial", "spiffe_id", "entry", "authority", "jti", "txn")
 # RFC 5280 section 5.3.1; 7 is unused.
 CRL_REASON_CODES = frozenset({0, 1, 2, 3, 4, 5, 6, 8, 9, 10})
 

@@ -130,11 +130,11 @@ class Replica(Daemon):
         return shown
 
 
-def check(replica: Replica, token: str) -> tuple[int, str]:
+def check(replica: Replica, token: str, **extra: str) -> tuple[int, str]:
     """GET /orders/1 on the replica's HTTP ext_authz port: (status, reason)."""
     connection = http.client.HTTPConnection("127.0.0.1", replica.http_port, timeout=5)
     try:
-        headers = {"host": "api.example.com"}
+        headers = {"host": "api.example.com", **extra}
         if token:
             headers["authorization"] = f"Bearer {token}"
         connection.request("GET", "/orders/1", headers=headers)

@@ -36,6 +36,7 @@ from tests.support.daemon import authd
 from tests.support.redis_server import RedisServer
 from tests.support.store_replicas import ALLOW_WORKLOADS_POLICY as POLICY
 from tests.support.store_replicas import Replica, check, wait_for
+from tests.support.txn_tokens import sign_txn_token, txn_claims
 
 MAX_STALENESS = 3  # seconds; store.max_staleness of every replica
 PROPAGATION_LIMIT = 1.0  # seconds from `authd revoke` returning to every replica denying
@@ -147,6 +148,32 @@ def test_revocation_on_one_replica_denies_on_every_replica_within_a_second(
     for replica in replicas.all:
         assert check(replica, other) == (200, "allowed"), "only the revoked ID is denied"
         assert check(replica, web) == (401, "revoked")
+
+
+def test_a_revoked_transaction_is_refused_on_every_replica_within_a_second(
+    replicas: Replicas,
+) -> None:
+    caller = replicas.token(f"{TD}/checkout")
+    bundle = replicas.signer.cli("bundle", "show")
+    txn_token = sign_txn_token(replicas.signer.data_dir, bundle, txn_claims(txn="txn-to-revoke"))
+    headers = {"txn-token": txn_token}
+    for replica in replicas.all:
+        assert check(replica, caller, **headers) == (200, "allowed"), replica.name
+
+    replicas.all[2].cli("revoke", "txn", "txn-to-revoke")
+    acknowledged = time.monotonic()
+
+    def time_to_deny(replica: Replica) -> float:
+        deadline = acknowledged + 10
+        while check(replica, caller, **headers) != (401, "revoked"):
+            assert time.monotonic() < deadline, f"{replica.name} never refused the transaction"
+        return time.monotonic() - acknowledged
+
+    with ThreadPoolExecutor(3) as pool:
+        latencies = dict(zip(("r1", "r2", "r3"), pool.map(time_to_deny, replicas.all), strict=True))
+    assert max(latencies.values()) <= PROPAGATION_LIMIT, latencies
+    for replica in replicas.all:
+        assert check(replica, caller) == (200, "allowed"), "only the transaction is refused"
 
 
 def test_a_replica_without_redis_decides_from_its_last_view_then_fails_closed(

@@ -140,7 +140,23 @@ def test_refused_revocations_store_nothing(daemon: Daemon) -> None:
     listed = svids(daemon, active_x509_authority(daemon))
     assert listed[serial(leaf)]["revoked"] is False
     # An unknown kind never reaches the daemon: it is a usage error.
-    assert authd("revoke", "jti", "abc", data_dir=daemon.data_dir, check=False).returncode == 2
+    assert authd("revoke", "token", "abc", data_dir=daemon.data_dir, check=False).returncode == 2
+
+
+def test_a_transaction_or_token_id_is_revoked_audited_and_listed(daemon: Daemon) -> None:
+    txn = "5f2c0d7e9a4b4c1d8e3f2a1b0c9d8e7f"
+    done = authd("revoke", "txn", txn, "--note", "INC-7", data_dir=daemon.data_dir)
+    assert done.stdout.startswith(f"Revoked txn {txn} (unspecified) at ")
+    authd("revoke", "jti", "token-1", data_dir=daemon.data_dir)
+    assert [(r["kind"], r["target"]) for r in revocations(daemon, "--kind", "txn")] == [
+        ("txn", txn)
+    ]
+    assert {r["kind"] for r in revocations(daemon)} == {"txn", "jti"}
+    subjects = {r["subject"] for r in cli_json(daemon, "audit", "log")["records"]}
+    assert {f"txn:{txn}", "jti:token-1"} <= subjects
+    assert failure(daemon, "revoke", "txn", "a b").startswith(
+        "authd: invalid argument: txn 'a b' is not a token or transaction id"
+    )
 
 
 def test_certificate_hold_is_lifted_by_unrevoke(daemon: Daemon) -> None:

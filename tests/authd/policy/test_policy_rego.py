@@ -22,7 +22,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from authd.authz.pipeline import identity_document
 from authd.check.errors import MalformedRequest
 from authd.check.input_document import input_document
-from authd.check.model import CheckContext, Decision, Identities, Reason, UserIdentity
+from authd.check.model import (
+    CheckContext,
+    Decision,
+    Identities,
+    Reason,
+    TxnToken,
+    UserIdentity,
+)
 from authd.policy import rego
 from authd.policy.base import PolicyError
 from authd.policy.rego import RegoPolicy
@@ -115,6 +122,45 @@ def test_verified_identities_are_visible_as_input_authd(tmp_path: Path) -> None:
     staging = Identities(peer=SpiffeId.parse("spiffe://example.org/ns/staging/sa/web"))
     assert policy.evaluate_document(document(identities=prod)).allowed
     assert not policy.evaluate_document(document(identities=staging)).allowed
+
+
+TXN_POLICY = """\
+package envoy.authz
+
+import rego.v1
+
+default response := {"allowed": false}
+
+response := {"allowed": true, "txn_scope": "pay"} if {
+    input.authd.txn_token.req_wl == "spiffe://example.org/gateway"
+    input.authd.peer == "spiffe://example.org/orders"
+    "pay" in input.authd.txn_token.scope
+}
+"""
+
+
+def test_a_verified_txn_token_is_input_authd_txn_token_and_txn_scope_narrows(
+    tmp_path: Path,
+) -> None:
+    policy = load(tmp_path, TXN_POLICY, "envoy/authz/response")
+    token = TxnToken(
+        txn="t1",
+        sub="alice",
+        scope=("orders:read", "pay"),
+        req_wl="spiffe://example.org/gateway",
+        tctx={"method": "GET"},
+        rctx={"authn": "oidc"},
+        iat=1,
+        exp=2,
+        aud="spiffe://example.org",
+    )
+    orders = SpiffeId.parse("spiffe://example.org/orders")
+    decision = policy.evaluate_document(
+        document(identities=Identities(peer=orders, txn_token=token))
+    )
+    assert (decision.allowed, decision.txn_scope) == (True, ("pay",))
+    assert not policy.evaluate_document(document(identities=Identities(peer=orders))).allowed
+    assert document()["authd"]["txn_token"] is None
 
 
 def test_io_jwt_decode_reads_the_claims_of_a_bearer_token(tmp_path: Path) -> None:

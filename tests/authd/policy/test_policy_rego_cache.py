@@ -237,6 +237,7 @@ def test_decision_copy_knows_every_field_of_decision() -> None:
         query_parameters_to_remove=["e"],
         body="f",
         dynamic_metadata={"g": {"h": 1}},
+        txn_scope=("pay",),
     )
     fields = {field.name for field in dataclasses.fields(Decision)}
     assert fields == {
@@ -251,6 +252,7 @@ def test_decision_copy_knows_every_field_of_decision() -> None:
         "query_parameters_to_remove",
         "body",
         "dynamic_metadata",
+        "txn_scope",
     }, "Decision changed: update _copy_decision in authd/policy/rego.py and this test"
     copied = _copy_decision(original)
     assert copied == original
