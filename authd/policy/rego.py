@@ -110,7 +110,11 @@ from authd.policy.rego_source import (  # noqa: E402
     normalize_entrypoint,
     referenced_input_paths,
 )
-from authd.policy.result import decision_from_result, undefined_decision  # noqa: E402
+from authd.policy.result import (  # noqa: E402
+    UNDEFINED,
+    ResultMapping,
+    decision_from_result,
+)
 
 INPUT_CACHE_SIZE: Final = 1024
 DECISION_CACHE_SIZE: Final = 4096
@@ -168,8 +172,10 @@ class RegoPolicy:
         name: str,
         sources: Mapping[str, str] | None = None,
         decision_cache: int = DECISION_CACHE_SIZE,
+        results: ResultMapping = decision_from_result,
     ) -> None:
         self.name = name
+        self._results = results
         self.entrypoint = entrypoint
         self._entrypoint_bytes = entrypoint.encode("utf-8")
         self._bundle = bundle
@@ -204,10 +210,12 @@ class RegoPolicy:
         entrypoint: str = DEFAULT_ENTRYPOINT,
         data: Mapping[str, Any] | None = None,
         decision_cache: int = DECISION_CACHE_SIZE,
+        results: ResultMapping = decision_from_result,
     ) -> RegoPolicy:
         """Compile the ``.rego`` files (a directory means every ``.rego`` file below it).
 
         ``decision_cache`` bounds the decisions kept (0: none); see the module docstring.
+        ``results`` maps a result to a Decision (``opa_envoy_decision`` in compat mode).
         """
         files: list[Path] = []
         for path in map(Path, paths):
@@ -229,6 +237,7 @@ class RegoPolicy:
             data,
             name="rego:" + ",".join(sources),
             decision_cache=decision_cache,
+            results=results,
         )
 
     @classmethod
@@ -239,6 +248,7 @@ class RegoPolicy:
         data: Mapping[str, Any] | None = None,
         name: str | None = None,
         decision_cache: int = DECISION_CACHE_SIZE,
+        results: ResultMapping = decision_from_result,
     ) -> RegoPolicy:
         """Compile modules given as {source name: text}; names appear in error messages."""
         entrypoint = normalize_entrypoint(entrypoint)
@@ -256,7 +266,7 @@ class RegoPolicy:
         if not bundle.ok():
             raise PolicyError(_node_errors(bundle, sources))
         name = name or "rego:" + ",".join(sources)
-        return cls(bundle, entrypoint, name, sources, decision_cache)
+        return cls(bundle, entrypoint, name, sources, decision_cache, results)
 
     def _interpreter(self) -> Interpreter:
         interpreter: Interpreter | None = getattr(self._local, "interpreter", None)
@@ -316,8 +326,8 @@ class RegoPolicy:
         else:
             expressions = self._query_holding_gil(self._calls, interpreter, converted)
         if not expressions:
-            return undefined_decision(self.entrypoint)
-        return decision_from_result(expressions[0], self.entrypoint)
+            return self._results(UNDEFINED, self.entrypoint)
+        return self._results(expressions[0], self.entrypoint)
 
     def _query_through_regopy(self, interpreter: Interpreter, converted: Input) -> list[Any]:
         """The first result's expressions (empty when undefined), through regopy's API."""
@@ -406,6 +416,7 @@ def _copy_decision(decision: Decision) -> Decision:
         query_parameters_to_remove=list(decision.query_parameters_to_remove),
         body=decision.body,
         dynamic_metadata=copy.deepcopy(metadata) if metadata else {},
+        envoy=decision.envoy,  # frozen: shared
     )
 
 
