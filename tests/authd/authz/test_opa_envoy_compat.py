@@ -13,7 +13,6 @@ import asyncio
 from typing import Any
 
 import pytest
-from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import json_format
 
 from authd.authz.opa_envoy_outcome import EXTRAS
