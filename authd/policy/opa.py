@@ -93,6 +93,10 @@ class OpaPolicy:
 
     async def query(self, document: Any) -> Decision:
         """POST the input document to OPA and map the result."""
+        return self._results(await self.result(document), self.path)
+
+    async def result(self, document: Any) -> Any:
+        """POST the input document to OPA: its ``result``, or ``UNDEFINED``."""
         where = f"OPA at {self.url} ({self.path})"
         try:
             async with asyncio.timeout(self.timeout):
@@ -113,9 +117,7 @@ class OpaPolicy:
             raise PolicyError(f"{where} answered with invalid JSON: {exc}") from exc
         if not isinstance(answer, dict):
             raise PolicyError(f"{where} answered {type(answer).__name__}, not a JSON object")
-        if "result" not in answer:
-            return self._results(UNDEFINED, self.path)
-        return self._results(answer["result"], self.path)
+        return answer.get("result", UNDEFINED)
 
     async def evaluate(
         self, ctx: CheckContext, identities: Identities, input_document: InputDocument

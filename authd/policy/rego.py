@@ -264,7 +264,7 @@ class RegoPolicy:
         except RegoError as exc:
             raise PolicyError(rego_error_message(str(exc), sources)) from exc
         if not bundle.ok():
-            raise PolicyError(_node_errors(bundle, sources))
+            raise PolicyError(node_errors(bundle, sources))
         name = name or "rego:" + ",".join(sources)
         return cls(bundle, entrypoint, name, sources, decision_cache, results)
 
@@ -341,7 +341,7 @@ class RegoPolicy:
             # tree instead of JSON (e.g. "bundle verify: raw index ..."; see the docstring).
             raise self._failed(rego_error_message(exc.doc, self._sources)) from exc
         if not output.ok():
-            raise self._failed(_node_errors(output, self._sources))
+            raise self._failed(node_errors(output, self._sources))
         results = output.results
         return results[0].expressions if results else []
 
@@ -358,7 +358,7 @@ class RegoPolicy:
             raise self._failed(rego_error_message(rego_shared.rego_get_error(impl), self._sources))
         if not calls.output_ok(output):
             # The error nodes are read through regopy's Output, which frees the output.
-            raise self._failed(_node_errors(Output(output), self._sources))
+            raise self._failed(node_errors(Output(output), self._sources))
         try:
             size = calls.output_json_size(output)
             buffer = ctypes.create_string_buffer(size)
@@ -420,7 +420,7 @@ def _copy_decision(decision: Decision) -> Decision:
     )
 
 
-def _node_errors(result: Any, sources: Mapping[str, str] | None = None) -> str:
+def node_errors(result: Any, sources: Mapping[str, str] | None = None) -> str:
     """The errors of a failed bundle or output, whose node is an error sequence."""
     try:
         root = result.node()
