@@ -59,17 +59,20 @@ def policy_source(config: Config) -> PolicySource:
         results = opa_envoy_decision
     if authz.policy_engine == "rego":
         from authd.policy.rego import RegoPolicy
+        from authd.policy.rego_offload import OffLoopRego
 
         files = tuple(config.resolve_path(f) for f in authz.rego_files)
-        return PolicySource(
-            lambda: RegoPolicy.load(
+
+        def load_rego() -> Policy:
+            policy = RegoPolicy.load(
                 list(files),
                 entrypoint=authz.rego_entrypoint,
                 decision_cache=authz.rego_decision_cache,
                 results=results,
-            ),
-            files,
-        )
+            )
+            return OffLoopRego(policy, workers=authz.rego_workers)
+
+        return PolicySource(load_rego, files)
     if authz.policy_engine == "opa":
         from authd.policy.opa import OpaPolicy
 

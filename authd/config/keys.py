@@ -82,6 +82,7 @@ PARSERS: dict[str, Callable[[object], object]] = {
     "authz.rego_files": parse_str_list,
     "authz.rego_entrypoint": parse_str,
     "authz.rego_decision_cache": parse_non_negative_int,
+    "authz.rego_workers": parse_non_negative_int,
     "authz.opa_url": parse_str,
     "authz.opa_path": parse_str,
     "authz.opa_timeout_ms": parse_positive_int,

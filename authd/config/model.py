@@ -143,6 +143,7 @@ class AuthzConfig:
     rego_files: tuple[str, ...] = ()
     rego_entrypoint: str = "envoy/authz/allow"
     rego_decision_cache: int = 4096
+    rego_workers: int = 4
     opa_url: str = "http://127.0.0.1:8181"
     opa_path: str = "envoy/authz/allow"
     opa_timeout_ms: int = 500

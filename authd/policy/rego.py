@@ -276,14 +276,32 @@ class RegoPolicy:
             self._local.interpreter = interpreter
         return interpreter
 
-    def evaluate_document(self, document: Mapping[str, Any]) -> Decision:
-        """Run the entrypoint on an OPA-Envoy input document."""
+    def evaluate_document(self, document: Mapping[str, Any], release_gil: bool = False) -> Decision:
+        """Run the entrypoint on an OPA-Envoy input document.
+
+        ``release_gil``: evaluate through regopy's calls, which let other threads run (for
+        an evaluation on a worker thread; see ``authd.policy.rego_offload``).
+        """
         if self.input_paths is None:
             # A whole document (request ids and all) seldom repeats: no key, no caching.
-            return self._decide(self._convert(document))
-        return self._evaluate_pruned(prune_input(document, self.input_paths))
+            return self._decide(self._convert(document), release_gil)
+        return self.evaluate_pruned(prune_input(document, self.input_paths), release_gil)
 
-    def _evaluate_pruned(self, pruned: dict[str, Any]) -> Decision:
+    def cached(self, pruned: dict[str, Any]) -> Decision | None:
+        """The cached decision for a pruned input, if any (counted as a hit)."""
+        decisions = self._decisions
+        if decisions is None:
+            return None
+        try:
+            cached = decisions.get(json.dumps(pruned, sort_keys=True, separators=(",", ":")))
+        except (ValueError, TypeError):
+            return None  # evaluate_pruned says why
+        if cached is None:
+            return None
+        self.cache_hits += 1
+        return _copy_decision(cached)
+
+    def evaluate_pruned(self, pruned: dict[str, Any], release_gil: bool = False) -> Decision:
         """Run the entrypoint on the parts of the input at ``input_paths``."""
         try:
             key = json.dumps(pruned, sort_keys=True, separators=(",", ":"))
@@ -301,7 +319,7 @@ class RegoPolicy:
         if converted is None:
             converted = self._convert(pruned)
             self._remember(self._inputs, key, converted, INPUT_CACHE_SIZE)
-        decision = self._decide(converted)
+        decision = self._decide(converted, release_gil)
         if decisions is not None:
             self._remember(decisions, key, _copy_decision(decision), self.decision_cache_size)
         return decision
@@ -319,9 +337,9 @@ class RegoPolicy:
                 cache.pop(next(iter(cache)))
             cache[key] = value
 
-    def _decide(self, converted: Input) -> Decision:
+    def _decide(self, converted: Input, release_gil: bool = False) -> Decision:
         interpreter = self._interpreter()
-        if self._calls is None:
+        if self._calls is None or release_gil:
             expressions = self._query_through_regopy(interpreter, converted)
         else:
             expressions = self._query_holding_gil(self._calls, interpreter, converted)
@@ -386,7 +404,7 @@ class RegoPolicy:
         pruned = getattr(input_document, "pruned", None) if paths is not None else None
         if pruned is None:
             return self.evaluate_document(input_document())
-        return self._evaluate_pruned(pruned(paths))
+        return self.evaluate_pruned(pruned(paths))
 
     def _failed(self, detail: str) -> PolicyError:
         return PolicyError(f"{self.name}: evaluating {self.entrypoint} failed: {detail}")
