@@ -202,6 +202,7 @@ class Daemon:
 
     def _sds_status(self) -> list[SdsStreamStatus]:
         return self._workload.sds_status() if self._workload is not None else []
+
     def _reload_view(self, loop: asyncio.AbstractEventLoop) -> None:
         """Read everything again from a store this replica was told to adopt as it is (after
         a restore, or `authd store accept`): revocations now, entries and authorities on the

@@ -24,6 +24,8 @@ from authd.authz.txn_tokens import TxnTokens, TxnTokenSettings
 from authd.check.model import Reason
 from authd.config.model import Config
 from authd.policy.base import Policy, PolicyError
+from authd.policy.opa_envoy_result import opa_envoy_decision
+from authd.policy.result import ResultMapping, decision_from_result
 from authd.ports.bundle_view import BundleView
 from authd.ports.revocation_view import RevocationView
 from authd.ports.token_signer import TokenSigner
@@ -55,23 +57,33 @@ class PolicySource:
 
 def policy_source(config: Config) -> PolicySource:
     authz = config.authz
+    results: ResultMapping = decision_from_result
+    if authz.compat == "opa-envoy":
+        results = opa_envoy_decision
     if authz.policy_engine == "rego":
         from authd.policy.rego import RegoPolicy
+        from authd.policy.rego_offload import OffLoopRego
 
         files = tuple(config.resolve_path(f) for f in authz.rego_files)
-        return PolicySource(
-            lambda: RegoPolicy.load(
+
+        def load_rego() -> Policy:
+            policy = RegoPolicy.load(
                 list(files),
                 entrypoint=authz.rego_entrypoint,
                 decision_cache=authz.rego_decision_cache,
-            ),
-            files,
-        )
+                results=results,
+            )
+            return OffLoopRego(policy, workers=authz.rego_workers)
+
+        return PolicySource(load_rego, files)
     if authz.policy_engine == "opa":
         from authd.policy.opa import OpaPolicy
 
         policy = OpaPolicy(
-            url=authz.opa_url, path=authz.opa_path, timeout=authz.opa_timeout_ms / 1000
+            url=authz.opa_url,
+            path=authz.opa_path,
+            timeout=authz.opa_timeout_ms / 1000,
+            results=results,
         )
         return PolicySource(lambda: policy, ())
     from authd.policy.rules import RulesPolicy, load_rules_policy
@@ -85,8 +97,11 @@ def policy_source(config: Config) -> PolicySource:
 
 def identity_settings(config: Config) -> IdentitySettings:
     authz = config.authz
+    # In OPA-Envoy mode a bearer is the policy's to judge: authd verifies JWT-SVIDs only when
+    # their audiences are configured (issuers and API keys only when configured, as always).
+    verify_svids = authz.compat == "authd" or bool(authz.jwt_svid_audiences)
     return IdentitySettings(
-        jwt_svid_header=authz.jwt_svid_header,
+        jwt_svid_header=authz.jwt_svid_header if verify_svids else "",
         # Unset: a JWT-SVID must be minted for this trust domain (spiffe://<trust domain>).
         jwt_svid_audiences=authz.jwt_svid_audiences or (f"spiffe://{config.trust_domain}",),
         issuers=tuple(
@@ -114,6 +129,8 @@ def authz_settings(config: Config) -> AuthzSettings:
         decision_id_header=authz.decision_id_header,
         remove_headers=authz.remove_headers,
         dry_run=authz.dry_run,
+        compat=authz.compat,
+        extras=frozenset(authz.opa_envoy_extras),
     )
 
 

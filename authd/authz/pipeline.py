@@ -38,11 +38,13 @@ from typing import Any, Protocol
 
 from authd.authz.decision_log import DecisionLog
 from authd.authz.metrics import AuthzMetrics
+from authd.authz.opa_envoy_outcome import ExtraHeaders, opa_envoy_outcome
 from authd.authz.txn_tokens import TxnTokens, mints_here, user_scope
 from authd.check.errors import MalformedRequest
-from authd.check.header_values import check_names, sendable_outcome
+from authd.check.header_values import check_names, sendable_opa_envoy_outcome, sendable_outcome
 from authd.check.input_document import input_document, pruned_input_document
 from authd.check.model import CheckContext, Decision, Identities, Outcome, Reason
+from authd.check.opa_envoy_input import check_parsable
 from authd.policy.base import Policy
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,10 @@ class AuthzSettings:
     remove_headers: tuple[str, ...] = ("authorization", "x-api-key")
     realm: str = "authd"
     dry_run: bool = False
+    # "authd" (the rules above) or "opa-envoy": answer exactly as the OPA-Envoy plugin does,
+    # plus only the ``extras`` named (authd.authz.opa_envoy_outcome).
+    compat: str = "authd"
+    extras: frozenset[str] = frozenset()
 
 
 class _LazyInput:
@@ -75,17 +81,18 @@ class _LazyInput:
     whole document) and computes nothing else: a Rego policy reading static paths asks so.
     """
 
-    __slots__ = ("_ctx", "_doc", "_identities")
+    __slots__ = ("_ctx", "_doc", "_identities", "_opa_envoy")
 
-    def __init__(self, ctx: CheckContext, identities: Identities) -> None:
+    def __init__(self, ctx: CheckContext, identities: Identities, opa_envoy: bool = False) -> None:
         self._ctx = ctx
         self._identities = identities
+        self._opa_envoy = opa_envoy
         self._doc: dict[str, Any] | None = None
 
     def __call__(self) -> dict[str, Any]:
         if self._doc is None:
             try:
-                document = input_document(self._ctx)
+                document = input_document(self._ctx, self._opa_envoy)
             except MalformedRequest:
                 raise
             except Exception as exc:  # built from the request alone: the caller's input
@@ -96,7 +103,7 @@ class _LazyInput:
 
     def pruned(self, paths: Sequence[tuple[str, ...]]) -> dict[str, Any]:
         try:
-            return pruned_input_document(self._ctx, paths, {"authd": self._authd})
+            return pruned_input_document(self._ctx, paths, {"authd": self._authd}, self._opa_envoy)
         except MalformedRequest:
             raise
         except Exception as exc:
@@ -104,7 +111,19 @@ class _LazyInput:
 
     def _authd(self) -> dict[str, Any]:
         document = identity_document(self._identities)
-        document["path"] = self._ctx.normalized_path
+        if self._opa_envoy:
+            # Nothing was refused before the policy: it sees what failed to verify, and a
+            # path with no single normalised meaning has none (the plugin does not refuse it).
+            document["problems"] = [
+                {"kind": p.kind, "reason": p.reason, "revoked": p.revoked}
+                for p in self._identities.problems
+            ]
+            try:
+                document["path"] = self._ctx.normalized_path
+            except MalformedRequest:
+                document["path"] = None
+        else:
+            document["path"] = self._ctx.normalized_path
         document["raw_path"] = self._ctx.path_only
         return document
 
@@ -173,6 +192,15 @@ class Authorizer:
         self._txn_header = txn_tokens.settings.header if txn_tokens is not None else ""
         self._prefix = os.urandom(4).hex()
         self._counter = 0
+        self._opa_envoy = s.compat == "opa-envoy"
+        # Credential problems deny before the policy (always in authd's own mode).
+        self._credential_denials = not self._opa_envoy or "credential_denials" in s.extras
+        self._extra_headers = ExtraHeaders(
+            caller=s.caller_header,
+            subject=s.subject_header,
+            decision_id=s.decision_id_header,
+            strip=tuple(self._strip),
+        )
 
     def _new_decision_id(self) -> str:
         self._counter += 1
@@ -183,25 +211,40 @@ class Authorizer:
         policy = self._policy()
         identities = _NOBODY
         try:
-            ctx.normalized_path  # noqa: B018 (an ambiguous path is refused before any work)
+            if self._opa_envoy:
+                check_parsable(ctx)  # what the plugin cannot parse it refuses, 400
+            else:
+                ctx.normalized_path  # noqa: B018 (an ambiguous path is refused before any work)
             identities = await self._resolver.resolve(ctx)
             if not self._fresh():
                 # Fail closed: past the maximum staleness a revocation may have been missed.
                 reason = self._stale_reason()
                 rule = "store" if reason == Reason.STORE_REGRESSED else "revocations"
                 decision = Decision(allowed=False, reason=reason, rule=rule, http_status=503)
-            elif identities.problems:
+            elif identities.problems and self._credential_denials:
                 problem = identities.problems[0]
                 reason = Reason.REVOKED if problem.revoked else Reason.INVALID_CREDENTIALS
                 decision = Decision(allowed=False, reason=reason, rule=problem.kind)
             else:
-                decision = await policy.evaluate(ctx, identities, _LazyInput(ctx, identities))
+                document = _LazyInput(ctx, identities, self._opa_envoy)
+                decision = await policy.evaluate(ctx, identities, document)
         except MalformedRequest as exc:
             decision = self._malformed(ctx, exc)
         txn = _TxnStep()
         if self._txn_tokens is not None:
             decision = self._txn_step(ctx, identities, decision, txn)
-        outcome = sendable_outcome(self._outcome(decision, identities, txn), self._id_header)
+        if self._opa_envoy and not (decision.envoy is None and self._authd_answers(decision)):
+            outcome = opa_envoy_outcome(
+                decision,
+                identities,
+                self._new_decision_id(),
+                extras=self.settings.extras,
+                names=self._extra_headers,
+                dry_run=self.settings.dry_run,
+            )
+            outcome = sendable_opa_envoy_outcome(outcome)
+        else:
+            outcome = sendable_outcome(self._outcome(decision, identities, txn), self._id_header)
         elapsed = time.perf_counter() - started
         if self._metrics is not None:
             self._metrics.observe(ctx.transport, outcome, elapsed)
@@ -236,6 +279,11 @@ class Authorizer:
             if tuple(scope) != carried.scope:
                 step.token = tokens.replace(carried, scope) or ""
         return decision
+
+    @staticmethod
+    def _authd_answers(decision: Decision) -> bool:
+        """In OPA-Envoy mode, whether authd's own answer goes out (a credential denial)."""
+        return decision.reason in (Reason.INVALID_CREDENTIALS, Reason.REVOKED)
 
     def _malformed(self, ctx: CheckContext, exc: MalformedRequest) -> Decision:
         """The deny for input the caller sent that cannot be read; logged once and counted."""

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import replace
 
-from authd.check.model import Decision, Outcome, Reason
+from authd.check.model import Decision, EnvoyResponse, Outcome, Reason
 
 # Encoded values longer than this are refused: Envoy's default header limit is 60 KiB for the
 # whole block, and upstreams commonly cap one line at 8 KiB.
@@ -165,3 +165,44 @@ def _refused(outcome: Outcome, name: str, decision_id_header: str) -> Outcome:
         deny_body='{"error":"%s","decision_id":"%s"}' % (decision.reason, decision_id),  # noqa: UP031
         dynamic_metadata=metadata,
     )
+
+
+def _pairs(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    for name, value in pairs:
+        if not (is_token(name) and is_sendable(value)):
+            break
+    else:
+        return pairs
+    checked = []
+    for name, value in pairs:
+        if not is_token(name):
+            raise InvalidHeader(name, "the name is not an RFC 9110 token")
+        checked.append((name, field_value(name, value)))
+    return tuple(checked)
+
+
+def sendable_opa_envoy_outcome(outcome: Outcome) -> Outcome:
+    """``sendable_outcome`` for an OPA-Envoy answer: the same encoding of every header, and a
+    header that cannot be sent denies with what the plugin's answer to a deny is (403)."""
+    envoy = outcome.envoy
+    if envoy is None:
+        return outcome
+    try:
+        checked = replace(
+            envoy,
+            headers=_pairs(envoy.headers),
+            response_headers_to_add=_pairs(envoy.response_headers_to_add),
+        )
+        check_names(envoy.request_headers_to_remove)
+        outcome.upstream_headers = field_values(outcome.upstream_headers)
+        outcome.deny_headers = field_values(outcome.deny_headers)
+        check_names(outcome.remove_headers)
+    except InvalidHeader as exc:
+        refused = _refused(outcome, exc.name, "")
+        refused.deny_headers = {}
+        refused.deny_body = ""
+        refused.envoy = EnvoyResponse()
+        return refused
+    if checked != envoy:
+        outcome.envoy = checked
+    return outcome

@@ -22,6 +22,11 @@ from urllib.parse import parse_qs, unquote
 
 from authd.check.bounded_json import loads_bounded
 from authd.check.model import CheckContext
+from authd.check.opa_envoy_input import (
+    opa_envoy_body,
+    opa_envoy_parsed_path,
+    opa_envoy_parsed_query,
+)
 
 VERSION = {"encoding": "protojson", "ext_authz": "v3"}
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
@@ -72,6 +77,10 @@ class _Object:
 _Members = Mapping[str, Callable[[Any], Any] | _Object]
 
 
+# A getter's value for a member that is present and JSON null (None means absent).
+NULL: Final[Any] = object()
+
+
 def _build(members: _Members, source: Any) -> dict[str, Any]:
     document: dict[str, Any] = {}
     for name, member in members.items():
@@ -80,7 +89,7 @@ def _build(members: _Members, source: Any) -> dict[str, Any]:
         else:
             value = member(source)
             if value is not None:
-                document[name] = value
+                document[name] = None if value is NULL else value
     return document
 
 
@@ -226,8 +235,31 @@ _CHECK_REQUEST_DOCUMENT: _Members = {
 }
 _CONTEXT_DOCUMENT: _Members = {"attributes": _Object(_same, _CONTEXT_ATTRIBUTES), **_PARSED}
 
+# authz.policy_compat = "opa-envoy": the members as the plugin parses them.
+_OPA_ENVOY_PARSED: _Members = {
+    "parsed_path": opa_envoy_parsed_path,
+    "parsed_query": opa_envoy_parsed_query,
+    "parsed_body": lambda ctx: _null(opa_envoy_body(ctx)[0]),
+    "truncated_body": lambda ctx: opa_envoy_body(ctx)[1],
+    "version": lambda ctx: VERSION,
+    "source_principal": lambda ctx: ctx.source_principal or None,
+}
+_OPA_ENVOY_CHECK_REQUEST_DOCUMENT: _Members = {
+    **_CHECK_REQUEST_DOCUMENT,
+    **_OPA_ENVOY_PARSED,
+}
+_OPA_ENVOY_CONTEXT_DOCUMENT: _Members = {**_CONTEXT_DOCUMENT, **_OPA_ENVOY_PARSED}
 
-def _document_members(ctx: CheckContext) -> _Members:
+
+def _null(value: Any) -> Any:
+    return NULL if value is None else value
+
+
+def _document_members(ctx: CheckContext, opa_envoy: bool = False) -> _Members:
+    if opa_envoy:
+        if ctx.check_request is None:
+            return _OPA_ENVOY_CONTEXT_DOCUMENT
+        return _OPA_ENVOY_CHECK_REQUEST_DOCUMENT
     return _CONTEXT_DOCUMENT if ctx.check_request is None else _CHECK_REQUEST_DOCUMENT
 
 
@@ -241,9 +273,9 @@ def attributes_from_context(ctx: CheckContext) -> dict[str, Any]:
     return _build(_CONTEXT_ATTRIBUTES, ctx)
 
 
-def input_document(ctx: CheckContext) -> dict[str, Any]:
-    """The whole OPA-Envoy input for ``ctx``."""
-    return _build(_document_members(ctx), ctx)
+def input_document(ctx: CheckContext, opa_envoy: bool = False) -> dict[str, Any]:
+    """The whole OPA-Envoy input for ``ctx`` (``opa_envoy``: parsed as the plugin does)."""
+    return _build(_document_members(ctx, opa_envoy), ctx)
 
 
 # --- only the parts at given paths ----------------------------------------------------------
@@ -255,6 +287,7 @@ def pruned_input_document(
     ctx: CheckContext,
     paths: Sequence[tuple[str, ...]],
     extra: Mapping[str, Callable[[], Any]] | None = None,
+    opa_envoy: bool = False,
 ) -> dict[str, Any]:
     """What ``prune_input(whole, paths)`` gives, computing only that.
 
@@ -263,7 +296,7 @@ def pruned_input_document(
     its name. Only the members on the way to ``paths`` are computed, each once; a path
     through a missing key or a non-object is left out, as there.
     """
-    return _assemble(paths, _Lookup(ctx, extra or {}).value_at)
+    return _assemble(paths, _Lookup(ctx, extra or {}, opa_envoy).value_at)
 
 
 def prune_input(document: Mapping[str, Any], paths: Sequence[tuple[str, ...]]) -> dict[str, Any]:
@@ -290,11 +323,14 @@ def _assemble(
 class _Lookup:
     """Values at paths of one document, computing only the members on the way, each once."""
 
-    __slots__ = ("_computed", "_ctx", "_extra")
+    __slots__ = ("_computed", "_ctx", "_extra", "_members")
 
-    def __init__(self, ctx: CheckContext, extra: Mapping[str, Callable[[], Any]]) -> None:
+    def __init__(
+        self, ctx: CheckContext, extra: Mapping[str, Callable[[], Any]], opa_envoy: bool
+    ) -> None:
         self._ctx = ctx
         self._extra = extra
+        self._members = _document_members(ctx, opa_envoy)
         self._computed: dict[tuple[str, ...], Any] = {}  # getter results by member path
 
     def value_at(self, path: tuple[str, ...]) -> Any:
@@ -302,13 +338,15 @@ class _Lookup:
         extra = self._extra.get(path[0])
         if extra is not None:
             return _walk(self._compute(path[:1], extra), path, 1)
-        members, source = _document_members(self._ctx), self._ctx
+        members, source = self._members, self._ctx
         for depth, name in enumerate(path):
             member = members.get(name)
             if member is None:
                 return _MISSING
             if not isinstance(member, _Object):
                 value = self._compute(path[: depth + 1], member, source)
+                if value is NULL:
+                    return None if depth + 1 == len(path) else _MISSING
                 return _MISSING if value is None else _walk(value, path, depth + 1)
             members, source = member.members, member.source(source)
         return _build(members, source)  # the path ends at an object: all of it

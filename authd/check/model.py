@@ -175,6 +175,27 @@ class Reason(enum.StrEnum):
     TXN_SCOPE_WIDENED = "txn_scope_widened"  # the policy asked a wider Txn-Token scope
 
 
+@dataclass(frozen=True, slots=True)
+class EnvoyResponse:
+    """What the OPA-Envoy plugin puts in its CheckResponse for a policy result, field by field.
+
+    ``form`` is ``"boolean"`` (no ``ok_response``/``denied_response`` at all) or ``"object"``.
+    Headers keep every value in order, each one its own header option without an append
+    action, as the plugin sends them (Envoy then adds, never overwrites). Only the fields
+    the plugin reads for the decision are set: on allow the request and query mutations, on
+    deny ``body`` and ``http_status``; ``headers`` and ``dynamic_metadata`` on both.
+    """
+
+    form: str = "object"
+    headers: tuple[tuple[str, str], ...] = ()
+    response_headers_to_add: tuple[tuple[str, str], ...] = ()
+    request_headers_to_remove: tuple[str, ...] = ()
+    query_parameters_to_set: tuple[tuple[str, str], ...] = ()
+    query_parameters_to_remove: tuple[str, ...] = ()
+    body: str = ""
+    http_status: int = 403
+
+
 @dataclass(slots=True)
 class Decision:
     """The policy's answer, in the vocabulary of OPA-Envoy results.
@@ -196,6 +217,8 @@ class Decision:
     dynamic_metadata: dict[str, Any] = field(default_factory=dict)
     # On allow: the scope the Txn-Token sent upstream gets (a narrowing; None: unchanged).
     txn_scope: tuple[str, ...] | None = None
+    # Set by the OPA-Envoy result mapping (``authz.policy_compat = "opa-envoy"``).
+    envoy: EnvoyResponse | None = None
 
 
 @dataclass(slots=True)
@@ -213,3 +236,7 @@ class Outcome:
     deny_body: str = ""
     dynamic_metadata: dict[str, Any] = field(default_factory=dict)
     txn: str = ""  # the transaction this check belongs to (minted or carried), if any
+    # In OPA-Envoy compatibility: what the plugin would answer, sent as it would send it;
+    # ``upstream_headers``/``deny_headers``/``remove_headers`` then hold only the extras
+    # authd was asked to add (``authz.opa_envoy_extras``).
+    envoy: EnvoyResponse | None = None

@@ -28,6 +28,7 @@ from authd.cli.entry_commands import (
 from authd.cli.log_commands import cmd_log
 from authd.cli.mint_commands import cmd_jwt_mint, cmd_x509_mint
 from authd.cli.policy_commands import cmd_apikey_hash, cmd_policy_check
+from authd.cli.policy_rego_commands import cmd_policy_eval, cmd_policy_test
 from authd.cli.revocation_commands import (
     REVOCATION_KINDS,
     cmd_revocations_list,
@@ -352,6 +353,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     policy_check.add_argument("--json", action="store_true", help=JSON_HELP)
     policy_check.set_defaults(func=cmd_policy_check)
+    policy_test = policy.add_parser(
+        "test",
+        help="run a Rego directory's test_* rules like `opa test` (exit 1 on a failure)",
+    )
+    policy_test.add_argument("directory", metavar="DIR", help="the .rego files and their data")
+    policy_test.add_argument(
+        "-v", "--verbose", action="store_true", help="every test's result, by file"
+    )
+    policy_test.add_argument("--json", action="store_true", help=JSON_HELP)
+    policy_test.set_defaults(func=cmd_policy_test)
+    policy_eval = policy.add_parser(
+        "eval",
+        parents=[common],
+        help="one input document through the configured Rego/OPA policy, like `opa eval`",
+    )
+    policy_eval.add_argument(
+        "--input", required=True, metavar="FILE", help="the input document, JSON"
+    )
+    policy_eval.add_argument(
+        "query",
+        nargs="?",
+        metavar="QUERY",
+        help="e.g. data.envoy.authz.allow (default: the configured entrypoint or opa_path)",
+    )
+    policy_eval.set_defaults(func=cmd_policy_eval)
 
     decision_log = commands.add_parser(
         "log", parents=[common], help="one transaction's decisions, from the decision log file"

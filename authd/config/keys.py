@@ -8,11 +8,12 @@ import difflib
 from collections.abc import Callable
 
 from authd.config.errors import ConfigError
-from authd.config.model import KEY_TYPES
+from authd.config.model import KEY_TYPES, OPA_ENVOY_EXTRAS
 from authd.config.values import (
     parse_address,
     parse_bool,
     parse_choice,
+    parse_choice_list,
     parse_header_list,
     parse_header_name,
     parse_int_at_least,
@@ -77,9 +78,12 @@ PARSERS: dict[str, Callable[[object], object]] = {
     "authz.metrics_address": parse_address,
     "authz.policy_engine": parse_choice(("rules", "rego", "opa")),
     "authz.policy_file": parse_path,
+    "authz.policy_compat": parse_choice(("", "authd", "opa-envoy")),
+    "authz.opa_envoy_extras": parse_choice_list(OPA_ENVOY_EXTRAS),
     "authz.rego_files": parse_str_list,
     "authz.rego_entrypoint": parse_str,
     "authz.rego_decision_cache": parse_non_negative_int,
+    "authz.rego_workers": parse_non_negative_int,
     "authz.opa_url": parse_str,
     "authz.opa_path": parse_str,
     "authz.opa_timeout_ms": parse_positive_int,

@@ -17,6 +17,7 @@ from ca.store.durability import Durability
 __all__ = [
     "KEY_TYPES",
     "LOG_LEVELS",
+    "OPA_ENVOY_EXTRAS",
     "AdminConfig",
     "AuthzConfig",
     "CAConfig",
@@ -33,6 +34,14 @@ __all__ = [
 KeyType = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-4096"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 KEY_TYPES: tuple[KeyType, ...] = ("ec-p256", "ec-p384", "rsa-2048", "rsa-4096")
+# What authd may add to the OPA-Envoy plugin's answers (authd.authz.opa_envoy_outcome).
+# The same as authd.authz.opa_envoy_outcome.EXTRAS (config sits above authz; a test checks).
+OPA_ENVOY_EXTRAS: tuple[str, ...] = (
+    "decision_id_header",
+    "identity_headers",
+    "credential_denials",
+    "json_deny_body",
+)
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 
 
@@ -129,9 +138,13 @@ class AuthzConfig:
     metrics_address: str = "127.0.0.1:9464"
     policy_engine: str = "rules"
     policy_file: str = ""
+    # "" means by engine: "opa-envoy" for rego and opa, "authd" for rules.
+    policy_compat: str = ""
+    opa_envoy_extras: tuple[str, ...] = ()
     rego_files: tuple[str, ...] = ()
     rego_entrypoint: str = "envoy/authz/allow"
     rego_decision_cache: int = 4096
+    rego_workers: int = 4
     opa_url: str = "http://127.0.0.1:8181"
     opa_path: str = "envoy/authz/allow"
     opa_timeout_ms: int = 500
@@ -150,6 +163,13 @@ class AuthzConfig:
     api_keys_file: str = ""
     trust_principal_without_certificate: bool = True
     issuers: tuple[IssuerConfig, ...] = ()
+
+    @property
+    def compat(self) -> str:
+        """How checks are answered: "authd" or "opa-envoy" (exactly as the OPA-Envoy plugin)."""
+        if self.policy_compat:
+            return self.policy_compat
+        return "authd" if self.policy_engine == "rules" else "opa-envoy"
 
 
 @dataclass(frozen=True, slots=True)

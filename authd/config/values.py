@@ -58,6 +58,17 @@ def parse_choice(choices: tuple[str, ...]) -> Callable[[object], str]:
     return parse
 
 
+def parse_choice_list(choices: tuple[str, ...]) -> Callable[[object], tuple[str, ...]]:
+    def parse(value: object) -> tuple[str, ...]:
+        items = parse_str_list(value)
+        for item in items:
+            if item not in choices:
+                raise ValueError(f"each must be one of {', '.join(choices)}; got {item!r}")
+        return tuple(dict.fromkeys(items))
+
+    return parse
+
+
 def parse_log_level(value: object) -> str:
     return parse_choice(LOG_LEVELS)(parse_str(value).lower())
 

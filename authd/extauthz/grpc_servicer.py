@@ -19,8 +19,9 @@ from google.rpc import code_pb2, status_pb2
 
 from authd.authz.metrics import AuthzMetrics
 from authd.authz.pipeline import UNAUTHENTICATED, Authorizer
+from authd.check.header_values import is_field_value, is_token
 from authd.check.input_document import check_request_headers
-from authd.check.model import CheckContext, Outcome
+from authd.check.model import CheckContext, EnvoyResponse, Outcome
 from authd.policy.base import PolicyError
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,54 @@ def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
     return struct
 
 
+def _plain_options(
+    pairs: tuple[tuple[str, str], ...],
+) -> list[base_pb2.HeaderValueOption]:
+    """Header options as the OPA-Envoy plugin builds them: no append action (Envoy adds)."""
+    options = []
+    for key, value in pairs:
+        if not (is_token(key) and is_field_value(value)):
+            raise ValueError(f"unsendable header {key[:64]!r}")
+        options.append(
+            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value))
+        )
+    return options
+
+
+def _opa_envoy_check_response(
+    outcome: Outcome, envoy: EnvoyResponse
+) -> external_auth_pb2.CheckResponse:
+    """The CheckResponse the OPA-Envoy plugin sends, plus the extras authd was asked for."""
+    response = external_auth_pb2.CheckResponse(
+        status=_OK if outcome.allowed else _DENIED,
+        dynamic_metadata=_struct(outcome.dynamic_metadata),
+    )
+    extras = outcome.upstream_headers if outcome.allowed else outcome.deny_headers
+    if envoy.form == "boolean" and not extras and not outcome.remove_headers:
+        return response  # no ok_response / denied_response: Envoy's defaults (403 on deny)
+    if outcome.allowed:
+        ok = response.ok_response
+        ok.SetInParent()
+        ok.headers.extend(_plain_options(envoy.headers))
+        ok.headers.extend(_headers(extras, outcome.decision_id))
+        ok.headers_to_remove.extend([*envoy.request_headers_to_remove, *outcome.remove_headers])
+        ok.response_headers_to_add.extend(_plain_options(envoy.response_headers_to_add))
+        ok.query_parameters_to_set.extend(
+            base_pb2.QueryParameter(key=k, value=v) for k, v in envoy.query_parameters_to_set
+        )
+        ok.query_parameters_to_remove.extend(envoy.query_parameters_to_remove)
+        return response
+    denied = response.denied_response
+    denied.status.code = outcome.status
+    denied.headers.extend(_plain_options(envoy.headers))
+    denied.headers.extend(_headers(extras, outcome.decision_id))
+    denied.body = outcome.deny_body
+    return response
+
+
 def check_response(outcome: Outcome) -> external_auth_pb2.CheckResponse:
+    if outcome.envoy is not None:
+        return _opa_envoy_check_response(outcome, outcome.envoy)
     metadata = _struct(outcome.dynamic_metadata)
     decision = outcome.decision
     if outcome.allowed:

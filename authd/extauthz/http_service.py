@@ -36,7 +36,8 @@ import httptools
 
 from authd.authz.metrics import AuthzMetrics
 from authd.authz.pipeline import Authorizer
-from authd.check.model import CheckContext, Outcome
+from authd.check.header_values import is_field_value, is_token
+from authd.check.model import CheckContext, EnvoyResponse, Outcome
 from authd.policy.base import PolicyError
 from authd.transport.eager import run_eagerly
 from authd.transport.limits import ListenerLimits
@@ -89,10 +90,55 @@ def refusal_response(refused: Refused) -> bytes:
     )
 
 
+def _check_sendable(headers: dict[str, str], removed: str = "") -> None:
+    # The pipeline made every header sendable (authd.check.header_values); this only makes
+    # sure no control character (a line break above all) or non-ASCII ever reaches the wire.
+    probe = "".join(headers.values()) + "".join(headers) + removed
+    if probe.isascii() and probe.isprintable():
+        return
+    if not all(is_token(k) and is_field_value(v) for k, v in headers.items()):
+        raise ValueError("unsendable header")
+    if not all(is_token(name) for name in removed.split(",") if removed):
+        raise ValueError("unsendable header name to remove")
+
+
+def _lines(pairs: tuple[tuple[str, str], ...]) -> str:
+    return "".join([f"{k}: {v}\r\n" for k, v in pairs])
+
+
+def _opa_envoy_http_response(outcome: Outcome, envoy: EnvoyResponse) -> bytes:
+    """What reaches the client and upstream as with the OPA-Envoy plugin's CheckResponse.
+
+    Every header value its own line (Envoy sets those ``allowed_upstream_headers`` lists and
+    adds those ``allowed_upstream_headers_to_append`` lists); no content-type the policy did
+    not give. Query-parameter mutations cannot be expressed in HTTP mode.
+    """
+    for pairs in (envoy.headers, envoy.response_headers_to_add):
+        if not all(is_token(k) and is_field_value(v) for k, v in pairs):
+            raise ValueError("unsendable header")
+    if outcome.allowed:
+        removed = ",".join([*envoy.request_headers_to_remove, *outcome.remove_headers])
+        _check_sendable(outcome.upstream_headers, removed)
+        text = _lines(envoy.headers)
+        text += "".join([f"{k}: {v}\r\n" for k, v in outcome.upstream_headers.items()])
+        if removed:
+            text += f"x-envoy-auth-headers-to-remove: {removed}\r\n"
+        text += _lines(envoy.response_headers_to_add)
+        return b"HTTP/1.1 200 OK\r\n" + text.encode("ascii") + b"content-length: 0\r\n\r\n"
+    _check_sendable(outcome.deny_headers)
+    body = outcome.deny_body.encode("utf-8")
+    text = _lines(envoy.headers)
+    text += "".join([f"{k}: {v}\r\n" for k, v in outcome.deny_headers.items()])
+    text += f"content-length: {len(body)}\r\n\r\n"
+    return _status_line(outcome.status) + text.encode("ascii") + body
+
+
 def http_response(outcome: Outcome) -> bytes:
     """The reply for ``outcome``. Its headers are sendable: the pipeline checked or encoded
     every name and value (``authd.check.header_values.sendable_outcome``), the one place that
     does, identically for both transports; a non-ASCII value would still fail to encode."""
+    if outcome.envoy is not None:
+        return _opa_envoy_http_response(outcome, outcome.envoy)
     if outcome.allowed:
         headers = outcome.upstream_headers
         removed = ",".join(outcome.remove_headers)

@@ -32,7 +32,7 @@ from opa_client import AsyncOpaClient
 from authd.check.model import CheckContext, Decision, Identities
 from authd.policy.base import InputDocument, PolicyError
 from authd.policy.rego_source import DEFAULT_ENTRYPOINT, normalize_entrypoint
-from authd.policy.result import decision_from_result, undefined_decision
+from authd.policy.result import UNDEFINED, ResultMapping, decision_from_result
 
 DEFAULT_URL: Final = "http://127.0.0.1:8181"
 DEFAULT_TIMEOUT: Final = 0.15  # seconds; below Envoy's default ext_authz timeout of 200 ms
@@ -49,7 +49,9 @@ class OpaPolicy:
         *,
         token: str | None = None,
         retries: int = 0,
+        results: ResultMapping = decision_from_result,
     ) -> None:
+        self._results = results
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise PolicyError(f"bad OPA URL {url!r}: expected http(s)://host[:port]")
@@ -91,6 +93,10 @@ class OpaPolicy:
 
     async def query(self, document: Any) -> Decision:
         """POST the input document to OPA and map the result."""
+        return self._results(await self.result(document), self.path)
+
+    async def result(self, document: Any) -> Any:
+        """POST the input document to OPA: its ``result``, or ``UNDEFINED``."""
         where = f"OPA at {self.url} ({self.path})"
         try:
             async with asyncio.timeout(self.timeout):
@@ -111,9 +117,7 @@ class OpaPolicy:
             raise PolicyError(f"{where} answered with invalid JSON: {exc}") from exc
         if not isinstance(answer, dict):
             raise PolicyError(f"{where} answered {type(answer).__name__}, not a JSON object")
-        if "result" not in answer:
-            return undefined_decision(self.path)
-        return decision_from_result(answer["result"], self.path)
+        return answer.get("result", UNDEFINED)
 
     async def evaluate(
         self, ctx: CheckContext, identities: Identities, input_document: InputDocument

@@ -111,7 +111,11 @@ from authd.policy.rego_source import (  # noqa: E402
     normalize_entrypoint,
     referenced_input_paths,
 )
-from authd.policy.result import decision_from_result, undefined_decision  # noqa: E402
+from authd.policy.result import (  # noqa: E402
+    UNDEFINED,
+    ResultMapping,
+    decision_from_result,
+)
 
 INPUT_CACHE_SIZE: Final = 1024
 DECISION_CACHE_SIZE: Final = 4096
@@ -169,8 +173,10 @@ class RegoPolicy:
         name: str,
         sources: Mapping[str, str] | None = None,
         decision_cache: int = DECISION_CACHE_SIZE,
+        results: ResultMapping = decision_from_result,
     ) -> None:
         self.name = name
+        self._results = results
         self.entrypoint = entrypoint
         self._entrypoint_bytes = entrypoint.encode("utf-8")
         self._bundle = bundle
@@ -205,10 +211,12 @@ class RegoPolicy:
         entrypoint: str = DEFAULT_ENTRYPOINT,
         data: Mapping[str, Any] | None = None,
         decision_cache: int = DECISION_CACHE_SIZE,
+        results: ResultMapping = decision_from_result,
     ) -> RegoPolicy:
         """Compile the ``.rego`` files (a directory means every ``.rego`` file below it).
 
         ``decision_cache`` bounds the decisions kept (0: none); see the module docstring.
+        ``results`` maps a result to a Decision (``opa_envoy_decision`` in compat mode).
         """
         files: list[Path] = []
         for path in map(Path, paths):
@@ -230,6 +238,7 @@ class RegoPolicy:
             data,
             name="rego:" + ",".join(sources),
             decision_cache=decision_cache,
+            results=results,
         )
 
     @classmethod
@@ -240,6 +249,7 @@ class RegoPolicy:
         data: Mapping[str, Any] | None = None,
         name: str | None = None,
         decision_cache: int = DECISION_CACHE_SIZE,
+        results: ResultMapping = decision_from_result,
     ) -> RegoPolicy:
         """Compile modules given as {source name: text}; names appear in error messages."""
         entrypoint = normalize_entrypoint(entrypoint)
@@ -255,9 +265,9 @@ class RegoPolicy:
         except RegoError as exc:
             raise PolicyError(rego_error_message(str(exc), sources)) from exc
         if not bundle.ok():
-            raise PolicyError(_node_errors(bundle, sources))
+            raise PolicyError(node_errors(bundle, sources))
         name = name or "rego:" + ",".join(sources)
-        return cls(bundle, entrypoint, name, sources, decision_cache)
+        return cls(bundle, entrypoint, name, sources, decision_cache, results)
 
     def _interpreter(self) -> Interpreter:
         interpreter: Interpreter | None = getattr(self._local, "interpreter", None)
@@ -267,14 +277,32 @@ class RegoPolicy:
             self._local.interpreter = interpreter
         return interpreter
 
-    def evaluate_document(self, document: Mapping[str, Any]) -> Decision:
-        """Run the entrypoint on an OPA-Envoy input document."""
+    def evaluate_document(self, document: Mapping[str, Any], release_gil: bool = False) -> Decision:
+        """Run the entrypoint on an OPA-Envoy input document.
+
+        ``release_gil``: evaluate through regopy's calls, which let other threads run (for
+        an evaluation on a worker thread; see ``authd.policy.rego_offload``).
+        """
         if self.input_paths is None:
             # A whole document (request ids and all) seldom repeats: no key, no caching.
-            return self._decide(self._convert(document))
-        return self._evaluate_pruned(prune_input(document, self.input_paths))
+            return self._decide(self._convert(document), release_gil)
+        return self.evaluate_pruned(prune_input(document, self.input_paths), release_gil)
 
-    def _evaluate_pruned(self, pruned: dict[str, Any]) -> Decision:
+    def cached(self, pruned: dict[str, Any]) -> Decision | None:
+        """The cached decision for a pruned input, if any (counted as a hit)."""
+        decisions = self._decisions
+        if decisions is None:
+            return None
+        try:
+            cached = decisions.get(json.dumps(pruned, sort_keys=True, separators=(",", ":")))
+        except (ValueError, TypeError):
+            return None  # evaluate_pruned says why
+        if cached is None:
+            return None
+        self.cache_hits += 1
+        return _copy_decision(cached)
+
+    def evaluate_pruned(self, pruned: dict[str, Any], release_gil: bool = False) -> Decision:
         """Run the entrypoint on the parts of the input at ``input_paths``."""
         try:
             key = json.dumps(pruned, sort_keys=True, separators=(",", ":"))
@@ -292,7 +320,7 @@ class RegoPolicy:
         if converted is None:
             converted = self._convert(pruned)
             self._remember(self._inputs, key, converted, INPUT_CACHE_SIZE)
-        decision = self._decide(converted)
+        decision = self._decide(converted, release_gil)
         if decisions is not None:
             self._remember(decisions, key, _copy_decision(decision), self.decision_cache_size)
         return decision
@@ -310,15 +338,15 @@ class RegoPolicy:
                 cache.pop(next(iter(cache)))
             cache[key] = value
 
-    def _decide(self, converted: Input) -> Decision:
+    def _decide(self, converted: Input, release_gil: bool = False) -> Decision:
         interpreter = self._interpreter()
-        if self._calls is None:
+        if self._calls is None or release_gil:
             expressions = self._query_through_regopy(interpreter, converted)
         else:
             expressions = self._query_holding_gil(self._calls, interpreter, converted)
         if not expressions:
-            return undefined_decision(self.entrypoint)
-        return decision_from_result(expressions[0], self.entrypoint)
+            return self._results(UNDEFINED, self.entrypoint)
+        return self._results(expressions[0], self.entrypoint)
 
     def _query_through_regopy(self, interpreter: Interpreter, converted: Input) -> list[Any]:
         """The first result's expressions (empty when undefined), through regopy's API."""
@@ -332,7 +360,7 @@ class RegoPolicy:
             # tree instead of JSON (e.g. "bundle verify: raw index ..."; see the docstring).
             raise self._failed(rego_error_message(exc.doc, self._sources)) from exc
         if not output.ok():
-            raise self._failed(_node_errors(output, self._sources))
+            raise self._failed(node_errors(output, self._sources))
         results = output.results
         return results[0].expressions if results else []
 
@@ -349,7 +377,7 @@ class RegoPolicy:
             raise self._failed(rego_error_message(rego_shared.rego_get_error(impl), self._sources))
         if not calls.output_ok(output):
             # The error nodes are read through regopy's Output, which frees the output.
-            raise self._failed(_node_errors(Output(output), self._sources))
+            raise self._failed(node_errors(Output(output), self._sources))
         try:
             size = calls.output_json_size(output)
             buffer = ctypes.create_string_buffer(size)
@@ -377,7 +405,7 @@ class RegoPolicy:
         pruned = getattr(input_document, "pruned", None) if paths is not None else None
         if pruned is None:
             return self.evaluate_document(input_document())
-        return self._evaluate_pruned(pruned(paths))
+        return self.evaluate_pruned(pruned(paths))
 
     def _failed(self, detail: str) -> PolicyError:
         return PolicyError(f"{self.name}: evaluating {self.entrypoint} failed: {detail}")
@@ -408,10 +436,11 @@ def _copy_decision(decision: Decision) -> Decision:
         body=decision.body,
         dynamic_metadata=copy.deepcopy(metadata) if metadata else {},
         txn_scope=decision.txn_scope,  # a tuple: shared safely
+        envoy=decision.envoy,  # frozen: shared
     )
 
 
-def _node_errors(result: Any, sources: Mapping[str, str] | None = None) -> str:
+def node_errors(result: Any, sources: Mapping[str, str] | None = None) -> str:
     """The errors of a failed bundle or output, whose node is an error sequence."""
     try:
         root = result.node()

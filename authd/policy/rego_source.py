@@ -10,8 +10,8 @@ from typing import Final
 from authd.policy.base import PolicyError
 
 DEFAULT_ENTRYPOINT: Final = "envoy/authz/allow"
-_PACKAGE = re.compile(r"^[ \t]*package[ \t]+([A-Za-z_][A-Za-z0-9_.]*)", re.MULTILINE)
-_COMMENT_OR_STRING = re.compile(r'"(?:\\.|[^"\\])*"|`[^`]*`|#[^\n]*')
+PACKAGE = re.compile(r"^[ \t]*package[ \t]+([A-Za-z_][A-Za-z0-9_.]*)", re.MULTILINE)
+COMMENT_OR_STRING = re.compile(r'"(?:\\.|[^"\\])*"|`[^`]*`|#[^\n]*')
 _INPUT = re.compile(r"(?<![\w.])input\b")
 _SEGMENT = re.compile(r'\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*"((?:\\.|[^"\\])*)"\s*\]')
 
@@ -26,7 +26,7 @@ def referenced_input_paths(sources: Iterable[str]) -> tuple[tuple[str, ...], ...
     paths: set[tuple[str, ...]] = set()
     for source in sources:
         # Drop comments; keep strings (a '#' inside one is not a comment).
-        code = _COMMENT_OR_STRING.sub(
+        code = COMMENT_OR_STRING.sub(
             lambda m: "" if m.group(0).startswith("#") else m.group(0), source
         )
         for match in _INPUT.finditer(code):
@@ -69,7 +69,7 @@ def is_deterministic(sources: Iterable[str]) -> bool:
     """
     for source in sources:
         # A template string ($"...{expr}...") holds code: keep it in the match.
-        code = _COMMENT_OR_STRING.sub(
+        code = COMMENT_OR_STRING.sub(
             lambda m: m.group(0) if m.start() > 0 and m.string[m.start() - 1] == "$" else " ",
             source,
         )
@@ -95,7 +95,7 @@ def check_entrypoint_defined(entrypoint: str, sources: Mapping[str, str]) -> Non
     segments = entrypoint.split("/")
     packages: list[str] = []
     for text in sources.values():
-        match = _PACKAGE.search(text)
+        match = PACKAGE.search(text)
         if match is None:
             continue
         package = match.group(1).split(".")

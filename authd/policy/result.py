@@ -18,11 +18,18 @@ parameter given several values is refused for the same reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
 from authd.check.model import Decision, Reason
 from authd.policy.base import PolicyError
+
+# A policy result (or UNDEFINED) and its entrypoint → a Decision: this module's mapping, or
+# OPA-Envoy's exact one (authd.policy.opa_envoy_result).
+ResultMapping = Callable[[Any, str], Decision]
+# Given to a ResultMapping when the entrypoint is undefined for the input.
+UNDEFINED: Any = object()
 
 _STATUS_CODES = frozenset(status.value for status in HTTPStatus)
 
@@ -33,7 +40,9 @@ def undefined_decision(rule: str) -> Decision:
 
 
 def decision_from_result(result: Any, rule: str) -> Decision:
-    """Map a defined OPA-Envoy result to a ``Decision``; ``rule`` names the entrypoint."""
+    """Map an OPA-Envoy result to a ``Decision``; ``rule`` names the entrypoint."""
+    if result is UNDEFINED:
+        return undefined_decision(rule)
     if isinstance(result, bool):
         return Decision(result, Reason.ALLOWED if result else Reason.POLICY_DENIED, rule=rule)
     if not isinstance(result, dict):

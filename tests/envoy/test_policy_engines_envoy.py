@@ -177,7 +177,10 @@ def engine_config(engine: str, grpc_engine: str, opa: Opa) -> tuple[str, dict[st
     )
     if engine == "rules":
         return base, {"policy.yaml": RULES}
-    config = base.replace('policy_engine = "rules"', f'policy_engine = "{engine}"')
+    # authd's own answers on every engine (OPA-Envoy's are test_opa_envoy_differential.py's).
+    config = base.replace(
+        'policy_engine = "rules"', f'policy_engine = "{engine}"\npolicy_compat = "authd"'
+    )
     config = config.replace('policy_file = "policy.yaml"', 'policy_file = ""')
     return config, {"authz.rego": REGO} if engine == "rego" else {}
 

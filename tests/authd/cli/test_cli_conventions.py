@@ -27,6 +27,7 @@ WITHOUT_JSON = {
     "authd bundle show",
     "authd apikey hash",
     "authd completion",
+    "authd policy eval",  # prints the result as JSON always, like opa eval --format pretty
 }
 
 

@@ -1,0 +1,152 @@
+"""A cheap-policy caller's Check latency while another caller's Rego policy burns ~50 ms.
+
+Run on purpose, never as a timed test:
+
+    python bench/slow_policy.py [--seconds N] [--slow-ms 50]
+
+One authd per row (``policy_engine = "rego"``, native gRPC engine), asked directly over
+ext_authz gRPC by this process: a *cheap* caller sends Checks one after the other on one
+channel (``GET /cheap``, a rule decided in microseconds), and, in the loaded rows, a *slow*
+caller on another channel sends Checks whose rule takes rego-cpp about ``--slow-ms`` (each
+with a new query value, so the decision cache never answers it). Rows:
+
+    alone        the cheap caller alone (rego_workers = 4): the baseline
+    inline       both callers, rego_workers = 0: every evaluation on the event loop
+    off-loop     both callers, rego_workers = 4: the slow policy's evaluations on threads
+
+For the cheap caller: Checks done, p50, p99 and max latency (ms); for the slow caller:
+Checks done. One slow Check is sent before measuring, so the off-loop row measures the
+steady state (the first slow evaluation is the one that takes the policy off the loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc  # noqa: E402
+
+from authd.policy.rego import RegoPolicy  # noqa: E402
+from tests.support.envoy import HOST, authd_config, start_authd  # noqa: E402
+
+POLICY = """\
+package envoy.authz
+
+import rego.v1
+
+default allow := false
+
+allow if input.parsed_path[0] == "cheap"
+
+allow if {{
+	input.parsed_path[0] == "slow"
+	n := to_number(input.parsed_query.n[0])
+	count([x | some x in numbers.range(1, {size}); (x + n) % 7 == 0]) > 0
+}}
+"""
+
+
+def calibrate(slow_ms: float) -> int:
+    """The range size that makes the slow rule take about ``slow_ms`` here."""
+    size = 2000
+    while True:
+        policy = RegoPolicy.from_sources({"p.rego": POLICY.format(size=size)})
+        started = time.perf_counter()
+        for n in range(3):
+            policy.evaluate_document({"parsed_path": ["slow"], "parsed_query": {"n": [str(n)]}})
+        took = (time.perf_counter() - started) / 3 * 1000
+        if took >= slow_ms * 0.8 or size > 10_000_000:
+            return int(size * slow_ms / took)
+        size *= 2
+
+
+def check_request(path: str) -> external_auth_pb2.CheckRequest:
+    request = external_auth_pb2.CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.path, http.host = "GET", path, "bench"
+    return request
+
+
+async def caller(
+    port: int, path: str, stop: float, latencies: list[float], vary: bool = False
+) -> None:
+    async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
+        check = external_auth_pb2_grpc.AuthorizationStub(channel).Check
+        n = 0
+        while time.perf_counter() < stop:
+            n += 1
+            target = f"{path}?n={n}" if vary else path
+            started = time.perf_counter()
+            answer = await check(check_request(target), timeout=30)
+            latencies.append(time.perf_counter() - started)
+            assert answer.status.code == 0, answer
+
+
+async def measure(port: int, seconds: float, with_slow: bool) -> tuple[list[float], int]:
+    # One slow check first: it takes an off-loop policy off the loop.
+    await caller(port, "/slow", time.perf_counter() + 0.001, [], vary=True)
+    cheap: list[float] = []
+    slow: list[float] = []
+    stop = time.perf_counter() + seconds
+    tasks = [caller(port, "/cheap", stop, cheap)]
+    if with_slow:
+        tasks.append(caller(port, "/slow", stop, slow, vary=True))
+    await asyncio.gather(*tasks)
+    return cheap, len(slow)
+
+
+def run_row(tmp: Path, name: str, workers: int, size: int, seconds: float, with_slow: bool) -> str:
+    extra = f'rego_files = ["authz.rego"]\nrego_workers = {workers}'
+    config = authd_config(decision_log="", extra=extra)
+    config = config.replace('policy_engine = "rules"', 'policy_engine = "rego"')
+    config = config.replace('policy_file = "policy.yaml"\n', "").replace('decision_log = ""\n', "")
+    authd = start_authd(tmp / name, config, files={"authz.rego": POLICY.format(size=size)})
+    try:
+        cheap, slow_done = asyncio.run(measure(authd.grpc_port, seconds, with_slow))
+    finally:
+        authd.stop()
+    cuts = statistics.quantiles(cheap, n=100, method="inclusive")
+    ms = [cuts[49] * 1000, cuts[98] * 1000, max(cheap) * 1000]
+    return (
+        f"{name:<10} {workers:>7} {len(cheap):>11} {ms[0]:>8.2f} {ms[1]:>8.2f} {ms[2]:>8.2f}"
+        f" {slow_done if with_slow else '-':>10}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=5, help="per row")
+    parser.add_argument("--slow-ms", type=float, default=50, help="the slow rule's cost")
+    args = parser.parse_args()
+    size = calibrate(args.slow_ms)
+    print(f"slow rule: numbers.range(1, {size}) (about {args.slow_ms:g} ms here)")
+    tmp = Path(tempfile.mkdtemp(prefix="authd-slow-"))
+    rows = []
+    try:
+        for name, workers, with_slow in (
+            ("alone", 4, False),
+            ("inline", 0, True),
+            ("off-loop", 4, True),
+        ):
+            rows.append(run_row(tmp, name, workers, size, args.seconds, with_slow))
+            print(rows[-1], flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    print("row        workers cheap done  p50 ms   p99 ms   max ms  slow done")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
