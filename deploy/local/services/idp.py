@@ -34,6 +34,7 @@ def public_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
 
 class Idp(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: IdpServer
 
     def do_GET(self) -> None:

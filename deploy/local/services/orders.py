@@ -10,16 +10,19 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 # What travels with the call to the next hop. x-request-id joins the hops' decision logs;
 # TXN-TOKEN: `txn-token` is the transaction token authd will mint at the front door.
 FORWARDED = ("x-request-id", "txn-token")
+_local = threading.local()
 
 
 class Orders(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: OrdersServer
 
     def do_GET(self) -> None:
@@ -42,15 +45,24 @@ class Orders(BaseHTTPRequestHandler):
         )
 
     def call_payments(self, path: str, headers: dict[str, str]) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.server.payments_port, timeout=10)
-        try:
-            conn.request("GET", path, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-        except OSError as exc:
-            return 0, {"error": f"payments unreachable: {exc}"}
-        finally:
-            conn.close()
+        # One keep-alive connection to the sidecar per handler thread; a new one if it broke.
+        for attempt in (1, 2):
+            conn = getattr(_local, "conn", None)
+            if conn is None:
+                conn = http.client.HTTPConnection(
+                    "127.0.0.1", self.server.payments_port, timeout=10
+                )
+                _local.conn = conn
+            try:
+                conn.request("GET", path, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                _local.conn = None
+                if attempt == 2:
+                    return 0, {"error": f"payments unreachable: {exc}"}
         try:
             return response.status, json.loads(data) if data else None
         except ValueError:

@@ -14,6 +14,7 @@ from typing import Any
 
 class Payments(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
 
     def do_GET(self) -> None:
         parts = self.path.split("?")[0].strip("/").split("/")
