@@ -27,6 +27,10 @@ WITHOUT_JSON = {
     "authd bundle show",
     "authd apikey hash",
     "authd completion",
+    # a narrative for a newcomer, not data
+    "authd demo run",
+    "authd demo up",
+    "authd demo down",
 }
 
 
