@@ -68,19 +68,25 @@ class ProcessTable:
     def spawn(
         self, name: str, command: Sequence[str], log: Path, env: dict[str, str] | None = None
     ) -> Started:
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                list(command),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches the demo, which stops them in order
-                env=env,
-            )
-        started = Started(name, process.pid, start_time_of(process.pid) or 0, str(log))
-        self._popen[process.pid] = process
-        self.started.append(started)
-        self.save()
+        # Ctrl-C between the fork and the record would leave a process nobody stops: hold
+        # SIGINT until it is recorded (it is delivered right after).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            with log.open("ab") as out:
+                process = subprocess.Popen(
+                    list(command),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # Ctrl-C reaches the demo, which stops them in order
+                    env=env,
+                )
+            started = Started(name, process.pid, start_time_of(process.pid) or 0, str(log))
+            self._popen[process.pid] = process
+            self.started.append(started)
+            self.save()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return started
 
     def check_running(self, started: Started) -> None:
