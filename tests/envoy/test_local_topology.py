@@ -9,10 +9,12 @@ revocation test changes the topology for good, so it runs last.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import ssl
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -79,14 +81,10 @@ def svid(topology: Topology, name: str) -> Path:
 
 def served_spiffe_id(topology: Topology, service: str) -> str:
     """The URI SAN of the certificate ``service``'s Envoy got over SDS."""
-    import urllib.request
-
     port = topology.envoy_admin[service]
     url = f"http://127.0.0.1:{port}/config_dump?resource=dynamic_active_secrets"
     with urllib.request.urlopen(url, timeout=5) as response:
         doc = json.loads(response.read())
-    import base64
-
     secret = next(c["secret"] for c in doc["configs"] if c["name"] == "default")
     chain = secret["tls_certificate"]["certificate_chain"]["inline_bytes"]
     leaf = x509.load_pem_x509_certificates(base64.b64decode(chain))[0]
@@ -217,7 +215,7 @@ def test_rendered_configs_validate_in_every_authz_mode(
     names = "ADMIN_PORT LISTEN_PORT PEER_PORT AUTHZ_PORT INBOUND_PORT APP_PORT OUTBOUND_PORT"
     values: dict[str, object] = {name: 1001 + i for i, name in enumerate(names.split())} | {
         "SERVICE": "orders",
-        "WORKLOAD_SOCKET": "/tmp/workload.sock",  # noqa: S108 (never opened by validate)
+        "WORKLOAD_SOCKET": "/tmp/workload.sock",  # never opened by validate
         "PEER_SPIFFE_ID": spiffe_id("payments"),
         "POLICY": "gateway",
         "TRUST_DOMAIN": "example.org",
