@@ -17,6 +17,7 @@ from authd.cli.ca_commands import (
 )
 from authd.cli.completion import SHELLS, cmd_completion
 from authd.cli.daemon_commands import cmd_healthcheck, cmd_run
+from authd.cli.demo_commands import add_demo_parser
 from authd.cli.doctor import cmd_doctor
 from authd.cli.entry_commands import (
     cmd_entry_create,
@@ -408,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_json_flag(doctor)
     doctor.set_defaults(func=cmd_doctor)
     add_sds_commands(commands, client)
+    add_demo_parser(commands)
     completion = commands.add_parser("completion", help="print a shell completion script")
     completion.add_argument("shell", choices=list(SHELLS), help="bash, zsh or fish")
     completion.set_defaults(func=cmd_completion, root_parser=parser)

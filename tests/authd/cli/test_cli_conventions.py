@@ -28,6 +28,10 @@ WITHOUT_JSON = {
     "authd apikey hash",
     "authd completion",
     "authd policy eval",  # prints the result as JSON always, like opa eval --format pretty
+    # a narrative for a newcomer, not data
+    "authd demo run",
+    "authd demo up",
+    "authd demo down",
 }
 
 
