@@ -22,6 +22,7 @@ from authd.config.model import (
     AuthzConfig,
     CAConfig,
     Config,
+    FederationConfig,
     LimitsConfig,
     StoreConfig,
     WorkloadConfig,
@@ -133,6 +134,7 @@ def load_config(
         authz=AuthzConfig(**section("authz")),
         workload=WorkloadConfig(**section("workload")),
         limits=LimitsConfig(**section("limits")),
+        federation=FederationConfig(**section("federation")),
         **top,
     )
     check_consistency(config, sources)
