@@ -60,7 +60,7 @@ def test_a_spiffe_bundle_of_the_asked_trust_domain_is_accepted() -> None:
 
 
 def test_a_bundle_of_another_trust_domain_is_refused() -> None:
-    with pytest.raises(ForeignBundleError, match="of trust domain else.test, not other.test"):
+    with pytest.raises(ForeignBundleError, match=r"of trust domain else\.test, not other\.test"):
         parse_foreign_bundle(_served(_authority("else.test")), OTHER)
 
 
@@ -70,7 +70,7 @@ def test_an_oversized_bundle_is_refused_before_parsing() -> None:
 
 
 def test_a_bundle_without_x509_authorities_is_refused() -> None:
-    with pytest.raises(ForeignBundleError, match="no X.509 authority"):
+    with pytest.raises(ForeignBundleError, match=r"no X\.509 authority"):
         parse_foreign_bundle(b'{"keys": []}', OTHER)
 
 
