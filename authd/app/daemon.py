@@ -150,6 +150,7 @@ class Daemon:
             refusals=self.refusals.callback,
             store=self.store_ops,
             sds_status=self._sds_status if config.workload.enabled else None,
+            federated_bundles=self.federation.listing,
         )
         await self._admin.start()
         self._authz = AuthzListeners(

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import ssl
 
+from authd.api.authd.admin.v1 import admin_pb2
 from authd.app.errors import StartupError
 from authd.config.model import Config
 from authd.federation.bundle_endpoint import BundleEndpoint
@@ -22,7 +23,7 @@ from authd.transport.sockets import parse_host_port
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
 from ca.revoker import Revoker
-from ca.spiffe_id import SpiffeId
+from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import Store
 
 __all__ = ["Federation"]
@@ -99,6 +100,31 @@ class Federation:
             host,
             endpoint.port,
         )
+
+    def listing(self) -> list[admin_pb2.FederatedBundle]:
+        """Every configured foreign trust domain, and any other whose bundle is stored."""
+        found = []
+        statuses = {status.trust_domain: status for status in self.poller.status()}
+        names = sorted({*statuses, *(td.name for td in self.bundles.all())})
+        for name in names:
+            td = TrustDomain(name)
+            bundle, text = self.bundles.get(td), self.bundles.json_of(td)
+            message = admin_pb2.FederatedBundle(trust_domain=name)
+            if bundle is not None:
+                message.has_bundle = True
+                message.sequence = max(bundle.sequence, 0)
+                message.spiffe_jwks = text or bundle.to_json()
+                message.pem = bundle.to_pem().decode()
+            status = statuses.get(name)
+            if status is not None:
+                message.endpoint_url = status.endpoint_url
+                message.profile = status.profile
+                message.refreshed_at = status.refreshed_at or 0.0
+                message.last_attempt = status.last_attempt or 0.0
+                message.next_refresh = status.next_refresh or 0.0
+                message.last_error = status.last_error
+            found.append(message)
+        return found
 
     async def close(self) -> None:
         await self.poller.close()

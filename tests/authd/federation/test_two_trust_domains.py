@@ -178,6 +178,20 @@ def test_two_trust_domains_federate_through_their_bundle_endpoints(pair: Pair) -
     assert "bundle is of trust domain a.test, not d.test" in other[0]
     assert "Traceback" not in b.logs()
 
+    # The CLI shows each foreign trust domain: its sequence, or why it is refused.
+    listing = json.loads(authd("bundle", "list", "--json", data_dir=pair.b_dir).stdout)
+    federated = {d["trust_domain"]: d for d in listing["federated"]}
+    assert listing["trust_domain"] == "b.test"
+    assert federated["a.test"]["sequence"] is not None and federated["a.test"]["last_error"] == ""
+    assert federated["c.test"]["sequence"] is None
+    assert "not spiffe://a.test/not-authd" in federated["c.test"]["last_error"]
+    pem = authd(
+        "bundle", "show", "--trust-domain", "a.test", "--format", "pem", data_dir=pair.b_dir
+    ).stdout
+    assert pem.count("BEGIN CERTIFICATE") == 2
+    missing = authd("bundle", "show", "--trust-domain", "c.test", data_dir=pair.b_dir, check=False)
+    assert missing.returncode == 5 and missing.stderr.startswith("authd: not found:")
+
     # A goes away: B refuses to go without, and keeps serving the bundle it had.
     pair.stop(a)
     gone = wait_for("A's endpoint missed", lambda: _lines(b, "refused the bundle of a.test"))

@@ -479,3 +479,39 @@ class ReseedStoreResponse(_message.Message):
     kept_revocations: int
     kept_audit_records: int
     def __init__(self, audit_seq: _Optional[int] = ..., audit_hash: _Optional[str] = ..., kept_revocations: _Optional[int] = ..., kept_audit_records: _Optional[int] = ...) -> None: ...
+
+class ListFederatedBundlesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FederatedBundle(_message.Message):
+    __slots__ = ("trust_domain", "spiffe_jwks", "pem", "sequence", "has_bundle", "endpoint_url", "profile", "refreshed_at", "last_attempt", "next_refresh", "last_error")
+    TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_JWKS_FIELD_NUMBER: _ClassVar[int]
+    PEM_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    HAS_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_URL_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    REFRESHED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_REFRESH_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    trust_domain: str
+    spiffe_jwks: str
+    pem: str
+    sequence: int
+    has_bundle: bool
+    endpoint_url: str
+    profile: str
+    refreshed_at: float
+    last_attempt: float
+    next_refresh: float
+    last_error: str
+    def __init__(self, trust_domain: _Optional[str] = ..., spiffe_jwks: _Optional[str] = ..., pem: _Optional[str] = ..., sequence: _Optional[int] = ..., has_bundle: _Optional[bool] = ..., endpoint_url: _Optional[str] = ..., profile: _Optional[str] = ..., refreshed_at: _Optional[float] = ..., last_attempt: _Optional[float] = ..., next_refresh: _Optional[float] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class ListFederatedBundlesResponse(_message.Message):
+    __slots__ = ("bundles",)
+    BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    bundles: _containers.RepeatedCompositeFieldContainer[FederatedBundle]
+    def __init__(self, bundles: _Optional[_Iterable[_Union[FederatedBundle, _Mapping]]] = ...) -> None: ...
