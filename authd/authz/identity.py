@@ -3,9 +3,9 @@
 Nothing is taken on the caller's word. The mTLS peer's certificate is checked against the
 CA's current bundle (or, for a federated trust domain's SVID, that domain's bundle from the
 ``BundleView``), a JWT-SVID against its trust domain's JWT authorities the same way, an
-end-user JWT against its issuer's JWKS, an API key against the stored hashes. A credential that is presented and
-fails becomes a ``CredentialProblem`` (the pipeline denies on it); an absent credential is
-simply absent.
+end-user JWT against its issuer's JWKS, an API key against the stored hashes. A credential
+that is presented and fails becomes a ``CredentialProblem`` (the pipeline denies on it); an
+absent credential is simply absent.
 
 Verification results, good and bad, are cached (``TtlCache``), so a credential seen again
 costs a hash and a dict lookup. Cache keys hold everything the result depends on: the
