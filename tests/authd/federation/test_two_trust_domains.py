@@ -56,10 +56,16 @@ def _bundle(data_dir: Path, out: Path) -> str:
 
 
 def _x509_bundle(socket: Path, trust_domain: str) -> list[x509.Certificate] | None:
+    """The foreign bundle as the X.509 bundle stream and the X.509-SVID stream (its
+    ``federated_bundles``) both give it; None until both have it, and they must agree."""
+    td = spiffe.TrustDomain(trust_domain)
     with spiffe.WorkloadApiClient(socket_path=f"unix://{socket}") as client:
-        bundles = client.fetch_x509_bundles()
-    bundle = bundles.get_bundle_for_trust_domain(spiffe.TrustDomain(trust_domain))
-    return None if bundle is None else list(bundle.x509_authorities)
+        streamed = client.fetch_x509_bundles().get_bundle_for_trust_domain(td)
+        with_svid = client.fetch_x509_context().x509_bundle_set.get_bundle_for_trust_domain(td)
+    if streamed is None or with_svid is None:
+        return None
+    assert set(streamed.x509_authorities) == set(with_svid.x509_authorities)
+    return list(streamed.x509_authorities)
 
 
 class Pair:
