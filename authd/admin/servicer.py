@@ -73,6 +73,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         revocations: Revoker | None = None,
         store: StoreOperations | None = None,
         sds_status: Callable[[], Sequence[SdsStreamStatus]] | None = None,
+        federated_bundles: Callable[[], list[admin_pb2.FederatedBundle]] | None = None,
     ) -> None:
         """``revocations`` is the daemon's list, the one ext_authz and the Workload API
         consult; without it the service keeps one of its own over the CA's store.
@@ -88,6 +89,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self._audit = AuditOperations(ca)
         self._store = store
         self._sds_status = sds_status
+        self._federated_bundles = federated_bundles
         self._worker = OperationWorker()
 
     def close(self) -> None:
@@ -302,6 +304,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         # Read on the loop, where the streams live.
         streams = [proto.sds_stream_to_proto(s) for s in self._sds_status()]
         return admin_pb2.ListSdsStreamsResponse(streams=streams, serving=True)
+
+    async def ListFederatedBundles(
+        self, request: admin_pb2.ListFederatedBundlesRequest, context: Context
+    ) -> admin_pb2.ListFederatedBundlesResponse:
+        await self._serve(context, lambda _: None)  # admins only
+        # Read on the loop, where the poller keeps its state.
+        found = self._federated_bundles() if self._federated_bundles is not None else []
+        return admin_pb2.ListFederatedBundlesResponse(bundles=found)
 
     # --- store regression ---------------------------------------------------------------------
 

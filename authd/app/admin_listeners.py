@@ -51,8 +51,10 @@ class AdminListeners:
         refusals: Callable[[str], RefusalCallback],
         store: StoreOperations | None = None,
         sds_status: Callable[[], Sequence[SdsStreamStatus]] | None = None,
+        federated_bundles: Callable[[], list[admin_pb2.FederatedBundle]] | None = None,
     ) -> None:
         self.config = config
+        self._federated_bundles = federated_bundles
         self._store = store
         self._sds_status = sds_status
         self._ca = ca
@@ -94,6 +96,7 @@ class AdminListeners:
             self._revocations,
             self._store,
             self._sds_status,
+            self._federated_bundles,
         )
         admin_pb2_grpc.add_AdminServicer_to_server(self._admin_service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -28,6 +28,7 @@ from authd.extauthz.grpc_servicer import ExtAuthzService
 from authd.extauthz.http_service import HttpAuthzServer
 from authd.policy.base import PolicyError
 from authd.policy.reload import PolicyHolder
+from authd.ports.bundle_view import BundleView
 from authd.transport.grpc_options import grpc_server_options
 from authd.transport.grpc_server import NativeGrpcServer
 from authd.transport.refusals import RefusalCallback, RefusalReporter
@@ -58,9 +59,11 @@ class AuthzListeners:
         fresh: Callable[[], bool],
         refusals: Callable[[str], RefusalCallback],
         stale_reason: Callable[[], Reason] = lambda: Reason.STALE,
+        bundles: BundleView | None = None,
     ) -> None:
         self.config = config
         self._ca = ca
+        self._bundles: BundleView = bundles if bundles is not None else ca
         self.clock = clock
         self._revocations = revocations
         self.metrics = metrics
@@ -148,7 +151,7 @@ class AuthzListeners:
             self._policy = PolicyHolder(source.load, source.files)
             resolver = authz_service.build_resolver(
                 config,
-                bundles=self._ca,
+                bundles=self._bundles,
                 clock=self.clock,
                 revocations=self._revocations.view,
                 txn_tokens=authz_service.build_txn_tokens(

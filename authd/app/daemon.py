@@ -32,6 +32,7 @@ from authd.app.admin_listeners import AdminListeners
 from authd.app.authority import load_upstream, open_authority, prepare_data_dir
 from authd.app.authz_listeners import AuthzListeners
 from authd.app.errors import StartupError
+from authd.app.federation import Federation
 from authd.app.loop_dispatch import on_loop
 from authd.app.refusals import ListenerRefusals
 from authd.app.replicas import change_feed_position, follow_store
@@ -73,6 +74,7 @@ class Daemon:
         self._workload: WorkloadEndpoint | None = None
         self.follower: ReplicaFollower | None = None
         self._bundle_endpoint: BundleEndpoint | None = None
+        self.federation: Federation | None = None
         self.trust: StoreTrust | None = None
         self._reseed_refusal = ""
         self.metrics = AuthzMetrics()
@@ -119,6 +121,8 @@ class Daemon:
             notify=loop.call_soon_threadsafe,
             view=RevocationView(self.clock) if self._store.change_feed() is not None else None,
         )
+        self.federation = Federation(config, ca=self.ca, store=self._store, clock=self.clock)
+        await self.federation.start(self.revocations)
         self.follower = follow_store(
             self._store,
             ca=self.ca,
@@ -154,6 +158,7 @@ class Daemon:
             refusals=self.refusals.callback,
             store=self.store_ops,
             sds_status=self._sds_status if config.workload.enabled else None,
+            federated_bundles=self.federation.listing,
         )
         await self._admin.start()
         self._authz = AuthzListeners(
@@ -168,6 +173,7 @@ class Daemon:
             fresh=self.fresh,
             refusals=self.refusals.callback,
             stale_reason=self.stale_reason,
+            bundles=self.federation.view,
         )
         await self._authz.start()
         if config.workload.enabled:
@@ -179,6 +185,7 @@ class Daemon:
                 revocations=self.revocations,
                 health=self._health,
                 on_refusal=self.refusals.callback("workload"),
+                federation=self.federation.bundles,
             )
         if config.ca.http_address:
             host, port = parse_host_port(config.ca.http_address)
@@ -284,6 +291,8 @@ class Daemon:
             await self._workload.close()
         if self._bundle_endpoint is not None:
             await self._bundle_endpoint.close()
+        if self.federation is not None:
+            await self.federation.close()
         if self._authz is not None:
             await self._authz.close()
         if self._admin is not None:

@@ -8,6 +8,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from authd.app.errors import StartupError
 from authd.config.model import Config
+from authd.ports.bundle_view import ForeignBundles
 from authd.transport.peercred import GatewayError
 from authd.transport.refusals import RefusalCallback
 from authd.workload.registry import EntryRegistry
@@ -31,9 +32,10 @@ async def start_workload(
     revocations: Revoker,
     health: health_pb2_grpc.HealthServicer,
     on_refusal: RefusalCallback,
+    federation: ForeignBundles | None = None,
 ) -> WorkloadEndpoint:
     """Serve the workload endpoint; its SVIDs come from ``ca`` for ``entries``."""
-    svids = SvidProvider(ca, entries, clock, revocations=revocations)
+    svids = SvidProvider(ca, entries, clock, revocations=revocations, federated=federation)
     endpoint = WorkloadEndpoint(
         identities=svids,
         socket_path=config.workload_socket_path,

@@ -1,10 +1,11 @@
 """Who is calling: the identities a CheckContext proves, each verified here.
 
 Nothing is taken on the caller's word. The mTLS peer's certificate is checked against the
-CA's current bundle, a JWT-SVID against its JWT authorities, an end-user JWT against its
-issuer's JWKS, an API key against the stored hashes. A credential that is presented and
-fails becomes a ``CredentialProblem`` (the pipeline denies on it); an absent credential is
-simply absent.
+CA's current bundle (or, for a federated trust domain's SVID, that domain's bundle from the
+``BundleView``), a JWT-SVID against its trust domain's JWT authorities the same way, an
+end-user JWT against its issuer's JWKS, an API key against the stored hashes. A credential
+that is presented and fails becomes a ``CredentialProblem`` (the pipeline denies on it); an
+absent credential is simply absent.
 
 Verification results, good and bad, are cached (``TtlCache``), so a credential seen again
 costs a hash and a dict lookup. Cache keys hold everything the result depends on: the
@@ -67,7 +68,7 @@ from ca.errors import InvalidSpiffeId, VerificationError
 from ca.jwtsvid import ALLOWED_ALGORITHMS, verify_jwt_svid
 from ca.revocation_view import RevocationQuery
 from ca.spiffe_id import SpiffeId, TrustDomain
-from ca.x509svid import verify_x509_svid
+from ca.x509svid import spiffe_id_of, verify_x509_svid
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,9 @@ class _VerifiedPeer:
     spiffe_id: SpiffeId
     text: str  # str(spiffe_id), compared with the principal on every request
     serial: str
+    # A federated peer: the foreign bundle it was verified with (None for our own). The
+    # cached result holds only while that trust domain's bundle is still this one.
+    foreign: TrustBundle | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +170,7 @@ class _VerifiedWorkload:
     spiffe_id: SpiffeId
     text: str
     jti: str | None
+    foreign: TrustBundle | None = None  # as for _VerifiedPeer
 
 
 _PeerResult = _VerifiedPeer | CredentialProblem
@@ -348,14 +353,30 @@ class IdentityResolver:
         """Verify (or recall verifying) the URL-encoded PEM chain Envoy sent."""
         key = (encoded, bundle.sequence)
         cached = self.peer_cache.get(key)
-        if cached is not None:
+        if cached is not None and self._still_trusted(cached):
             return cached
         now = self._clock.now()
         result: _PeerResult
+        foreign: TrustBundle | None = None
         try:
             chain = x509.load_pem_x509_certificates(unquote(encoded).encode(errors="surrogatepass"))
+            trusted = bundle
+            named = spiffe_id_of(chain[0]) if chain else None
+            if named is not None and not named.member_of(self.trust_domain):
+                # A federated trust domain's SVID: verified against that domain's bundle.
+                foreign = self._bundles.bundle_for(named.trust_domain)
+                if foreign is None:
+                    raise VerificationError(
+                        "x509-svid/trust-domain",
+                        f"{named} is not in trust domain {self.trust_domain} "
+                        "nor in one federated with it",
+                    )
+                trusted = foreign
             spiffe_id = verify_x509_svid(
-                chain, trust_domain=self.trust_domain, roots=bundle.x509_authorities, now=now
+                chain,
+                trust_domain=trusted.trust_domain,
+                roots=trusted.x509_authorities,
+                now=now,
             )
         except VerificationError as exc:
             result, expires_at = CredentialProblem(PEER, str(exc)), now + self.settings.failure_ttl
@@ -364,12 +385,19 @@ class IdentityResolver:
             expires_at = now + self.settings.failure_ttl
         else:
             serial = format(chain[0].serial_number, "x")
-            result = _VerifiedPeer(spiffe_id, str(spiffe_id), serial)
+            result = _VerifiedPeer(spiffe_id, str(spiffe_id), serial, foreign)
             # Valid until the first certificate of the chain expires; a bundle change
             # (rotation, a revoked authority) changes the key instead.
             expires_at = min(c.not_valid_after_utc.timestamp() for c in chain)
         self.peer_cache.put(key, result, expires_at=expires_at)
         return result
+
+    def _still_trusted(self, cached: _PeerResult | _TokenResult) -> bool:
+        """A federated result holds only while its trust domain's bundle is unchanged."""
+        foreign = getattr(cached, "foreign", None)
+        if foreign is None:
+            return True
+        return self._bundles.bundle_for(foreign.trust_domain) is foreign
 
     def _peer_from_principal(self, principal: str, found: _Found) -> None:
         """Accept Envoy's ``source.principal`` alone (see IdentitySettings for the trade-off)."""
@@ -385,6 +413,7 @@ class IdentityResolver:
             return
         if not spiffe_id.member_of(self.trust_domain) and (
             spiffe_id.trust_domain not in self._foreign
+            and self._bundles.bundle_for(spiffe_id.trust_domain) is None
         ):
             found.problems.append(
                 CredentialProblem(
@@ -450,7 +479,7 @@ class IdentityResolver:
         cached = self.token_cache.get(
             (digest, header, audience, bundle.sequence, self._jwks_generation())
         )
-        if cached is not None:
+        if cached is not None and self._still_trusted(cached):
             return cached
         result, expires_at = await self._verify_token(header, token, audience, bundle)
         # The generation is read again: a refetch during verification (unknown kid) gave
@@ -483,12 +512,23 @@ class IdentityResolver:
         if header == self.settings.jwt_svid_header and (
             isinstance(sub, str) and sub.startswith("spiffe://")
         ):
-            return self._verify_jwt_svid(token, audience, bundle)
+            return self._verify_jwt_svid(token, audience, self._bundle_of_subject(sub, bundle))
         issuer = self._issuers.get(header, {}).get(iss) if isinstance(iss, str) else None
         if issuer is None:
             untrusted = CredentialProblem(USER_JWT, "user-jwt/iss: token issuer not trusted")
             return untrusted, failed_until
         return await self._verify_user_jwt(token, issuer, failed_until)
+
+    def _bundle_of_subject(self, sub: str, bundle: TrustBundle) -> TrustBundle:
+        """The bundle a JWT-SVID of ``sub`` is verified with: a federated trust domain's own
+        (when we federate with it), else ours (which then refuses it, naming why)."""
+        try:
+            named = SpiffeId.parse(sub).trust_domain
+        except InvalidSpiffeId:
+            return bundle
+        if named == self.trust_domain:
+            return bundle
+        return self._bundles.bundle_for(named) or bundle
 
     def _verify_jwt_svid(
         self, token: str, audience: tuple[str, ...], bundle: TrustBundle
@@ -500,7 +540,7 @@ class IdentityResolver:
         try:
             svid = verify_jwt_svid(
                 token,
-                trust_domain=self.trust_domain,
+                trust_domain=bundle.trust_domain,
                 keys=bundle.jwt_authorities,
                 audience=audience,
                 now=now,
@@ -508,8 +548,12 @@ class IdentityResolver:
         except VerificationError as exc:
             return CredentialProblem(JWT_SVID, str(exc)), failed_until
         jti = svid.claims.get("jti")
+        foreign = None if bundle.trust_domain == self.trust_domain else bundle
         verified = _VerifiedWorkload(
-            svid.spiffe_id, str(svid.spiffe_id), jti if isinstance(jti, str) and jti else None
+            svid.spiffe_id,
+            str(svid.spiffe_id),
+            jti if isinstance(jti, str) and jti else None,
+            foreign,
         )
         return verified, float(svid.expiry)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from authd.api.authd.admin.v1 import admin_pb2
 from authd.cli.client import ask
+from authd.cli.federation_commands import foreign_bundle_show
 from authd.cli.output import authority_json, authority_lines, ordered_authorities, print_json
 
 
@@ -31,6 +32,8 @@ def cmd_ca_show(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_show(args: argparse.Namespace) -> int:
+    if args.trust_domain and foreign_bundle_show(args):
+        return 0
     reply = ask(args, "GetBundle", admin_pb2.GetBundleRequest())
     sys.stdout.write(reply.pem if args.format == "pem" else reply.spiffe_jwks + "\n")
     return 0

@@ -26,6 +26,7 @@ from authd.cli.entry_commands import (
     cmd_entry_show,
     cmd_entry_update,
 )
+from authd.cli.federation_commands import cmd_bundle_list
 from authd.cli.log_commands import cmd_log
 from authd.cli.mint_commands import cmd_jwt_mint, cmd_x509_mint
 from authd.cli.policy_commands import cmd_apikey_hash, cmd_policy_check
@@ -192,7 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="spiffe",
         help="spiffe: the SPIFFE bundle as JWKS (JSON, default); pem: the X.509 roots",
     )
+    bundle_show.add_argument(
+        "--trust-domain",
+        metavar="TD",
+        help="a federated trust domain's bundle (default: ours)",
+    )
     bundle_show.set_defaults(func=cmd_bundle_show)
+    bundle_list = bundle.add_parser(
+        "list",
+        parents=[client],
+        help="our bundle and each federated one: sequence, endpoint, last refresh and error",
+    )
+    add_json_flag(bundle_list)
+    bundle_list.set_defaults(func=cmd_bundle_list)
 
     entry = commands.add_parser("entry", help="registration entries").add_subparsers(
         dest="entry_command", metavar="<command>", required=True

@@ -61,6 +61,7 @@ def check_consistency(config: Config, sources: Mapping[str, str]) -> None:
             f"{server_id} is not in the trust domain {config.trust_domain}",
             sources.get("admin.server_spiffe_id"),
         )
+    _check_federation(config, sources)
     for key, socket_path in (
         ("admin.socket_path", config.admin_socket_path),
         ("workload.socket_path", config.workload_socket_path),
@@ -71,4 +72,36 @@ def check_consistency(config: Config, sources: Mapping[str, str]) -> None:
                 f"{socket_path} is longer than a Unix socket path may be "
                 f"({_MAX_UNIX_SOCKET_PATH} bytes)",
                 sources.get(key, sources.get("data_dir")),
+            )
+
+
+def _check_federation(config: Config, sources: Mapping[str, str]) -> None:
+    federation = config.federation
+    if federation.bundle_endpoint_profile == "https_web" and federation.bundle_endpoint_address:
+        for key in ("bundle_endpoint_cert", "bundle_endpoint_key"):
+            if not getattr(federation, key):
+                raise ConfigError(
+                    f"federation.{key}",
+                    "the https_web bundle endpoint needs a web certificate and key",
+                    sources.get("federation.bundle_endpoint_profile"),
+                )
+    endpoint_id = federation.endpoint_id(config.trust_domain)
+    if SpiffeId.parse(endpoint_id).trust_domain.name != config.trust_domain:
+        raise ConfigError(
+            "federation.bundle_endpoint_spiffe_id",
+            f"{endpoint_id} is not in the trust domain {config.trust_domain}",
+            sources.get("federation.bundle_endpoint_spiffe_id"),
+        )
+    if federation.min_refresh > federation.max_refresh:
+        raise ConfigError(
+            "federation.min_refresh",
+            f"must not exceed federation.max_refresh ({format_duration(federation.max_refresh)})",
+            sources.get("federation.min_refresh"),
+        )
+    for foreign in federation.trust_domains:
+        if foreign.trust_domain == config.trust_domain:
+            raise ConfigError(
+                "federation.trust_domains",
+                f"{foreign.trust_domain} is our own trust domain, not a foreign one",
+                sources.get("federation.trust_domains"),
             )

@@ -8,6 +8,7 @@ import difflib
 from collections.abc import Callable
 
 from authd.config.errors import ConfigError
+from authd.config.federation_values import parse_foreign_trust_domains
 from authd.config.model import KEY_TYPES, OPA_ENVOY_EXTRAS
 from authd.config.values import (
     parse_address,
@@ -38,7 +39,7 @@ __all__ = ["ENV_KEYS", "ENV_PREFIX", "PARSERS", "SECTIONS", "env_name", "unknown
 
 ENV_PREFIX = "AUTHD_"
 
-SECTIONS = ("ca", "store", "admin", "authz", "txn_token", "workload", "limits")
+SECTIONS = ("ca", "store", "admin", "authz", "txn_token", "workload", "limits", "federation")
 
 # Every key, "section.key" or "key", with the parser that checks and converts its value.
 PARSERS: dict[str, Callable[[object], object]] = {
@@ -118,6 +119,14 @@ PARSERS: dict[str, Callable[[object], object]] = {
     "limits.max_request_bytes": parse_int_at_least(1024),
     "limits.max_concurrent_streams": parse_positive_int,
     "limits.max_connection_buffer": parse_int_at_least(64 * 1024),
+    "federation.bundle_endpoint_address": parse_address,
+    "federation.bundle_endpoint_profile": parse_choice(("https_spiffe", "https_web")),
+    "federation.bundle_endpoint_spiffe_id": parse_spiffe_id,
+    "federation.bundle_endpoint_cert": parse_path,
+    "federation.bundle_endpoint_key": parse_path,
+    "federation.min_refresh": parse_positive_duration,
+    "federation.max_refresh": parse_positive_duration,
+    "federation.trust_domains": parse_foreign_trust_domains,
 }
 
 

@@ -22,6 +22,7 @@ from authd.config.model import (
     AuthzConfig,
     CAConfig,
     Config,
+    FederationConfig,
     LimitsConfig,
     StoreConfig,
     TxnTokenConfig,
@@ -135,6 +136,7 @@ def load_config(
         txn_token=TxnTokenConfig(**section("txn_token")),
         workload=WorkloadConfig(**section("workload")),
         limits=LimitsConfig(**section("limits")),
+        federation=FederationConfig(**section("federation")),
         **top,
     )
     check_consistency(config, sources)

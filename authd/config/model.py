@@ -22,6 +22,8 @@ __all__ = [
     "AuthzConfig",
     "CAConfig",
     "Config",
+    "FederationConfig",
+    "ForeignTrustDomain",
     "IssuerConfig",
     "KeyType",
     "LimitsConfig",
@@ -207,6 +209,36 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ForeignTrustDomain:
+    """A foreign trust domain whose bundle is polled from its SPIFFE bundle endpoint."""
+
+    trust_domain: str
+    bundle_endpoint_url: str
+    profile: str = "https_spiffe"  # or "https_web"
+    endpoint_spiffe_id: str = ""  # https_spiffe: the SPIFFE ID the endpoint must present
+    bootstrap_bundle: str = ""  # https_spiffe: the first bundle (SPIFFE JSON or PEM), a path
+    ca_file: str = ""  # https_web: PEM roots for the web certificate; "" = the system's
+
+
+@dataclass(frozen=True, slots=True)
+class FederationConfig:
+    """[federation]: our SPIFFE bundle endpoint, and the foreign ones we poll."""
+
+    bundle_endpoint_address: str = ""  # host:port; "" serves none
+    bundle_endpoint_profile: str = "https_spiffe"  # or "https_web"
+    bundle_endpoint_spiffe_id: str = ""  # "" means spiffe://<trust_domain>/authd
+    bundle_endpoint_cert: str = ""  # https_web: PEM chain
+    bundle_endpoint_key: str = ""  # https_web: PEM key
+    min_refresh: int = 30
+    max_refresh: int = 3600
+    trust_domains: tuple[ForeignTrustDomain, ...] = ()
+
+    def endpoint_id(self, trust_domain: str) -> str:
+        """The SPIFFE ID the https_spiffe bundle endpoint presents."""
+        return self.bundle_endpoint_spiffe_id or f"spiffe://{trust_domain}/authd"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration, validated. Durations are int seconds."""
 
@@ -220,6 +252,7 @@ class Config:
     txn_token: TxnTokenConfig = field(default_factory=TxnTokenConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
 
     def resolve_path(self, path: str | Path) -> Path:
         """``path`` made absolute against ``data_dir`` (absolute paths are returned as is)."""

@@ -1,9 +1,14 @@
 """A small read-only HTTP endpoint: the trust bundle and the CRLs, for relying parties.
 
-``GET /bundle`` is the SPIFFE bundle (JWKS); ``GET /crl.pem`` holds one CRL per live X.509
+``GET /bundle`` is the SPIFFE bundle (JWKS), and so is ``GET /`` (where the SPIFFE
+Federation spec's bundle endpoint URLs usually point); ``GET /crl.pem`` holds one CRL per live X.509
 authority, PEM, concatenated; ``GET /crl`` is the active authority's CRL in DER, and
 ``GET /crl/<authority-id>`` any live authority's. Each CRL's nextUpdate matches how often
 it is rebuilt (``ca.crl_refresh``). Nothing here is secret, and nothing here writes.
+
+Given an ``ssl`` context the same endpoint is served over HTTPS: that is the SPIFFE bundle
+endpoint of ``federation.bundle_endpoint_address`` (``authd.federation.endpoint_tls`` makes
+the context for either profile).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 
 from cryptography.hazmat.primitives import serialization
 
@@ -24,15 +30,29 @@ MAX_REQUEST = 8192
 
 
 class BundleEndpoint:
-    def __init__(self, bundles: BundleView, revocations: Revoker, *, host: str, port: int) -> None:
+    def __init__(
+        self,
+        bundles: BundleView,
+        revocations: Revoker,
+        *,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self._bundles = bundles
+        self._tls = tls
         self._revocations = revocations
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        if self._tls is None:
+            self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        else:
+            self._server = await asyncio.start_server(
+                self._serve, self.host, self.port, ssl=self._tls, ssl_handshake_timeout=10
+            )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
@@ -42,7 +62,7 @@ class BundleEndpoint:
 
     def respond(self, path: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for ``path``."""
-        if path == "/bundle":
+        if path in ("/bundle", "/"):
             return 200, "application/json", self._bundles.bundle.to_json().encode()
         if path == "/crl.pem":
             return 200, "application/x-pem-file", crl_pem(self._revocations.crls())
@@ -72,7 +92,14 @@ class BundleEndpoint:
             if method != "HEAD":
                 writer.write(body)
             await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+            ValueError,
+            ConnectionError,
+            ssl.SSLError,
+        ):
             pass  # a malformed or slow request gets the connection closed
         except Exception:
             log.exception("bundle endpoint: request failed")

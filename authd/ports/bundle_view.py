@@ -9,12 +9,13 @@ credentials key on it, so a rotation or a revoked authority takes effect at once
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from ca.bundle import TrustBundle
 from ca.spiffe_id import TrustDomain
 
-__all__ = ["BundleView", "StaticBundles", "TrustBundle"]
+__all__ = ["BundleView", "ForeignBundles", "StaticBundles", "TrustBundle"]
 
 
 class BundleView(Protocol):
@@ -32,6 +33,18 @@ class BundleView(Protocol):
 
     def bundle_for(self, trust_domain: TrustDomain) -> TrustBundle | None:
         """The current bundle of ``trust_domain``; None for a trust domain we do not trust."""
+        ...
+
+
+class ForeignBundles(Protocol):
+    """The foreign trust domains' bundles federation keeps, and a call on every change."""
+
+    def get(self, trust_domain: TrustDomain) -> TrustBundle | None:
+        """The bundle trusted now for ``trust_domain``; None if there is none."""
+        ...
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the serving loop) whenever any foreign bundle changes."""
         ...
 
 

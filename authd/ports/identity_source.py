@@ -80,6 +80,10 @@ class IdentitySource(Protocol):
         """The trust bundle of the source's own trust domain."""
         ...
 
+    def federated_bundles(self, entries: Iterable[RegistrationEntry]) -> dict[str, TrustBundle]:
+        """The foreign bundles ``entries`` federate with, by trust domain name (those known)."""
+        ...
+
     def entries_for(self, selectors: Iterable[Selector]) -> list[RegistrationEntry]:
         """The entries granted to a workload with ``selectors``, oldest first."""
         ...

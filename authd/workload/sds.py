@@ -11,8 +11,12 @@ this Envoy may have. Resource names, as SPIRE's agent spells them:
   ``Revoker``, whose ``crl`` holds one CRL per live X.509 authority, checked for the
   leaf only (``only_verify_leaf_cert_crl``: an upstream root we hold no CRL for must not fail
   every chain). Envoy then refuses a revoked SVID at the handshake of a new connection.
-- ``ALL``: a ``validation_context`` with Envoy's SPIFFE certificate validator holding the
-  bundle of every trust domain authd knows (today: its own). It carries **no CRL**: Envoy's
+- ``ALL``: a ``validation_context`` with Envoy's SPIFFE certificate validator holding our
+  bundle and the bundle of every foreign trust domain the caller's entries federate with
+  (``federates_with``, as SPIRE's agent does).
+- ``spiffe://<foreign-td>``, a trust domain the caller's entries federate with: a
+  ``validation_context`` whose ``trusted_ca`` is that trust domain's bundle (no CRL: we
+  hold none of a foreign trust domain). It carries **no CRL**: Envoy's
   SPIFFE validator (1.40) ignores the ``crl`` field of the context that configures it (a
   revoked SVID still gets in), so setting it would only pretend. Use ``ROOTCA`` where
   revoked SVIDs must be refused at the handshake; behind ``ALL``, only ext_authz (where it
@@ -44,7 +48,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -170,15 +174,18 @@ def requested_secrets(
     svid_for: Callable[[RegistrationEntry], WorkloadX509Svid],
     bundle: TrustBundle,
     crls: bytes = b"",
+    federated: Mapping[str, TrustBundle] | None = None,
 ) -> list[Any]:
     """The secrets among ``names`` the caller may have, in the order asked, each once.
 
     ``entries`` are the caller's registration entries, oldest first; ``svid_for`` gives an
     entry's current SVID; ``crls`` the current CRLs as PEM, for the trusted-CA contexts
-    (empty: no CRL). Raises :class:`NoIdentity` when a certificate is asked for and
+    (empty: no CRL); ``federated`` the foreign bundles the caller's entries federate with, by
+    trust domain name. Raises :class:`NoIdentity` when a certificate is asked for and
     ``entries`` is empty; leaves out every other name it does not know.
     """
     secrets: list[Any] = []
+    foreign = federated or {}
     for name in dict.fromkeys(names):
         spiffe_id = _workload_id(name)
         wants_certificate = name == DEFAULT_SVID or (
@@ -191,7 +198,11 @@ def requested_secrets(
         elif _is_trusted_ca(name, spiffe_id, bundle):
             secrets.append(trusted_ca_secret(name, bundle, crls))
         elif name == ALL_BUNDLES:
-            secrets.append(spiffe_validator_secret(name, [bundle]))
+            secrets.append(spiffe_validator_secret(name, [bundle, *foreign.values()]))
+        elif (
+            spiffe_id is not None and not spiffe_id.path and spiffe_id.trust_domain.name in foreign
+        ):
+            secrets.append(trusted_ca_secret(name, foreign[spiffe_id.trust_domain.name]))
         elif wants_certificate:
             entry = next((e for e in entries if e.spiffe_id == name), None)
             if entry is not None:
@@ -342,12 +353,14 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         try:
             bundle = identities.bundle
             crls = await feed.pem() if feed is not None and wants_crls(names, bundle) else b""
+            entries = identities.entries_for(caller.selectors)
             secrets = requested_secrets(
                 names,
-                entries=identities.entries_for(caller.selectors),
+                entries=entries,
                 svid_for=identities.x509_svid,
                 bundle=bundle,
                 crls=crls,
+                federated=identities.federated_bundles(entries),
             )
             if any(secret.HasField("tls_certificate") for secret in secrets):
                 await identities.commit()  # no SVID leaves before it can be revoked

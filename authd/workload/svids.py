@@ -20,6 +20,7 @@ import logging
 import random
 from collections.abc import Iterable, Sequence
 
+from authd.ports.bundle_view import ForeignBundles
 from authd.ports.identity_source import WorkloadX509Svid
 from authd.workload.change_signal import ChangeSignal
 from authd.workload.registry import EntryRegistry
@@ -29,7 +30,7 @@ from ca.clock import Clock
 from ca.jwtsvid import JwtSvid
 from ca.keys import KeyType
 from ca.revoker import Revoker
-from ca.spiffe_id import SpiffeId
+from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import RegistrationEntry, Selector
 
 __all__ = ["SvidProvider", "WorkloadX509Svid", "rotation_time"]
@@ -59,8 +60,10 @@ class SvidProvider:
         key_type: KeyType = KeyType.EC_P256,
         rng: random.Random | None = None,
         revocations: Revoker | None = None,
+        federated: ForeignBundles | None = None,
     ) -> None:
         self._ca = ca
+        self._federated = federated
         self._registry = registry
         self._revocations = revocations
         self._clock = clock
@@ -76,6 +79,8 @@ class SvidProvider:
         registry.add_listener(self._entries_changed)
         if revocations is not None:
             revocations.add_listener(self._entries_changed)
+        if federated is not None:
+            federated.add_listener(self._bump)  # a foreign bundle changed: streams resend
 
     # --- what the streams ask --------------------------------------------------------------
 
@@ -90,6 +95,19 @@ class SvidProvider:
     @property
     def bundle(self) -> TrustBundle:
         return self._ca.bundle
+
+    def federated_bundles(self, entries: Iterable[RegistrationEntry]) -> dict[str, TrustBundle]:
+        """The foreign bundles ``entries`` federate with that federation holds now."""
+        found: dict[str, TrustBundle] = {}
+        if self._federated is None:
+            return found
+        for entry in entries:
+            for name in entry.federates_with:
+                if name not in found:
+                    bundle = self._federated.get(TrustDomain(name))
+                    if bundle is not None:
+                        found[name] = bundle
+        return dict(sorted(found.items()))
 
     def x509_svid(self, entry: RegistrationEntry) -> WorkloadX509Svid:
         """The entry's current SVID, issued now if there is none or it is due.

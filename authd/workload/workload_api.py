@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -58,6 +58,11 @@ def _has_workload_header(context: Context) -> bool:
 def _der_roots(bundle: TrustBundle) -> bytes:
     """The bundle's X.509 authorities as the Workload API carries them: DER, concatenated."""
     return b"".join(c.public_bytes(serialization.Encoding.DER) for c in bundle.x509_authorities)
+
+
+def _sequences(bundles: Mapping[str, TrustBundle]) -> tuple[tuple[str, int, int], ...]:
+    """What says whether a set of bundles changed: each one's name, sequence and identity."""
+    return tuple((name, b.sequence, id(b)) for name, b in sorted(bundles.items()))
 
 
 def _unique_hints(
@@ -182,7 +187,11 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                 grpc.StatusCode.UNAVAILABLE,
                 f"no X.509-SVID could be issued ({'; '.join(failures)})",
             )
+        federated = self._identities.federated_bundles(entry for entry, _ in svids)
         response = workload_pb2.X509SVIDResponse(
+            federated_bundles={
+                str(foreign.trust_domain.id): _der_roots(foreign) for foreign in federated.values()
+            },
             svids=[
                 workload_pb2.X509SVID(
                     spiffe_id=str(svid.spiffe_id),
@@ -192,41 +201,51 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                     hint=svid.hint,
                 )
                 for _, svid in svids
-            ]
+            ],
         )
         fingerprint = (
             tuple((entry.entry_id, svid.chain[0].serial_number) for entry, svid in svids),
             bundle.sequence,
+            _sequences(federated),
         )
         return response, fingerprint
 
     async def FetchX509Bundles(
         self, request: workload_pb2.X509BundlesRequest, context: Context
     ) -> AsyncIterator[workload_pb2.X509BundlesResponse]:
-        sent: int | None = None
+        sent: object = None
         async with aclosing(self._states(context)) as states:
-            async for _ in states:
-                bundle = self._identities.bundle
-                if bundle.sequence != sent:
-                    sent = bundle.sequence
-                    roots = _der_roots(bundle)
-                    yield workload_pb2.X509BundlesResponse(bundles={self._trust_domain_id: roots})
+            async for entries in states:
+                bundles = self._bundles(entries)
+                if _sequences(bundles) != sent:
+                    sent = _sequences(bundles)
+                    yield workload_pb2.X509BundlesResponse(
+                        bundles={name: _der_roots(bundle) for name, bundle in bundles.items()}
+                    )
 
     async def FetchJWTBundles(
         self, request: workload_pb2.JWTBundlesRequest, context: Context
     ) -> AsyncIterator[workload_pb2.JWTBundlesResponse]:
-        sent: int | None = None
+        sent: object = None
         async with aclosing(self._states(context)) as states:
-            async for _ in states:
-                bundle = self._identities.bundle
-                if bundle.sequence != sent:
-                    sent = bundle.sequence
-                    jwks = bundle.jwt_jwks_json().encode()
-                    yield workload_pb2.JWTBundlesResponse(bundles={self._trust_domain_id: jwks})
+            async for entries in states:
+                bundles = self._bundles(entries)
+                if _sequences(bundles) != sent:
+                    sent = _sequences(bundles)
+                    yield workload_pb2.JWTBundlesResponse(
+                        bundles={
+                            name: bundle.jwt_jwks_json().encode()
+                            for name, bundle in bundles.items()
+                        }
+                    )
 
-    @property
-    def _trust_domain_id(self) -> str:
-        return str(self._identities.bundle.trust_domain.id)
+    def _bundles(self, entries: Sequence[RegistrationEntry]) -> dict[str, TrustBundle]:
+        """Our bundle and the foreign ones ``entries`` federate with, by trust domain ID."""
+        own = self._identities.bundle
+        found = {str(own.trust_domain.id): own}
+        for foreign in self._identities.federated_bundles(entries).values():
+            found[str(foreign.trust_domain.id)] = foreign
+        return found
 
     # --- JWT-SVIDs ----------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from ca.store.records import (
     AUDIT_GENESIS_HASH,
     AuditRecord,
     AuthorityRecord,
+    FederatedBundleRecord,
     IssuanceRecord,
     RegistrationEntry,
     Revocation,
@@ -274,6 +275,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_revocations(self, target_kind: str | None = None) -> list[Revocation]:
         """Revocations (of ``target_kind`` if given), oldest ``revoked_at`` first."""
+
+    # -- federated bundles ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def save_federated_bundle(self, record: FederatedBundleRecord) -> None:
+        """Insert or replace the bundle of ``record.trust_domain``."""
+
+    @abc.abstractmethod
+    def get_federated_bundle(self, trust_domain: str) -> FederatedBundleRecord:
+        """The stored bundle of ``trust_domain``; ``NotFound`` if there is none."""
+
+    @abc.abstractmethod
+    def list_federated_bundles(self) -> list[FederatedBundleRecord]:
+        """Every stored foreign bundle, by trust domain name."""
+
+    @abc.abstractmethod
+    def delete_federated_bundle(self, trust_domain: str) -> None:
+        """Forget the bundle of ``trust_domain``; ``NotFound`` if there is none."""
 
     # -- audit ---------------------------------------------------------------------------
 

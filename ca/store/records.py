@@ -115,6 +115,21 @@ class Revocation:
 
 
 @dataclass(frozen=True, slots=True)
+class FederatedBundleRecord:
+    """The last good bundle of a foreign trust domain, as its bundle endpoint served it.
+
+    ``bundle_json`` is the SPIFFE bundle (JWKS) text, ``sequence`` its ``spiffe_sequence``,
+    ``refreshed_at`` when it was fetched, ``endpoint_url`` where from.
+    """
+
+    trust_domain: str
+    bundle_json: str
+    sequence: int
+    refreshed_at: int
+    endpoint_url: str
+
+
+@dataclass(frozen=True, slots=True)
 class AuditRecord:
     """One link of the append-only audit chain; ``seq``, ``prev_hash`` and ``hash`` come from
     the store."""

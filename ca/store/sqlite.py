@@ -36,6 +36,7 @@ from ca.store.records import (
     AUDIT_GENESIS_HASH,
     AuditRecord,
     AuthorityRecord,
+    FederatedBundleRecord,
     IssuanceRecord,
     RegistrationEntry,
     Revocation,
@@ -59,6 +60,7 @@ from ca.store.sqlite_schema import (
     AUTHORITY_COLUMNS,
     DUPLICATE_KEY_ERRORS,
     ENTRY_COLUMNS,
+    FEDERATED_BUNDLE_COLUMNS,
     INSERT_AUDIT,
     INSERT_ENTRY,
     INSERT_ISSUANCE,
@@ -70,6 +72,7 @@ from ca.store.sqlite_schema import (
     SCHEMA_VERSION,
     UPDATE_ENTRY,
     UPSERT_AUTHORITY,
+    UPSERT_FEDERATED_BUNDLE,
     select,
     user_version,
     where_clause,
@@ -461,6 +464,46 @@ class SQLiteStore(Store):
                 params,
             ).fetchall()
         return [Revocation(*row) for row in rows]
+
+    # -- federated bundles ---------------------------------------------------------------
+
+    def save_federated_bundle(self, record: FederatedBundleRecord) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                UPSERT_FEDERATED_BUNDLE,
+                (
+                    record.trust_domain,
+                    record.bundle_json,
+                    record.sequence,
+                    record.refreshed_at,
+                    record.endpoint_url,
+                ),
+            )
+
+    def get_federated_bundle(self, trust_domain: str) -> FederatedBundleRecord:
+        with self._connection() as conn:
+            row = conn.execute(
+                select(FEDERATED_BUNDLE_COLUMNS, "federated_bundles", "WHERE trust_domain = ?"),
+                (trust_domain,),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"no bundle of trust domain {trust_domain!r}")
+        return FederatedBundleRecord(*row)
+
+    def list_federated_bundles(self) -> list[FederatedBundleRecord]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                select(FEDERATED_BUNDLE_COLUMNS, "federated_bundles", "", "trust_domain")
+            ).fetchall()
+        return [FederatedBundleRecord(*row) for row in rows]
+
+    def delete_federated_bundle(self, trust_domain: str) -> None:
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM federated_bundles WHERE trust_domain = ?", (trust_domain,)
+            )
+            if cursor.rowcount == 0:
+                raise NotFound(f"no bundle of trust domain {trust_domain!r}")
 
     # -- audit ---------------------------------------------------------------------------
 

@@ -82,6 +82,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT",
         "INSERT INTO meta (name, value) VALUES ('generation', lower(hex(randomblob(16))))",
     ),
+    (
+        """CREATE TABLE federated_bundles (
+            trust_domain TEXT PRIMARY KEY,
+            bundle_json TEXT NOT NULL,
+            sequence INTEGER NOT NULL,
+            refreshed_at INTEGER NOT NULL,
+            endpoint_url TEXT NOT NULL
+        ) STRICT""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -97,6 +106,7 @@ ENTRY_COLUMNS = (
     " federates_with, admin, downstream, hint, expires_at, revision, created_at"
 )
 REVOCATION_COLUMNS = "target_kind, target, reason, note, revoked_at, revoked_by"
+FEDERATED_BUNDLE_COLUMNS = "trust_domain, bundle_json, sequence, refreshed_at, endpoint_url"
 AUDIT_COLUMNS = "seq, time, actor, action, subject, details, prev_hash, hash"
 
 
@@ -120,6 +130,9 @@ UPSERT_AUTHORITY = insert("authorities", AUTHORITY_COLUMNS, upsert_key="authorit
 INSERT_ISSUANCE = insert("issuances", ISSUANCE_COLUMNS)
 INSERT_ENTRY = insert("entries", ENTRY_COLUMNS)
 INSERT_REVOCATION = insert("revocations", REVOCATION_COLUMNS)
+UPSERT_FEDERATED_BUNDLE = insert(
+    "federated_bundles", FEDERATED_BUNDLE_COLUMNS, upsert_key="trust_domain"
+)
 INSERT_AUDIT = insert("audit", AUDIT_COLUMNS)
 UPDATE_ENTRY = (
     "UPDATE entries SET spiffe_id = ?, parent_id = ?, selectors = ?, x509_svid_ttl = ?,"

@@ -29,6 +29,7 @@ from ca.store import (
     AuditDraft,
     AuthorityRecord,
     Conflict,
+    FederatedBundleRecord,
     IssuanceRecord,
     NotFound,
     RedisStore,
@@ -604,6 +605,52 @@ def test_revocation_record_rejects_unknown_kind_and_unused_reason() -> None:
         revocation(target_kind="ip")
     with pytest.raises(ValueError, match="CRLReason"):
         revocation(reason=7)
+
+
+# -- federated bundles -------------------------------------------------------------------
+
+
+def federated(trust_domain: str = "other.org", **changes: object) -> FederatedBundleRecord:
+    record = FederatedBundleRecord(
+        trust_domain=trust_domain,
+        bundle_json='{"keys": [], "spiffe_sequence": 3}',
+        sequence=3,
+        refreshed_at=1_700_000_000,
+        endpoint_url="https://other.org:8443/",
+    )
+    return dataclasses.replace(record, **changes)
+
+
+def test_federated_bundle_is_returned_exactly_as_saved(store: Store) -> None:
+    store.save_federated_bundle(federated())
+    assert store.get_federated_bundle("other.org") == federated()
+
+
+def test_saving_a_federated_bundle_again_replaces_it(store: Store, open_backend: Opener) -> None:
+    store.save_federated_bundle(federated())
+    store.save_federated_bundle(federated(sequence=4, bundle_json="{}"))
+    store = reopen(store, open_backend)
+    assert store.get_federated_bundle("other.org") == federated(sequence=4, bundle_json="{}")
+
+
+def test_federated_bundles_are_listed_by_trust_domain(store: Store) -> None:
+    for name in ("z.org", "a.org", "m.org"):
+        store.save_federated_bundle(federated(name))
+    assert [r.trust_domain for r in store.list_federated_bundles()] == ["a.org", "m.org", "z.org"]
+
+
+def test_missing_federated_bundle_raises_not_found(store: Store) -> None:
+    with pytest.raises(NotFound):
+        store.get_federated_bundle("nope.org")
+    with pytest.raises(NotFound):
+        store.delete_federated_bundle("nope.org")
+
+
+def test_deleted_federated_bundle_is_gone(store: Store) -> None:
+    store.save_federated_bundle(federated("a.org"))
+    store.save_federated_bundle(federated("b.org"))
+    store.delete_federated_bundle("a.org")
+    assert [r.trust_domain for r in store.list_federated_bundles()] == ["b.org"]
 
 
 # -- audit -------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from ca.store.base import StoreError
 from ca.store.records import (
     AuditRecord,
     AuthorityRecord,
+    FederatedBundleRecord,
     IssuanceRecord,
     RegistrationEntry,
     Revocation,
@@ -161,6 +162,7 @@ ISSUANCES = RecordCodec(IssuanceRecord, "issuance")
 ENTRIES = RecordCodec(RegistrationEntry, "registration entry")
 REVOCATIONS = RecordCodec(Revocation, "revocation")
 AUDIT = RecordCodec(AuditRecord, "audit record")
+FEDERATED_BUNDLES = RecordCodec(FederatedBundleRecord, "federated bundle")
 
 
 def _sortable(value: int) -> str:

@@ -24,6 +24,7 @@ when that text is not empty; a MULTI/EXEC may only touch keys of one slot. So th
     {authd}:revocations                    zset    "<revoked_at>:<recorded #>:<record>", by lex
     {authd}:revocations:by-kind:<kind>     zset    the same members, for one target kind
     {authd}:order:<issuances|revocations>  string  recording counters that order ties
+    {authd}:federated-bundles              hash    trust domain -> record
     {authd}:audit                          zset    record, scored by seq
     {authd}:audit:by-subject:<subject>     zset    record, scored by seq
     {authd}:changes                        stream  the change feed
@@ -74,6 +75,7 @@ class KeyLayout:
         self.revocations = p + "revocations"
         self.revocation_order = p + "order:revocations"
         self.audit = p + "audit"
+        self.federated_bundles = p + "federated-bundles"
         self.changes = p + "changes"
 
     def sequence(self, name: str) -> str:

@@ -31,6 +31,7 @@ from ca.store.durability import Durability
 from ca.store.records import (
     AuditRecord,
     AuthorityRecord,
+    FederatedBundleRecord,
     IssuanceRecord,
     RegistrationEntry,
     Revocation,
@@ -42,6 +43,7 @@ from ca.store.redis.client import Pipe, RedisConnection, Write, reply_text
 from ca.store.redis.codec import (
     AUTHORITIES,
     ENTRIES,
+    FEDERATED_BUNDLES,
     ISSUANCES,
     MEMBER_TAIL,
     REVOCATIONS,
@@ -515,6 +517,32 @@ class RedisStore(Store):
         with self._redis.call() as client:
             members = client.zrangebylex(index, "-", "+")
         return [REVOCATIONS.decode(reply_text(m)[MEMBER_TAIL:]) for m in members]
+
+    # -- federated bundles ---------------------------------------------------------------
+    # Not on the change feed: every replica polls the foreign endpoints itself.
+
+    def save_federated_bundle(self, record: FederatedBundleRecord) -> None:
+        value = FEDERATED_BUNDLES.encode(record, f"the bundle of {record.trust_domain!r}")
+        with self._redis.call() as client:
+            client.hset(self._keys.federated_bundles, record.trust_domain, value)
+
+    def get_federated_bundle(self, trust_domain: str) -> FederatedBundleRecord:
+        with self._redis.call() as client:
+            stored = client.hget(self._keys.federated_bundles, trust_domain)
+        if stored is None:
+            raise NotFound(f"no bundle of trust domain {trust_domain!r}")
+        return FEDERATED_BUNDLES.decode(reply_text(stored))
+
+    def list_federated_bundles(self) -> list[FederatedBundleRecord]:
+        with self._redis.call() as client:
+            stored = client.hvals(self._keys.federated_bundles)
+        records = [FEDERATED_BUNDLES.decode(reply_text(value)) for value in stored]
+        return sorted(records, key=lambda r: r.trust_domain)
+
+    def delete_federated_bundle(self, trust_domain: str) -> None:
+        with self._redis.call() as client:
+            if not client.hdel(self._keys.federated_bundles, trust_domain):
+                raise NotFound(f"no bundle of trust domain {trust_domain!r}")
 
     # -- audit ---------------------------------------------------------------------------
 

@@ -533,3 +533,39 @@ class RestoreStoreResponse(_message.Message):
     audit_records: int
     forced: bool
     def __init__(self, replaced: _Optional[_Union[StorePosition, _Mapping]] = ..., restored: _Optional[_Union[StorePosition, _Mapping]] = ..., position: _Optional[_Union[StorePosition, _Mapping]] = ..., authorities: _Optional[int] = ..., entries: _Optional[int] = ..., revocations: _Optional[int] = ..., issuances: _Optional[int] = ..., audit_records: _Optional[int] = ..., forced: _Optional[bool] = ...) -> None: ...
+
+class ListFederatedBundlesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FederatedBundle(_message.Message):
+    __slots__ = ("trust_domain", "spiffe_jwks", "pem", "sequence", "has_bundle", "endpoint_url", "profile", "refreshed_at", "last_attempt", "next_refresh", "last_error")
+    TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_JWKS_FIELD_NUMBER: _ClassVar[int]
+    PEM_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    HAS_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_URL_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    REFRESHED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_REFRESH_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    trust_domain: str
+    spiffe_jwks: str
+    pem: str
+    sequence: int
+    has_bundle: bool
+    endpoint_url: str
+    profile: str
+    refreshed_at: float
+    last_attempt: float
+    next_refresh: float
+    last_error: str
+    def __init__(self, trust_domain: _Optional[str] = ..., spiffe_jwks: _Optional[str] = ..., pem: _Optional[str] = ..., sequence: _Optional[int] = ..., has_bundle: _Optional[bool] = ..., endpoint_url: _Optional[str] = ..., profile: _Optional[str] = ..., refreshed_at: _Optional[float] = ..., last_attempt: _Optional[float] = ..., next_refresh: _Optional[float] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class ListFederatedBundlesResponse(_message.Message):
+    __slots__ = ("bundles",)
+    BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    bundles: _containers.RepeatedCompositeFieldContainer[FederatedBundle]
+    def __init__(self, bundles: _Optional[_Iterable[_Union[FederatedBundle, _Mapping]]] = ...) -> None: ...

@@ -162,6 +162,11 @@ class AdminStub:
                 request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.RestoreStoreRequest.SerializeToString,
                 response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.RestoreStoreResponse.FromString,
                 _registered_method=True)
+        self.ListFederatedBundles = channel.unary_unary(
+                '/authd.admin.v1.Admin/ListFederatedBundles',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListFederatedBundlesRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListFederatedBundlesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -349,6 +354,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFederatedBundles(self, request, context):
+        """Federation: the foreign trust domains' bundles trusted now, and how each one's polling
+        fares (configured in [[federation.trust_domains]]).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -476,6 +489,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RestoreStore,
                     request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.RestoreStoreRequest.FromString,
                     response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.RestoreStoreResponse.SerializeToString,
+            ),
+            'ListFederatedBundles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFederatedBundles,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListFederatedBundlesRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListFederatedBundlesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1156,6 +1174,33 @@ class Admin:
             '/authd.admin.v1.Admin/RestoreStore',
             authd_dot_admin_dot_v1_dot_admin__pb2.RestoreStoreRequest.SerializeToString,
             authd_dot_admin_dot_v1_dot_admin__pb2.RestoreStoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFederatedBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/ListFederatedBundles',
+            authd_dot_admin_dot_v1_dot_admin__pb2.ListFederatedBundlesRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.ListFederatedBundlesResponse.FromString,
             options,
             channel_credentials,
             insecure,
