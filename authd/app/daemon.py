@@ -38,6 +38,7 @@ from authd.app.replicas import change_feed_position, follow_store
 from authd.app.store_durability import check_store_durability
 from authd.app.store_trust import StoreTrust
 from authd.app.workload_listener import start_workload
+from authd.app.xds_listener import NativeFastPath
 from authd.authz.metrics import AuthzMetrics
 from authd.config.model import Config
 from authd.federation.bundle_endpoint import BundleEndpoint
@@ -70,6 +71,7 @@ class Daemon:
         self._admin: AdminListeners | None = None
         self._authz: AuthzListeners | None = None
         self._workload: WorkloadEndpoint | None = None
+        self.fast_path: NativeFastPath | None = None
         self.follower: ReplicaFollower | None = None
         self._bundle_endpoint: BundleEndpoint | None = None
         self.trust: StoreTrust | None = None
@@ -161,6 +163,18 @@ class Daemon:
             refusals=self.refusals.callback,
         )
         await self._authz.start()
+        if config.xds.enabled:
+            if not config.workload.enabled:
+                raise StartupError("[xds] enabled needs [workload] enabled (ECDS is served there)")
+            holder = self._authz.policy
+            self.fast_path = NativeFastPath(
+                config,
+                policy=lambda: holder.current if holder is not None else None,
+                revocations=self.revocations,
+                entries=self.entry_registry,
+                registry=self.registry,
+            )
+            await self.fast_path.start()
         if config.workload.enabled:
             self._workload = await start_workload(
                 config,
@@ -170,6 +184,7 @@ class Daemon:
                 revocations=self.revocations,
                 health=self._health,
                 on_refusal=self.refusals.callback("workload"),
+                extra_services=[self.fast_path.add_service] if self.fast_path else [],
             )
         if config.ca.http_address:
             host, port = parse_host_port(config.ca.http_address)
@@ -255,6 +270,8 @@ class Daemon:
         await self._health.enter_graceful_shutdown()
         if self.follower is not None:
             self.follower.stop()
+        if self.fast_path is not None:
+            await self.fast_path.close()
         if self._workload is not None:
             await self._workload.close()
         if self._bundle_endpoint is not None:

@@ -25,6 +25,7 @@ from authd.config.model import (
     LimitsConfig,
     StoreConfig,
     WorkloadConfig,
+    XdsConfig,
 )
 
 __all__ = ["ENV_CONFIG_PATH", "default_data_dir", "load_config"]
@@ -133,6 +134,7 @@ def load_config(
         authz=AuthzConfig(**section("authz")),
         workload=WorkloadConfig(**section("workload")),
         limits=LimitsConfig(**section("limits")),
+        xds=XdsConfig(**section("xds")),
         **top,
     )
     check_consistency(config, sources)

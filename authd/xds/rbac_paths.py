@@ -17,7 +17,7 @@ from typing import Final, Literal
 
 from authd.check.request_path import decode_unreserved
 
-__all__ = ["PathPattern", "UNSAFE_CONTAINS", "UNSAFE_SUFFIXES", "parse_path_pattern"]
+__all__ = ["UNSAFE_CONTAINS", "UNSAFE_SUFFIXES", "PathPattern", "parse_path_pattern"]
 
 _TEMPLATE_VAR: Final = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 # RE2 reads "\" + punctuation as that character; letters and digits stay as they are.

@@ -55,9 +55,8 @@ def validate_uri_template(template: str) -> None:
         elif segment == "**":
             if not last:
                 raise InvalidRbacConfig(f"uri_template {template!r}: '**' only at the end")
-        elif segment != "*" and not (segment == "" and last):
-            if not _LITERAL.fullmatch(segment):
-                raise InvalidRbacConfig(f"uri_template {template!r}: bad segment {segment!r}")
+        elif segment != "*" and not (segment == "" and last) and not _LITERAL.fullmatch(segment):
+            raise InvalidRbacConfig(f"uri_template {template!r}: bad segment {segment!r}")
     if len(names) > _MAX_VARIABLES:
         raise InvalidRbacConfig(f"uri_template {template!r}: more than 5 variables")
 
@@ -102,7 +101,7 @@ def _walk(message: Message, where: str, depth: int) -> None:
                     raise InvalidRbacConfig(f"{here}: an empty key")
                 if isinstance(item, Message):
                     _walk(item, f"{here}[{key!r}]", depth + 1)
-        elif field.label == field.LABEL_REPEATED:
+        elif field.is_repeated:
             for index, item in enumerate(value):
                 _walk(item, f"{here}[{index}]", depth + 1)
         else:
@@ -120,7 +119,7 @@ def _unpack_known(packed: Any) -> Message | None:
         return None
     inner = cls()
     packed.Unpack(inner)
-    return inner  # type: ignore[no-any-return]
+    return inner
 
 
 def validate_rbac(config: Any) -> None:
