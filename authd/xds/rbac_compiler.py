@@ -4,9 +4,10 @@ The tree, first match wins at each level:
 
 1. the peer certificate's URI SAN (``UriSanInput``), an ``exact_match_map`` over every SPIFFE
    ID a rule names exactly, plus the revoked ones (deny) and those ext_authz must see (an
-   entry revoked: only authd knows its serials). Any other SPIFFE peer takes the shared
-   ``on_no_match`` branch; a request without one goes to ext_authz (it may carry a token,
-   and authd answers it 401, not 403);
+   entry revoked: only authd knows its serials); then a ``prefix_match_map`` over the
+   caller prefixes (``spiffe://td/ns/prod/*``; the longest matching one wins), then one
+   branch for every other SPIFFE peer. A request without a peer goes to ext_authz (it may
+   carry a token, and authd answers it 401, not 403);
 2. a credential header (a JWT-SVID, an end-user token, an API key) present → ext_authz:
    it may change who the caller is, or be invalid, and only authd verifies it;
 3. ``:method``, an ``exact_match_map`` over the methods the rules name;
@@ -199,6 +200,14 @@ def _tree(input_config: Any, branches: dict[str, Any], on_no_match: Any) -> Any:
     return matcher_pb2.Matcher(matcher_tree=tree, on_no_match=on_no_match)
 
 
+def _prefix_tree(input_config: Any, branches: dict[str, Any], on_no_match: Any) -> Any:
+    """Longest matching prefix wins (every branch ends in an action, so none falls back)."""
+    tree = matcher_pb2.Matcher.MatcherTree(input=input_config)
+    for key in sorted(branches):
+        tree.prefix_match_map.map[key].CopyFrom(branches[key])
+    return matcher_pb2.Matcher(matcher_tree=tree, on_no_match=on_no_match)
+
+
 def _nested(matcher: Any) -> Any:
     return matcher_pb2.Matcher.OnMatch(matcher=matcher)
 
@@ -236,7 +245,9 @@ def _native_rule(rule: Rule) -> _NativeRule:
 class _Branch:
     """What one branch of the tree fixes about the request."""
 
-    identity: str | None  # an exact SPIFFE ID, or None: a peer not in the identity map
+    # An exact SPIFFE ID; or a caller prefix ending in "/" (the longest one the peer has;
+    # it is in no exact entry); or None: a peer under no prefix and in no exact entry.
+    identity: str | None
     method: str | None  # an exact method, or None: one no rule names
     path: PathPattern | None  # the path class, or None: no pattern matched
     earlier: tuple[PathPattern, ...]  # patterns tried before this one (they did not match)
@@ -246,12 +257,14 @@ def _callers_truth(rule: _NativeRule, branch: _Branch) -> _T:
     callers = rule.callers
     if callers is None:
         return _T.YES
-    if branch.identity is not None:
-        spiffe_id = branch.identity
-        hit = spiffe_id in callers.exact or spiffe_id.startswith(callers.prefixes)
-        return _T.YES if hit else _T.NO
-    # Any peer outside the map: a rule naming only exact IDs cannot match it.
-    return _T.MAYBE if callers.prefixes else _T.NO
+    identity = branch.identity
+    if identity is None:
+        return _T.NO  # in no exact entry and under no caller prefix of any rule
+    if identity.endswith("/"):
+        # Under this prefix and no longer one: a rule's prefix matches iff it is shorter.
+        return _T.YES if identity.startswith(callers.prefixes) else _T.NO
+    hit = identity in callers.exact or identity.startswith(callers.prefixes)
+    return _T.YES if hit else _T.NO
 
 
 def _methods_truth(rule: _NativeRule, branch: _Branch) -> _T:
@@ -421,6 +434,10 @@ def compile_rbac(
         for spiffe_id in named:
             branches.setdefault(spiffe_id, _identity_branch(rules, spiffe_id, headers))
         any_peer = _identity_branch(rules, None, headers)
+        prefixes = sorted({p for r in rules if r.callers is not None for p in r.callers.prefixes})
+        if prefixes:
+            below = {p: _identity_branch(rules, p, headers) for p in prefixes}
+            any_peer = _nested(_prefix_tree(_uri_san_input(), below, any_peer))
         other = _action(f"{EXTAUTHZ_PREFIX}no SPIFFE peer")
     peer_present = _predicate_uri_san_prefix("spiffe://")
     on_no_identity = _nested(_list([(peer_present, any_peer)], other))
