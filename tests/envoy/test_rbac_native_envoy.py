@@ -40,6 +40,10 @@ rule_sets:
         methods: [GET]
         paths: ["/orders", "/orders/{id}"]
         callers: ["spiffe://example.org/web"]
+      - name: prod-reads
+        effect: allow
+        methods: [GET]
+        callers: ["spiffe://example.org/ns/prod/*"]
       - name: admin-anything
         effect: allow
         callers: ["spiffe://example.org/admin"]
@@ -54,6 +58,7 @@ rule_sets:
         headers: {x-tenant: acme}
 """
 
+PROD_API = "spiffe://example.org/ns/prod/api"
 UPDATED = POLICY.replace('paths: ["/orders", "/orders/{id}"]', 'paths: ["/orders/*", "/stock"]')
 
 
@@ -71,7 +76,7 @@ def authd(tmp: Path, config_text: str) -> Iterator[Authd]:
 
 @pytest.fixture(scope="module")
 def svids(authd: Authd, tmp: Path) -> dict[str, Path]:
-    ids = {"web": WEB, "admin": ADMIN, "intruder": INTRUDER}
+    ids = {"web": WEB, "admin": ADMIN, "intruder": INTRUDER, "prod": PROD_API}
     with ThreadPoolExecutor(len(ids)) as pool:
         futures = {n: pool.submit(authd.mint_x509, i, tmp / n) for n, i in ids.items()}
         return {name: future.result() for name, future in futures.items()}
@@ -119,6 +124,7 @@ def test_a_native_allow_never_reaches_ext_authz(
     assert reply.status == 200
     assert call(sidecar, svids, "web", "/orders") == 200
     assert call(sidecar, svids, "admin", "/anything", method="POST") == 200
+    assert call(sidecar, svids, "prod", "/anything") == 200  # below a caller prefix
     assert authd.checks_total() == before
     # A caller's own copy of authd's upstream header never reaches the app.
     assert reply.upstream.values("x-authd-caller") == []
@@ -132,6 +138,7 @@ def test_native_denies_never_reach_ext_authz(
     assert call(sidecar, svids, "web", "/orders/7/items") == 403  # {id} is one segment
     assert call(sidecar, svids, "admin", "/orders/7", method="DELETE") == 403  # deny wins
     assert call(sidecar, svids, "intruder", "/orders") == 403  # named by no rule
+    assert call(sidecar, svids, "prod", "/anything", method="POST") == 403
     assert authd.checks_total() == before
 
 

@@ -21,6 +21,7 @@ from authd.xds.rbac_compiler import EXTAUTHZ_PREFIX, compile_rbac
 from authd.xds.rbac_validation import validate_rbac
 from ca.spiffe_id import SpiffeId
 from tests.support.rbac_matcher import evaluate, rbac_matcher
+from tests.support.rbac_rules import IDS, METHODS, PATHS, policy, rules_yaml
 
 EXAMPLES = int(os.environ.get("AUTHD_HYPOTHESIS_EXAMPLES", "60"))
 
@@ -31,10 +32,6 @@ PROD_API = "spiffe://example.org/ns/prod/api"
 
 def rule_set(text: str, name: str = "s") -> RuleSet:
     return RulesPolicy.from_text(text, "t.yaml").rule_sets[name]
-
-
-def policy(rules: str) -> str:
-    return "version: 1\nrule_sets:\n  s:\n    rules:\n" + rules
 
 
 def native(rules: RuleSet, peer: str | None, method: str, path: str, **headers: str) -> str:
@@ -139,8 +136,12 @@ def test_the_output_is_deterministic() -> None:
       - {name: b, effect: deny, paths: ["/z", "/y/{id}", "/x/*"], callers: ["spiffe://example.org/c"]}
 """
     )
-    first = compile_rbac(rule_set(text), rule_set_name="s", filter_name="f", revoked=["spiffe://x/1", "spiffe://x/0"])
-    again = compile_rbac(rule_set(text), rule_set_name="s", filter_name="f", revoked=["spiffe://x/0", "spiffe://x/1"])
+    first = compile_rbac(
+        rule_set(text), rule_set_name="s", filter_name="f", revoked=["spiffe://x/1", "spiffe://x/0"]
+    )
+    again = compile_rbac(
+        rule_set(text), rule_set_name="s", filter_name="f", revoked=["spiffe://x/0", "spiffe://x/1"]
+    )
     assert first.payload == again.payload
     assert first.version == again.version
     other = compile_rbac(rule_set(text), rule_set_name="s", filter_name="f")
@@ -156,55 +157,6 @@ def test_routing_says_where_each_rule_runs_and_why() -> None:
 
 
 # --- properties --------------------------------------------------------------------------
-
-IDS = [WEB, ADMIN, PROD_API, "spiffe://example.org/ns/prod", "spiffe://other.org/x"]
-CALLER_PATTERNS = [WEB, ADMIN, PROD_API, "spiffe://example.org/ns/prod/*", "spiffe://other.org/*"]
-PATH_PATTERNS = ["/", "/a", "/a/*", "/a/{id}", "/a/{id}/b", "/a/b", "/a/b/*", "/c/{x}/*", "/*"]
-PATHS = [
-    "/",
-    "/a",
-    "/a/",
-    "/a?q=1",
-    "/a/b",
-    "/a/b/c",
-    "/a/x",
-    "/a/x/b",
-    "/a/x/b?z",
-    "/c/1",
-    "/c/1/2",
-    "/c",
-    "/d",
-    "/a/%62",
-    "/a/./b",
-    "/a//b",
-    "/a/b/..",
-    "*",
-]
-METHODS = ["GET", "POST", "DELETE"]
-
-
-@st.composite
-def rules_yaml(draw: st.DrawFn) -> str:
-    lines = []
-    for index in range(draw(st.integers(0, 5))):
-        parts = [f"name: r{index}", f"effect: {draw(st.sampled_from(['allow', 'deny']))}"]
-        if draw(st.booleans()):
-            methods = draw(st.lists(st.sampled_from(METHODS), min_size=1, max_size=2, unique=True))
-            parts.append(f"methods: [{', '.join(methods)}]")
-        if draw(st.booleans()):
-            paths = draw(st.lists(st.sampled_from(PATH_PATTERNS), min_size=1, max_size=3, unique=True))
-            parts.append("paths: [" + ", ".join(f'"{p}"' for p in paths) + "]")
-        if draw(st.booleans()):
-            callers = draw(
-                st.lists(st.sampled_from(CALLER_PATTERNS), min_size=1, max_size=2, unique=True)
-            )
-            parts.append("callers: [" + ", ".join(f'"{c}"' for c in callers) + "]")
-        if draw(st.integers(0, 4)) == 0:
-            parts.append("headers: {x-tenant: acme}")
-        if draw(st.integers(0, 4)) == 0:
-            parts.append("authenticated: true")
-        lines.append("      - {" + ", ".join(parts) + "}\n")
-    return policy("".join(lines) or "      []\n").replace("rules:\n      []", "rules: []")
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -222,13 +174,13 @@ def test_a_native_decision_is_always_authds_decision(
     headers = {"x-tenant": tenant} if tenant else {}
     compiled = compile_rbac(rules, rule_set_name="s", filter_name="f")
     validate_rbac(compiled.config)
-    action = evaluate(rbac_matcher(compiled.config), peer, {":method": method, ":path": path, **headers})
+    action = evaluate(
+        rbac_matcher(compiled.config), peer, {":method": method, ":path": path, **headers}
+    )
     if action.startswith(EXTAUTHZ_PREFIX):
         return
     assert action.startswith(("allow:", "deny:")), action
-    assert authd_allows(rules, peer, method, path, **headers) == action.startswith("allow:"), (
-        action
-    )
+    assert authd_allows(rules, peer, method, path, **headers) == action.startswith("allow:"), action
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
