@@ -38,7 +38,7 @@ from authd.app.replicas import change_feed_position, follow_store
 from authd.app.store_durability import check_store_durability
 from authd.app.store_trust import StoreTrust
 from authd.app.workload_listener import start_workload
-from authd.app.xds_listener import NativeFastPath
+from authd.app.xds_listener import NativeFastPath, explain_without_xds
 from authd.authz.metrics import AuthzMetrics
 from authd.config.model import Config
 from authd.federation.bundle_endpoint import BundleEndpoint
@@ -46,6 +46,7 @@ from authd.transport.sockets import parse_host_port
 from authd.workload.registry import EntryRegistry
 from authd.workload.sds_stream import SdsStreamStatus
 from authd.workload.server import WorkloadEndpoint
+from authd.xds.report import XdsReport
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock, SystemClock
 from ca.replication import ReplicaFollower
@@ -148,6 +149,7 @@ class Daemon:
             refusals=self.refusals.callback,
             store=self.store_ops,
             sds_status=self._sds_status if config.workload.enabled else None,
+            xds_report=self._xds_report,
         )
         await self._admin.start()
         self._authz = AuthzListeners(
@@ -205,6 +207,12 @@ class Daemon:
             config.admin_socket_path,
             data_dir,
         )
+
+    def _xds_report(self) -> XdsReport:
+        if self.fast_path is not None:
+            return self.fast_path.report()
+        holder = self._authz.policy if self._authz is not None else None
+        return explain_without_xds(self.config, holder.current if holder else None)
 
     def _sds_status(self) -> list[SdsStreamStatus]:
         return self._workload.sds_status() if self._workload is not None else []

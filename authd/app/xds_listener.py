@@ -22,11 +22,12 @@ from authd.transport.peercred import PeerCredGateway
 from authd.workload.registry import EntryRegistry
 from authd.xds.ecds import ExtensionConfigDiscovery
 from authd.xds.metrics import XdsMetrics
-from authd.xds.publisher import RbacPublisher
+from authd.xds.publisher import RbacInputs, RbacPublisher, compile_inputs
+from authd.xds.report import XdsReport
 from authd.xds.stream import XdsNodeStatus
 from ca.revoker import Revoker
 
-__all__ = ["NativeFastPath", "credential_headers"]
+__all__ = ["NativeFastPath", "credential_headers", "explain_without_xds"]
 
 log = logging.getLogger("authd")
 
@@ -95,6 +96,16 @@ class NativeFastPath:
             current.version if current is not None else "(none: refused, see above)",
         )
 
+    def report(self) -> XdsReport:
+        publisher = self.publisher
+        return XdsReport(
+            enabled=True,
+            compiled=publisher.current,
+            compiled_at=publisher.compiled_at,
+            last_refusal=publisher.last_refusal,
+            nodes=tuple(self.status()),
+        )
+
     def status(self) -> list[XdsNodeStatus]:
         return self._servicer.status() if self._servicer is not None else []
 
@@ -105,3 +116,22 @@ class NativeFastPath:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def explain_without_xds(config: Config, policy: object) -> XdsReport:
+    """With ``[xds]`` off: what the routing would be (no revocations, no Envoys)."""
+    inputs = RbacInputs(
+        policy=policy,
+        rule_set=config.xds.rule_set,
+        revoked=frozenset(),
+        to_extauthz=frozenset(),
+        credential_headers=credential_headers(config),
+        everything_to_extauthz="authz.dry_run is on" if config.authz.dry_run else "",
+    )
+    return XdsReport(
+        enabled=False,
+        compiled=compile_inputs(inputs, config.xds.filter_name),
+        compiled_at=0.0,
+        last_refusal="",
+        nodes=(),
+    )

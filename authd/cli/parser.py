@@ -35,6 +35,7 @@ from authd.cli.revocation_commands import (
 )
 from authd.cli.sds_commands import add_sds_commands
 from authd.cli.store_commands import add_store_commands
+from authd.cli.xds_commands import add_policy_explain, add_xds_commands
 
 JSON_HELP = "print one JSON document instead of text"
 
@@ -342,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     policy_check.add_argument("--json", action="store_true", help=JSON_HELP)
     policy_check.set_defaults(func=cmd_policy_check)
+    add_policy_explain(policy, client)
 
     apikey = commands.add_parser("apikey", help="API keys for ext_authz").add_subparsers(
         dest="apikey_command", metavar="<command>", required=True
@@ -360,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_json_flag(doctor)
     doctor.set_defaults(func=cmd_doctor)
     add_sds_commands(commands, client)
+    add_xds_commands(commands, client)
     completion = commands.add_parser("completion", help="print a shell completion script")
     completion.add_argument("shell", choices=list(SHELLS), help="bash, zsh or fish")
     completion.set_defaults(func=cmd_completion, root_parser=parser)

@@ -7,6 +7,7 @@ Envoy's RBAC decided never reaches ext_authz, so that counter does not move.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -171,6 +172,22 @@ def test_a_credential_header_goes_to_ext_authz(
     status = call(sidecar, svids, "web", "/orders/7", headers={"authorization": "Bearer x.y.z"})
     assert status == 401  # authd saw the bad token: Envoy alone would have allowed
     assert authd.checks_total() == before + 1
+
+
+def test_operators_see_where_rules_run_and_which_envoys_are_in_step(
+    authd: Authd, sidecar: Envoy
+) -> None:
+    explain = json.loads(authd.cli("policy", "explain", "--json").stdout)
+    runs = {rule["rule"]: rule["runs"] for rule in explain["rules"]}
+    assert runs["web-reads-orders"] == "native"
+    assert runs["web-reports-for-acme"] == "ext_authz"
+    assert explain["enabled"] and explain["version"] == served_version(authd)
+    status = json.loads(authd.cli("xds", "status", "--json").stdout)
+    (node,) = status["nodes"]
+    assert node["state"] == "in step"
+    assert node["acked_version"] == status["version"] == applied_version(sidecar)
+    assert node["lag_seconds"] == 0
+    assert "in step" in authd.cli("xds", "status").stdout
 
 
 def test_a_policy_update_is_enforced(authd: Authd, sidecar: Envoy, svids: dict[str, Path]) -> None:
