@@ -348,7 +348,7 @@ def _path_level(rules: Sequence[_NativeRule], identity: str | None, method: str 
     none_matched = _action(_leaf(live, _Branch(identity, method, None, tuple(patterns))))
     if not patterns:
         return None, none_matched
-    entries = [(_unsafe_path_predicate(), _action(f"{EXTAUTHZ_PREFIX}path needs normalising"))]
+    entries = []
     for index, pattern in enumerate(patterns):
         branch = _Branch(identity, method, pattern, tuple(patterns[:index]))
         entries.append((_path_predicate(pattern), _action(_leaf(live, branch))))
@@ -368,17 +368,25 @@ def _method_level(rules: Sequence[_NativeRule], identity: str | None) -> Any:
     return _nested(_tree(_header_input(":method"), branches, other))
 
 
-def _identity_branch(
-    rules: Sequence[_NativeRule], identity: str | None, credential_headers: Sequence[str]
-) -> Any:
-    below = _method_level(rules, identity)
-    if not credential_headers:
-        return below
+def _relevant(
+    identity: str | None,
+    by_id: dict[str, list[tuple[int, _NativeRule]]],
+    unscoped: list[tuple[int, _NativeRule]],
+) -> list[_NativeRule]:
+    """The rules that can match a peer of ``identity``, in file order: those naming it, those
+    with a caller prefix or no callers (every other rule is false there)."""
+    found = sorted([*by_id.get(identity or "", ()), *unscoped], key=lambda item: item[0])
+    return [rule for _, rule in found]
+
+
+def _guards(credential_headers: Sequence[str]) -> list[tuple[Any, Any]]:
+    """Before any rule: a credential header or a path that may normalise otherwise."""
     reason = _action(f"{EXTAUTHZ_PREFIX}credential header")
     entries = [
         (_predicate(h, safe_regex=xds_regex("[\\s\\S]*")), reason) for h in credential_headers
     ]
-    return _nested(_list(entries, below))
+    path = _action(f"{EXTAUTHZ_PREFIX}path needs normalising")
+    return [*entries, (_unsafe_path_predicate(), path)]
 
 
 def compile_rbac(
@@ -421,30 +429,47 @@ def compile_rbac(
     if rule_set is None and not everything_to_extauthz:
         everything_to_extauthz = f"no rule set {rule_set_name!r}"
 
-    branches: dict[str, Any] = {}
+    revoked_branches: dict[str, Any] = {}
     for spiffe_id in revoked_ids:
-        branches[spiffe_id] = _action(REVOKED_ACTION)
+        revoked_branches[spiffe_id] = _action(REVOKED_ACTION)
     for spiffe_id in extauthz_ids:
-        branches[spiffe_id] = _action(f"{EXTAUTHZ_PREFIX}entry revoked")
+        revoked_branches[spiffe_id] = _action(f"{EXTAUTHZ_PREFIX}entry revoked")
+    named_branches: dict[str, Any] = {}
     if everything_to_extauthz:
-        other = _action(f"{EXTAUTHZ_PREFIX}{everything_to_extauthz}")
-        any_peer = other
+        below_revoked = _action(f"{EXTAUTHZ_PREFIX}{everything_to_extauthz}")
     else:
-        named = sorted({i for r in rules if r.callers is not None for i in r.callers.exact})
-        for spiffe_id in named:
-            branches.setdefault(spiffe_id, _identity_branch(rules, spiffe_id, headers))
-        any_peer = _identity_branch(rules, None, headers)
+        # An index by exact caller keeps this linear in the rules, not quadratic.
+        by_id: dict[str, list[tuple[int, _NativeRule]]] = {}
+        unscoped: list[tuple[int, _NativeRule]] = []
+        for index, native_rule in enumerate(rules):
+            callers = native_rule.callers
+            if callers is None or callers.prefixes:
+                unscoped.append((index, native_rule))
+            for spiffe_id in callers.exact if callers is not None else ():
+                by_id.setdefault(spiffe_id, []).append((index, native_rule))
+        for spiffe_id in sorted(by_id):
+            if spiffe_id not in revoked_branches:
+                named_branches[spiffe_id] = _method_level(
+                    _relevant(spiffe_id, by_id, unscoped), spiffe_id
+                )
+        anyone = [rule for _, rule in unscoped]
+        any_peer = _method_level(anyone, None)
         prefixes = sorted({p for r in rules if r.callers is not None for p in r.callers.prefixes})
         if prefixes:
-            below = {p: _identity_branch(rules, p, headers) for p in prefixes}
+            below = {p: _method_level(anyone, p) for p in prefixes}
             any_peer = _nested(_prefix_tree(_uri_san_input(), below, any_peer))
-        other = _action(f"{EXTAUTHZ_PREFIX}no SPIFFE peer")
-    peer_present = _predicate_uri_san_prefix("spiffe://")
-    on_no_identity = _nested(_list([(peer_present, any_peer)], other))
-    if branches:
-        root = _tree(_uri_san_input(), branches, on_no_identity)
-    else:
-        root = _list([(peer_present, any_peer)], other)
+        no_peer = _action(f"{EXTAUTHZ_PREFIX}no SPIFFE peer")
+        peer_present = _predicate_uri_san_prefix("spiffe://")
+        identities = _list([(peer_present, any_peer)], no_peer)
+        if named_branches:
+            identities = _tree(_uri_san_input(), named_branches, _nested(identities))
+        below_revoked = _nested(_list(_guards(headers), _nested(identities)))
+    if revoked_branches:
+        root = _tree(_uri_san_input(), revoked_branches, below_revoked)
+    elif below_revoked.HasField("matcher"):
+        root = below_revoked.matcher
+    else:  # one action for everything: a list, as a matcher must match on something
+        root = _list([(_predicate_uri_san_prefix("spiffe://"), below_revoked)], below_revoked)
     config = rbac_pb2.RBAC(matcher=root)
     typed = extension_pb2.TypedExtensionConfig(name=filter_name)
     typed.typed_config.Pack(config, deterministic=True)
@@ -456,7 +481,7 @@ def compile_rbac(
         payload=payload,
         version=version,
         routing=tuple(routing),
-        identities=len(branches),
+        identities=len(revoked_branches) + len(named_branches),
         revoked=len(revoked_ids),
     )
 
