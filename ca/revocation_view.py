@@ -142,6 +142,11 @@ class RevocationView:
         """True if ``target`` of ``kind`` (serial, spiffe_id, entry, jti) is revoked."""
         return target in self._sets.get(kind, ())
 
+    def targets(self, kind: str) -> frozenset[str]:
+        """Every revoked target of ``kind`` (serial, spiffe_id, entry, jti), as a snapshot."""
+        with self._lock:
+            return frozenset(self._sets.get(kind, ()))
+
     def staleness(self) -> float:
         """Seconds since the view last matched the store: 0 without a clock, inf if never."""
         if self._clock is None:

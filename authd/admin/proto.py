@@ -9,6 +9,7 @@ from authd.admin.issuance import IssuedSvid
 from authd.admin.store_ops import StoreState
 from authd.api.authd.admin.v1 import admin_pb2
 from authd.workload.sds_stream import SdsStreamStatus
+from authd.xds.report import XdsReport
 from ca.audit import AuditVerdict
 from ca.revocation_view import RevocationReason
 from ca.store import AuditRecord, AuthorityRecord, RegistrationEntry, Revocation, Selector
@@ -177,3 +178,53 @@ def store_state_to_proto(state: StoreState) -> admin_pb2.ShowStoreResponse:
         found=position_to_proto(state.found),
         mirror=position_to_proto(state.mirror),
     )
+
+
+def native_policy_to_proto(report: XdsReport) -> admin_pb2.ExplainNativePolicyResponse:
+    compiled = report.compiled
+    message = admin_pb2.ExplainNativePolicyResponse(
+        enabled=report.enabled, last_refusal=report.last_refusal
+    )
+    if compiled is not None:
+        message.version = compiled.version
+        message.filter_name = compiled.filter_name
+        message.config_bytes = len(compiled.payload)
+        message.identities = compiled.identities
+        message.revoked = compiled.revoked
+        message.rules.extend(
+            admin_pb2.NativeRuleRouting(
+                rule_set=r.rule_set,
+                rule=r.rule,
+                line=r.line,
+                effect=r.effect,
+                native=r.native,
+                why=r.why,
+            )
+            for r in compiled.routing
+        )
+    return message
+
+
+def xds_nodes_to_proto(report: XdsReport, now: float) -> admin_pb2.ListXdsNodesResponse:
+    message = admin_pb2.ListXdsNodesResponse(
+        enabled=report.enabled,
+        version=report.compiled.version if report.compiled is not None else "",
+    )
+    for node in report.nodes:
+        message.nodes.append(
+            admin_pb2.XdsNode(
+                node_id=node.node_id,
+                cluster=node.cluster,
+                pid=node.pid,
+                uid=node.uid,
+                resource_names=list(node.names),
+                sent_version=node.sent_version,
+                acked_version=node.acked_version,
+                nacks=node.nacks,
+                last_nack=node.last_nack,
+                nacked_version=node.nacked_version,
+                lag_seconds=report.lag(node, now),
+                opened_at=int(node.opened_at),
+            )
+        )
+    return message

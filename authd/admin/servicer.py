@@ -9,6 +9,7 @@ its refusal (``authd.admin.errors``) to a status with the message. Operations ru
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -39,6 +40,7 @@ from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
 from authd.transport.peercred import PeerCredGateway
 from authd.workload.registry import EntryRegistry
 from authd.workload.sds_stream import SdsStreamStatus
+from authd.xds.report import XdsReport
 from ca.certificate_authority import CertificateAuthority
 from ca.revoker import Revoker
 
@@ -74,6 +76,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         store: StoreOperations | None = None,
         sds_status: Callable[[], Sequence[SdsStreamStatus]] | None = None,
         federated_bundles: Callable[[], list[admin_pb2.FederatedBundle]] | None = None,
+        xds_report: Callable[[], XdsReport] | None = None,
     ) -> None:
         """``revocations`` is the daemon's list, the one ext_authz and the Workload API
         consult; without it the service keeps one of its own over the CA's store.
@@ -90,6 +93,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self._store = store
         self._sds_status = sds_status
         self._federated_bundles = federated_bundles
+        self._xds_report = xds_report
         self._worker = OperationWorker()
 
     def close(self) -> None:
@@ -312,6 +316,25 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         # Read on the loop, where the poller keeps its state.
         found = self._federated_bundles() if self._federated_bundles is not None else []
         return admin_pb2.ListFederatedBundlesResponse(bundles=found)
+
+    # --- the native fast path ---------------------------------------------------------------
+
+    async def _xds(self, context: Context) -> XdsReport:
+        await self._serve(context, lambda _: None)  # admins only
+        if self._xds_report is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the daemon has no policy loaded")
+            raise AssertionError("abort raises")
+        return self._xds_report()  # on the loop, where the streams live
+
+    async def ExplainNativePolicy(
+        self, request: admin_pb2.ExplainNativePolicyRequest, context: Context
+    ) -> admin_pb2.ExplainNativePolicyResponse:
+        return proto.native_policy_to_proto(await self._xds(context))
+
+    async def ListXdsNodes(
+        self, request: admin_pb2.ListXdsNodesRequest, context: Context
+    ) -> admin_pb2.ListXdsNodesResponse:
+        return proto.xds_nodes_to_proto(await self._xds(context), time.time())
 
     # --- store regression ---------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from authd.transport.peercred import PeerCredGateway
 from authd.transport.refusals import RefusalCallback
 from authd.workload.registry import EntryRegistry
 from authd.workload.sds_stream import SdsStreamStatus
+from authd.xds.report import XdsReport
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
 from ca.errors import InvalidRequest
@@ -52,11 +53,13 @@ class AdminListeners:
         store: StoreOperations | None = None,
         sds_status: Callable[[], Sequence[SdsStreamStatus]] | None = None,
         federated_bundles: Callable[[], list[admin_pb2.FederatedBundle]] | None = None,
+        xds_report: Callable[[], XdsReport] | None = None,
     ) -> None:
         self.config = config
         self._federated_bundles = federated_bundles
         self._store = store
         self._sds_status = sds_status
+        self._xds_report = xds_report
         self._ca = ca
         self._clock = clock
         self._entries = entries
@@ -97,6 +100,7 @@ class AdminListeners:
             self._store,
             self._sds_status,
             self._federated_bundles,
+            self._xds_report,
         )
         admin_pb2_grpc.add_AdminServicer_to_server(self._admin_service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -39,6 +39,7 @@ from authd.app.replicas import change_feed_position, follow_store
 from authd.app.store_durability import check_store_durability
 from authd.app.store_trust import MIRRORED_SEQUENCES, StoreTrust
 from authd.app.workload_listener import start_workload
+from authd.app.xds_listener import NativeFastPath, explain_without_xds
 from authd.authz.metrics import AuthzMetrics
 from authd.check.model import Reason
 from authd.config.model import Config
@@ -47,6 +48,7 @@ from authd.transport.sockets import parse_host_port
 from authd.workload.registry import EntryRegistry
 from authd.workload.sds_stream import SdsStreamStatus
 from authd.workload.server import WorkloadEndpoint
+from authd.xds.report import XdsReport
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock, SystemClock
 from ca.replication import ReplicaFollower
@@ -72,6 +74,7 @@ class Daemon:
         self._admin: AdminListeners | None = None
         self._authz: AuthzListeners | None = None
         self._workload: WorkloadEndpoint | None = None
+        self.fast_path: NativeFastPath | None = None
         self.follower: ReplicaFollower | None = None
         self._bundle_endpoint: BundleEndpoint | None = None
         self.federation: Federation | None = None
@@ -159,6 +162,7 @@ class Daemon:
             store=self.store_ops,
             sds_status=self._sds_status if config.workload.enabled else None,
             federated_bundles=self.federation.listing,
+            xds_report=self._xds_report,
         )
         await self._admin.start()
         self._authz = AuthzListeners(
@@ -176,6 +180,18 @@ class Daemon:
             bundles=self.federation.view,
         )
         await self._authz.start()
+        if config.xds.enabled:
+            if not config.workload.enabled:
+                raise StartupError("[xds] enabled needs [workload] enabled (ECDS is served there)")
+            holder = self._authz.policy
+            self.fast_path = NativeFastPath(
+                config,
+                policy=lambda: holder.current if holder is not None else None,
+                revocations=self.revocations,
+                entries=self.entry_registry,
+                registry=self.registry,
+            )
+            await self.fast_path.start()
         if config.workload.enabled:
             self._workload = await start_workload(
                 config,
@@ -186,6 +202,7 @@ class Daemon:
                 health=self._health,
                 on_refusal=self.refusals.callback("workload"),
                 federation=self.federation.bundles,
+                extra_services=[self.fast_path.add_service] if self.fast_path else [],
             )
         if config.ca.http_address:
             host, port = parse_host_port(config.ca.http_address)
@@ -206,6 +223,12 @@ class Daemon:
             config.admin_socket_path,
             data_dir,
         )
+
+    def _xds_report(self) -> XdsReport:
+        if self.fast_path is not None:
+            return self.fast_path.report()
+        holder = self._authz.policy if self._authz is not None else None
+        return explain_without_xds(self.config, holder.current if holder else None)
 
     def _sds_status(self) -> list[SdsStreamStatus]:
         return self._workload.sds_status() if self._workload is not None else []
@@ -287,6 +310,8 @@ class Daemon:
         await self._health.enter_graceful_shutdown()
         if self.follower is not None:
             self.follower.stop()
+        if self.fast_path is not None:
+            await self.fast_path.close()
         if self._workload is not None:
             await self._workload.close()
         if self._bundle_endpoint is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from grpc_health.v1 import health_pb2_grpc
 
@@ -12,7 +13,7 @@ from authd.ports.bundle_view import ForeignBundles
 from authd.transport.peercred import GatewayError
 from authd.transport.refusals import RefusalCallback
 from authd.workload.registry import EntryRegistry
-from authd.workload.server import WorkloadEndpoint
+from authd.workload.server import AddService, WorkloadEndpoint
 from authd.workload.svids import SvidProvider
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
@@ -33,6 +34,7 @@ async def start_workload(
     health: health_pb2_grpc.HealthServicer,
     on_refusal: RefusalCallback,
     federation: ForeignBundles | None = None,
+    extra_services: Sequence[AddService] = (),
 ) -> WorkloadEndpoint:
     """Serve the workload endpoint; its SVIDs come from ``ca`` for ``entries``."""
     svids = SvidProvider(ca, entries, clock, revocations=revocations, federated=federation)
@@ -45,6 +47,7 @@ async def start_workload(
         revocations=revocations,
         limits=config.listener_limits(),
         on_refusal=on_refusal,
+        extra_services=extra_services,
     )
     try:
         await endpoint.start()

@@ -39,6 +39,7 @@ from authd.cli.revocation_commands import (
 )
 from authd.cli.sds_commands import add_sds_commands
 from authd.cli.store_commands import add_store_commands
+from authd.cli.xds_commands import add_policy_explain, add_xds_commands
 
 JSON_HELP = "print one JSON document instead of text"
 
@@ -404,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     decision_log.add_argument("--json", action="store_true", help=JSON_HELP)
     decision_log.set_defaults(func=cmd_log)
+    add_policy_explain(policy, client)
 
     apikey = commands.add_parser("apikey", help="API keys for ext_authz").add_subparsers(
         dest="apikey_command", metavar="<command>", required=True
@@ -423,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(func=cmd_doctor)
     add_sds_commands(commands, client)
     add_demo_parser(commands)
+    add_xds_commands(commands, client)
     completion = commands.add_parser("completion", help="print a shell completion script")
     completion.add_argument("shell", choices=list(SHELLS), help="bash, zsh or fish")
     completion.set_defaults(func=cmd_completion, root_parser=parser)

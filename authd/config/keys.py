@@ -15,6 +15,7 @@ from authd.config.values import (
     parse_bool,
     parse_choice,
     parse_choice_list,
+    parse_filter_name,
     parse_header_list,
     parse_header_name,
     parse_int_at_least,
@@ -39,7 +40,7 @@ __all__ = ["ENV_KEYS", "ENV_PREFIX", "PARSERS", "SECTIONS", "env_name", "unknown
 
 ENV_PREFIX = "AUTHD_"
 
-SECTIONS = ("ca", "store", "admin", "authz", "txn_token", "workload", "limits", "federation")
+SECTIONS = ("ca", "store", "admin", "authz", "txn_token", "workload", "limits", "federation", "xds")
 
 # Every key, "section.key" or "key", with the parser that checks and converts its value.
 PARSERS: dict[str, Callable[[object], object]] = {
@@ -112,6 +113,9 @@ PARSERS: dict[str, Callable[[object], object]] = {
     "workload.socket_path": parse_path,
     "workload.enabled": parse_bool,
     "workload.rotation_check_interval": parse_positive_duration,
+    "xds.enabled": parse_bool,
+    "xds.filter_name": parse_filter_name,
+    "xds.rule_set": parse_str,
     "limits.max_connections": parse_positive_int,
     "limits.idle_timeout": parse_positive_duration,
     "limits.max_header_list_size": parse_int_at_least(1024),

@@ -27,6 +27,7 @@ from authd.config.model import (
     StoreConfig,
     TxnTokenConfig,
     WorkloadConfig,
+    XdsConfig,
 )
 
 __all__ = ["ENV_CONFIG_PATH", "default_data_dir", "load_config"]
@@ -137,6 +138,7 @@ def load_config(
         workload=WorkloadConfig(**section("workload")),
         limits=LimitsConfig(**section("limits")),
         federation=FederationConfig(**section("federation")),
+        xds=XdsConfig(**section("xds")),
         **top,
     )
     check_consistency(config, sources)

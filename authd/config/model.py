@@ -196,6 +196,15 @@ class WorkloadConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class XdsConfig:
+    """[xds]: the native fast path, the rules compiled into Envoy's RBAC filter over ECDS."""
+
+    enabled: bool = False
+    filter_name: str = "authd.rbac"  # the ECDS resource name the Envoy filter asks for
+    rule_set: str = ""  # "" means the policy's default_rule_set
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """[limits]: the bounds every listener enforces (see ``authd.transport.limits``)."""
 
@@ -253,6 +262,7 @@ class Config:
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    xds: XdsConfig = field(default_factory=XdsConfig)
 
     def resolve_path(self, path: str | Path) -> Path:
         """``path`` made absolute against ``data_dir`` (absolute paths are returned as is)."""

@@ -153,6 +153,13 @@ def parse_header_name(value: object) -> str:
     return text
 
 
+def parse_filter_name(value: object) -> str:
+    text = parse_str(value)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", text):
+        raise ValueError(f"must be an Envoy filter name like 'authd.rbac', not {text!r}")
+    return text
+
+
 def parse_header_list(value: object) -> tuple[str, ...]:
     return tuple(parse_header_name(v) for v in parse_str_list(value))
 

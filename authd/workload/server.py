@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -32,6 +33,10 @@ from ca.revoker import Revoker
 
 log = logging.getLogger(__name__)
 
+AddService = Callable[[grpc.aio.Server, PeerCredGateway], None]
+"""Adds one more servicer to the workload socket's server (e.g. ECDS), given the gateway
+that tells it who called."""
+
 
 class WorkloadEndpoint:
     def __init__(
@@ -45,6 +50,7 @@ class WorkloadEndpoint:
         revocations: Revoker | None = None,
         limits: ListenerLimits | None = None,
         on_refusal: RefusalCallback | None = None,
+        extra_services: Sequence[AddService] = (),
     ) -> None:
         self.identities = identities
         self._revocations = revocations
@@ -58,6 +64,7 @@ class WorkloadEndpoint:
         self._rotation: asyncio.Task[None] | None = None
         self._workload_api: WorkloadApiService | None = None
         self._sds: SecretDiscoveryService | None = None
+        self._extra_services = tuple(extra_services)
 
     async def start(self) -> None:
         await self._gateway.start()
@@ -74,6 +81,8 @@ class WorkloadEndpoint:
         )
         sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self._sds, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        for add_service in self._extra_services:
+            add_service(server, self._gateway)
         server.add_insecure_port(self._gateway.internal_address)
         await server.start()
         self._server = server

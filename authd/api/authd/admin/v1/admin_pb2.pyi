@@ -569,3 +569,85 @@ class ListFederatedBundlesResponse(_message.Message):
     BUNDLES_FIELD_NUMBER: _ClassVar[int]
     bundles: _containers.RepeatedCompositeFieldContainer[FederatedBundle]
     def __init__(self, bundles: _Optional[_Iterable[_Union[FederatedBundle, _Mapping]]] = ...) -> None: ...
+
+class ExplainNativePolicyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ExplainNativePolicyResponse(_message.Message):
+    __slots__ = ("enabled", "version", "filter_name", "config_bytes", "identities", "revoked", "rules", "last_refusal")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FILTER_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    IDENTITIES_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    LAST_REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    version: str
+    filter_name: str
+    config_bytes: int
+    identities: int
+    revoked: int
+    rules: _containers.RepeatedCompositeFieldContainer[NativeRuleRouting]
+    last_refusal: str
+    def __init__(self, enabled: _Optional[bool] = ..., version: _Optional[str] = ..., filter_name: _Optional[str] = ..., config_bytes: _Optional[int] = ..., identities: _Optional[int] = ..., revoked: _Optional[int] = ..., rules: _Optional[_Iterable[_Union[NativeRuleRouting, _Mapping]]] = ..., last_refusal: _Optional[str] = ...) -> None: ...
+
+class NativeRuleRouting(_message.Message):
+    __slots__ = ("rule_set", "rule", "line", "effect", "native", "why")
+    RULE_SET_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    EFFECT_FIELD_NUMBER: _ClassVar[int]
+    NATIVE_FIELD_NUMBER: _ClassVar[int]
+    WHY_FIELD_NUMBER: _ClassVar[int]
+    rule_set: str
+    rule: str
+    line: int
+    effect: str
+    native: bool
+    why: str
+    def __init__(self, rule_set: _Optional[str] = ..., rule: _Optional[str] = ..., line: _Optional[int] = ..., effect: _Optional[str] = ..., native: _Optional[bool] = ..., why: _Optional[str] = ...) -> None: ...
+
+class ListXdsNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListXdsNodesResponse(_message.Message):
+    __slots__ = ("enabled", "version", "nodes")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    version: str
+    nodes: _containers.RepeatedCompositeFieldContainer[XdsNode]
+    def __init__(self, enabled: _Optional[bool] = ..., version: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[XdsNode, _Mapping]]] = ...) -> None: ...
+
+class XdsNode(_message.Message):
+    __slots__ = ("node_id", "cluster", "pid", "uid", "resource_names", "sent_version", "acked_version", "nacks", "last_nack", "nacked_version", "lag_seconds", "opened_at")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    SENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NACKS_FIELD_NUMBER: _ClassVar[int]
+    LAST_NACK_FIELD_NUMBER: _ClassVar[int]
+    NACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    OPENED_AT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    cluster: str
+    pid: int
+    uid: int
+    resource_names: _containers.RepeatedScalarFieldContainer[str]
+    sent_version: str
+    acked_version: str
+    nacks: int
+    last_nack: str
+    nacked_version: str
+    lag_seconds: float
+    opened_at: int
+    def __init__(self, node_id: _Optional[str] = ..., cluster: _Optional[str] = ..., pid: _Optional[int] = ..., uid: _Optional[int] = ..., resource_names: _Optional[_Iterable[str]] = ..., sent_version: _Optional[str] = ..., acked_version: _Optional[str] = ..., nacks: _Optional[int] = ..., last_nack: _Optional[str] = ..., nacked_version: _Optional[str] = ..., lag_seconds: _Optional[float] = ..., opened_at: _Optional[int] = ...) -> None: ...

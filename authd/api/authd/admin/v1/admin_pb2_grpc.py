@@ -167,6 +167,16 @@ class AdminStub:
                 request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListFederatedBundlesRequest.SerializeToString,
                 response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListFederatedBundlesResponse.FromString,
                 _registered_method=True)
+        self.ExplainNativePolicy = channel.unary_unary(
+                '/authd.admin.v1.Admin/ExplainNativePolicy',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ExplainNativePolicyRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ExplainNativePolicyResponse.FromString,
+                _registered_method=True)
+        self.ListXdsNodes = channel.unary_unary(
+                '/authd.admin.v1.Admin/ListXdsNodes',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListXdsNodesRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListXdsNodesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -362,6 +372,21 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainNativePolicy(self, request, context):
+        """The native fast path (README "The native fast path"): for each rule of the compiled rule
+        set, whether Envoy's RBAC filter decides it or ext_authz does, and why; and the Envoys
+        connected over ECDS with the config version each one enforces, its last NACK and lag.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListXdsNodes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -494,6 +519,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListFederatedBundles,
                     request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListFederatedBundlesRequest.FromString,
                     response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListFederatedBundlesResponse.SerializeToString,
+            ),
+            'ExplainNativePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainNativePolicy,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ExplainNativePolicyRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ExplainNativePolicyResponse.SerializeToString,
+            ),
+            'ListXdsNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListXdsNodes,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListXdsNodesRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListXdsNodesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1201,6 +1236,60 @@ class Admin:
             '/authd.admin.v1.Admin/ListFederatedBundles',
             authd_dot_admin_dot_v1_dot_admin__pb2.ListFederatedBundlesRequest.SerializeToString,
             authd_dot_admin_dot_v1_dot_admin__pb2.ListFederatedBundlesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainNativePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/ExplainNativePolicy',
+            authd_dot_admin_dot_v1_dot_admin__pb2.ExplainNativePolicyRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.ExplainNativePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListXdsNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/ListXdsNodes',
+            authd_dot_admin_dot_v1_dot_admin__pb2.ListXdsNodesRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.ListXdsNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

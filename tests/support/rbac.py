@@ -1,0 +1,64 @@
+"""The native fast path in tests: a sidecar from deploy/envoy/sidecar-rbac.yaml and its probes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.support.envoy import HOST, TRUST_DOMAIN, Authd, Envoy, render, start_envoy
+
+FILTER_NAME = "authd.rbac"
+
+
+def rbac_sidecar(
+    tmp: Path,
+    *,
+    cert_dir: Path,
+    workload_socket: Path,
+    app_port: int,
+    authz_port: int,
+    policy: str,
+    access_log: Path,
+    name: str = "rbac-sidecar",
+) -> Envoy:
+    """Envoy with the ECDS-fed RBAC filter in front of gRPC ext_authz, on a free port."""
+    config = render(
+        "sidecar-rbac.yaml",
+        ADMIN_PORT=0,
+        CERT_DIR=cert_dir,
+        TRUST_DOMAIN=TRUST_DOMAIN,
+        INBOUND_ADDRESS=HOST,
+        INBOUND_PORT=0,
+        APP_ADDRESS=HOST,
+        APP_PORT=app_port,
+        AUTHZ_ADDRESS=HOST,
+        AUTHZ_PORT=authz_port,
+        WORKLOAD_SOCKET=workload_socket,
+        POLICY=policy,
+        JWT_AUDIENCE=policy,
+        ACCESS_LOG=access_log,
+    )
+    return start_envoy(config, tmp, name)
+
+
+def applied_version(envoy: Envoy, filter_name: str = FILTER_NAME) -> str:
+    """The ECDS version of ``filter_name`` this Envoy enforces ("" before its first)."""
+    dump = json.loads(envoy.admin("/config_dump?resource=ecds_filters"))
+    for config in dump.get("configs", []):
+        if config.get("ecds_filter", {}).get("name") == filter_name:
+            return str(config.get("version_info", ""))
+    return ""
+
+
+def served_version(authd: Authd) -> str:
+    """The RBAC config version authd serves now, from its metrics ("" if none)."""
+    for line in authd.metrics().splitlines():
+        if line.startswith("authd_xds_config_info{"):
+            return line.split('version="', 1)[1].split('"', 1)[0]
+    return ""
+
+
+def xds_status(authd: Authd) -> Any:
+    """``authd xds status --json``."""
+    return json.loads(authd.cli("xds", "status", "--json").stdout)
