@@ -43,7 +43,14 @@ from authd.authz.txn_tokens import TxnTokens, mints_here, user_scope
 from authd.check.errors import MalformedRequest
 from authd.check.header_values import check_names, sendable_opa_envoy_outcome, sendable_outcome
 from authd.check.input_document import input_document, pruned_input_document
-from authd.check.model import CheckContext, Decision, Identities, Outcome, Reason
+from authd.check.model import (
+    CheckContext,
+    CredentialProblem,
+    Decision,
+    Identities,
+    Outcome,
+    Reason,
+)
 from authd.check.opa_envoy_input import check_parsable
 from authd.policy.base import Policy
 
@@ -221,8 +228,7 @@ class Authorizer:
                 reason = self._stale_reason()
                 rule = "store" if reason == Reason.STORE_REGRESSED else "revocations"
                 decision = Decision(allowed=False, reason=reason, rule=rule, http_status=503)
-            elif identities.problems and self._credential_denials:
-                problem = identities.problems[0]
+            elif (problem := self._refused_credential(identities)) is not None:
                 reason = Reason.REVOKED if problem.revoked else Reason.INVALID_CREDENTIALS
                 decision = Decision(allowed=False, reason=reason, rule=problem.kind)
             else:
@@ -279,6 +285,16 @@ class Authorizer:
             if tuple(scope) != carried.scope:
                 step.token = tokens.replace(carried, scope) or ""
         return decision
+
+    def _refused_credential(self, identities: Identities) -> CredentialProblem | None:
+        """The credential problem that denies before the policy runs: the first one in
+        authd's mode (or with the ``credential_denials`` extra); in OPA-Envoy mode only a
+        revoked credential, since revocation bites in every mode and the plugin has none."""
+        if not identities.problems:
+            return None
+        if self._credential_denials:
+            return identities.problems[0]
+        return next((p for p in identities.problems if p.revoked), None)
 
     @staticmethod
     def _authd_answers(decision: Decision) -> bool:

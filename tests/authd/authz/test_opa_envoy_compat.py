@@ -163,6 +163,21 @@ def test_an_unverified_bearer_is_never_refused_before_the_policy() -> None:
     assert (outcome.upstream_headers, outcome.remove_headers) == ({}, [])
 
 
+def test_a_revoked_credential_is_refused_before_the_policy_in_every_mode() -> None:
+    """OPA-Envoy has no revocation; a policy written for it would let a revoked SVID in.
+    Revocation bites everywhere: the one deny authd adds in compat mode."""
+    problem = CredentialProblem("peer_certificate", "serial 1f is revoked", revoked=True)
+    unverified = CredentialProblem("user_jwt", "user-jwt/iss: token issuer not trusted")
+    outcome = decide(rego("true"), identities=Identities(problems=(unverified, problem)))
+    decision = outcome.decision
+    assert (outcome.allowed, decision.reason, decision.rule) == (
+        False,
+        "revoked",
+        "peer_certificate",
+    )
+    assert outcome.status == 401 and "www-authenticate" in outcome.deny_headers
+
+
 def test_extras_are_opt_in() -> None:
     problem = CredentialProblem("jwt_svid", "jwt-svid/exp: token has expired")
     settings = AuthzSettings(compat="opa-envoy", extras=frozenset(EXTRAS))
