@@ -9,19 +9,11 @@ refused (NACK) with Envoy's reason. :class:`SdsStreamStatus` is that, frozen, fo
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-__all__ = ["SdsStream", "SdsStreamStatus"]
+from authd.transport.xds_stream import MAX_NACK_CHARS, MAX_NODE_CHARS, SotwStream
 
-# What an Envoy says about itself is caller input: kept, but bounded.
-MAX_NODE_CHARS = 256
-MAX_NACK_CHARS = 512
-
-
-def _bounded(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+__all__ = ["MAX_NACK_CHARS", "MAX_NODE_CHARS", "SdsStream", "SdsStreamStatus"]
 
 
 @dataclass(frozen=True)
@@ -44,64 +36,11 @@ class SdsStreamStatus:
 
 
 @dataclass(eq=False)
-class SdsStream:
-    """What one SDS stream asked for and was sent, and whether Envoy needs a response.
+class SdsStream(SotwStream):
+    """One SDS stream (see ``SotwStream``), and what its secrets were last built from."""
 
-    ``names`` is None until the first request. ``version`` and ``nonce`` are those of the
-    last response sent; ``acked_version`` the last one Envoy accepted, ``last_nack`` its
-    reason for the last one it refused. The counters are for logs, tests and the admin API.
-    """
-
-    names: tuple[str, ...] | None = None
-    version: str = ""
-    nonce: str = ""
-    acks: int = 0
-    nacks: int = 0
-    stale: int = 0
-    responses: int = 0
     provider_version: int = 0  # the identity source's version last looked at
     crl_version: int = 0  # the CrlFeed version last looked at
-    node_id: str = ""
-    cluster: str = ""
-    acked_version: str = ""
-    last_nack: str = ""
-    nacked_version: str = ""
-    _nonces: itertools.count[int] = field(default_factory=lambda: itertools.count(1), repr=False)
-
-    def on_request(self, request: Any) -> bool:
-        """Take in a DiscoveryRequest; True if it must be answered now."""
-        if request.HasField("node") and request.node.id:
-            self.node_id = _bounded(request.node.id, MAX_NODE_CHARS)
-            self.cluster = _bounded(request.node.cluster, MAX_NODE_CHARS)
-        if request.response_nonce != self.nonce:
-            # Envoy answered an older response; the newer one is on its way to it.
-            self.stale += 1
-            return False
-        names = tuple(request.resource_names)
-        first, changed = self.names is None, names != self.names
-        self.names = names
-        if first:
-            return True
-        if request.HasField("error_detail"):
-            self.nacks += 1
-            self.last_nack = _bounded(request.error_detail.message or "(no reason)", MAX_NACK_CHARS)
-            self.nacked_version = self.version
-        else:
-            self.acked_version = self.version
-            if not changed:
-                self.acks += 1
-        return changed
-
-    def needs_push(self, version: str) -> bool:
-        """After a change of SVIDs or bundle: do this stream's secrets now differ?"""
-        return self.names is not None and version != self.version
-
-    def sent(self, version: str) -> str:
-        """Record a response of ``version``; returns its nonce."""
-        self.version = version
-        self.nonce = str(next(self._nonces))
-        self.responses += 1
-        return self.nonce
 
     def status(self, *, pid: int, uid: int, opened_at: float) -> SdsStreamStatus:
         return SdsStreamStatus(
