@@ -6,18 +6,21 @@ serves ext_authz in HTTP mode; ``check`` asks it about one bearer token.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
 import signal
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from tests.support.daemon import Daemon, authd
 from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer
 
 TD = "spiffe://example.org"
 ALLOW_WORKLOADS_POLICY = f"""\
@@ -145,3 +148,35 @@ def check(replica: Replica, token: str, **extra: str) -> tuple[int, str]:
     if response.status == 200:
         return 200, "allowed"
     return response.status, json.loads(body)["error"]
+
+
+@dataclass
+class ReplicaPair:
+    """Two replicas on one Redis: ``r1`` rotates (holds the keys), ``r2`` follows."""
+
+    redis: RedisServer
+    r1: Replica
+    r2: Replica
+
+    @property
+    def both(self) -> list[Replica]:
+        return [self.r1, self.r2]
+
+
+@contextlib.contextmanager
+def replica_pair(workdir: Path, max_staleness: float) -> Iterator[ReplicaPair]:
+    """A fresh redis-server (RDB only, no automatic saves) and two running replicas on it,
+    sharing ``ALLOW_WORKLOADS_POLICY``; everything stopped on exit."""
+    (workdir / "policy.yaml").write_text(ALLOW_WORKLOADS_POLICY)
+    redis = RedisServer(workdir / "redis").start()
+    r1 = Replica(workdir, "r1", redis.url, rotates=True, max_staleness=max_staleness)
+    r2 = Replica(workdir, "r2", redis.url, rotates=False, max_staleness=max_staleness)
+    try:
+        r1.start()
+        r2.start()
+        yield ReplicaPair(redis, r1, r2)
+    finally:
+        for replica in (r1, r2):
+            if replica.running:
+                replica.stop()
+        redis.stop()

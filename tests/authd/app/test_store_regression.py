@@ -30,46 +30,26 @@ from tests.support.store_replicas import (
     ALLOW_WORKLOADS_POLICY,
     TD,
     Replica,
+    ReplicaPair,
     check,
+    replica_pair,
     wait_for,
 )
 
 MAX_STALENESS = 60  # seconds: long enough that the replicas decide from their last view
 
 
-@dataclass
-class Group:
-    redis: RedisServer
-    r1: Replica
-    r2: Replica
-
-    @property
-    def both(self) -> list[Replica]:
-        return [self.r1, self.r2]
-
-
 @pytest.fixture
-def group(workdir: Path) -> Iterator[Group]:
-    (workdir / "policy.yaml").write_text(ALLOW_WORKLOADS_POLICY)
-    redis = RedisServer(workdir / "redis").start()  # RDB only, no automatic saves
-    r1 = Replica(workdir, "r1", redis.url, rotates=True, max_staleness=MAX_STALENESS)
-    r2 = Replica(workdir, "r2", redis.url, rotates=False, max_staleness=MAX_STALENESS)
-    try:
-        r1.start()
-        r2.start()
-        yield Group(redis, r1, r2)
-    finally:
-        for replica in (r1, r2):
-            if replica.running:
-                replica.stop()
-        redis.stop()
+def group(workdir: Path) -> Iterator[ReplicaPair]:
+    with replica_pair(workdir, MAX_STALENESS) as pair:
+        yield pair
 
 
 @dataclass
 class Watch:
     """Checks every enforced revocation on every replica, over and over, in a thread."""
 
-    group: Group
+    group: ReplicaPair
     tokens: dict[str, str]
     enforced: set[str] = field(default_factory=set)
     violations: list[str] = field(default_factory=list)
@@ -97,7 +77,7 @@ class Watch:
         self._thread.join(timeout=30)
 
 
-def revoke_everywhere(group: Group, via: Replica, target: str, watch: Watch) -> None:
+def revoke_everywhere(group: ReplicaPair, via: Replica, target: str, watch: Watch) -> None:
     """Revoke ``target`` on ``via``; once both replicas deny it, it is enforced."""
     via.cli("revoke", "spiffe-id", f"{TD}/{target}", "--reason", "key-compromise")
     for replica in group.both:
@@ -110,7 +90,7 @@ def revoke_everywhere(group: Group, via: Replica, target: str, watch: Watch) -> 
 
 @pytest.mark.parametrize("comes_back", ["empty", "from-an-older-snapshot"])
 def test_a_store_that_went_backwards_is_never_trusted_and_reseed_repairs_it(
-    group: Group, comes_back: str
+    group: ReplicaPair, comes_back: str
 ) -> None:
     r1, r2, redis = group.r1, group.r2, group.redis
     names = ["billing", "web", *(f"rev-{n}" for n in range(6))]
@@ -189,7 +169,7 @@ def test_a_store_that_went_backwards_is_never_trusted_and_reseed_repairs_it(
     assert len(reseeded) == 1
 
 
-def test_reseed_is_refused_while_the_store_is_in_step(group: Group) -> None:
+def test_reseed_is_refused_while_the_store_is_in_step(group: ReplicaPair) -> None:
     result = authd("store", "reseed", data_dir=group.r1.data_dir, check=False)
     assert result.returncode == 1 and "nothing to reseed" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

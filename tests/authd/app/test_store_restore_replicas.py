@@ -16,47 +16,30 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.support.daemon import authd
-from tests.support.redis_server import RedisServer
-from tests.support.store_replicas import ALLOW_WORKLOADS_POLICY, TD, Replica, check, wait_for
+from tests.support.store_replicas import (
+    TD,
+    Replica,
+    ReplicaPair,
+    check,
+    replica_pair,
+    wait_for,
+)
 
 MAX_STALENESS = 60  # seconds: long enough that a regressed replica decides from its last view
 
 
-@dataclass
-class Group:
-    redis: RedisServer
-    r1: Replica
-    r2: Replica
-
-    @property
-    def both(self) -> list[Replica]:
-        return [self.r1, self.r2]
-
-
 @pytest.fixture
-def group(workdir: Path) -> Iterator[Group]:
-    (workdir / "policy.yaml").write_text(ALLOW_WORKLOADS_POLICY)
-    redis = RedisServer(workdir / "redis").start()
-    r1 = Replica(workdir, "r1", redis.url, rotates=True, max_staleness=MAX_STALENESS)
-    r2 = Replica(workdir, "r2", redis.url, rotates=False, max_staleness=MAX_STALENESS)
-    try:
-        r1.start()
-        r2.start()
-        yield Group(redis, r1, r2)
-    finally:
-        for replica in (r1, r2):
-            if replica.running:
-                replica.stop()
-        redis.stop()
+def group(workdir: Path) -> Iterator[ReplicaPair]:
+    with replica_pair(workdir, MAX_STALENESS) as pair:
+        yield pair
 
 
-def revoke_everywhere(group: Group, target: str, token: str) -> None:
+def revoke_everywhere(group: ReplicaPair, target: str, token: str) -> None:
     group.r1.cli("revoke", "spiffe-id", f"{TD}/{target}", "--reason", "key-compromise")
     for replica in group.both:
         wait_for(f"{replica.name} to deny {target}", lambda r=replica: check(r, token)[0] == 401)
@@ -67,7 +50,7 @@ def regressed(replica: Replica) -> bool:
 
 
 def test_a_restore_that_loses_nothing_is_taken_up_by_every_replica(
-    group: Group, workdir: Path
+    group: ReplicaPair, workdir: Path
 ) -> None:
     r1, redis = group.r1, group.redis
     stolen = r1.token(f"{TD}/stolen")
@@ -90,7 +73,7 @@ def test_a_restore_that_loses_nothing_is_taken_up_by_every_replica(
 
 
 def test_a_forced_restore_is_adopted_elsewhere_only_when_the_operator_accepts_it(
-    group: Group, workdir: Path
+    group: ReplicaPair, workdir: Path
 ) -> None:
     r1, r2 = group.r1, group.r2
     stolen, later = r1.token(f"{TD}/stolen"), r1.token(f"{TD}/later")
