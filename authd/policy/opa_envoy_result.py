@@ -21,6 +21,7 @@ from envoy.type.v3 import http_status_pb2
 from authd.check.model import Decision, EnvoyResponse, Reason
 from authd.policy.base import PolicyError
 from authd.policy.result import UNDEFINED
+from authd.policy.result import json_type_name as _kind
 
 # Envoy's StatusCode enum (0, "Empty", aside); the plugin also requires a status Go names.
 _ENVOY_STATUS_CODES = frozenset(code for code in http_status_pb2.StatusCode.values() if code)
@@ -85,22 +86,6 @@ def _joined(pairs: Pairs) -> dict[str, str]:
     for name, value in pairs:
         joined.setdefault(name, []).append(value)
     return {name: ", ".join(values) for name, values in joined.items()}
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
 
 
 def _headers(result: dict[str, Any], field: str, rule: str) -> Pairs:

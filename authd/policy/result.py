@@ -47,13 +47,13 @@ def decision_from_result(result: Any, rule: str) -> Decision:
         return Decision(result, Reason.ALLOWED if result else Reason.POLICY_DENIED, rule=rule)
     if not isinstance(result, dict):
         raise PolicyError(
-            f"{rule}: result must be a boolean or an object, not {_type_name(result)}"
+            f"{rule}: result must be a boolean or an object, not {json_type_name(result)}"
         )
     if "allowed" not in result:
         raise PolicyError(f"{rule}: result object has no 'allowed' key")
     allowed = result["allowed"]
     if not isinstance(allowed, bool):
-        raise PolicyError(f"{rule}: 'allowed' must be a boolean, not {_type_name(allowed)}")
+        raise PolicyError(f"{rule}: 'allowed' must be a boolean, not {json_type_name(allowed)}")
     decision = Decision(allowed, Reason.ALLOWED if allowed else Reason.POLICY_DENIED, rule=rule)
     if "headers" in result:
         decision.headers = _headers(result["headers"], "headers", rule)
@@ -78,13 +78,13 @@ def decision_from_result(result: Any, rule: str) -> Decision:
     if "body" in result:
         body = result["body"]
         if not isinstance(body, str):
-            raise PolicyError(f"{rule}: 'body' must be a string, not {_type_name(body)}")
+            raise PolicyError(f"{rule}: 'body' must be a string, not {json_type_name(body)}")
         decision.body = body
     if "dynamic_metadata" in result:
         metadata = result["dynamic_metadata"]
         if not isinstance(metadata, dict):
             raise PolicyError(
-                f"{rule}: 'dynamic_metadata' must be an object, not {_type_name(metadata)}"
+                f"{rule}: 'dynamic_metadata' must be an object, not {json_type_name(metadata)}"
             )
         decision.dynamic_metadata = metadata
     if "txn_scope" in result:
@@ -95,7 +95,8 @@ def decision_from_result(result: Any, rule: str) -> Decision:
     return decision
 
 
-def _type_name(value: Any) -> str:
+def json_type_name(value: Any) -> str:
+    """The JSON type of a policy's value, as OPA names it in its messages."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -118,7 +119,7 @@ def _headers(value: Any, field: str, rule: str) -> dict[str, str]:
         if not isinstance(headers, dict):
             raise PolicyError(
                 f"{rule}: {field!r} must be an object (or an array of objects), "
-                f"not {_type_name(headers)}"
+                f"not {json_type_name(headers)}"
             )
         for name, header_value in headers.items():
             values = header_value if isinstance(header_value, list) else [header_value]
@@ -126,7 +127,7 @@ def _headers(value: Any, field: str, rule: str) -> dict[str, str]:
                 if not isinstance(item, str):
                     raise PolicyError(
                         f"{rule}: {field!r} header {name!r} must be a string or an array of "
-                        f"strings, not {_type_name(item)}"
+                        f"strings, not {json_type_name(item)}"
                     )
             collected.setdefault(name, []).extend(values)
     joined: dict[str, str] = {}
@@ -148,7 +149,7 @@ def _strings(value: Any, field: str, rule: str) -> list[str]:
 def _query_parameters(value: Any, rule: str) -> dict[str, str]:
     if not isinstance(value, dict):
         raise PolicyError(
-            f"{rule}: 'query_parameters_to_set' must be an object, not {_type_name(value)}"
+            f"{rule}: 'query_parameters_to_set' must be an object, not {json_type_name(value)}"
         )
     parameters: dict[str, str] = {}
     for name, item in value.items():
@@ -157,7 +158,7 @@ def _query_parameters(value: Any, rule: str) -> dict[str, str]:
         if not isinstance(item, str):
             raise PolicyError(
                 f"{rule}: 'query_parameters_to_set' value of {name!r} must be one string, "
-                f"not {_type_name(item)}"
+                f"not {json_type_name(item)}"
             )
         parameters[name] = item
     return parameters
@@ -167,7 +168,7 @@ def _http_status(value: Any, rule: str) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise PolicyError(f"{rule}: 'http_status' must be a number, not {_type_name(value)}")
+        raise PolicyError(f"{rule}: 'http_status' must be a number, not {json_type_name(value)}")
     if value not in _STATUS_CODES:
         raise PolicyError(f"{rule}: 'http_status' {value} is not a known HTTP status")
     return value
