@@ -20,8 +20,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from authd.app.errors import StartupError
 from authd.authz import assembly as authz_service
-from authd.authz.decision_log import DecisionLog
+from authd.authz.decision_log import DecisionLog, DecisionSink
 from authd.authz.metrics import AuthzMetrics
+from authd.authz.opa_log_sink import FanOut, OpaDecisionLog, build_opa_decision_log
 from authd.check.model import Reason
 from authd.config.model import Config
 from authd.extauthz.grpc_servicer import ExtAuthzService
@@ -76,6 +77,7 @@ class AuthzListeners:
         self._refusals = refusals
         self._policy: PolicyHolder | None = None
         self._decision_log: DecisionLog | None = None
+        self._opa_decision_log: OpaDecisionLog | None = None
         self._authz_server: NativeGrpcServer | grpc.aio.Server | None = None
         self._http_server: HttpAuthzServer | None = None
         self._metrics_server: WSGIServer | None = None
@@ -185,13 +187,27 @@ class AuthzListeners:
             if target != "-":
                 target = str(config.resolve_path(target))
             self._decision_log = DecisionLog.open(target)
+        sink: DecisionSink | None = self._decision_log
+        try:
+            self._opa_decision_log = build_opa_decision_log(config)
+        except (OSError, PolicyError) as exc:
+            raise StartupError(f"decision_logs: {exc}") from None
+        if self._opa_decision_log is not None:
+            opa_log = self._opa_decision_log
+            opa_log.start()
+            sink = opa_log if sink is None else FanOut(sink, opa_log)
+            self.metrics.add_source(
+                "authd_decision_logs",
+                "OPA-format decision events by what became of them",
+                opa_log.counters.snapshot,
+            )
         holder = self._policy
         authorizer = authz_service.build_authorizer(
             config,
             resolver=resolver,
             policy=lambda: holder.current,
             metrics=self.metrics,
-            decision_log=self._decision_log,
+            decision_log=sink,
             fresh=self._fresh,
             stale_reason=self._stale_reason,
         )
@@ -272,3 +288,5 @@ class AuthzListeners:
             self._metrics_server.server_close()
         if self._decision_log is not None:
             self._decision_log.close()
+        if self._opa_decision_log is not None:
+            await asyncio.to_thread(self._opa_decision_log.close)

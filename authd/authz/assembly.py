@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from authd.authz.api_keys import ApiKeyStore
-from authd.authz.decision_log import DecisionLog
+from authd.authz.decision_log import DecisionSink
 from authd.authz.identity import (
     IdentityResolver,
     IdentitySettings,
@@ -60,6 +60,10 @@ def policy_source(config: Config) -> PolicySource:
     results: ResultMapping = decision_from_result
     if authz.compat == "opa-envoy":
         results = opa_envoy_decision
+    if config.decision_logs.enabled:
+        from authd.authz.opa_log_sink import traced
+
+        results = traced(results)
     if authz.policy_engine == "rego":
         from authd.policy.rego import RegoPolicy
         from authd.policy.rego_offload import OffLoopRego
@@ -185,7 +189,7 @@ def build_authorizer(
     resolver: IdentityResolver,
     policy: Callable[[], Policy],
     metrics: AuthzMetrics | None = None,
-    decision_log: DecisionLog | None = None,
+    decision_log: DecisionSink | None = None,
     fresh: Callable[[], bool] = lambda: True,
     stale_reason: Callable[[], Reason] = lambda: Reason.STALE,
 ) -> Authorizer:

@@ -19,6 +19,8 @@ _MAX_UNIX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating N
 
 def check_consistency(config: Config, sources: Mapping[str, str]) -> None:
     """The rules that relate several keys."""
+    if (problem := config.decision_logs.problem()) is not None:
+        raise ConfigError(*problem, sources.get(problem[0]))
     ca = config.ca
     if ca.ca_ttl < _MIN_CA_TTL:
         raise ConfigError(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 
+from authd.config.decision_logs import parse_data_path, parse_labels, parse_service_url
 from authd.config.errors import ConfigError
 from authd.config.federation_values import parse_foreign_trust_domains
 from authd.config.model import KEY_TYPES, OPA_ENVOY_EXTRAS
@@ -40,7 +41,18 @@ __all__ = ["ENV_KEYS", "ENV_PREFIX", "PARSERS", "SECTIONS", "env_name", "unknown
 
 ENV_PREFIX = "AUTHD_"
 
-SECTIONS = ("ca", "store", "admin", "authz", "txn_token", "workload", "limits", "federation", "xds")
+SECTIONS = (
+    "ca",
+    "store",
+    "admin",
+    "authz",
+    "txn_token",
+    "workload",
+    "limits",
+    "federation",
+    "xds",
+    "decision_logs",
+)
 
 # Every key, "section.key" or "key", with the parser that checks and converts its value.
 PARSERS: dict[str, Callable[[object], object]] = {
@@ -131,6 +143,20 @@ PARSERS: dict[str, Callable[[object], object]] = {
     "federation.min_refresh": parse_positive_duration,
     "federation.max_refresh": parse_positive_duration,
     "federation.trust_domains": parse_foreign_trust_domains,
+    "decision_logs.file": parse_path,
+    "decision_logs.console": parse_bool,
+    "decision_logs.service_url": parse_service_url,
+    "decision_logs.service_token_path": parse_path,
+    "decision_logs.resource": parse_str,
+    "decision_logs.min_delay_seconds": parse_positive_duration,
+    "decision_logs.max_delay_seconds": parse_positive_duration,
+    "decision_logs.upload_size_limit_bytes": parse_int_at_least(1024),
+    "decision_logs.buffer_size_limit_bytes": parse_int_at_least(1024),
+    "decision_logs.queue_size": parse_positive_int,
+    "decision_logs.max_decisions_per_second": parse_non_negative_int,
+    "decision_logs.mask_decision": parse_data_path,
+    "decision_logs.drop_decision": parse_data_path,
+    "decision_logs.labels": parse_labels,
 }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from authd.config.consistency import check_consistency
+from authd.config.decision_logs import DecisionLogSettings
 from authd.config.errors import ConfigError
 from authd.config.keys import ENV_KEYS, ENV_PREFIX, PARSERS, SECTIONS, unknown_key
 from authd.config.model import (
@@ -139,6 +140,7 @@ def load_config(
         limits=LimitsConfig(**section("limits")),
         federation=FederationConfig(**section("federation")),
         xds=XdsConfig(**section("xds")),
+        decision_logs=DecisionLogSettings(**section("decision_logs")),
         **top,
     )
     check_consistency(config, sources)

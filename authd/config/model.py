@@ -11,6 +11,7 @@ from typing import Literal
 
 from cryptography import x509
 
+from authd.config.decision_logs import DecisionLogSettings
 from authd.transport.limits import ListenerLimits
 from ca.store.durability import Durability
 
@@ -263,6 +264,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     xds: XdsConfig = field(default_factory=XdsConfig)
+    decision_logs: DecisionLogSettings = field(default_factory=DecisionLogSettings)
 
     def resolve_path(self, path: str | Path) -> Path:
         """``path`` made absolute against ``data_dir`` (absolute paths are returned as is)."""

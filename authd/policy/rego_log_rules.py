@@ -1,0 +1,75 @@
+"""The decision-log rules of a Rego policy, ``system.log.drop`` and ``system.log.mask``.
+
+Compiled once from the same modules as the policy, with the two rules as entrypoints (a rule
+no module defines is simply undefined: nothing dropped, nothing masked). Each is evaluated
+with the decision event as ``input``, as OPA does. One instance serves one thread (the
+decision log writer): a regopy Interpreter holds the current input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from regopy import Input, Interpreter, LogLevel, RegoError
+
+import authd.policy.rego  # noqa: F401 (loads rego-cpp's libstdc++ the way it needs, first)
+from authd.policy.base import PolicyError
+from authd.policy.rego_errors import rego_error_message
+from authd.policy.rego_source import normalize_entrypoint
+from authd.policy.result import UNDEFINED
+
+__all__ = ["LogRules"]
+
+
+class LogRules:
+    def __init__(self, sources: Mapping[str, str], mask: str, drop: str) -> None:
+        self.mask_path = normalize_entrypoint(mask)
+        self.drop_path = normalize_entrypoint(drop)
+        self._sources = dict(sources)
+        interpreter = Interpreter()
+        interpreter.log_level = LogLevel.NONE
+        try:
+            for name, text in sources.items():
+                interpreter.add_module(name, text)
+            self._bundle = interpreter.build(None, [self.mask_path, self.drop_path])
+        except RegoError as exc:
+            raise PolicyError(rego_error_message(str(exc), self._sources)) from exc
+        if not self._bundle.ok():
+            raise PolicyError(f"decision log rules: {self._bundle}")
+        self._interpreter = Interpreter()
+        self._interpreter.log_level = LogLevel.NONE
+
+    @classmethod
+    def load(cls, paths: Sequence[Path | str], mask: str, drop: str) -> LogRules:
+        """From the ``.rego`` files (a directory means every ``.rego`` file below it)."""
+        sources: dict[str, str] = {}
+        for path in map(Path, paths):
+            for file in sorted(path.rglob("*.rego")) if path.is_dir() else [path]:
+                try:
+                    sources[str(file)] = file.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise PolicyError(f"{file}: cannot read policy: {exc}") from exc
+        return cls(sources, mask, drop)
+
+    def drop(self, event: Mapping[str, Any]) -> bool:
+        """Whether ``system.log.drop`` holds for this event (only ``true`` drops)."""
+        return self._query(self.drop_path, event) is True
+
+    def mask(self, event: Mapping[str, Any]) -> Any:
+        """What ``system.log.mask`` is for this event, or ``UNDEFINED``."""
+        return self._query(self.mask_path, event)
+
+    def _query(self, entrypoint: str, event: Mapping[str, Any]) -> Any:
+        try:
+            self._interpreter.set_input(Input(dict(event)))
+            output = self._interpreter.query_bundle_entrypoint(self._bundle, entrypoint)
+        except (RegoError, ValueError, TypeError) as exc:
+            raise PolicyError(f"evaluating {entrypoint} failed: {exc}") from exc
+        if not output.ok():
+            raise PolicyError(f"evaluating {entrypoint} failed: {output}")
+        results = output.results
+        if not results or not results[0].expressions:
+            return UNDEFINED
+        return results[0].expressions[0]
