@@ -173,6 +173,9 @@ class OpaDecisionLog:
                 except Exception:  # never let one event end the writer
                     log.exception("decision event could not be logged")
                     self.counters.add("encoding_failure")
+                if self._queue.empty() and self._file is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        self._file.flush()  # a burst is over: the file has it all
                 with self._flushed:
                     self._done += 1
                     self._flushed.notify_all()
