@@ -37,9 +37,11 @@ import rego.v1
 
 mask contains "/input/attributes/request/http/headers/authorization"
 
-mask contains {"op": "upsert", "path": "/input/attributes/request/http/headers/x-api-key", "value": "**"} if {
+mask contains {"op": "upsert", "path": api_key, "value": "**"} if {
 	input.input.attributes.request.http.headers["x-api-key"]
 }
+
+api_key := "/input/attributes/request/http/headers/x-api-key"
 
 drop if input.input.parsed_path[0] == "healthz"
 """
