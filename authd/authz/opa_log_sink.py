@@ -29,10 +29,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 from authd.authz.decision_log import DecisionSink
 from authd.authz.log_upload import ChunkBuffer, ChunkEncoder, LogCounters, Uploader
-from authd.authz.opa_decision_log import decision_event, mask_input, with_metrics
+from authd.authz.opa_decision_log import decision_event, mask_input, rfc3339_nanos, with_metrics
 from authd.authz.opa_log_mask import MaskError, apply_mask, mask_rules
 from authd.authz.pipeline import logged_input
-from authd.check.model import CheckContext, Decision, Outcome, PolicyTrace
+from authd.check.model import CheckContext, Decision, Outcome, PolicyTrace, Reason
 from authd.config.decision_logs import DecisionLogSettings
 from authd.config.model import Config
 from authd.policy.base import PolicyError
@@ -44,9 +44,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FanOut", "OpaDecisionLog", "build_opa_decision_log", "open_log_file", "traced"]
+__all__ = [
+    "FanOut",
+    "OpaDecisionLog",
+    "build_opa_decision_log",
+    "console_line",
+    "open_log_file",
+    "traced",
+]
 
 _STOP = object()
+# Reasons of checks authd refused before any policy ran (no policy result to log).
+_REFUSED_FIRST = frozenset(
+    {
+        Reason.INVALID_CREDENTIALS,
+        Reason.REVOKED,
+        Reason.STALE,
+        Reason.STORE_REGRESSED,
+        Reason.MALFORMED_REQUEST,
+    }
+)
 _FLUSH_EVERY = 1.0  # seconds the file and the current chunk wait at most
 
 
@@ -181,6 +198,8 @@ class OpaDecisionLog:
                     self._flushed.notify_all()
             if item is None or time.monotonic() - last_flush >= _FLUSH_EVERY:
                 self._flush_outputs()
+                if self._rules is not None:
+                    self._rules = self._rules.refreshed()
                 last_flush = time.monotonic()
 
     def _flush_outputs(self) -> None:
@@ -201,7 +220,7 @@ class OpaDecisionLog:
         if self._file is not None:
             self._file.write(line + "\n")
         if self.settings.console:
-            sys.stdout.write(line + "\n")
+            sys.stdout.write(console_line(event, at_ns) + "\n")
         if self._encoder is not None and self.buffer is not None:
             for chunk in self._encoder.write(line.encode("utf-8")):
                 self.buffer.push(chunk)
@@ -214,8 +233,11 @@ class OpaDecisionLog:
         trace = outcome.decision.trace
         error: dict[str, Any] | None = None
         result: Any = None
-        if trace is None:
-            error = {"message": f"decided by authd before the policy: {outcome.decision.reason}"}
+        reason = outcome.decision.reason
+        if trace is None and reason in _REFUSED_FIRST:
+            error = {"message": f"decided by authd before the policy: {reason}"}
+        elif trace is None:  # the rules engine: its answer as a boolean rule's
+            result = outcome.decision.allowed
         elif trace.result is UNDEFINED:
             error = {"message": "undefined decision"}
         else:
@@ -279,6 +301,19 @@ class OpaDecisionLog:
         if self._file is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._file.close()
+
+
+def console_line(event: Mapping[str, Any], at_ns: int) -> str:
+    """The event as OPA's console logger prints it: one JSON object, keys sorted, with the
+    logger's ``level``, ``msg``, ``time`` and ``type`` added."""
+    fields = {
+        **event,
+        "level": "info",
+        "msg": "Decision Log",
+        "time": rfc3339_nanos(at_ns - at_ns % 1_000_000_000),
+        "type": "openpolicyagent.org/decision_logs",
+    }
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def traced(results: ResultMapping) -> ResultMapping:

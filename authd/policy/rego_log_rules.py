@@ -3,12 +3,16 @@
 Compiled once from the same modules as the policy, with the two rules as entrypoints (a rule
 no module defines is simply undefined: nothing dropped, nothing masked). Each is evaluated
 with the decision event as ``input``, as OPA does. One instance serves one thread (the
-decision log writer): a regopy Interpreter holds the current input.
+decision log writer): a regopy Interpreter holds the current input. ``refreshed()`` gives
+the rules of the files as they are now, so an edited policy masks with its new rules (an edit
+that does not compile keeps the old ones, with one error line).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,29 @@ from authd.policy.rego_source import normalize_entrypoint
 from authd.policy.result import UNDEFINED
 
 __all__ = ["LogRules"]
+
+log = logging.getLogger(__name__)
+_Signature = tuple[tuple[str, int, int], ...]
+
+
+def _rego_files(paths: Iterable[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(path.rglob("*.rego")) if path.is_dir() else [path])
+    return files
+
+
+def _signature(paths: Sequence[Path]) -> _Signature:
+    """What changes when a module is edited, added or removed: names, mtimes, sizes."""
+    seen = []
+    for file in _rego_files(paths):
+        try:
+            info = os.stat(file)
+        except OSError:
+            seen.append((str(file), -1, -1))
+        else:
+            seen.append((str(file), info.st_mtime_ns, info.st_size))
+    return tuple(seen)
 
 
 class LogRules:
@@ -40,18 +67,37 @@ class LogRules:
             raise PolicyError(f"decision log rules: {self._bundle}")
         self._interpreter = Interpreter()
         self._interpreter.log_level = LogLevel.NONE
+        self._paths: tuple[Path, ...] = ()
+        self._signature: _Signature = ()
 
     @classmethod
     def load(cls, paths: Sequence[Path | str], mask: str, drop: str) -> LogRules:
         """From the ``.rego`` files (a directory means every ``.rego`` file below it)."""
+        where = tuple(map(Path, paths))
+        signature = _signature(where)
         sources: dict[str, str] = {}
-        for path in map(Path, paths):
-            for file in sorted(path.rglob("*.rego")) if path.is_dir() else [path]:
-                try:
-                    sources[str(file)] = file.read_text(encoding="utf-8")
-                except (OSError, UnicodeDecodeError) as exc:
-                    raise PolicyError(f"{file}: cannot read policy: {exc}") from exc
-        return cls(sources, mask, drop)
+        for file in _rego_files(where):
+            try:
+                sources[str(file)] = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise PolicyError(f"{file}: cannot read policy: {exc}") from exc
+        rules = cls(sources, mask, drop)
+        rules._paths, rules._signature = where, signature
+        return rules
+
+    def refreshed(self) -> LogRules:
+        """These rules, or new ones when the files changed since they were read."""
+        if not self._paths:
+            return self
+        signature = _signature(self._paths)
+        if signature == self._signature:
+            return self
+        try:
+            return LogRules.load(self._paths, self.mask_path, self.drop_path)
+        except PolicyError as exc:
+            log.error("decision log rules not reloaded, the previous ones stay: %s", exc)
+            self._signature = signature
+            return self
 
     def drop(self, event: Mapping[str, Any]) -> bool:
         """Whether ``system.log.drop`` holds for this event (only ``true`` drops)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import stat
 from collections.abc import Iterator
@@ -13,13 +14,14 @@ from typing import Any
 import pytest
 
 from authd.authz.opa_decision_log import rfc3339_nanos
-from authd.authz.opa_log_sink import OpaDecisionLog, open_log_file, traced
+from authd.authz.opa_log_sink import OpaDecisionLog, console_line, open_log_file, traced
 from authd.authz.pipeline import Authorizer, AuthzSettings
 from authd.check.model import CheckContext, Identities
 from authd.config.decision_logs import DecisionLogSettings
 from authd.policy.opa_envoy_result import opa_envoy_decision
 from authd.policy.rego import RegoPolicy
 from authd.policy.rego_log_rules import LogRules
+from tests.support.authz import PathPolicy
 
 POLICY = """\
 package envoy.authz
@@ -177,3 +179,49 @@ def test_a_full_queue_drops_and_counts_instead_of_waiting(tmp_path: Path) -> Non
     log.start()
     log.close()
     assert len((tmp_path / "q.log").read_text().splitlines()) == 2
+
+
+def test_edited_log_rules_mask_with_the_new_rules_and_a_bad_edit_keeps_the_old(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "policy.rego").write_text(POLICY)
+    log_file = tmp_path / "log.rego"
+    log_file.write_text(LOG_RULES)
+    rules = LogRules.load([tmp_path], "system/log/mask", "system/log/drop")
+    assert rules.refreshed() is rules
+    event = {"input": {"parsed_path": ["x"]}}
+    assert rules.mask(event) == ["/input/attributes/request/http/headers/authorization"]
+    log_file.write_text('package system.log\n\nimport rego.v1\n\nmask contains "/input/a"\n')
+    os.utime(log_file, ns=(1, 1))  # a different mtime even within one clock tick
+    fresh = rules.refreshed()
+    assert fresh is not rules
+    assert fresh.mask(event) == ["/input/a"]
+    log_file.write_text("package system.log\n\nmask contains {{{\n")
+    os.utime(log_file, ns=(2, 2))
+    assert fresh.refreshed() is fresh  # does not compile: the previous rules stay
+    assert fresh.mask(event) == ["/input/a"]
+
+
+def test_the_rules_engine_logs_its_answer_as_a_boolean_result(tmp_path: Path) -> None:
+    settings = DecisionLogSettings(file=str(tmp_path / "decisions.log"))
+    log = OpaDecisionLog(settings, file=open_log_file(tmp_path / "decisions.log"))
+    log.start()
+    authorizer = Authorizer(resolver=_Nobody(), policy=PathPolicy, decision_log=log)
+    for path in ("/public/a", "/nope"):
+        ctx = CheckContext(method="GET", host="h", path=path, headers={})
+        asyncio.run(authorizer.check(ctx))
+    events = logged(tmp_path, log)
+    assert [(e["result"], "error" in e) for e in events] == [(True, False), (False, False)]
+
+
+def test_console_lines_are_opas_console_logger_lines() -> None:
+    event = {"decision_id": "d", "labels": {"id": "i", "version": "v"}, "result": True}
+    line = json.loads(console_line(event, NOW_NS))
+    assert line == {
+        **event,
+        "level": "info",
+        "msg": "Decision Log",
+        "time": "2025-12-05T08:00:00Z",
+        "type": "openpolicyagent.org/decision_logs",
+    }
+    assert list(line) == sorted(line)
