@@ -271,10 +271,10 @@ class OpaDecisionLog:
         assert self._rules is not None
         seen = mask_input(event)
         try:
-            if self._rules.drop(seen):
+            drop, masks = self._rules.evaluate(seen)
+            if drop:
                 self.counters.add("dropped_by_policy")
                 return False
-            masks = self._rules.mask(seen)
             if masks is not UNDEFINED:
                 apply_mask(event, mask_rules(masks))
         except (PolicyError, MaskError) as exc:

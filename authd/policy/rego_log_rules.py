@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,17 @@ from typing import Any
 from regopy import Input, Interpreter, LogLevel, RegoError
 
 import authd.policy.rego  # noqa: F401 (loads rego-cpp's libstdc++ the way it needs, first)
+from authd.check.input_document import prune_input
 from authd.policy.base import PolicyError
 from authd.policy.rego_errors import rego_error_message
-from authd.policy.rego_source import normalize_entrypoint
+from authd.policy.rego_source import normalize_entrypoint, referenced_input_paths
 from authd.policy.result import UNDEFINED
 
 __all__ = ["LogRules"]
 
 log = logging.getLogger(__name__)
 _Signature = tuple[tuple[str, int, int], ...]
+_MASK_PATH_STRING = re.compile(r'"/(?:input|result|nd_builtin_cache)(?:/[^"\\\n]*)?"')
 
 
 def _rego_files(paths: Iterable[Path]) -> list[Path]:
@@ -67,6 +70,11 @@ class LogRules:
             raise PolicyError(f"decision log rules: {self._bundle}")
         self._interpreter = Interpreter()
         self._interpreter.log_level = LogLevel.NONE
+        # Only the parts of the event the modules read are converted for Rego (the costly step).
+        # Mask paths are strings naming "/input/...": not reads of ``input``.
+        self._input_paths = referenced_input_paths(
+            _MASK_PATH_STRING.sub('""', text) for text in sources.values()
+        )
         self._paths: tuple[Path, ...] = ()
         self._signature: _Signature = ()
 
@@ -99,19 +107,29 @@ class LogRules:
             self._signature = signature
             return self
 
+    def evaluate(self, event: Mapping[str, Any]) -> tuple[bool, Any]:
+        """Whether ``system.log.drop`` holds (only ``true`` drops), and, when it does not,
+        what ``system.log.mask`` is (or ``UNDEFINED``); the event is converted once."""
+        paths = self._input_paths
+        document = dict(event) if paths is None else prune_input(event, paths)
+        try:
+            self._interpreter.set_input(Input(document))
+        except (RegoError, ValueError, TypeError) as exc:
+            raise PolicyError(f"the decision event cannot be given to Rego: {exc}") from exc
+        if self._query(self.drop_path) is True:
+            return True, UNDEFINED
+        return False, self._query(self.mask_path)
+
     def drop(self, event: Mapping[str, Any]) -> bool:
-        """Whether ``system.log.drop`` holds for this event (only ``true`` drops)."""
-        return self._query(self.drop_path, event) is True
+        return self.evaluate(event)[0]
 
     def mask(self, event: Mapping[str, Any]) -> Any:
-        """What ``system.log.mask`` is for this event, or ``UNDEFINED``."""
-        return self._query(self.mask_path, event)
+        return self.evaluate(event)[1]
 
-    def _query(self, entrypoint: str, event: Mapping[str, Any]) -> Any:
+    def _query(self, entrypoint: str) -> Any:
         try:
-            self._interpreter.set_input(Input(dict(event)))
             output = self._interpreter.query_bundle_entrypoint(self._bundle, entrypoint)
-        except (RegoError, ValueError, TypeError) as exc:
+        except (RegoError, ValueError) as exc:
             raise PolicyError(f"evaluating {entrypoint} failed: {exc}") from exc
         if not output.ok():
             raise PolicyError(f"evaluating {entrypoint} failed: {output}")
