@@ -347,11 +347,14 @@ def _version() -> str:
         return "unknown"
 
 
-def build_opa_decision_log(config: Config) -> OpaDecisionLog | None:
+def build_opa_decision_log(
+    config: Config, *, bundles: Callable[[], Mapping[str, str]] = dict
+) -> OpaDecisionLog | None:
     """The OPA-format decision log the config asks for (``[decision_logs]``), not started.
 
     The drop and mask rules come from the Rego modules of ``authz.rego_files`` (the Rego
-    engine); with other engines nothing is dropped or masked.
+    engine); with other engines nothing is dropped or masked. ``bundles`` gives the
+    revision of each loaded bundle by name (events carry them as ``bundles``).
     """
     settings = config.decision_logs
     if not settings.enabled:
@@ -384,4 +387,5 @@ def build_opa_decision_log(config: Config) -> OpaDecisionLog | None:
         rules=rules,
         opa_envoy=authz.compat == "opa-envoy",
         file=file,
+        bundles=bundles,
     )

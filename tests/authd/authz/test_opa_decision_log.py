@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from authd.authz.opa_decision_log import rfc3339_nanos
 from authd.authz.opa_log_sink import OpaDecisionLog, console_line, open_log_file, traced
@@ -225,3 +227,46 @@ def test_console_lines_are_opas_console_logger_lines() -> None:
         "type": "openpolicyagent.org/decision_logs",
     }
     assert list(line) == sorted(line)
+
+
+def test_bundle_revisions_are_in_the_event_when_known(tmp_path: Path) -> None:
+    settings = DecisionLogSettings(file=str(tmp_path / "decisions.log"))
+    log = OpaDecisionLog(
+        settings,
+        file=open_log_file(tmp_path / "decisions.log"),
+        bundles=lambda: {"authz": "rev-42"},
+    )
+    log.start()
+    check(log, "/public/a", {})
+    (event,) = logged(tmp_path, log)
+    assert event["bundles"] == {"authz": {"revision": "rev-42"}}
+    assert list(event)[:3] == ["labels", "decision_id", "bundles"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    path=st.text(alphabet="/%2fF.a?=&#\\ \x00é", max_size=24).map(lambda p: "/" + p),
+    headers=st.dictionaries(
+        st.sampled_from(["authorization", "content-type", "x-api-key", "x"]),
+        st.text(max_size=12),
+        max_size=3,
+    ),
+    body=st.binary(max_size=64),
+)
+def test_any_request_gives_a_json_event_or_none_and_never_raises(
+    path: str, headers: dict[str, str], body: bytes
+) -> None:
+    settings = DecisionLogSettings(file="unused")
+    log = OpaDecisionLog(settings, rules=LogRules(SOURCES, "system/log/mask", "system/log/drop"))
+    policy = RegoPolicy.from_sources(
+        {"policy.rego": POLICY}, "envoy/authz/allow", results=traced(opa_envoy_decision)
+    )
+    authorizer = Authorizer(
+        resolver=_Nobody(), policy=lambda: policy, settings=AuthzSettings(compat="opa-envoy")
+    )
+    ctx = CheckContext(method="POST", host="h", path=path, headers=headers, body=body)
+    outcome = asyncio.run(authorizer.check(ctx))
+    event = log.event(ctx, outcome, 0.001, NOW_NS)
+    if event is not None:
+        json.dumps(event, allow_nan=False)
+        assert event["decision_id"] == outcome.decision_id
