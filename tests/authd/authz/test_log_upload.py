@@ -6,16 +6,18 @@ import asyncio
 import gzip
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from authd.authz.log_upload import ChunkBuffer, ChunkEncoder, LogCounters, backoff_delay
-from authd.authz.opa_log_sink import OpaDecisionLog, open_log_file
+from authd.authz.opa_log_sink import OpaDecisionLog, build_opa_decision_log, open_log_file
 from authd.authz.pipeline import Authorizer, AuthzSettings
 from authd.check.model import CheckContext, Identities
 from authd.config.decision_logs import DecisionLogSettings
+from authd.config.loader import load_config
 from tests.support.authz import PathPolicy
 from tests.support.log_collector import LogCollector
 
@@ -33,13 +35,12 @@ def collector() -> Iterator[LogCollector]:
 
 
 def start_sink(collector: LogCollector, tmp_path: Path, **overrides: object) -> OpaDecisionLog:
+    values: dict[str, object] = {"min_delay_seconds": 0.05, "max_delay_seconds": 0.2}
     settings = DecisionLogSettings(
         file=str(tmp_path / "decisions.log"),
         service_url=collector.url,
         service_headers=(("authorization", "Bearer log-token"),),
-        min_delay_seconds=0.05,
-        max_delay_seconds=0.2,
-        **overrides,  # type: ignore[arg-type]
+        **(values | overrides),  # type: ignore[arg-type]
     )
     sink = OpaDecisionLog(settings, file=open_log_file(tmp_path / "decisions.log"))
     sink.start()
@@ -151,3 +152,57 @@ def test_retry_backoff_doubles_from_100ms_up_to_max_delay() -> None:
     middle = [backoff_delay(n, 10.0, rand=lambda: 0.5) for n in range(8)]
     assert middle == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0])
     assert backoff_delay(100, 10.0, rand=lambda: 0.999) <= 12.0
+
+
+def test_what_is_buffered_is_uploaded_at_shutdown_as_opa_flushes(
+    collector: LogCollector, tmp_path: Path
+) -> None:
+    sink = start_sink(collector, tmp_path, min_delay_seconds=300, max_delay_seconds=600)
+    ids = run_checks(sink, 4)
+    assert sink.wait_written()
+    assert collector.requests == []  # the next round is minutes away
+    sink.close()
+    assert [e["decision_id"] for e in collector.wait_for_events(4)] == ids
+
+
+def test_max_decisions_per_second_drops_and_counts_the_rest(tmp_path: Path) -> None:
+    now = [0.0]
+    settings = DecisionLogSettings(file=str(tmp_path / "d.log"), max_decisions_per_second=2)
+    sink = OpaDecisionLog(
+        settings, file=open_log_file(tmp_path / "d.log"), monotonic=lambda: now[0]
+    )
+    sink.start()
+    run_checks(sink, 5)  # a burst of 5 at one instant: 2 pass
+    assert sink.wait_written()
+    now[0] = 1.0  # a second later, 2 more may
+    run_checks(sink, 3)
+    sink.close()
+    counts = sink.counters.snapshot()
+    assert (counts["logged"], counts["dropped_rate_limit"]) == (4, 4)
+    assert len((tmp_path / "d.log").read_text().splitlines()) == 4
+
+
+def test_the_config_builds_the_log_with_the_services_bearer_token(
+    collector: LogCollector, tmp_path: Path
+) -> None:
+    (tmp_path / "log.token").write_text("s3cret\n")
+    path = tmp_path / "authd.toml"
+    path.write_text(
+        f'data_dir = "{tmp_path}"\n'
+        "[decision_logs]\n"
+        'file = "opa.log"\n'
+        f'service_url = "{collector.url}/"\n'
+        'resource = "/v1/decisions"\n'
+        'service_token_path = "log.token"\n'
+    )
+    sink = build_opa_decision_log(load_config(path, env={}))
+    assert sink is not None
+    sink.start()
+    run_checks(sink, 1)
+    sink.close()
+    collector.wait_for_events(1)
+    where, headers, _ = collector.requests[0]
+    assert where == "/v1/decisions"
+    assert {k.lower(): v for k, v in headers.items()}["authorization"] == "Bearer s3cret"
+    assert stat.S_IMODE((tmp_path / "opa.log").stat().st_mode) == 0o600
+    assert "s3cret" not in (tmp_path / "opa.log").read_text()
