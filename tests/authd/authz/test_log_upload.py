@@ -104,8 +104,9 @@ def test_a_500_is_retried_until_the_service_takes_the_batch(
     events = collector.wait_for_events(2)
     sink.close()
     assert [e["decision_id"] for e in events] == ids
-    assert len(collector.requests) == 3
-    assert collector.requests[0][2] == collector.requests[2][2]  # the same batch, again
+    # The first batch was refused twice and sent again as it was (the writer may have cut the
+    # two events into two batches on a slow machine: then the second follows).
+    assert collector.requests[0][2] == collector.requests[1][2] == collector.requests[2][2]
     counts = sink.counters.snapshot()
     assert (counts["upload_failures"], counts["uploaded"]) == (2, 2)
 
