@@ -11,6 +11,7 @@ Pure: the event (a dict of JSON values) is changed in place; nothing raises but 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
@@ -108,10 +109,11 @@ def apply_mask(event: dict[str, Any], rules: list[MaskRule]) -> None:
                     _remove(event[part], rule.parts[1:])
                 event.setdefault("erased", []).append(rule.path)
             else:
+                value = copy.deepcopy(rule.value)  # a later rule may change it in this event
                 if len(rule.parts) == 1:
-                    event[part] = rule.value
+                    event[part] = value
                 elif isinstance(event[part], dict):
-                    _upsert(event[part], rule.parts[1:], rule.value)
+                    _upsert(event[part], rule.parts[1:], value)
                 else:
                     continue
                 event.setdefault("masked", []).append(rule.path)

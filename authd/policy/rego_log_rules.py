@@ -3,13 +3,16 @@
 Compiled once from the same modules as the policy, with the two rules as entrypoints (a rule
 no module defines is simply undefined: nothing dropped, nothing masked). Each is evaluated
 with the decision event as ``input``, as OPA does. One instance serves one thread (the
-decision log writer): a regopy Interpreter holds the current input. ``refreshed()`` gives
+decision log writer): a regopy Interpreter holds the current input. Only the parts of the
+event the modules read are given to Rego, and for deterministic rules the answers are kept by
+those parts (the values returned are shared: callers copy what they change). ``refreshed()`` gives
 the rules of the files as they are now, so an edited policy masks with its new rules (an edit
 that does not compile keeps the old ones, with one error line).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -23,12 +26,17 @@ import authd.policy.rego  # noqa: F401 (loads rego-cpp's libstdc++ the way it ne
 from authd.check.input_document import prune_input
 from authd.policy.base import PolicyError
 from authd.policy.rego_errors import rego_error_message
-from authd.policy.rego_source import normalize_entrypoint, referenced_input_paths
+from authd.policy.rego_source import (
+    is_deterministic,
+    normalize_entrypoint,
+    referenced_input_paths,
+)
 from authd.policy.result import UNDEFINED
 
 __all__ = ["LogRules"]
 
 log = logging.getLogger(__name__)
+ANSWER_CACHE_SIZE = 4096
 _Signature = tuple[tuple[str, int, int], ...]
 _MASK_PATH_STRING = re.compile(r'"/(?:input|result|nd_builtin_cache)(?:/[^"\\\n]*)?"')
 
@@ -75,6 +83,10 @@ class LogRules:
         self._input_paths = referenced_input_paths(
             _MASK_PATH_STRING.sub('""', text) for text in sources.values()
         )
+        # Answers by the parts of the event read, when they depend on nothing else (the
+        # parts read are often the same from one check to the next: a route, a caller).
+        deterministic = self._input_paths is not None and is_deterministic(sources.values())
+        self._answers: dict[str, tuple[bool, Any]] | None = {} if deterministic else None
         self._paths: tuple[Path, ...] = ()
         self._signature: _Signature = ()
 
@@ -112,13 +124,26 @@ class LogRules:
         what ``system.log.mask`` is (or ``UNDEFINED``); the event is converted once."""
         paths = self._input_paths
         document = dict(event) if paths is None else prune_input(event, paths)
+        key = ""
+        if self._answers is not None:
+            try:
+                key = json.dumps(document, sort_keys=True, separators=(",", ":"))
+            except (TypeError, ValueError):
+                key = ""
+            if key and (answer := self._answers.get(key)) is not None:
+                return answer
         try:
             self._interpreter.set_input(Input(document))
         except (RegoError, ValueError, TypeError) as exc:
             raise PolicyError(f"the decision event cannot be given to Rego: {exc}") from exc
-        if self._query(self.drop_path) is True:
-            return True, UNDEFINED
-        return False, self._query(self.mask_path)
+        answer = (True, UNDEFINED)
+        if self._query(self.drop_path) is not True:
+            answer = (False, self._query(self.mask_path))
+        if key and self._answers is not None:
+            if len(self._answers) >= ANSWER_CACHE_SIZE:
+                self._answers.pop(next(iter(self._answers)))
+            self._answers[key] = answer
+        return answer
 
     def drop(self, event: Mapping[str, Any]) -> bool:
         return self.evaluate(event)[0]

@@ -270,3 +270,21 @@ def test_any_request_gives_a_json_event_or_none_and_never_raises(
     if event is not None:
         json.dumps(event, allow_nan=False)
         assert event["decision_id"] == outcome.decision_id
+
+
+def test_remembered_rule_answers_follow_the_parts_the_rules_read(
+    tmp_path: Path, sink: OpaDecisionLog
+) -> None:
+    for headers in ({"x-api-key": "a"}, {}, {"x-api-key": "a"}, {"x-api-key": "b"}):
+        check(sink, "/public/a", headers)
+    events = logged(tmp_path, sink)
+    assert [e.get("masked") for e in events] == [
+        ["/input/attributes/request/http/headers/x-api-key"],
+        None,
+        ["/input/attributes/request/http/headers/x-api-key"],
+        ["/input/attributes/request/http/headers/x-api-key"],
+    ]
+    assert all(
+        e["input"]["attributes"]["request"]["http"]["headers"].get("x-api-key") != "a"
+        for e in events
+    )
