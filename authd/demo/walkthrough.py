@@ -210,6 +210,7 @@ class Walkthrough:
                 and decisions[0]["reason"] == "call-path",
                 f"403 at payments for {name}, reason call-path",
             )
+        ok &= self.explain_at_payments()
         self.show("$ curl --cacert bundle.pem https://127.0.0.1:...  # no client certificate")
         bundle = self.svid("intruder") / "bundle.pem"
         try:
@@ -224,6 +225,36 @@ class Walkthrough:
             "payments admits only a transaction the gateway minted (a Txn-Token), from orders"
         )
         return self.verdict(refused, "no client certificate: refused in the TLS handshake") and ok
+
+    def explain_at_payments(self) -> bool:
+        """``authd policy check --at``: the same call, explained by the one policy."""
+        call_file = self.layout.state_dir / "call.json"
+        http = {"method": "GET", "host": "127.0.0.1", "path": "/payments/42", "headers": {}}
+        document = {
+            "attributes": {
+                "source": {"principal": spiffe_id("orders")},
+                "request": {"http": http},
+            }
+        }
+        call_file.write_text(json.dumps(document))
+        at = spiffe_id("payments")
+        self.show(f"$ authd policy check --at {at} --input {call_file}  # orders' call, explained")
+        done = self.topology.cli(
+            "policy", "check", "--at", at, "--input", str(call_file), check=False
+        )
+        lines = done.stdout.splitlines()
+        for line in lines:
+            if (
+                line.startswith("DENY")
+                or line.startswith("ALLOW")
+                or "'orders-to-payments'" in line
+            ):
+                self.show(f"  {line.strip()}")
+        return self.verdict(
+            bool(lines)
+            and lines[0].startswith("DENY 403  reason=call-path  rule=orders-to-payments"),
+            "authd policy check at payments: DENY call-path, by rule orders-to-payments",
+        )
 
     def bound_token_replayed(self) -> bool:
         self.step(5, "A certificate-bound token replayed without its certificate is refused")

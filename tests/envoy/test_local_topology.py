@@ -351,6 +351,30 @@ def test_the_gateway_cannot_skip_to_orders_without_a_transaction(
     assert (reply.status, decision["hop"], decision["reason"]) == (403, "orders", "call-path")
 
 
+def test_policy_check_at_payments_explains_the_call_path(
+    topology: Topology, tmp_path: Path
+) -> None:
+    def check(headers: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        http = {"method": "GET", "host": "127.0.0.1", "path": "/payments/42", "headers": headers}
+        document = {
+            "attributes": {"source": {"principal": spiffe_id("orders")}, "request": {"http": http}}
+        }
+        path = tmp_path / "input.json"
+        path.write_text(json.dumps(document))
+        at = spiffe_id("payments")
+        return topology.cli("policy", "check", "--at", at, "--input", str(path), check=False)
+
+    done = check({})
+    assert done.returncode == 3
+    assert done.stdout.startswith("DENY 403  reason=call-path  rule=orders-to-payments")
+    assert "from: no verified Txn-Token: the call did not come through" in done.stdout
+    done = check({"txn-token": signed_txn_token(topology, scope="pay")})
+    assert (done.returncode, done.stdout.split("\n")[0]) == (
+        0,
+        "ALLOW  reason=allowed  rule=orders-to-payments",
+    )
+
+
 def test_an_expired_txn_token_is_refused_at_the_hop(topology: Topology, hops: Hops) -> None:
     # Minted at a seeded instant: lifetime + leeway + 1 s before now, so it expired a second
     # before the leeway ran out (no waiting). A sibling minted now passes the same hop.
