@@ -416,6 +416,18 @@ def test_call_without_client_certificate_is_refused_in_the_handshake(
         call(topology.layout.ports.payments_inbound, "/payments/42", tls=mtls(None, bundle))
 
 
+def test_a_revoked_transaction_is_refused_at_the_next_call(topology: Topology, hops: Hops) -> None:
+    token = signed_txn_token(topology, scope="pay", txn="txn-to-revoke")
+    headers = {"txn-token": token}
+    reply, [decision] = hops.during(1, lambda: at_payments(topology, "orders", headers))
+    assert (reply.status, decision["txn"]) == (200, "txn-to-revoke")
+    topology.cli("revoke", "txn", "txn-to-revoke", "--reason", "key-compromise")
+    # The first call after the revocation returned: no waiting, no retry.
+    reply, [decision] = hops.during(1, lambda: at_payments(topology, "orders", headers))
+    assert (reply.status, decision["hop"], decision["reason"]) == (401, "payments", "revoked")
+    assert [p["kind"] for p in decision["problems"]] == ["txn_token"]
+
+
 # --- the configs in every ext_authz mode ---------------------------------------------------
 
 
