@@ -107,10 +107,11 @@ class AuthzListeners:
             )
             native.add_servicer(authorization, ext_authz)
             native.add_servicer(health_pb2.DESCRIPTOR.services_by_name["Health"], self._health)
-            native.add_servicer(
-                reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
-                reflection_aio.ReflectionServicer(reflection_names),
-            )
+            if authz.grpc_reflection:
+                native.add_servicer(
+                    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+                    reflection_aio.ReflectionServicer(reflection_names),
+                )
             for address, listen in (
                 (authz.grpc_address, native.listen_tcp),
                 (authz.grpc_socket, native.listen_unix),
@@ -131,7 +132,8 @@ class AuthzListeners:
         )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(ext_authz, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(reflection_names, server)
+        if authz.grpc_reflection:
+            reflection.enable_server_reflection(reflection_names, server)
         for address in (authz.grpc_address, authz.grpc_socket):
             if not address:
                 continue
@@ -241,6 +243,8 @@ class AuthzListeners:
                     f"cannot serve metrics on {authz.metrics_address}: {exc.strerror}"
                 ) from None
         self._tasks.append(asyncio.create_task(holder.run()))
+        if source.background is not None:
+            self._tasks.append(asyncio.create_task(source.background()))
         if self._decision_log is not None:
             self._tasks.append(asyncio.create_task(self._flush_decision_log()))
         log.info(

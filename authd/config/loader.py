@@ -29,6 +29,7 @@ from authd.config.model import (
     WorkloadConfig,
     XdsConfig,
 )
+from authd.config.opa_config import OpaSettings, authd_settings, load_opa_config
 
 __all__ = ["ENV_CONFIG_PATH", "default_data_dir", "load_config"]
 
@@ -121,12 +122,25 @@ def load_config(
             raise ConfigError(key, str(exc), source) from None
         sources[key] = source
 
+    data_dir_value: str = values.pop("data_dir", "")
+    data_dir = Path(data_dir_value).expanduser() if data_dir_value else default_data_dir(env)
+    opa = OpaSettings()
+    if values.get("authz.opa_config"):
+        opa_path = data_dir.absolute() / Path(values["authz.opa_config"]).expanduser()
+        opa = load_opa_config(opa_path, env)
+        for key, value in authd_settings(opa).items():
+            if key in values:
+                continue  # set in authd's own config: that wins
+            try:
+                values[key] = PARSERS[key](value)
+            except ValueError as exc:
+                raise ConfigError(key, f"{exc} (from the OPA config)", str(opa_path)) from None
+            sources[key] = str(opa_path)
+
     def section(name: str) -> dict[str, Any]:
         prefix = name + "."
         return {k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)}
 
-    data_dir_value: str = values.pop("data_dir", "")
-    data_dir = Path(data_dir_value).expanduser() if data_dir_value else default_data_dir(env)
     top = {k: v for k, v in values.items() if "." not in k}
     config = Config(
         data_dir=data_dir.absolute(),
@@ -139,6 +153,7 @@ def load_config(
         limits=LimitsConfig(**section("limits")),
         federation=FederationConfig(**section("federation")),
         xds=XdsConfig(**section("xds")),
+        opa=opa,
         **top,
     )
     check_consistency(config, sources)
