@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from typing import Any
 
@@ -73,7 +74,7 @@ def test_a_tampered_policy_is_refused(es256: SigningKey) -> None:
     files = policy_files(["/x"])
     sigs = signatures(files, es256)
     tampered = {**files, "/envoy/authz/policy.rego": files["/envoy/authz/policy.rego"] + "\n# x"}
-    with pytest.raises(SignatureError, match="envoy/authz/policy.rego: digest mismatch"):
+    with pytest.raises(SignatureError, match=r"envoy/authz/policy\.rego: digest mismatch"):
         read_bundle(
             tar_gz({**tampered, "/.signatures.json": sigs}), verification=_verification(es256)
         )
@@ -88,7 +89,7 @@ def test_tampered_data_is_refused_but_whitespace_and_key_order_are_not_tampering
     blob = tar_gz({**reformatted, "/.signatures.json": sigs})
     assert read_bundle(blob, verification=_verification(es256)).signed
     changed = {**files, "/envoy/authz/data.json": '{"open_paths": ["/x", "/admin"], "a": 1}'}
-    with pytest.raises(SignatureError, match="data.json: digest mismatch"):
+    with pytest.raises(SignatureError, match=r"data\.json: digest mismatch"):
         read_bundle(
             tar_gz({**changed, "/.signatures.json": sigs}), verification=_verification(es256)
         )
@@ -100,7 +101,7 @@ def test_an_added_file_or_a_missing_file_is_refused(es256: SigningKey) -> None:
     added = tar_gz(
         {**files, "/envoy/authz/extra.rego": "package envoy.authz\n", "/.signatures.json": sigs}
     )
-    with pytest.raises(SignatureError, match="extra.rego not included in bundle signature"):
+    with pytest.raises(SignatureError, match=r"extra\.rego not included in bundle signature"):
         read_bundle(added, verification=_verification(es256))
     missing = {k: v for k, v in files.items() if not k.endswith("data.json")}
     with pytest.raises(SignatureError, match="specified in bundle signatures but not found"):
@@ -156,7 +157,7 @@ def test_scope_must_match(es256: SigningKey) -> None:
 
 def test_unsigned_when_a_keyid_is_configured_is_refused(es256: SigningKey) -> None:
     blob = tar_gz(policy_files(["/x"]))
-    with pytest.raises(SignatureError, match="bundle missing .signatures.json file"):
+    with pytest.raises(SignatureError, match=r"bundle missing \.signatures\.json file"):
         read_bundle(blob, verification=_verification(es256, key_id="global_key"))
 
 
@@ -228,7 +229,5 @@ def test_numbers_are_hashed_as_written() -> None:
 def test_any_signatures_file_verifies_or_is_refused_cleanly(document: bytes) -> None:
     key = VerificationKey.parse("k", "HS256", "secret")
     blob = tar_gz({**policy_files(["/x"]), "/.signatures.json": document})
-    try:
+    with contextlib.suppress(BundleError, SignatureError):
         read_bundle(blob, verification=BundleVerification({"k": key}))
-    except (BundleError, SignatureError):
-        pass
