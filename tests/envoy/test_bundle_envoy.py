@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.support.envoy import (
     Authd,
@@ -52,6 +54,7 @@ keys:
 plugins:
   envoy_ext_authz_grpc:
     path: envoy/authz/allow
+    enable-reflection: false
 decision_logs:
   console: true
 """
@@ -137,3 +140,16 @@ def test_the_bundle_decides_then_survives_tampering_and_an_outage(
     wait_for("the r3 bundle to decide", lambda: _status(port, "/admin") == 200 or None)
     assert _status(port, "/public") == 200
     assert _log_lines(authd, "server reachable again")
+
+
+def test_enable_reflection_false_in_the_opa_file_turns_reflection_off(
+    gateway: tuple[Authd, int],
+) -> None:
+    authd, port = gateway
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    with grpc.insecure_channel(f"127.0.0.1:{authd.grpc_port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            list(stub.ServerReflectionInfo(iter([request]), timeout=10))
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert _status(port, "/public") == 200  # Check itself is served
