@@ -27,6 +27,7 @@ from authd.config.model import Config
 from authd.extauthz.grpc_servicer import ExtAuthzService
 from authd.extauthz.http_service import HttpAuthzServer
 from authd.policy.base import PolicyError
+from authd.policy.bundle_policy import DownloadedBundle
 from authd.policy.reload import PolicyHolder
 from authd.ports.bundle_view import BundleView
 from authd.transport.grpc_options import grpc_server_options
@@ -180,6 +181,17 @@ class AuthzListeners:
                 lambda: {
                     "hit": getattr(policy.current, "cache_hits", 0),
                     "miss": getattr(policy.current, "cache_misses", 0),
+                },
+            )
+        downloaded = self._policy.current
+        if isinstance(downloaded, DownloadedBundle):  # a bundle from a bundle server
+            self.metrics.add_source(
+                "authd_bundle_polls",
+                "bundle server polls by outcome (activated, refused, failed)",
+                lambda: {
+                    "activated": downloaded.activations,
+                    "refused": downloaded.refusals,
+                    "failed": downloaded.fetch_failures,
                 },
             )
         if authz.decision_log:

@@ -112,6 +112,14 @@ class DownloadedBundle:
             raise PolicyError(f"bundle {self.settings.name} is not activated yet")
         return await current.evaluate(ctx, identities, input_document)
 
+    @property
+    def cache_hits(self) -> int:
+        return getattr(self.current, "cache_hits", 0)
+
+    @property
+    def cache_misses(self) -> int:
+        return getattr(self.current, "cache_misses", 0)
+
     def poll_now(self) -> bool | None:
         """Fetch once (blocking): True if a new bundle activated, None if unchanged, False if
         the server failed or the bundle was refused."""

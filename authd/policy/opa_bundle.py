@@ -208,7 +208,7 @@ def root_paths_contain(roots: tuple[str, ...] | list[str], path: str) -> bool:
 def _load_document(name: str, raw: bytes) -> Any:
     try:
         if name.endswith(".json"):
-            return json.loads(raw)
+            return json.loads(raw, parse_constant=_not_json)
         text = raw.decode("utf-8")
         # An alias is shared in memory but copied when the data reaches Rego: refuse them,
         # or a few hundred bytes of nested aliases would inflate to gigabytes.
@@ -220,6 +220,10 @@ def _load_document(name: str, raw: bytes) -> Any:
     except (ValueError, TypeError, UnicodeError, yaml.YAMLError, RecursionError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BundleError(f"bundle load failed on {name}: {reason}") from None
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _insert(data: dict[str, Any], key: list[str], value: Any, name: str) -> None:

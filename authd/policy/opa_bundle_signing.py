@@ -27,6 +27,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Final
 
 import jwt
@@ -128,6 +129,20 @@ def _go_string(value: str) -> str:
     return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
+def _go_float(value: float) -> str:
+    """A float as Go's encoding/json writes it (a YAML float reaches the hash this way)."""
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SignatureError("cannot hash a non-finite number")
+    magnitude = abs(value)
+    if magnitude == 0 or 1e-6 <= magnitude < 1e21:
+        text = format(Decimal(repr(value)), "f")  # shortest digits, positional
+        return text.removesuffix(".0") if "." in text and text.endswith(".0") else text
+    text = repr(value)  # shortest digits, exponent form: 1e-07 -> 1e-7, as Go trims it
+    mantissa, _, exponent = text.partition("e")
+    sign = exponent[0] if exponent[0] in "+-" else "+"
+    return f"{mantissa}e{sign}{exponent.lstrip('+-').lstrip('0') or '0'}"
+
+
 def canonical_json(value: Any) -> bytes:
     """OPA's digest input for a structured document: sorted keys, no whitespace."""
     out: list[str] = []
@@ -157,7 +172,9 @@ def canonical_json(value: Any) -> bytes:
             out.append(str.__str__(item))
         elif isinstance(item, str):
             out.append(_go_string(item))
-        elif item is True or item is False or item is None or isinstance(item, int | float):
+        elif isinstance(item, float):
+            out.append(_go_float(item))
+        elif item is True or item is False or item is None or isinstance(item, int):
             out.append(json.dumps(item))
         else:
             raise SignatureError(f"cannot hash a {type(item).__name__}")

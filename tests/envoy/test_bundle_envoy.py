@@ -126,6 +126,8 @@ def test_the_bundle_decides_then_survives_tampering_and_an_outage(
     refused = _log_lines(authd, "refused the bundle")
     assert len(refused) == 1, refused
     assert "digest mismatch" in refused[0] and "keeping revision 'r1'" in refused[0]
+    assert authd.counter("authd_bundle_polls_total", kind="refused") >= 3
+    assert authd.counter("authd_bundle_polls_total", kind="activated") == 1
 
     # The bundle server goes away: nothing changes.
     server.stop()
@@ -133,6 +135,7 @@ def test_the_bundle_decides_then_survives_tampering_and_an_outage(
     assert _status(port, "/public") == 200
     assert _status(port, "/admin") == 403
     assert len(_log_lines(authd, "download failed")) == 1
+    assert authd.counter("authd_bundle_polls_total", kind="failed") >= 1
 
     # It returns with a good bundle that opens /admin: that one activates.
     server.publish(signed_bundle(opened, key), '"r3"')

@@ -196,3 +196,30 @@ def test_an_uncompressed_tar_is_refused() -> None:
         archive.addfile(tarfile.TarInfo("x"), io.BytesIO(b""))
     with pytest.raises(BundleError, match="not gzip"):
         read_bundle(buffer.getvalue())
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["revision", "roots", "metadata", "wasm", "rego_version", "x"]),
+        _json_values | st.lists(st.sampled_from(["", "a", "a/b", "/a/", "envoy", "b"])),
+        max_size=4,
+    )
+)
+def test_any_manifest_loads_or_is_refused_with_a_bundle_error(manifest: dict[str, object]) -> None:
+    files = {"/.manifest": json.dumps(manifest), "/a/b/data.json": '{"x": 1}'}
+    try:
+        bundle = read_bundle(tar_gz(files))
+    except BundleError:
+        return
+    assert all(root_paths_contain(bundle.roots, r) for r in bundle.roots)
+    assert root_paths_contain(bundle.roots, "a/b/x")

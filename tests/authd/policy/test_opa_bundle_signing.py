@@ -231,3 +231,12 @@ def test_any_signatures_file_verifies_or_is_refused_cleanly(document: bytes) -> 
     blob = tar_gz({**policy_files(["/x"]), "/.signatures.json": document})
     with contextlib.suppress(BundleError, SignatureError):
         read_bundle(blob, verification=BundleVerification({"k": key}))
+
+
+def test_yaml_numbers_are_hashed_as_go_writes_them() -> None:
+    """OPA turns data.yaml into JSON through Go: 1.0 is written 1, 1e-7 is 1e-7."""
+    yaml_doc = b"a: 1.0\nb: 0.000025\nc: 1.0e-7\nd: 12\ne: 1.0e+21\n"
+    expected = b'{"a":1,"b":0.000025,"c":1e-7,"d":12,"e":1e+21}'
+    assert file_digest("data.yaml", yaml_doc, "SHA-256") == file_digest(
+        "raw.bin", expected, "SHA-256"
+    )
