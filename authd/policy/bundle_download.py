@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -38,6 +39,7 @@ DEFAULT_MIN_DELAY: Final = 60.0
 DEFAULT_MAX_DELAY: Final = 120.0
 MIN_RETRY_DELAY: Final = 0.1
 FETCH_TIMEOUT: Final = 10.0
+FETCH_DEADLINE: Final = 300.0  # for a whole download, however slowly the server trickles
 _CHUNK: Final = 64 * 1024
 
 
@@ -135,7 +137,10 @@ def fetch_bundle(server: BundleServer, etag: str, max_size: int) -> Fetched:
                 f"{server.url}: bundle is {length} bytes, over bundle_max_size {max_size}"
             )
         body = bytearray()
-        while chunk := response.read(_CHUNK):
+        deadline = time.monotonic() + FETCH_DEADLINE
+        while chunk := response.read1(_CHUNK):
+            if time.monotonic() > deadline:
+                raise BundleFetchError(f"{server.url}: download took over {FETCH_DEADLINE:.0f}s")
             body += chunk
             if len(body) > max_size:
                 raise BundleFetchError(

@@ -135,10 +135,18 @@ def _files(tar_bytes: bytes, limits: BundleLimits) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as archive:
+            entries = 0
             for member in archive:
+                entries += 1
+                if entries > limits.max_files:
+                    raise BundleError(f"bundle holds more than bundle_max_files {limits.max_files}")
                 name = _entry_name(member.name)
                 if member.isdir():
                     continue
+                if member.issparse():  # holes inflate to any size from a few bytes
+                    raise BundleError(
+                        f"bundle entry {json.dumps(member.name)}: a sparse file, not supported"
+                    )
                 if not member.isreg():
                     kind = "link" if member.issym() or member.islnk() else "special file"
                     raise BundleError(
@@ -148,8 +156,6 @@ def _files(tar_bytes: bytes, limits: BundleLimits) -> dict[str, bytes]:
                     raise BundleError("bundle entry with an empty name")
                 if name in files:
                     raise BundleError(f"bundle entry {json.dumps(name)} appears twice")
-                if len(files) >= limits.max_files:
-                    raise BundleError(f"bundle holds more than bundle_max_files {limits.max_files}")
                 extracted = archive.extractfile(member)
                 files[name] = extracted.read() if extracted is not None else b""
     except BundleError:

@@ -104,6 +104,28 @@ def test_links_and_special_files_are_refused(kind: bytes) -> None:
         read_bundle(tar_gz_with_link("/data.json", "/etc/passwd", kind))
 
 
+def test_a_sparse_file_is_refused() -> None:
+    """Its holes would inflate to any size from a few bytes of archive."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.GNU_FORMAT) as archive:
+        info = tarfile.TarInfo("/data.json")
+        info.type, info.size = tarfile.GNUTYPE_SPARSE, 2
+        archive.addfile(info, io.BytesIO(b"{}"))
+    with pytest.raises(BundleError, match="sparse"):
+        read_bundle(buffer.getvalue())
+
+
+def test_directory_entries_count_towards_the_file_bound() -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for index in range(5):
+            info = tarfile.TarInfo(f"d{index}")
+            info.type = tarfile.DIRTYPE
+            archive.addfile(info)
+    with pytest.raises(BundleError, match="bundle_max_files 4"):
+        read_bundle(buffer.getvalue(), BundleLimits(max_files=4))
+
+
 def test_a_duplicate_entry_is_refused_even_when_spelled_differently() -> None:
     with pytest.raises(BundleError, match="appears twice"):
         read_bundle(tar_gz([("/p.rego", POLICY), ("./p.rego", POLICY)]))
