@@ -137,7 +137,8 @@ class _Reader:
         self.warnings: list[str] = []
 
     def fail(self, where: str, why: str) -> ConfigError:
-        return ConfigError(KEY, f"{where}: {why}", self.source)
+        text = f"{where}: {why}"  # names come from the file: keep the message one line
+        return ConfigError(KEY, text.encode("unicode_escape").decode("ascii"), self.source)
 
     def table(self, value: Any, where: str) -> dict[str, Any]:
         if value is None:
@@ -169,7 +170,8 @@ class _Reader:
                 self.warn(f"{where}{name}")
 
     def warn(self, key: str) -> None:
-        self.warnings.append(f"{self.source}: OPA config key {key!r} is not supported by authd")
+        shown = key.encode("unicode_escape").decode("ascii")
+        self.warnings.append(f"{self.source}: OPA config key '{shown}' is not supported by authd")
 
 
 def _services(reader: _Reader, raw: Any) -> dict[str, OpaService]:

@@ -207,3 +207,46 @@ def test_any_text_parses_or_is_one_config_error(text: str) -> None:
         parse_opa_config(text, "opa.yaml", env={})
     except ConfigError as exc:
         assert "\n" not in str(exc)
+
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 5)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8)
+)
+_values = st.recursive(
+    _scalars,
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(
+        st.sampled_from(
+            ["url", "service", "resource", "polling", "signing", "keyid", "key", "algorithm",
+             "min_delay_seconds", "max_delay_seconds", "credentials", "bearer", "token",
+             "headers", "path", "dry-run", "addr", "exclude_files", "name", "x"]
+        ),
+        children,
+        max_size=4,
+    ),
+    max_leaves=15,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["services", "bundles", "keys", "plugins", "decision_logs", "status"]),
+        st.dictionaries(st.sampled_from(["s", "b", "k", "envoy_ext_authz_grpc"]), _values)
+        | _values,
+        max_size=5,
+    )
+)
+def test_any_document_of_opa_keys_parses_or_is_one_config_error(
+    document: dict[str, object],
+) -> None:
+    import json
+
+    try:
+        parse_opa_config(json.dumps(document), "opa.yaml", env={})
+    except ConfigError as exc:
+        assert "\n" not in str(exc)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from authd.authz.assembly import policy_source
+from authd.config import load_config
 from authd.policy.base import Policy, PolicyError
 from authd.policy.bundle_download import (
     MIN_RETRY_DELAY,
@@ -22,6 +25,7 @@ from authd.policy.bundle_policy import BundleSettings, DownloadedBundle
 from authd.policy.opa_bundle import Bundle, BundleLimits
 from authd.policy.opa_bundle_signing import BundleVerification, VerificationKey
 from authd.policy.rego import RegoPolicy
+from authd.policy.rego_offload import OffLoopRego
 from tests.support.opa_bundles import BundleServer as HttpBundleServer
 from tests.support.opa_bundles import SigningKey, policy_files, signed_bundle, tar_gz
 
@@ -194,3 +198,43 @@ def test_the_poll_loop_uses_the_delays(
 
 class _Stop(Exception):
     pass
+
+
+def test_from_the_opa_config_the_service_credentials_and_a_late_server(
+    server: HttpBundleServer, tmp_path: Path
+) -> None:
+    """authd starts while the bundle server is down, denies, and activates once it is up."""
+    (tmp_path / "opa.yaml").write_text(
+        f"""\
+services:
+  acme:
+    url: {server.url}/v1
+    headers: {{x-tenant: shop}}
+    credentials: {{bearer: {{token: "${{TOKEN}}"}}}}
+bundles:
+  authz:
+    resource: bundles/authz.tar.gz
+"""
+    )
+    (tmp_path / "authd.toml").write_text('[authz]\nopa_config = "opa.yaml"\n')
+    config = load_config(
+        tmp_path / "authd.toml", env={"TOKEN": "s3cret"}, overrides={"data_dir": str(tmp_path)}
+    )
+    server.status = 503
+    source = policy_source(config)
+    assert source.files == () and source.background is not None
+    downloaded = source.load()
+    assert isinstance(downloaded, DownloadedBundle) and downloaded.current is None
+    server.status = None
+    server.publish(tar_gz(policy_files(["/public"])), '"r1"')
+    assert downloaded.poll_now() is True
+    assert _allows_through(downloaded, PUBLIC)
+    sent = server.requests[-1]
+    assert sent["authorization"] == "Bearer s3cret" and sent["x-tenant"] == "shop"
+    assert len(server.requests) == 2
+
+
+def _allows_through(downloaded: DownloadedBundle, document: dict[str, Any]) -> bool:
+    current = downloaded.current
+    assert isinstance(current, OffLoopRego)
+    return current.policy.evaluate_document(document).allowed
