@@ -56,6 +56,12 @@ def check_consistency(config: Config, sources: Mapping[str, str]) -> None:
             "policy_engine 'rego' needs at least one .rego file (or authz.rego_bundle)",
             None,
         )
+    if authz.rego_bundle and authz.policy_engine != "rego":
+        raise ConfigError(
+            "authz.rego_bundle",
+            f"a bundle needs policy_engine = 'rego', not {authz.policy_engine!r}",
+            sources.get("authz.rego_bundle"),
+        )
     if authz.rego_bundle and authz.rego_files:
         raise ConfigError(
             "authz.rego_bundle",

@@ -250,3 +250,9 @@ def test_any_document_of_opa_keys_parses_or_is_one_config_error(
         parse_opa_config(json.dumps(document), "opa.yaml", env={})
     except ConfigError as exc:
         assert "\n" not in str(exc)
+
+
+def test_a_bundle_with_another_engine_is_refused_not_ignored(tmp_path: Path) -> None:
+    text = "bundles:\n  b: {resource: 'file:///x.tar.gz'}\n"
+    with pytest.raises(ConfigError, match="a bundle needs policy_engine = 'rego', not 'rules'"):
+        load_config(_write(tmp_path, text, 'policy_engine = "rules"\n'), env={})
