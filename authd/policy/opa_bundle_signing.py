@@ -190,15 +190,36 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _structured(raw: bytes) -> Any:
+def _structured(raw: bytes) -> bytes:
+    """The canonical form of a structured file's content (JSON, else YAML as OPA reads it)."""
     try:
-        return json.loads(
-            raw, parse_int=_Number, parse_float=_Number, parse_constant=_reject_constant
-        )
+        return _canonical_json_text(raw)
     except (ValueError, UnicodeError):
         pass
     # Not JSON: OPA reads it as YAML (converted to JSON).
-    return yaml.safe_load(raw.decode("utf-8"))
+    return canonical_json(yaml.safe_load(raw.decode("utf-8")))
+
+
+def _canonical_json_text(raw: bytes) -> bytes:
+    """JSON text's canonical form: through ``json.dumps`` when every number reads back as
+    written (the usual case, many times faster), else number by number."""
+    as_written = True
+
+    def number(text: str) -> int | float:
+        nonlocal as_written
+        value = float(text) if any(c in text for c in ".eE") else int(text)
+        if as_written and json.dumps(value) != text:
+            as_written = False
+        return value
+
+    value = json.loads(raw, parse_int=number, parse_float=number, parse_constant=_reject_constant)
+    if not as_written:
+        return canonical_json(
+            json.loads(raw, parse_int=_Number, parse_float=_Number, parse_constant=_reject_constant)
+        )
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return text.encode("utf-8", "replace")
 
 
 def file_digest(name: str, content: bytes, algorithm: str) -> bytes:
@@ -209,7 +230,7 @@ def file_digest(name: str, content: bytes, algorithm: str) -> bytes:
     base = name.rsplit("/", 1)[-1]
     if base in STRUCTURED:
         try:
-            content = canonical_json(_structured(content))
+            content = _structured(content)
         except (ValueError, UnicodeError, yaml.YAMLError, RecursionError) as exc:
             raise SignatureError(f"{name}: cannot parse to hash: {exc}") from None
     return hashlib.new(hash_name, content).digest()

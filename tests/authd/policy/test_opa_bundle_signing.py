@@ -240,3 +240,36 @@ def test_yaml_numbers_are_hashed_as_go_writes_them() -> None:
     assert file_digest("data.yaml", yaml_doc, "SHA-256") == file_digest(
         "raw.bin", expected, "SHA-256"
     )
+
+
+_json_with_floats = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=6),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_with_floats, st.sampled_from(["", "1e3", "1.50", "-0", "2E-7"]))
+def test_the_fast_digest_path_agrees_with_the_number_by_number_one(
+    value: Any, literal: str
+) -> None:
+    text = json.dumps({"v": value, **({"n": None} if not literal else {})})
+    if literal:
+        text = text[:-1] + f', "n": {literal}}}'
+    as_written = canonical_json(_numbers_as_written(text))
+    assert file_digest("data.json", text.encode(), "SHA-256") == file_digest(
+        "raw", as_written, "SHA-256"
+    )
+
+
+def _numbers_as_written(text: str) -> Any:
+    from authd.policy.opa_bundle_signing import _Number
+
+    return json.loads(text, parse_int=_Number, parse_float=_Number)
