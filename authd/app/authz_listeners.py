@@ -28,6 +28,7 @@ from authd.config.model import Config
 from authd.extauthz.grpc_servicer import ExtAuthzService
 from authd.extauthz.http_service import HttpAuthzServer
 from authd.policy.base import PolicyError
+from authd.policy.bundle_policy import DownloadedBundle
 from authd.policy.reload import PolicyHolder
 from authd.ports.bundle_view import BundleView
 from authd.transport.grpc_options import grpc_server_options
@@ -109,10 +110,11 @@ class AuthzListeners:
             )
             native.add_servicer(authorization, ext_authz)
             native.add_servicer(health_pb2.DESCRIPTOR.services_by_name["Health"], self._health)
-            native.add_servicer(
-                reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
-                reflection_aio.ReflectionServicer(reflection_names),
-            )
+            if authz.grpc_reflection:
+                native.add_servicer(
+                    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+                    reflection_aio.ReflectionServicer(reflection_names),
+                )
             for address, listen in (
                 (authz.grpc_address, native.listen_tcp),
                 (authz.grpc_socket, native.listen_unix),
@@ -133,7 +135,8 @@ class AuthzListeners:
         )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(ext_authz, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(reflection_names, server)
+        if authz.grpc_reflection:
+            reflection.enable_server_reflection(reflection_names, server)
         for address in (authz.grpc_address, authz.grpc_socket):
             if not address:
                 continue
@@ -180,6 +183,17 @@ class AuthzListeners:
                 lambda: {
                     "hit": getattr(policy.current, "cache_hits", 0),
                     "miss": getattr(policy.current, "cache_misses", 0),
+                },
+            )
+        downloaded = self._policy.current
+        if isinstance(downloaded, DownloadedBundle):  # a bundle from a bundle server
+            self.metrics.add_source(
+                "authd_bundle_polls",
+                "bundle server polls by outcome (activated, refused, failed)",
+                lambda: {
+                    "activated": downloaded.activations,
+                    "refused": downloaded.refusals,
+                    "failed": downloaded.fetch_failures,
                 },
             )
         if authz.decision_log:
@@ -257,6 +271,8 @@ class AuthzListeners:
                     f"cannot serve metrics on {authz.metrics_address}: {exc.strerror}"
                 ) from None
         self._tasks.append(asyncio.create_task(holder.run()))
+        if source.background is not None:
+            self._tasks.append(asyncio.create_task(source.background()))
         if self._decision_log is not None:
             self._tasks.append(asyncio.create_task(self._flush_decision_log()))
         log.info(

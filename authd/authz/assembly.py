@@ -7,9 +7,10 @@ both decide with exactly the same pieces.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from authd.authz.api_keys import ApiKeyStore
 from authd.authz.decision_log import DecisionSink
@@ -53,6 +54,8 @@ class PolicySource:
 
     load: Callable[[], Policy]
     files: tuple[Path, ...]
+    # A task to run beside the listeners (e.g. polling a bundle server), if any.
+    background: Callable[[], Coroutine[Any, Any, None]] | None = None
 
 
 def policy_source(config: Config) -> PolicySource:
@@ -64,6 +67,10 @@ def policy_source(config: Config) -> PolicySource:
         from authd.authz.opa_log_sink import traced
 
         results = traced(results)
+    if authz.policy_engine == "rego" and authz.rego_bundle:
+        from authd.policy.bundle_source import bundle_policy_source
+
+        return PolicySource(*bundle_policy_source(config, results))
     if authz.policy_engine == "rego":
         from authd.policy.rego import RegoPolicy
         from authd.policy.rego_offload import OffLoopRego
