@@ -114,21 +114,26 @@ def open_authority(
     upstream: UpstreamAuthority | None,
     notify: Notify | None = None,
     store_trusted: Callable[[], bool] = lambda: True,
+    keystore: KeyStore | None = None,
+    fence: Callable[[], int | None] | None = None,
 ) -> CertificateAuthority:
     """The CA on ``store``, creating its first authorities if the store has none.
 
     ``notify`` says how the CA calls its listeners (see ``authd.app.loop_dispatch``);
     while ``store_trusted()`` is false (the store went backwards) no authority is made.
+    ``keystore`` and ``fence`` come from ``authd.app.high_availability`` when replicas share
+    the keys.
     """
     check_trust_domain(config, store)
     return CertificateAuthority(
         trust_domain=TrustDomain.parse(config.trust_domain),
         store=store,
-        keystore=KeyStore(config.data_dir / "keys"),
+        keystore=keystore or KeyStore(config.data_dir / "keys"),
         clock=clock,
         settings=ca_settings(config),
         upstream=upstream,
         rotates=config.ca.rotates,
         notify=notify,
         store_trusted=store_trusted,
+        fence=fence,
     )
