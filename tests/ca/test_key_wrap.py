@@ -67,7 +67,7 @@ def test_the_kek_file_is_64_hex_digits_and_private(tmp_path: Path) -> None:
     kek = KeyEncryptionKey.load(path)
     assert kek.kek_id.hex() in repr(kek)
     path.chmod(0o644)
-    with pytest.raises(InvalidRequest, match="readable by others.*chmod 600"):
+    with pytest.raises(InvalidRequest, match=r"readable by others.*chmod 600"):
         KeyEncryptionKey.load(path)
     path.chmod(0o600)
     path.write_text("not hex")

@@ -82,9 +82,7 @@ def open_replica(redis_server: RedisServer, tmp_path: Path) -> Iterator[OpenRepl
 
 def issue(replica: Replica) -> list[x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
-    svid = replica.ca.sign_x509_svid(
-        key.public_key(), spiffe_id=WORKLOAD, requester=replica.name
-    )
+    svid = replica.ca.sign_x509_svid(key.public_key(), spiffe_id=WORKLOAD, requester=replica.name)
     return list(svid.chain)
 
 
@@ -157,7 +155,7 @@ def test_a_paused_old_leader_that_wakes_up_cannot_write_over_its_successor(
     assert b.leadership.tick() is not None and b.leadership.fence() == 2
     before = (a.store.list_authorities(), a.store.position(), a.store.current_sequence("bundle"))
     assert a.leadership.fence() == 1  # it wakes up still believing it leads: its check passes
-    with pytest.raises(Fenced, match="token 1 is stale.*token 2"):
+    with pytest.raises(Fenced, match=r"token 1 is stale.*token 2"):
         a.ca.prepare_authority("x509")
     with pytest.raises(Fenced, match="token 1 is stale"):
         a.store.save_authorities([], sequence="bundle", fence=1)
@@ -203,7 +201,7 @@ def test_a_replica_with_another_kek_cannot_sign_and_says_why(
         fence=lambda: None,
     )
     record = a.ca.authorities()[0]
-    with pytest.raises(InvalidRequest, match="same ca.key_encryption_key"):
+    with pytest.raises(InvalidRequest, match=r"same ca\.key_encryption_key"):
         other.load(record.key_ref)
     with pytest.raises(Fenced, match="does not hold the rotation lease"):
         other.create(KeyType.EC_P256)
