@@ -20,6 +20,7 @@ from authd.app.loop_dispatch import Notify
 from authd.config.model import Config
 from ca.certificate_authority import CASettings, CertificateAuthority, UpstreamAuthority
 from ca.clock import Clock
+from ca.key_wrap import KeyUnwrapError
 from ca.keys import KeyStore, KeyType
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import Store
@@ -125,6 +126,24 @@ def open_authority(
     the keys.
     """
     check_trust_domain(config, store)
+    try:
+        return _certificate_authority(
+            config, store, clock, upstream, notify, store_trusted, keystore, fence
+        )
+    except KeyUnwrapError as exc:  # another replica's KEK: one line, not a traceback
+        raise StartupError(str(exc)) from None
+
+
+def _certificate_authority(
+    config: Config,
+    store: Store,
+    clock: Clock,
+    upstream: UpstreamAuthority | None,
+    notify: Notify | None,
+    store_trusted: Callable[[], bool],
+    keystore: KeyStore | None,
+    fence: Callable[[], int | None] | None,
+) -> CertificateAuthority:
     return CertificateAuthority(
         trust_domain=TrustDomain.parse(config.trust_domain),
         store=store,
