@@ -55,7 +55,7 @@ from ca.clock import Clock, SystemClock
 from ca.replication import ReplicaFollower
 from ca.revocation_view import RevocationView
 from ca.revoker import Revoker
-from ca.store import Store, open_store
+from ca.store import Fenced, Store, open_store
 
 __all__ = ["ADMIN_SERVICE", "EXT_AUTHZ_SERVICE", "Daemon", "StartupError", "serve"]
 
@@ -278,6 +278,8 @@ class Daemon:
             # In a thread: a store that does not answer must not stall ext_authz on this loop.
             if await asyncio.to_thread(self.ca.rotate):
                 log.info("authorities rotated; bundle sequence %d", self.ca.bundle.sequence)
+        except Fenced as exc:  # the lease moved on mid-step: nothing was written
+            log.warning("%s", exc)
         except Exception:
             log.exception("authority rotation failed; will retry")
 
@@ -288,6 +290,8 @@ class Daemon:
             return
         if not trust.guard.regressed or trust.mirror is None:
             return
+        if self.ha is not None and self.ha.leadership is not None and not self.ha.leadership.leads:
+            return  # with several rotating replicas, the rotation leader repairs
         try:
             await asyncio.to_thread(self.store_ops.reseed, "authd")
             self._reseed_refusal = ""
