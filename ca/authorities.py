@@ -97,7 +97,8 @@ class JwtAuthority:
 
 _NOT_HERE = (
     "no active {kind} authority with its key here (authorities are made and held by the "
-    "replica with ca.rotates = true; issue there)"
+    "replica with ca.rotates = true; issue there, or give every replica the same "
+    "ca.key_encryption_key so that all of them sign)"
 )
 
 

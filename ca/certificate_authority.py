@@ -51,6 +51,7 @@ class CertificateAuthority:
         rotates: bool = True,
         notify: Callable[[Callable[[], None]], object] | None = None,
         store_trusted: Callable[[], bool] = lambda: True,
+        fence: Callable[[], int | None] | None = None,
     ) -> None:
         settings = settings or CASettings()
         if len(settings.subject) == 0:
@@ -73,6 +74,7 @@ class CertificateAuthority:
             rotates=rotates,
             notify=notify,
             store_trusted=store_trusted,
+            fence=fence,
         )
         self.issuance_log = IssuanceLog(store)
         timeline = self.timeline

@@ -15,6 +15,11 @@ With several replicas on one store, exactly one rotates (it holds the keys); the
 follow: ``reload()`` re-reads the records another replica changed. A store that is not
 trusted (``store_trusted()`` false: it went backwards, see ``ca.store.regression``) is never
 rotated, so authorities are never made over one that merely lost them.
+
+With a rotation lease (``fence`` given: every replica holds the keys, see
+``ca.shared_keystore``), several replicas may be configured to rotate; only the one whose
+``fence()`` gives a token moves the timeline, and every step it stores carries that token, so
+the store refuses it once the lease has moved on (``ca.store.base.Fenced``).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class AuthorityTimeline:
         rotates: bool = True,
         notify: Callable[[Callable[[], None]], object] | None = None,
         store_trusted: Callable[[], bool] = lambda: True,
+        fence: Callable[[], int | None] | None = None,
     ) -> None:
         self.trust_domain = trust_domain
         self.store = store
@@ -74,7 +80,9 @@ class AuthorityTimeline:
         self._stale = False  # a step was stored but could not be read back: rotate() reloads
         self._dispatch = notify or (lambda listener: listener())  # e.g. onto the serving loop
         self._store_trusted = store_trusted
-        if rotates and store_trusted():
+        self._fence = fence
+        self._loaded = False
+        if rotates and store_trusted() and self._token() != 0:
             self.rotate()
             signing = self._signing
             if signing.x509_active is None or signing.jwt_active is None:
@@ -82,7 +90,7 @@ class AuthorityTimeline:
                 for record in self.store.list_authorities():
                     if record.state == rotation.ACTIVE and not record.revoked:
                         self.keystore.load(record.key_ref)  # raises, naming the missing key
-        else:
+        if not self._loaded:
             self._load()
 
     # --- what follows from the records ----------------------------------------------------
@@ -113,6 +121,9 @@ class AuthorityTimeline:
         """
         if not self.rotates or not self._store_trusted():
             return False
+        token = self._token()
+        if token == 0:
+            return False  # another replica leads rotation now
         with self._lock:
             now = self.clock.now()
             changed = False
@@ -120,7 +131,7 @@ class AuthorityTimeline:
                 plan = rotation.plan_rotation(self.store.list_authorities(kind), now)
                 if not plan.is_empty:
                     self._stale = True  # until read back: the next kind's write may fail
-                    self._apply(kind, plan, now)
+                    self._apply(kind, plan, now, token)
                     changed = True
             if changed or self._stale or self._signing.x509_active is None:
                 self._load()
@@ -138,19 +149,19 @@ class AuthorityTimeline:
 
     def prepare_authority(self, kind: str, *, actor: str = "authd") -> AuthorityRecord:
         """Prepare the next authority of ``kind`` now (it enters the bundle at once)."""
-        self._require_rotating()
+        token = self._require_rotating()
         with self._lock:
             if kind not in KINDS:
                 raise InvalidRequest(f"authority kind must be x509 or jwt, not {kind!r}")
             if any(r.state == rotation.PREPARED for r in self.store.list_authorities(kind)):
                 raise InvalidRequest(f"a prepared {kind} authority already exists")
             record = self._new_authority(kind, rotation.PREPARED, self.clock.now())
-            self._changed([record], "", actor)
+            self._changed([record], "", actor, fence=token)
             return record
 
     def activate_authority(self, kind: str, *, actor: str = "authd") -> AuthorityRecord:
         """Make the prepared authority of ``kind`` sign now; the active one is retired."""
-        self._require_rotating()
+        token = self._require_rotating()
         with self._lock:
             records = self.store.list_authorities(kind)
             prepared = [r for r in records if r.state == rotation.PREPARED]
@@ -160,7 +171,7 @@ class AuthorityTimeline:
             updates += [
                 replace(r, state=rotation.RETIRED) for r in records if r.state == rotation.ACTIVE
             ]
-            self._changed(updates, "", actor)
+            self._changed(updates, "", actor, fence=token)
             return updates[0]
 
     def taint_authority(self, authority_id: str, *, actor: str = "authd") -> AuthorityRecord:
@@ -193,12 +204,26 @@ class AuthorityTimeline:
 
     # --- internals ------------------------------------------------------------------------
 
-    def _require_rotating(self) -> None:
+    def _require_rotating(self) -> int | None:
+        """The fencing token to write an operator's step under (None: no lease in use)."""
         if not self.rotates:
             raise InvalidRequest(
                 "this replica does not rotate authorities (ca.rotates = false): prepare and "
                 "activate on the replica that holds the CA keys (taint and revoke work anywhere)"
             )
+        token = self._token()
+        if token == 0:
+            raise InvalidRequest(
+                "this replica does not hold the rotation lease now: prepare and activate on "
+                "the replica that leads rotation (authd_rotation_leader 1 in its metrics)"
+            )
+        return token
+
+    def _token(self) -> int | None:
+        """None without a lease (this replica always leads), 0 when another replica leads."""
+        if self._fence is None:
+            return None
+        return self._fence() or 0
 
     def _record(self, authority_id: str) -> AuthorityRecord:
         try:
@@ -207,7 +232,12 @@ class AuthorityTimeline:
             raise InvalidRequest(f"no authority {authority_id!r}") from None
 
     def _changed(
-        self, updates: Sequence[AuthorityRecord], action: str, actor: str = "authd"
+        self,
+        updates: Sequence[AuthorityRecord],
+        action: str,
+        actor: str = "authd",
+        *,
+        fence: int | None = None,
     ) -> None:
         audit = [
             self._audit(
@@ -215,7 +245,7 @@ class AuthorityTimeline:
             )
             for record in updates
         ]
-        self.store.save_authorities(updates, audit=audit, sequence=BUNDLE_SEQUENCE)
+        self.store.save_authorities(updates, audit=audit, sequence=BUNDLE_SEQUENCE, fence=fence)
         try:
             self._load()
         except StoreError as exc:
@@ -225,7 +255,7 @@ class AuthorityTimeline:
             return
         self._notify()
 
-    def _apply(self, kind: str, plan: rotation.RotationPlan, now: float) -> None:
+    def _apply(self, kind: str, plan: rotation.RotationPlan, now: float, fence: int | None) -> None:
         records = {r.authority_id: r for r in self.store.list_authorities(kind)}
         updates: list[AuthorityRecord] = []
         if plan.create_active or plan.prepare:
@@ -242,6 +272,7 @@ class AuthorityTimeline:
             delete=[r.authority_id for r in pruned],
             audit=audit,
             sequence=BUNDLE_SEQUENCE if plan.changes_bundle else None,
+            fence=fence,
         )
         for record in pruned:  # after the write: a failed write still has its keys
             self.keystore.delete(record.key_ref)
@@ -290,6 +321,7 @@ class AuthorityTimeline:
             self.settings.refresh_hint,
         )
         self._stale = False
+        self._loaded = True
 
     def _notify(self) -> None:
         for listener in self._listeners:

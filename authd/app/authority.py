@@ -20,6 +20,7 @@ from authd.app.loop_dispatch import Notify
 from authd.config.model import Config
 from ca.certificate_authority import CASettings, CertificateAuthority, UpstreamAuthority
 from ca.clock import Clock
+from ca.key_wrap import KeyUnwrapError
 from ca.keys import KeyStore, KeyType
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import Store
@@ -114,21 +115,44 @@ def open_authority(
     upstream: UpstreamAuthority | None,
     notify: Notify | None = None,
     store_trusted: Callable[[], bool] = lambda: True,
+    keystore: KeyStore | None = None,
+    fence: Callable[[], int | None] | None = None,
 ) -> CertificateAuthority:
     """The CA on ``store``, creating its first authorities if the store has none.
 
     ``notify`` says how the CA calls its listeners (see ``authd.app.loop_dispatch``);
     while ``store_trusted()`` is false (the store went backwards) no authority is made.
+    ``keystore`` and ``fence`` come from ``authd.app.high_availability`` when replicas share
+    the keys.
     """
     check_trust_domain(config, store)
+    try:
+        return _certificate_authority(
+            config, store, clock, upstream, notify, store_trusted, keystore, fence
+        )
+    except KeyUnwrapError as exc:  # another replica's KEK: one line, not a traceback
+        raise StartupError(str(exc)) from None
+
+
+def _certificate_authority(
+    config: Config,
+    store: Store,
+    clock: Clock,
+    upstream: UpstreamAuthority | None,
+    notify: Notify | None,
+    store_trusted: Callable[[], bool],
+    keystore: KeyStore | None,
+    fence: Callable[[], int | None] | None,
+) -> CertificateAuthority:
     return CertificateAuthority(
         trust_domain=TrustDomain.parse(config.trust_domain),
         store=store,
-        keystore=KeyStore(config.data_dir / "keys"),
+        keystore=keystore or KeyStore(config.data_dir / "keys"),
         clock=clock,
         settings=ca_settings(config),
         upstream=upstream,
         rotates=config.ca.rotates,
         notify=notify,
         store_trusted=store_trusted,
+        fence=fence,
     )

@@ -33,6 +33,7 @@ from authd.app.authority import load_upstream, open_authority, prepare_data_dir
 from authd.app.authz_listeners import AuthzListeners
 from authd.app.errors import StartupError
 from authd.app.federation import Federation
+from authd.app.high_availability import HighAvailability, open_high_availability
 from authd.app.loop_dispatch import on_loop
 from authd.app.refusals import ListenerRefusals
 from authd.app.replicas import change_feed_position, follow_store
@@ -54,7 +55,7 @@ from ca.clock import Clock, SystemClock
 from ca.replication import ReplicaFollower
 from ca.revocation_view import RevocationView
 from ca.revoker import Revoker
-from ca.store import Store, open_store
+from ca.store import Fenced, Store, open_store
 
 __all__ = ["ADMIN_SERVICE", "EXT_AUTHZ_SERVICE", "Daemon", "StartupError", "serve"]
 
@@ -79,6 +80,8 @@ class Daemon:
         self._bundle_endpoint: BundleEndpoint | None = None
         self.federation: Federation | None = None
         self.trust: StoreTrust | None = None
+        self.ha: HighAvailability | None = None
+        self._lease_task: asyncio.Task[None] | None = None
         self._reseed_refusal = ""
         self.metrics = AuthzMetrics()
         self.registry = CollectorRegistry()
@@ -106,6 +109,9 @@ class Daemon:
         if not trust.view_trusted:
             start_from = None  # the follower starts with a guarded resync instead
         loop = asyncio.get_running_loop()
+        ha = self.ha = open_high_availability(
+            config, self._store, self.clock, replica=trust.replica, metrics=self.metrics
+        )
         # A scheduled rotation runs on a worker thread; the CA's listeners run on the loop.
         self._ca = open_authority(
             config,
@@ -114,6 +120,8 @@ class Daemon:
             upstream,
             notify=on_loop(loop),
             store_trusted=trust.store_trusted,
+            keystore=ha.keystore,
+            fence=ha.fence,
         )
         self.entry_registry = EntryRegistry(self._store, self.clock)
         self.revocations = Revoker(
@@ -253,6 +261,8 @@ class Daemon:
         if policy is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signal.SIGHUP, policy.reload_now)
+        if self.ha is not None and self.ha.leadership is not None:
+            self._lease_task = asyncio.create_task(self.ha.keep_lease(self._stopping, self.rotate))
         interval = self.config.ca.rotation_check_interval
         while not self._stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
@@ -268,6 +278,8 @@ class Daemon:
             # In a thread: a store that does not answer must not stall ext_authz on this loop.
             if await asyncio.to_thread(self.ca.rotate):
                 log.info("authorities rotated; bundle sequence %d", self.ca.bundle.sequence)
+        except Fenced as exc:  # the lease moved on mid-step: nothing was written
+            log.warning("%s", exc)
         except Exception:
             log.exception("authority rotation failed; will retry")
 
@@ -278,6 +290,8 @@ class Daemon:
             return
         if not trust.guard.regressed or trust.mirror is None:
             return
+        if self.ha is not None and self.ha.leadership is not None and not self.ha.leadership.leads:
+            return  # with several rotating replicas, the rotation leader repairs
         try:
             await asyncio.to_thread(self.store_ops.reseed, "authd")
             self._reseed_refusal = ""
@@ -308,6 +322,12 @@ class Daemon:
 
     async def close(self, *, announce: bool = True) -> None:
         await self._health.enter_graceful_shutdown()
+        if self._lease_task is not None:
+            self._stopping.set()
+            with contextlib.suppress(Exception):
+                await self._lease_task  # releases the rotation lease
+        elif self.ha is not None and self.ha.leadership is not None:
+            await asyncio.to_thread(self.ha.leadership.release)
         if self.follower is not None:
             self.follower.stop()
         if self.fast_path is not None:

@@ -73,6 +73,8 @@ PARSERS: dict[str, Callable[[object], object]] = {
     "ca.crl_refresh": parse_positive_duration,
     "ca.rotates": parse_bool,
     "ca.http_address": parse_address,
+    "ca.key_encryption_key": parse_path,
+    "ca.rotation_lease_ttl": parse_positive_duration,
     "store.url": parse_store_url,
     "store.max_staleness": parse_positive_duration,
     "store.durability": parse_choice(DURABILITY_LEVELS),

@@ -67,6 +67,11 @@ class CAConfig:
     crl_refresh: int = 900
     rotates: bool = True  # with several replicas on one store, true on exactly one
     http_address: str = ""  # the bundle and CRL endpoint, host:port; "" disables
+    # High availability on a shared store: the replicas' key-encryption key (a 0600 file of
+    # 64 hex digits); set, every replica holding it signs and rotates = true ones take turns
+    # leading rotation under a lease of rotation_lease_ttl.
+    key_encryption_key: str = ""
+    rotation_lease_ttl: int = 15
 
     @property
     def subject_name(self) -> x509.Name:
@@ -323,6 +328,11 @@ class Config:
     @property
     def upstream_key_path(self) -> Path | None:
         return self.resolve_path(self.ca.upstream_key) if self.ca.upstream_key else None
+
+    @property
+    def key_encryption_key_path(self) -> Path | None:
+        kek = self.ca.key_encryption_key
+        return self.resolve_path(kek) if kek else None
 
     @property
     def upstream_bundle_path(self) -> Path | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self, TypedDict
 
+from ca.lease import Claim, Lease
 from ca.store.records import (
     AUDIT_GENESIS_HASH,
     AuditRecord,
@@ -58,6 +59,11 @@ class SchemaError(StoreError):
 class ChangeFeedGap(StoreError):
     """Events after the consumer's last id are gone (trimmed, or the feed was reset): the
     consumer must rebuild its whole view from the store."""
+
+
+class Fenced(StoreError):
+    """A rotation write carried a fencing token that is no longer the highest granted: the
+    rotation lease has moved to another replica since (see ``ca.lease``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +118,38 @@ class ChangeFeed(Protocol):
         ...
 
 
+class RotationLeaseStore(Protocol):
+    """The shared rotation lease and its fencing counter (``ca.lease`` decides the claims)."""
+
+    def claim(self, claimant: str, *, now: float, ttl: float) -> Claim:
+        """Claim or renew the lease for ``claimant`` at ``now`` in one atomic step."""
+        ...
+
+    def release(self, holder: str, token: int) -> bool:
+        """Give the lease up if ``holder`` still holds it under ``token``."""
+        ...
+
+    def current(self) -> tuple[Lease | None, int]:
+        """The stored lease (if any) and the highest fencing token ever granted."""
+        ...
+
+
+class WrappedKeyVault(Protocol):
+    """Authority keys wrapped with the replicas' key-encryption key, shared by the replicas."""
+
+    def put_wrapped(self, key_ref: str, wrapped: bytes, *, fence: int | None) -> None:
+        """Store ``wrapped`` under ``key_ref``; ``Fenced`` if ``fence`` is stale."""
+        ...
+
+    def get_wrapped(self, key_ref: str) -> bytes | None:
+        """The wrapped key stored under ``key_ref``, or None."""
+        ...
+
+    def delete_wrapped(self, key_ref: str, *, fence: int | None) -> None:
+        """Forget ``key_ref``'s wrapped key; ``Fenced`` if ``fence`` is stale."""
+        ...
+
+
 class Store(abc.ABC):
     """Persistent CA state: authorities, counters, issuances, entries, revocations, audit."""
 
@@ -143,6 +181,16 @@ class Store(abc.ABC):
         None for a store only this process writes (SQLite), where there is nothing to follow."""
         return None
 
+    def rotation_lease(self) -> RotationLeaseStore | None:
+        """The lease one replica at a time leads rotation under; None for a store only this
+        process writes, whose one process always leads."""
+        return None
+
+    def wrapped_keys(self) -> WrappedKeyVault | None:
+        """Where replicas share the authority keys wrapped with their key-encryption key;
+        None for a store only this process uses."""
+        return None
+
     # -- authorities ---------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -161,6 +209,7 @@ class Store(abc.ABC):
         delete: Sequence[str] = (),
         audit: Audit = (),
         sequence: str | None = None,
+        fence: int | None = None,
     ) -> None:
         """Insert or replace ``records``, forget the authorities ``delete`` names, append
         ``audit`` and increment the counter ``sequence`` (if given), in one transaction.
@@ -169,7 +218,9 @@ class Store(abc.ABC):
         retires the old one, so no reader ever sees two active authorities or none; and the
         bundle's sequence moves in the write that changes the bundle, so one sequence number
         never stands for two bundles. ``NotFound`` (and nothing written) if an authority in
-        ``delete`` does not exist.
+        ``delete`` does not exist. With ``fence`` (a rotation lease's token), ``Fenced`` and
+        nothing written unless it is the highest token granted; a store no other process
+        writes has no lease and ignores it.
         """
 
     @abc.abstractmethod

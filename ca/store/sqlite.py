@@ -248,6 +248,7 @@ class SQLiteStore(Store):
         delete: Sequence[str] = (),
         audit: Audit = (),
         sequence: str | None = None,
+        fence: int | None = None,  # one process writes this store: nothing to fence
     ) -> None:
         with self._transaction() as conn:
             for record in records:

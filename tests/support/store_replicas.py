@@ -61,6 +61,7 @@ class Replica(Daemon):
         rotates: bool,
         max_staleness: int,
         extra_store_config: str = "",
+        extra_ca_config: str = "",
     ) -> None:
         self.name = name
         self.http_port, self.metrics_port = free_port(), free_port()
@@ -71,6 +72,7 @@ class Replica(Daemon):
             "[ca]\n"
             f"rotates = {str(rotates).lower()}\n"
             'rotation_check_interval = "1s"\n'
+            f"{extra_ca_config}"
             "[store]\n"
             f'url = "{redis_url}"\n'
             f'max_staleness = "{max_staleness}s"\n'

@@ -28,6 +28,9 @@ when that text is not empty; a MULTI/EXEC may only touch keys of one slot. So th
     {authd}:audit                          zset    record, scored by seq
     {authd}:audit:by-subject:<subject>     zset    record, scored by seq
     {authd}:changes                        stream  the change feed
+    {authd}:lease:rotation                 hash    holder, token, expires_at (also PX)
+    {authd}:fence:rotation                 string  the highest fencing token granted
+    {authd}:wrapped-keys                   hash    key_ref -> authority key wrapped with the KEK
 """
 
 from __future__ import annotations
@@ -77,6 +80,9 @@ class KeyLayout:
         self.audit = p + "audit"
         self.federated_bundles = p + "federated-bundles"
         self.changes = p + "changes"
+        self.rotation_lease = p + "lease:rotation"
+        self.rotation_fence = p + "fence:rotation"
+        self.wrapped_keys = p + "wrapped-keys"
 
     def sequence(self, name: str) -> str:
         return f"{self.prefix}seq:{name}"

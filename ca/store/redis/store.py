@@ -51,6 +51,8 @@ from ca.store.redis.codec import (
 )
 from ca.store.redis.feed import RedisChangeFeed, add_change
 from ca.store.redis.keys import DEFAULT_KEY_PREFIX, KeyLayout, selector_json
+from ca.store.redis.lease import RedisRotationLease, fence_check
+from ca.store.redis.wrapped_keys import RedisWrappedKeys
 
 SCHEMA_VERSION = 1
 
@@ -71,6 +73,8 @@ class RedisStore(Store):
         self._url = self._redis.url
         self._feed = RedisChangeFeed(self._redis, self._keys.changes)
         self._audit = RedisAuditChain(self._redis, self._keys)
+        self._lease = RedisRotationLease(self._redis, self._keys)
+        self._wrapped_keys = RedisWrappedKeys(self._redis, self._keys)
         with self._redis.opening():
             self._check_schema()  # also the first connection, where bad options show up
 
@@ -100,6 +104,12 @@ class RedisStore(Store):
 
     def change_feed(self) -> RedisChangeFeed:
         return self._feed
+
+    def rotation_lease(self) -> RedisRotationLease:
+        return self._lease
+
+    def wrapped_keys(self) -> RedisWrappedKeys:
+        return self._wrapped_keys
 
     def close(self) -> None:
         self._redis.close()
@@ -140,6 +150,7 @@ class RedisStore(Store):
         delete: Sequence[str] = (),
         audit: Audit = (),
         sequence: str | None = None,
+        fence: int | None = None,
     ) -> None:
         encoded = {
             r.authority_id: AUTHORITIES.encode(r, f"authority {r.authority_id!r}") for r in records
@@ -150,6 +161,7 @@ class RedisStore(Store):
         mapping: dict[FieldT, EncodableT] = {key: value for key, value in encoded.items()}
 
         def prepare(pipe: Pipe) -> tuple[Write, None]:
+            fence_check(pipe, self._keys, fence)
             existing = pipe.hmget(self._keys.authorities, list(encoded)) if encoded else []
             for authority_id in delete:
                 if not pipe.hexists(self._keys.authorities, authority_id):
@@ -173,7 +185,10 @@ class RedisStore(Store):
 
             return write, None
 
-        self._redis.transaction(self._audit.watched([self._keys.authorities], drafts), prepare)
+        watched = [self._keys.authorities] + (
+            [self._keys.rotation_fence] if fence is not None else []
+        )
+        self._redis.transaction(self._audit.watched(watched, drafts), prepare)
 
     def delete_authority(self, authority_id: str) -> None:
         def prepare(pipe: Pipe) -> tuple[Write, None]:
