@@ -165,6 +165,11 @@ class AuthzConfig:
     api_keys_file: str = ""
     trust_principal_without_certificate: bool = True
     issuers: tuple[IssuerConfig, ...] = ()
+    # OPA-Envoy mode's request bodies (authd.check.opa_envoy_input): the plugin's
+    # skip-request-body-parse and proto-descriptor, and authd's bound on a parsed body.
+    skip_request_body_parse: bool = False
+    opa_envoy_protoset: str = ""
+    opa_envoy_max_body_bytes: int = 1 << 20
 
     @property
     def compat(self) -> str:
