@@ -48,9 +48,8 @@ SERVICE = "shop.v1.Orders"
 
 def compile_protoset(out_dir: Path, proto: str = TEST_PROTO) -> Path:
     """``out_dir/test.protoset``: ``proto`` and every file it imports."""
-    from grpc_tools import protoc
-
     import grpc_tools
+    from grpc_tools import protoc
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     source = out_dir / "shop.proto"

@@ -14,7 +14,10 @@ from authd.check.media_type import MediaTypeError, parse_media_type
     [
         ("multipart/form-data; boundary=abc", ("multipart/form-data", {"boundary": "abc"})),
         ("Multipart/Form-Data; BOUNDARY=AbC", ("multipart/form-data", {"boundary": "AbC"})),
-        ('form-data; name="a b"; filename="x.txt"', ("form-data", {"name": "a b", "filename": "x.txt"})),
+        (
+            'form-data; name="a b"; filename="x.txt"',
+            ("form-data", {"name": "a b", "filename": "x.txt"}),
+        ),
         ('form-data; name="C:\\dev\\x"', ("form-data", {"name": "C:\\dev\\x"})),  # MSIE paths
         ('form-data; name="say \\"hi\\""', ("form-data", {"name": 'say "hi"'})),
         ("text/plain;", ("text/plain", {})),  # a trailing semicolon is no error
@@ -70,9 +73,7 @@ _TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-+.!#$&^_", min_s
     _TOKEN,
     st.dictionaries(_TOKEN.filter(lambda t: "*" not in t), st.text(max_size=20), max_size=5),
 )
-def test_quoted_parameters_read_back(
-    first: str, second: str, params: dict[str, str]
-) -> None:
+def test_quoted_parameters_read_back(first: str, second: str, params: dict[str, str]) -> None:
     def quote(value: str) -> str:
         escaped = "".join("\\" + c if c in '"\\' else c for c in value)
         return f'"{escaped}"'

@@ -80,12 +80,14 @@ def test_only_a_full_delimiter_ends_a_part() -> None:
 
 
 def test_header_continuation_lines_and_case_insensitive_names() -> None:
-    body = form(("content-disposition: form-data;\r\n name=\"a\"", b"1"))
+    body = form(('content-disposition: form-data;\r\n name="a"', b"1"))
     assert parse_multipart(body, "XyZ") == {"a": ["1"]}
 
 
 def test_quoted_printable_parts_are_decoded() -> None:
-    body = form(field("a", b"caf=C3=A9 =\r\nau lait=3D", "Content-Transfer-Encoding: Quoted-Printable"))
+    body = form(
+        field("a", b"caf=C3=A9 =\r\nau lait=3D", "Content-Transfer-Encoding: Quoted-Printable")
+    )
     assert parse_multipart(body, "XyZ") == {"a": ["café au lait="]}
 
 
