@@ -10,7 +10,8 @@ Its answers, the plugin's: ``Decoded(value)``, ``NOT_DECODED`` (a compressed fra
 unknown service or method, a client-streaming method), ``TRUNCATED`` (the frame says more
 than arrived), or ``GrpcBodyError`` (fewer than 5 bytes, not that message, not JSON-able).
 An ``Any`` is resolved among the types authd links (well-known and Envoy's), as the plugin
-resolves among the Go types it links. The result nests at most ``max_depth`` levels.
+resolves among the Go types it links. A message longer than ``max_bytes`` or nesting deeper
+than ``max_depth`` levels is a ``GrpcBodyError`` (authd's bounds).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Final
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import DecodeError
 
-from authd.check.bounded_json import MAX_JSON_DEPTH, nesting_depth
+from authd.check.bounded_json import MAX_JSON_BYTES, MAX_JSON_DEPTH, nesting_depth
 
 _FRAME_HEADER: Final = 5
 
@@ -110,7 +111,14 @@ class GrpcMessages:
             cls = self._classes[key] = message_factory.GetMessageClass(m.input_type)
         return cls
 
-    def decode(self, raw: bytes, parsed_path: list[str], *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    def decode(
+        self,
+        raw: bytes,
+        parsed_path: list[str],
+        *,
+        max_depth: int = MAX_JSON_DEPTH,
+        max_bytes: int = MAX_JSON_BYTES,
+    ) -> Any:
         """``Decoded``, ``NOT_DECODED`` or ``TRUNCATED`` for ``raw``; see the module."""
         if len(raw) < _FRAME_HEADER:
             raise GrpcBodyError("less than 5 bytes")
@@ -122,6 +130,8 @@ class GrpcMessages:
         cls = self._input_class(parsed_path[0], parsed_path[1])
         if cls is None:
             return NOT_DECODED
+        if size > max_bytes:
+            raise GrpcBodyError(f"the message is longer than {max_bytes} bytes")
         try:
             message = cls.FromString(raw[_FRAME_HEADER : _FRAME_HEADER + size])
         except (DecodeError, RecursionError) as exc:

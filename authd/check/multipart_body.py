@@ -247,7 +247,9 @@ def parse_multipart(
             raw = decode_quoted_printable(raw)
         if "application/json" in _header(headers, "Content-Type"):
             try:
-                value: Any = loads_bounded(raw.decode("utf-8", "replace"), max_depth=max_depth)
+                text = raw.decode("utf-8", "replace")
+                # The body's length is bounded by the caller; a part is no longer.
+                value: Any = loads_bounded(text, max_bytes=len(data), max_depth=max_depth)
             except ValueError as exc:
                 raise MultipartError(f"part {name!r} is not JSON") from exc
         else:

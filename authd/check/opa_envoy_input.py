@@ -133,17 +133,26 @@ def _parsed_body(ctx: CheckContext, parsing: BodyParsing) -> tuple[Any, bool]:
         return None, False
     if _truncated_by_length(ctx, len(ctx.body)):
         return None, True
-    if len(ctx.body) > parsing.max_bytes:
-        raise MalformedRequest("body", f"the body is longer than {parsing.max_bytes} bytes")
     if kind == "json":
+        _check_size(ctx.body, parsing)
         try:
-            return loads_bounded(ctx.body, max_depth=parsing.max_depth), False
-        except (ValueError, UnicodeDecodeError):
+            # As Go's decoder: UTF-8 only (no BOM, no UTF-16), bad bytes in strings U+FFFD.
+            text = ctx.body.decode("utf-8", "replace")
+            return loads_bounded(
+                text, max_bytes=parsing.max_bytes, max_depth=parsing.max_depth
+            ), False
+        except ValueError:
             raise MalformedRequest("body", "the JSON body cannot be parsed") from None
-    text = ctx.body.decode("utf-8", "surrogateescape")
     if kind == "form":
+        _check_size(ctx.body, parsing)
+        text = ctx.body.decode("utf-8", "surrogateescape")
         return _parse_query(text, "body", parsing.max_fields), False
     return _multipart_body(ctx.body, content_type, parsing), False
+
+
+def _check_size(body: bytes, parsing: BodyParsing) -> None:
+    if len(body) > parsing.max_bytes:
+        raise MalformedRequest("body", f"the body is longer than {parsing.max_bytes} bytes")
 
 
 def _multipart_body(body: bytes, content_type: str, parsing: BodyParsing) -> Any:
@@ -154,6 +163,7 @@ def _multipart_body(body: bytes, content_type: str, parsing: BodyParsing) -> Any
     boundary = params.get("boundary")
     if boundary is None:
         return None
+    _check_size(body, parsing)
     try:
         return parse_multipart(
             body, boundary, max_parts=parsing.max_parts, max_depth=parsing.max_depth
@@ -171,10 +181,10 @@ def _grpc_body(ctx: CheckContext, parsing: BodyParsing) -> tuple[Any, bool]:
     parsed_path = opa_envoy_parsed_path(ctx)
     if len(parsed_path) != 2:
         raise MalformedRequest("body", "invalid parsed path")
-    if len(raw) > parsing.max_bytes + 5:
-        raise MalformedRequest("body", f"the body is longer than {parsing.max_bytes} bytes")
     try:
-        result = parsing.grpc.decode(raw, parsed_path, max_depth=parsing.max_depth)
+        result = parsing.grpc.decode(
+            raw, parsed_path, max_depth=parsing.max_depth, max_bytes=parsing.max_bytes
+        )
     except GrpcBodyError as exc:
         raise MalformedRequest("body", f"gRPC: {exc}") from None
     if result is TRUNCATED:

@@ -180,3 +180,23 @@ def test_hostile_bodies_are_parsed_or_malformed_never_an_error(
     except MalformedRequest:
         return
     input_document(c, opa_envoy=True)
+
+
+def test_json_is_read_as_utf_8_only_as_gos_decoder_reads_it() -> None:
+    assert body_of(ctx(b'{"a": "x\xffy"}', content_type="application/json")) == (
+        {"a": "x\ufffdy"},
+        False,
+    )
+    for body in (b'\xef\xbb\xbf{"a": 1}', '{"a": 1}'.encode("utf-16")):
+        with pytest.raises(MalformedRequest):
+            check_parsable(ctx(body, content_type="application/json"))
+
+
+def test_a_grpc_message_past_the_parse_cap_is_malformed() -> None:
+    raw = _order(customer_id="x" * 2000)
+    capped = BodyParsing(grpc=GRPC.grpc, max_bytes=1024)
+    with pytest.raises(MalformedRequest, match="longer than 1024"):
+        check_parsable(ctx(raw, f"/{SERVICE}/Place", content_type="application/grpc"), capped)
+    # Not decoded anyway (unknown method): nothing to refuse.
+    unknown = ctx(raw, f"/{SERVICE}/Nope", content_type="application/grpc")
+    assert body_of(unknown, capped) == (None, False)
