@@ -76,7 +76,7 @@ def _parse_query(query: str, what: str, max_fields: int | None = None) -> dict[s
 
 def opa_envoy_parsed_query(ctx: CheckContext) -> dict[str, list[str]]:
     _, raw_query = _split_path(ctx.path)
-    return _parse_query(raw_query, "query")
+    return _parse_query(raw_query, "query", MAX_FORM_FIELDS)
 
 
 def _truncated_by_length(ctx: CheckContext, length: int) -> bool:

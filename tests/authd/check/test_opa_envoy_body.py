@@ -200,3 +200,15 @@ def test_a_grpc_message_past_the_parse_cap_is_malformed() -> None:
     # Not decoded anyway (unknown method): nothing to refuse.
     unknown = ctx(raw, f"/{SERVICE}/Nope", content_type="application/grpc")
     assert body_of(unknown, capped) == (None, False)
+
+
+def test_a_query_or_form_with_more_fields_than_gos_bound_is_malformed() -> None:
+    # Go's url.ParseQuery refuses more than 10,000 parameters (GODEBUG urlmaxqueryparams).
+    at_bound = "&".join(["a=1"] * 10_000)
+    assert body_of(ctx(path="/?" + at_bound)) == (None, False)
+    with pytest.raises(MalformedRequest, match="query"):
+        check_parsable(ctx(path="/?" + at_bound + "&b=2"))
+    form = "application/x-www-form-urlencoded"
+    assert len(body_of(ctx(at_bound.encode(), content_type=form))[0]["a"]) == 10_000
+    with pytest.raises(MalformedRequest, match="body"):
+        check_parsable(ctx((at_bound + "&b=2").encode(), content_type=form))
