@@ -6,7 +6,8 @@ with a token or quoted-string value (a backslash escapes a tspecial only, as MSI
 paths); RFC 2231 ``name*=charset'lang'%XX`` and ``name*0``/``name*1*`` continuations are
 joined (``utf-8`` and ``us-ascii`` only; an undecodable one is dropped, not an error).
 Duplicate names with different values, a bad type or an unreadable parameter raise
-``MediaTypeError``; a trailing ``;`` is allowed. Names come back lower-cased.
+``MediaTypeError``; a trailing ``;`` is allowed. Names come back lower-cased. More than
+``MAX_PARAMETERS`` parameters raise ``MediaTypeLimitError`` (authd's bound: Go has none).
 """
 
 from __future__ import annotations
@@ -15,104 +16,108 @@ import re
 from typing import Final
 
 _TSPECIALS: Final = frozenset('()<>@,;:\\"/[]?=')
-# Go's unicode.IsSpace for Latin-1; above it, the Unicode White_Space property.
-_LATIN1_SPACE: Final = frozenset("\t\n\v\f\r \x85\xa0")
 _HEX: Final = frozenset("0123456789abcdefABCDEF")
+
+
+MAX_PARAMETERS: Final = 1000
 
 
 class MediaTypeError(ValueError):
     """The value is not a media type with readable parameters (Go's mime errors)."""
 
 
-def _is_space(c: str) -> bool:
-    return c in _LATIN1_SPACE or (c > "\xff" and c.isspace())
+class MediaTypeLimitError(MediaTypeError):
+    """The value has more than ``MAX_PARAMETERS`` parameters (a bound of authd's, not Go's)."""
 
 
-def _trim_left_space(s: str) -> str:
-    i = 0
-    while i < len(s) and _is_space(s[i]):
-        i += 1
-    return s[i:]
+# Go's token: US-ASCII above space, not DEL, not a tspecial.
+_TOKEN: Final = re.compile(
+    "[" + re.escape("".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in _TSPECIALS)) + "]*"
+)
+_TSPECIAL_CLASS: Final = "[" + re.escape("".join(sorted(_TSPECIALS))) + "]"
+# A quoted-string's content up to its closing quote: a backslash escapes a tspecial (MSIE
+# sends paths with bare backslashes, so one before anything else is itself). Possessive:
+# no backtracking on a long run of backslashes.
+_QUOTED: Final = re.compile(r'"((?:[^"\\\r\n]++|\\' + _TSPECIAL_CLASS + r"|\\)*+)" + '"')
+_ESCAPED: Final = re.compile(r"\\(" + _TSPECIAL_CLASS + ")")
+
+
+# Go's unicode.IsSpace: the Latin-1 spaces and, above them, the White_Space property.
+_SPACE_CHARS: Final = (
+    "\t\n\v\f\r \x85\xa0\u1680"
+    + "".join(chr(c) for c in range(0x2000, 0x200B))
+    + "\u2028\u2029\u202f\u205f\u3000"
+)
+_SPACES: Final = re.compile("[" + re.escape(_SPACE_CHARS) + "]*")
+
+
+def _skip_space(s: str, i: int) -> int:
+    match = _SPACES.match(s, i)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
 
 
 def _trim_space(s: str) -> str:
-    s = _trim_left_space(s)
-    end = len(s)
-    while end > 0 and _is_space(s[end - 1]):
-        end -= 1
-    return s[:end]
+    return s.strip(_SPACE_CHARS)
 
 
-def _is_token_char(c: str) -> bool:
-    return " " < c < "\x7f" and c not in _TSPECIALS
+def _token_end(s: str, i: int) -> int:
+    match = _TOKEN.match(s, i)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
 
 
-def _consume_token(v: str) -> tuple[str, str]:
-    i = 0
-    while i < len(v) and _is_token_char(v[i]):
-        i += 1
-    return v[:i], v[i:]
+def _consume_value(v: str, i: int) -> tuple[str, int]:
+    """The token or quoted-string at ``v[i:]`` and the index after it; ``("", i)`` if none."""
+    if i >= len(v):
+        return "", i
+    if v[i] != '"':
+        end = _token_end(v, i)
+        return v[i:end], end
+    quoted = _QUOTED.match(v, i)
+    if quoted is None:
+        return "", i  # no closing quote, or a line break inside
+    return _ESCAPED.sub(r"\1", quoted.group(1)), quoted.end()
 
 
-def _consume_value(v: str) -> tuple[str, str]:
-    if not v:
-        return "", ""
-    if v[0] != '"':
-        return _consume_token(v)
-    out: list[str] = []
-    i = 1
-    while i < len(v):
-        c = v[i]
-        if c == '"':
-            return "".join(out), v[i + 1 :]
-        if c == "\\" and i + 1 < len(v) and v[i + 1] in _TSPECIALS:
-            out.append(v[i + 1])
-            i += 2
-            continue
-        if c in "\r\n":
-            return "", v
-        out.append(c)
-        i += 1
-    return "", v  # no closing quote
-
-
-def _consume_param(v: str) -> tuple[str, str, str]:
-    """``(name, value, rest)``; ``name`` is empty when no parameter could be read."""
-    rest = _trim_left_space(v)
-    if not rest.startswith(";"):
-        return "", "", v
-    rest = _trim_left_space(rest[1:])
-    name, rest = _consume_token(rest)
-    name = name.lower()
+def _consume_param(v: str, i: int) -> tuple[str, str, int]:
+    """``(name, value, next index)``; ``name`` is empty (and the index ``i``) when no
+    parameter could be read at ``v[i:]``."""
+    j = _skip_space(v, i)
+    if j >= len(v) or v[j] != ";":
+        return "", "", i
+    j = _skip_space(v, j + 1)
+    end = _token_end(v, j)
+    name = v[j:end].lower()
     if not name:
-        return "", "", v
-    rest = _trim_left_space(rest)
-    if not rest.startswith("="):
-        return "", "", v
-    rest = _trim_left_space(rest[1:])
-    value, after = _consume_value(rest)
-    if not value and after == rest:
-        return "", "", v
+        return "", "", i
+    j = _skip_space(v, end)
+    if j >= len(v) or v[j] != "=":
+        return "", "", i
+    j = _skip_space(v, j + 1)
+    value, after = _consume_value(v, j)
+    if not value and after == j:
+        return "", "", i
     return name, value, after
 
 
 def _go_lower(s: str) -> str:
-    # Go lowers rune by rune, one rune for one (Python turns U+0130 into two).
-    return "".join(c.lower() if len(c.lower()) == 1 else c for c in s).replace("\u0130", "i")
+    # Go lowers rune by rune, one rune for one: U+0130 is "i" there (two runes in Python).
+    return s.replace("\u0130", "i").lower()
 
 
 def _check_type(media_type: str) -> None:
-    first, rest = _consume_token(media_type)
-    if not first:
+    end = _token_end(media_type, 0)
+    if end == 0:
         raise MediaTypeError("no media type")
-    if not rest:
+    if end == len(media_type):
         return
-    if not rest.startswith("/"):
+    if media_type[end] != "/":
         raise MediaTypeError("expected slash after first token")
-    second, rest = _consume_token(rest[1:])
-    if not second:
+    second = _token_end(media_type, end + 1)
+    if second == end + 1:
         raise MediaTypeError("expected token after slash")
-    if rest:
+    if second != len(media_type):
         raise MediaTypeError("unexpected content after media subtype")
 
 
@@ -147,14 +152,14 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     _check_type(media_type)
     params: dict[str, str] = {}
     continuations: dict[str, dict[str, str]] = {}
-    v = value[len(base) :]
-    while v:
-        v = _trim_left_space(v)
-        if not v:
+    v, i, count = value, len(base), 0
+    while i < len(v):
+        i = _skip_space(v, i)
+        if i >= len(v):
             break
-        name, param_value, rest = _consume_param(v)
+        name, param_value, after = _consume_param(v, i)
         if not name:
-            if _trim_space(rest) == ";":
+            if _trim_space(v[i:]) == ";":
                 break  # a trailing semicolon
             raise MediaTypeError("invalid media parameter")
         target = params
@@ -163,7 +168,10 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
         if target.get(name, param_value) != param_value:
             raise MediaTypeError("duplicate parameter name")
         target[name] = param_value
-        v = rest
+        i = after
+        count += 1
+        if count > MAX_PARAMETERS:
+            raise MediaTypeLimitError(f"more than {MAX_PARAMETERS} parameters")
     for name, pieces in continuations.items():
         _stitch(name, pieces, params)
     return media_type, params

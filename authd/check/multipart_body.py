@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from authd.check.bounded_json import MAX_JSON_DEPTH, loads_bounded
-from authd.check.media_type import MediaTypeError, parse_media_type
+from authd.check.media_type import MediaTypeError, MediaTypeLimitError, parse_media_type
 
 MAX_PARTS: Final = 10_000
 MAX_HEADERS_PER_PART: Final = 10_000  # Go's multipartmaxheaders
@@ -215,6 +215,8 @@ def _header(headers: dict[str, list[str]], name: str) -> str:
 def _form_name(headers: dict[str, list[str]]) -> str:
     try:
         disposition, params = parse_media_type(_header(headers, "Content-Disposition"))
+    except MediaTypeLimitError as exc:
+        raise MultipartError(f"Content-Disposition: {exc}") from None
     except MediaTypeError:
         return ""
     return params.get("name", "") if disposition == "form-data" else ""
