@@ -8,25 +8,28 @@ rules kept here: lines before the first ``--boundary`` are skipped (each at most
 its buffer); a first boundary line ending in a bare ``\\n`` switches the reader to ``\\n``
 line ends; a part's body ends at ``CRLF--boundary`` followed by white space, a line end,
 ``--`` or the end; ``--boundary--`` ends the form; headers are MIME headers (continuation
-lines, at most 10,000 per part); ``Content-Transfer-Encoding: quoted-printable`` is decoded as
-Go's ``quotedprintable`` does. Anything Go's reader fails on raises ``MultipartError``, as
-does passing ``max_parts`` parts or a boundary longer than ``MAX_BOUNDARY`` (bounds of ours).
+lines; a key with a space is kept, not canonicalised); ``Content-Transfer-Encoding:
+quoted-printable`` is decoded as Go's ``quotedprintable`` does. Anything Go's reader fails
+on raises ``MultipartError``, as do authd's bounds: more than ``max_parts`` parts or
+``MAX_HEADERS`` header fields in the form (the bounds Go's ``ReadForm`` keeps), a boundary
+longer than ``MAX_BOUNDARY``.
 """
 
 from __future__ import annotations
 
+import binascii
+import re
 from typing import Any, Final
 
 from authd.check.bounded_json import MAX_JSON_DEPTH, loads_bounded
 from authd.check.media_type import MediaTypeError, MediaTypeLimitError, parse_media_type
 
-MAX_PARTS: Final = 10_000
-MAX_HEADERS_PER_PART: Final = 10_000  # Go's multipartmaxheaders
+MAX_PARTS: Final = 1_000  # Go's multipartmaxparts (its ReadForm's bound)
+MAX_HEADERS: Final = 10_000  # Go's multipartmaxheaders, over the whole form as ReadForm counts
 MAX_BOUNDARY: Final = 1_000  # RFC 2046 allows 70; Go's 4096-byte line buffer breaks far above
 _LINE_BUFFER: Final = 4096  # bufio's default size: a longer line is ErrBufferFull
-_TCHAR: Final = frozenset(
-    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
+# A line (from its start: not after a non-newline) that fills the buffer without a newline.
+_LONG_LINE: Final = re.compile(rb"(?<![^\n])[^\n]{%d}" % _LINE_BUFFER)
 
 
 class MultipartError(ValueError):
@@ -37,15 +40,14 @@ def _skip_lwsp(b: bytes) -> bytes:
     return b.lstrip(b" \t")
 
 
-def _valid_header_value(value: bytes) -> bool:
-    return all(c == 0x09 or 0x20 <= c <= 0x7E or c >= 0x80 for c in value)
+_BAD_VALUE_BYTE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # Go's validHeaderValueByte
+_BAD_KEY_BYTE: Final = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z ]")  # tchar, or a space
+_BLANK_LINE: Final = re.compile(rb"^\r?\n", re.MULTILINE)
 
 
 def _canonical_key(key: bytes) -> str:
     """Go's CanonicalMIMEHeaderKey (a key with a space is kept as is); raises on a bad key."""
-    if not key:
-        raise MultipartError("malformed MIME header line")
-    if any(c not in _TCHAR and c != 0x20 for c in key):
+    if not key or _BAD_KEY_BYTE.search(key):
         raise MultipartError("malformed MIME header line")
     text = key.decode("ascii")
     if " " in text:
@@ -65,6 +67,14 @@ class _Reader:
         self.dash_boundary_dash = b"--" + b + b"--"
         self.dash_boundary = b"--" + b
         self.parts_read = 0
+        self.headers_read = 0
+        self.max_headers = MAX_HEADERS
+        # In the preamble (CRLF mode until a delimiter says otherwise): a delimiter line, or
+        # the final boundary ending the line in CRLF or the data.
+        escaped = re.escape(b)
+        self._preamble_end = re.compile(
+            rb"^--" + escaped + rb"(?:[ \t]*\r?\n|--[ \t]*(?:\r\n|\Z))", re.MULTILINE
+        )
 
     # -- lines --------------------------------------------------------------------------------
 
@@ -83,18 +93,16 @@ class _Reader:
         self.pos = len(self.data)
         return line, "eof"
 
-    def _read_line(self) -> bytes | None:
-        """textproto's readLineSlice: a line without its end, None at the end of the data."""
-        if self.pos >= len(self.data):
-            return None
-        end = self.data.find(b"\n", self.pos)
-        if end < 0:
-            line = self.data[self.pos :]
-            self.pos = len(self.data)
-            return line
-        line = self.data[self.pos : end]
-        self.pos = end + 1
-        return line[:-1] if line.endswith(b"\r") else line
+    def _skip_preamble(self) -> None:
+        """Jump to the next line Go would not skip as preamble (a delimiter or the final
+        boundary); the lines before it only have to fit Go's 4096-byte buffer."""
+        found = self._preamble_end.search(self.data, self.pos)
+        end = len(self.data) if found is None else found.start()
+        if _LONG_LINE.search(self.data, self.pos, end):
+            raise MultipartError("NextPart: buffer full")
+        if found is None:
+            raise MultipartError("NextPart: EOF")
+        self.pos = end
 
     def _is_final_boundary(self, line: bytes) -> bool:
         if not line.startswith(self.dash_boundary_dash):
@@ -130,56 +138,59 @@ class _Reader:
             if expect_new_part:
                 raise MultipartError("expecting a new Part")
             if self.parts_read == 0:
-                continue  # the preamble
+                self._skip_preamble()
+                continue
             if line == self.nl:
                 expect_new_part = True
                 continue
             raise MultipartError("unexpected line in Next()")
 
     def _headers(self) -> dict[str, list[str]]:
-        """textproto.ReadMIMEHeader at ``pos``."""
-        headers: dict[str, list[str]] = {}
-        if self.pos < len(self.data) and self.data[self.pos] in b" \t":
+        """textproto.ReadMIMEHeader at ``pos``: lines up to the first blank one, a line
+        starting with a space or tab continuing the one before."""
+        data = self.data
+        if self.pos < len(data) and data[self.pos] in b" \t":
             raise MultipartError("malformed MIME header initial line")
-        count = 0
-        while True:
-            line = self._read_line()
-            if line is None:
-                raise MultipartError("EOF in part headers")
-            if not line:
-                return headers
-            if b":" not in line:
+        blank = _BLANK_LINE.search(data, self.pos)
+        if blank is None:
+            raise MultipartError("EOF in part headers")
+        lines = data[self.pos : blank.start()].split(b"\n")[:-1]
+        self.pos = blank.end()
+        fields: list[list[bytes]] = []
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if line[:1] in (b" ", b"\t"):
+                fields[-1].append(line.strip(b" \t"))  # the first line cannot start so
+            elif b":" not in line:
                 raise MultipartError("malformed MIME header: missing colon")
-            joined = [line.strip(b" \t")]
-            while self.pos < len(self.data) and self.data[self.pos] in b" \t":
-                while self.pos < len(self.data) and self.data[self.pos] in b" \t":
-                    self.pos += 1
-                more = self._read_line()
-                if more is None:
-                    break
-                joined.append(more.strip(b" \t"))
+            else:
+                fields.append([line.strip(b" \t")])
+        self.headers_read += len(fields)
+        if self.headers_read > self.max_headers:
+            raise MultipartError("message too large: too many headers")
+        headers: dict[str, list[str]] = {}
+        for joined in fields:
             key, _, value = b" ".join(joined).partition(b":")
             name = _canonical_key(key)
-            if not _valid_header_value(value):
+            if _BAD_VALUE_BYTE.search(value):
                 raise MultipartError("malformed MIME header line")
-            count += 1
-            if count > MAX_HEADERS_PER_PART:
-                raise MultipartError("message too large")
             text = value.lstrip(b" \t").decode("utf-8", "replace")
             headers.setdefault(name, []).append(text)
+        return headers
 
     def body(self) -> bytes:
         """The current part's raw body (partReader's scanUntilBoundary, all data at hand)."""
         start = self.pos
         data = self.data
         scan = start
-        rest = data[start:]
-        if rest.startswith(self.dash_boundary):
-            match = self._match_after(start, self.dash_boundary)
-            if match > 0:
+        if data.startswith(self.dash_boundary, start):
+            if self._match_after(start, self.dash_boundary) > 0:
                 return b""
             scan = start + len(self.dash_boundary)
-        elif self.dash_boundary.startswith(rest):
+        elif len(data) - start <= len(self.dash_boundary) and self.dash_boundary.startswith(
+            data[start:]
+        ):
             return b""
         while True:
             i = data.find(self.nl_dash_boundary, scan)
@@ -260,56 +271,38 @@ def parse_multipart(
     return values
 
 
-def _hex(c: int) -> int:
-    if 0x30 <= c <= 0x39:
-        return c - 0x30
-    if 0x41 <= c <= 0x46:
-        return c - 0x41 + 10
-    if 0x61 <= c <= 0x66:
-        return c - 0x61 + 10
-    return -1
+# "=" neither starting an escape nor a soft line break: Go takes it literally.
+_QP_LITERAL_EQUALS: Final = re.compile(rb"=(?![0-9A-Fa-f]{2}|\r?\n)")
+# Go's errors, each anywhere in the part: a line longer than the buffer; a byte that is
+# neither printable, tab, CR, LF nor 8-bit; "=" then CR not ending the line; a soft line
+# break with white space after the "=" (or two CRs); "=" last before a soft line break.
+_QP_ERROR: Final = re.compile(
+    rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|=\r(?!\n)|=(?=[ \t\r]*+\n)(?!\r?\n)|==\r?\n"
+)
+# Trailing white space of a line: dropped, the line end kept (CRLF if it was one).
+_QP_TRAILING_CRLF: Final = re.compile(rb"(?<![ \t\r])[ \t\r]*\r\n")
+_QP_TRAILING_LF: Final = re.compile(rb"(?<![ \t\r])[ \t\r]*[ \t]\n")
+_QP_TRAILING_ANY: Final = re.compile(rb"[ \t]\r?\n|\r\r\n")
 
 
 def decode_quoted_printable(raw: bytes) -> bytes:
     """Go's quotedprintable.Reader: ``=XX``, soft breaks ``=\\r\\n`` and ``=\\n``, trailing
-    white space dropped, a lone ``=`` not before a line end taken literally."""
-    out = bytearray()
-    pos = 0
-    while pos < len(raw):
-        end = raw.find(b"\n", pos, pos + _LINE_BUFFER)
-        if end < 0 and len(raw) - pos >= _LINE_BUFFER:
-            raise MultipartError("quoted-printable line longer than the buffer")
-        at_eof = end < 0
-        whole = raw[pos:] if at_eof else raw[pos : end + 1]
-        pos = len(raw) if at_eof else end + 1
-        line = whole.rstrip(b" \t\r\n")
-        if line.endswith(b"="):
-            stripped = whole[len(line) :]
-            line = line[:-1]
-            if not (
-                stripped.startswith(b"\n")
-                or stripped.startswith(b"\r\n")
-                or (not stripped and line and at_eof)
-            ):
-                raise MultipartError("quoted-printable: invalid bytes after =")
-        elif whole.endswith(b"\n"):
-            line += b"\r\n" if whole.endswith(b"\r\n") else b"\n"
-        i = 0
-        while i < len(line):
-            b = line[i]
-            if b == 0x3D:  # "="
-                if i + 2 < len(line) and _hex(line[i + 1]) >= 0 and _hex(line[i + 2]) >= 0:
-                    out.append(_hex(line[i + 1]) * 16 + _hex(line[i + 2]))
-                    i += 3
-                    continue
-                if len(line) - i >= 2 and line[i + 1] not in b"\r\n":
-                    out.append(b)  # a literal "="
-                    i += 1
-                    continue
-                raise MultipartError("quoted-printable: invalid escape")
-            if b in b"\t\r\n" or b >= 0x80 or 0x20 <= b <= 0x7E:
-                out.append(b)
-                i += 1
-                continue
-            raise MultipartError("quoted-printable: invalid unescaped byte")
-    return bytes(out)
+    white space dropped, a lone ``=`` not before a line end taken literally, a soft break
+    allowed as the very last byte. Whole-buffer passes, so the time is linear."""
+    if _LONG_LINE.search(raw) or _QP_ERROR.search(raw):
+        raise MultipartError("quoted-printable: invalid body")
+    last = raw.rfind(b"\n") + 1
+    tail = raw[last:]
+    trimmed = tail.rstrip(b" \t\r")
+    if trimmed.endswith(b"="):
+        # A soft break at the end: only right after content, with nothing after it.
+        if trimmed != tail or len(trimmed) < 2 or trimmed.endswith(b"=="):
+            raise MultipartError("quoted-printable: invalid bytes after =")
+        trimmed = trimmed[:-1]
+    text = raw[:last]
+    if _QP_TRAILING_ANY.search(text):  # the slower passes only where there is work
+        text = _QP_TRAILING_LF.sub(b"\n", _QP_TRAILING_CRLF.sub(b"\r\n", text))
+    text += trimmed
+    # Now only escapes and soft breaks remain for binascii's decoder, which reads those as
+    # Go does (its other habits, like "==", never meet it: literal "=" became "=3D").
+    return binascii.a2b_qp(_QP_LITERAL_EQUALS.sub(b"=3D", text))

@@ -202,3 +202,85 @@ def test_any_bytes_are_a_form_or_a_multipart_error(data: bytes) -> None:
     except MultipartError:
         return
     assert all(isinstance(v, list) and v for v in parsed.values())
+
+
+def _go_reader_oracle(raw: bytes) -> bytes | None:
+    """Go's quotedprintable.Reader transcribed line by line (slow, obviously so): the bytes,
+    or None where Go returns an error. The decoder under test works on the whole buffer."""
+    out = bytearray()
+    pos = 0
+    while pos < len(raw):
+        end = raw.find(b"\n", pos, pos + 4096)
+        if end < 0 and len(raw) - pos >= 4096:
+            return None  # bufio.ErrBufferFull
+        at_eof = end < 0
+        whole = raw[pos:] if at_eof else raw[pos : end + 1]
+        pos = len(raw) if at_eof else end + 1
+        line = whole.rstrip(b" \t\r\n")
+        if line.endswith(b"="):
+            rest = whole[len(line) :]
+            line = line[:-1]
+            if not (rest.startswith((b"\n", b"\r\n")) or (not rest and line and at_eof)):
+                return None
+        elif whole.endswith(b"\n"):
+            line += b"\r\n" if whole.endswith(b"\r\n") else b"\n"
+        i = 0
+        while i < len(line):
+            b = line[i]
+            if b == 0x3D:
+                pair = line[i + 1 : i + 3]
+                if len(pair) == 2 and all(c in b"0123456789ABCDEFabcdef" for c in pair):
+                    out.append(int(pair, 16))
+                    i += 3
+                    continue
+                if len(line) - i >= 2 and line[i + 1] not in b"\r\n":
+                    out.append(b)
+                    i += 1
+                    continue
+                return None
+            if b in b"\t\r\n" or b >= 0x80 or 0x20 <= b <= 0x7E:
+                out.append(b)
+                i += 1
+                continue
+            return None
+    return bytes(out)
+
+
+_QP_PIECES = st.sampled_from(
+    [
+        b"=",
+        b"==",
+        b"=4",
+        b"=41",
+        b"=4g",
+        b"=a",
+        b"\r",
+        b"\n",
+        b"\r\n",
+        b" ",
+        b"\t",
+        b"x",
+        b"\x01",
+        b"\xc3",
+    ]
+)
+
+
+@given(st.one_of(st.lists(_QP_PIECES, max_size=30).map(b"".join), st.binary(max_size=60)))
+def test_quoted_printable_decodes_as_gos_reader_line_by_line(raw: bytes) -> None:
+    expected = _go_reader_oracle(raw)
+    if expected is None:
+        with pytest.raises(MultipartError):
+            decode_quoted_printable(raw)
+    else:
+        assert decode_quoted_printable(raw) == expected
+
+
+def test_quoted_printable_lines_must_fit_gos_buffer() -> None:
+    # bufio's 4096-byte buffer: a line of 4096 bytes with its newline fits, one more does not.
+    fits = b"x" * 4095 + b"\n"
+    assert _go_reader_oracle(fits) == decode_quoted_printable(fits) == fits
+    longer = b"x" * 4096 + b"\n"
+    assert _go_reader_oracle(longer) is None
+    with pytest.raises(MultipartError):
+        decode_quoted_printable(longer)
