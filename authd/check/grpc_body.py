@@ -10,8 +10,9 @@ Its answers, the plugin's: ``Decoded(value)``, ``NOT_DECODED`` (a compressed fra
 unknown service or method, a client-streaming method), ``TRUNCATED`` (the frame says more
 than arrived), or ``GrpcBodyError`` (fewer than 5 bytes, not that message, not JSON-able).
 An ``Any`` is resolved among the types authd links (well-known and Envoy's), as the plugin
-resolves among the Go types it links. A message longer than ``max_bytes`` or nesting deeper
-than ``max_depth`` levels is a ``GrpcBodyError`` (authd's bounds).
+resolves among the Go types it links. A message longer than ``max_bytes``, holding more than
+``max_fields`` values or nesting deeper than ``max_depth`` levels is a ``GrpcBodyError``
+(authd's bounds).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from google.protobuf.message import DecodeError
 from authd.check.bounded_json import MAX_JSON_BYTES, MAX_JSON_DEPTH, nesting_depth
 
 _FRAME_HEADER: Final = 5
+# Values (fields set, list and map entries) in one decoded message: converting each costs
+# Python time on the event loop, so a message of more is refused, as a form of more fields.
+MAX_FIELDS: Final = 10_000
 
 
 class GrpcBodyError(ValueError):
@@ -69,6 +73,29 @@ def _ordered(files: list[descriptor_pb2.FileDescriptorProto]) -> list[Any]:
                 if dep not in done:
                     stack.append((by_name[dep], False))
     return ordered
+
+
+def _check_size(message: Any, limit: int) -> None:
+    """Raise ``GrpcBodyError`` once ``message`` holds more than ``limit`` values; stops there."""
+    count = 0
+    stack = [message]
+    while stack:
+        for field, value in stack.pop().ListFields():
+            nested = field.message_type
+            if nested is not None and nested.GetOptions().map_entry:
+                count += len(value)
+                if nested.fields_by_name["value"].message_type is not None:
+                    stack.extend(value.values())
+            elif field.is_repeated:
+                count += len(value)
+                if nested is not None:
+                    stack.extend(value)
+            else:
+                count += 1
+                if nested is not None:
+                    stack.append(value)
+            if count > limit:
+                raise GrpcBodyError(f"the message holds more than {limit} values")
 
 
 class GrpcMessages:
@@ -118,6 +145,7 @@ class GrpcMessages:
         *,
         max_depth: int = MAX_JSON_DEPTH,
         max_bytes: int = MAX_JSON_BYTES,
+        max_fields: int = MAX_FIELDS,
     ) -> Any:
         """``Decoded``, ``NOT_DECODED`` or ``TRUNCATED`` for ``raw``; see the module."""
         if len(raw) < _FRAME_HEADER:
@@ -136,6 +164,7 @@ class GrpcMessages:
             message = cls.FromString(raw[_FRAME_HEADER : _FRAME_HEADER + size])
         except (DecodeError, RecursionError) as exc:
             raise GrpcBodyError("the body is not the method's input message") from exc
+        _check_size(message, max_fields)
         try:
             value = json_format.MessageToDict(message)
         except Exception as exc:  # protojson fails too: bad Any, out-of-range time, bad UTF-8

@@ -43,6 +43,8 @@ def _skip_lwsp(b: bytes) -> bytes:
 _BAD_VALUE_BYTE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # Go's validHeaderValueByte
 _BAD_KEY_BYTE: Final = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z ]")  # tchar, or a space
 _BLANK_LINE: Final = re.compile(rb"^\r?\n", re.MULTILINE)
+_NO_COLON: Final = re.compile(rb"^(?![ \t])[^:\n]+$", re.MULTILINE)
+_FOLD: Final = re.compile(rb"[ \t]*\r?\n[ \t]+")
 
 
 def _canonical_key(key: bytes) -> str:
@@ -68,6 +70,7 @@ class _Reader:
         self.dash_boundary = b"--" + b
         self.parts_read = 0
         self.headers_read = 0
+        self._delimiter: re.Pattern[bytes] | None = None
         self.max_headers = MAX_HEADERS
         # In the preamble (CRLF mode until a delimiter says otherwise): a delimiter line, or
         # the final boundary ending the line in CRLF or the data.
@@ -154,24 +157,20 @@ class _Reader:
         blank = _BLANK_LINE.search(data, self.pos)
         if blank is None:
             raise MultipartError("EOF in part headers")
-        lines = data[self.pos : blank.start()].split(b"\n")[:-1]
+        block = data[self.pos : blank.start()]
         self.pos = blank.end()
-        fields: list[list[bytes]] = []
-        for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if line[:1] in (b" ", b"\t"):
-                fields[-1].append(line.strip(b" \t"))  # the first line cannot start so
-            elif b":" not in line:
-                raise MultipartError("malformed MIME header: missing colon")
-            else:
-                fields.append([line.strip(b" \t")])
+        if _NO_COLON.search(block):  # a field's first line must hold the colon
+            raise MultipartError("malformed MIME header: missing colon")
+        # Continuation lines joined with one space, each line trimmed of spaces and tabs.
+        fields = _FOLD.sub(b" ", block).split(b"\n")[:-1]
         self.headers_read += len(fields)
         if self.headers_read > self.max_headers:
             raise MultipartError("message too large: too many headers")
         headers: dict[str, list[str]] = {}
-        for joined in fields:
-            key, _, value = b" ".join(joined).partition(b":")
+        for field in fields:
+            if field.endswith(b"\r"):
+                field = field[:-1]
+            key, _, value = field.strip(b" \t").partition(b":")
             name = _canonical_key(key)
             if _BAD_VALUE_BYTE.search(value):
                 raise MultipartError("malformed MIME header line")
@@ -192,15 +191,14 @@ class _Reader:
             data[start:]
         ):
             return b""
-        while True:
-            i = data.find(self.nl_dash_boundary, scan)
-            if i < 0:
-                self.pos = len(data)
-                return data[start:]
-            if self._match_after(i, self.nl_dash_boundary) > 0:
-                self.pos = i
-                return data[start:i]
-            scan = i + len(self.nl_dash_boundary)
+        if self._delimiter is None:  # the line-end mode is settled by now
+            self._delimiter = re.compile(re.escape(self.nl_dash_boundary) + rb"(?:[ \t\r\n]|--|\Z)")
+        found = self._delimiter.search(data, scan)
+        if found is None:
+            self.pos = len(data)
+            return data[start:]
+        self.pos = found.start()
+        return data[start : found.start()]
 
     def _match_after(self, at: int, prefix: bytes) -> int:
         """Go's matchAfterPrefix at the end of input: +1 is a boundary, -1 is not."""

@@ -43,7 +43,7 @@ class BodyParsing:
     grpc: GrpcMessages | None = None  # the protoset (the plugin's proto-descriptor)
     max_bytes: int = MAX_JSON_BYTES  # a longer body is refused, not parsed
     max_depth: int = MAX_JSON_DEPTH
-    max_fields: int = MAX_FORM_FIELDS  # form pairs
+    max_fields: int = MAX_FORM_FIELDS  # form pairs, values in a decoded gRPC message
     max_parts: int = MAX_PARTS  # multipart parts
 
 
@@ -183,7 +183,11 @@ def _grpc_body(ctx: CheckContext, parsing: BodyParsing) -> tuple[Any, bool]:
         raise MalformedRequest("body", "invalid parsed path")
     try:
         result = parsing.grpc.decode(
-            raw, parsed_path, max_depth=parsing.max_depth, max_bytes=parsing.max_bytes
+            raw,
+            parsed_path,
+            max_depth=parsing.max_depth,
+            max_bytes=parsing.max_bytes,
+            max_fields=parsing.max_fields,
         )
     except GrpcBodyError as exc:
         raise MalformedRequest("body", f"gRPC: {exc}") from None

@@ -97,6 +97,20 @@ def test_a_message_nesting_past_the_bound_is_an_error() -> None:
         MESSAGES.decode(grpc_frame(message.SerializeToString()), PLACE)
 
 
+def test_a_message_holding_more_values_than_the_bound_is_an_error() -> None:
+    labels = grpc_frame(order(labels={"a": "1", "b": "2", "c": "3"}).SerializeToString())
+    assert MESSAGES.decode(labels, PLACE, max_fields=3) == Decoded(
+        {"labels": {"a": "1", "b": "2", "c": "3"}}
+    )
+    with pytest.raises(GrpcBodyError, match="more than 2 values"):
+        MESSAGES.decode(labels, PLACE, max_fields=2)
+    # Values inside repeated messages count too: 2 items of 2 fields each, plus the list.
+    items = grpc_frame(order(items=[{"sku": "a", "count": 1}] * 2).SerializeToString())
+    assert MESSAGES.decode(items, PLACE, max_fields=6) != NOT_DECODED
+    with pytest.raises(GrpcBodyError):
+        MESSAGES.decode(items, PLACE, max_fields=5)
+
+
 def test_a_protoset_must_hold_its_imports(tmp_path: Path) -> None:
     from google.protobuf import descriptor_pb2
 
