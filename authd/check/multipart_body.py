@@ -28,8 +28,16 @@ MAX_PARTS: Final = 1_000  # Go's multipartmaxparts (its ReadForm's bound)
 MAX_HEADERS: Final = 10_000  # Go's multipartmaxheaders, over the whole form as ReadForm counts
 MAX_BOUNDARY: Final = 1_000  # RFC 2046 allows 70; Go's 4096-byte line buffer breaks far above
 _LINE_BUFFER: Final = 4096  # bufio's default size: a longer line is ErrBufferFull
-# A line (from its start: not after a non-newline) that fills the buffer without a newline.
-_LONG_LINE: Final = re.compile(rb"(?<![^\n])[^\n]{%d}" % _LINE_BUFFER)
+# A line after the first that fills the buffer without a newline (literal first: fast).
+_LONG_LINE: Final = re.compile(rb"\n[^\n]{%d}" % _LINE_BUFFER)
+
+
+def _long_line(data: bytes, start: int, end: int) -> bool:
+    """Whether a line of ``data[start:end]`` (``start`` at a line start) fills Go's buffer."""
+    first = data.find(b"\n", start, end)
+    if (end if first < 0 else first) - start >= _LINE_BUFFER:
+        return True
+    return first >= 0 and _LONG_LINE.search(data, first, end) is not None
 
 
 class MultipartError(ValueError):
@@ -101,7 +109,7 @@ class _Reader:
         boundary); the lines before it only have to fit Go's 4096-byte buffer."""
         found = self._preamble_end.search(self.data, self.pos)
         end = len(self.data) if found is None else found.start()
-        if _LONG_LINE.search(self.data, self.pos, end):
+        if _long_line(self.data, self.pos, end):
             raise MultipartError("NextPart: buffer full")
         if found is None:
             raise MultipartError("NextPart: EOF")
@@ -274,20 +282,26 @@ _QP_LITERAL_EQUALS: Final = re.compile(rb"=(?![0-9A-Fa-f]{2}|\r?\n)")
 # Go's errors, each anywhere in the part: a line longer than the buffer; a byte that is
 # neither printable, tab, CR, LF nor 8-bit; "=" then CR not ending the line; a soft line
 # break with white space after the "=" (or two CRs); "=" last before a soft line break.
-_QP_ERROR: Final = re.compile(
-    rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|=\r(?!\n)|=(?=[ \t\r]*+\n)(?!\r?\n)|==\r?\n"
+_QP_ERRORS: Final = tuple(
+    re.compile(pattern)
+    for pattern in (
+        rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]",
+        rb"=\r(?!\n)",
+        rb"=(?=[ \t\r]*+\n)(?!\r?\n)",
+        rb"==\r?\n",
+    )
 )
 # Trailing white space of a line: dropped, the line end kept (CRLF if it was one).
 _QP_TRAILING_CRLF: Final = re.compile(rb"(?<![ \t\r])[ \t\r]*\r\n")
 _QP_TRAILING_LF: Final = re.compile(rb"(?<![ \t\r])[ \t\r]*[ \t]\n")
-_QP_TRAILING_ANY: Final = re.compile(rb"[ \t]\r?\n|\r\r\n")
+_QP_TRAILING_ANY: Final = (re.compile(rb"[ \t]\r?\n"), re.compile(rb"\r\r\n"))
 
 
 def decode_quoted_printable(raw: bytes) -> bytes:
     """Go's quotedprintable.Reader: ``=XX``, soft breaks ``=\\r\\n`` and ``=\\n``, trailing
     white space dropped, a lone ``=`` not before a line end taken literally, a soft break
     allowed as the very last byte. Whole-buffer passes, so the time is linear."""
-    if _LONG_LINE.search(raw) or _QP_ERROR.search(raw):
+    if _long_line(raw, 0, len(raw)) or any(error.search(raw) for error in _QP_ERRORS):
         raise MultipartError("quoted-printable: invalid body")
     last = raw.rfind(b"\n") + 1
     tail = raw[last:]
@@ -298,7 +312,9 @@ def decode_quoted_printable(raw: bytes) -> bytes:
             raise MultipartError("quoted-printable: invalid bytes after =")
         trimmed = trimmed[:-1]
     text = raw[:last]
-    if _QP_TRAILING_ANY.search(text):  # the slower passes only where there is work
+    if any(
+        trailing.search(text) for trailing in _QP_TRAILING_ANY
+    ):  # the slower passes only where there is work
         text = _QP_TRAILING_LF.sub(b"\n", _QP_TRAILING_CRLF.sub(b"\r\n", text))
     text += trimmed
     # Now only escapes and soft breaks remain for binascii's decoder, which reads those as
