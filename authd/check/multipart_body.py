@@ -270,7 +270,7 @@ def parse_multipart(
                 # The body's length is bounded by the caller; a part is no longer.
                 value: Any = loads_bounded(text, max_bytes=len(data), max_depth=max_depth)
             except ValueError as exc:
-                raise MultipartError(f"part {name!r} is not JSON") from exc
+                raise MultipartError("a JSON part is not JSON") from exc
         else:
             value = raw.decode("utf-8", "replace")
         values.setdefault(name, []).append(value)

@@ -212,3 +212,21 @@ def test_a_query_or_form_with_more_fields_than_gos_bound_is_malformed() -> None:
     assert len(body_of(ctx(at_bound.encode(), content_type=form))[0]["a"]) == 10_000
     with pytest.raises(MalformedRequest, match="body"):
         check_parsable(ctx((at_bound + "&b=2").encode(), content_type=form))
+
+
+def test_a_refused_body_is_never_quoted_in_the_reason() -> None:
+    secret = b"s3cr3t-t0ken"
+    bodies = [
+        (
+            b'--XyZ\r\nContent-Disposition: form-data; name="' + secret + b'"\r\n'
+            b"Content-Type: application/json\r\n\r\n{" + secret + b"\r\n--XyZ--",
+            MULTIPART,
+        ),
+        (b"--XyZ\r\n" + secret + b"\r\n\r\n--XyZ--", MULTIPART),
+        (secret + b"=%zz", "application/x-www-form-urlencoded"),
+        (b'{"' + secret, "application/json"),
+    ]
+    for body, content_type in bodies:
+        with pytest.raises(MalformedRequest) as refused:
+            check_parsable(ctx(body, content_type=content_type))
+        assert secret.decode() not in str(refused.value)
