@@ -221,9 +221,8 @@ class Authorizer:
         identities = _NOBODY
         try:
             if self._opa_envoy:
-                check_parsable(
-                    ctx, self.settings.body_parsing
-                )  # what the plugin cannot parse it refuses, 400
+                # What the plugin cannot parse it refuses, 400.
+                check_parsable(ctx, self.settings.body_parsing)
             else:
                 ctx.normalized_path  # noqa: B018 (an ambiguous path is refused before any work)
             identities = await self._resolver.resolve(ctx)
