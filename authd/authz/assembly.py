@@ -22,7 +22,10 @@ from authd.authz.identity import (
 from authd.authz.metrics import AuthzMetrics
 from authd.authz.pipeline import Authorizer, AuthzSettings
 from authd.authz.txn_tokens import TxnTokens, TxnTokenSettings
+from authd.check.grpc_body import GrpcMessages, ProtosetError
 from authd.check.model import Reason
+from authd.check.opa_envoy_input import BodyParsing
+from authd.config.errors import ConfigError
 from authd.config.model import Config
 from authd.policy.base import Policy, PolicyError
 from authd.policy.opa_envoy_result import opa_envoy_decision
@@ -142,6 +145,24 @@ def authz_settings(config: Config) -> AuthzSettings:
         dry_run=authz.dry_run,
         compat=authz.compat,
         extras=frozenset(authz.opa_envoy_extras),
+        body_parsing=body_parsing(config),
+    )
+
+
+def body_parsing(config: Config) -> BodyParsing:
+    """OPA-Envoy mode's body settings; the protoset is read now (a bad one stops start-up)."""
+    authz = config.authz
+    grpc = None
+    if authz.opa_envoy_protoset:
+        path = config.resolve_path(authz.opa_envoy_protoset)
+        try:
+            grpc = GrpcMessages.load(path)
+        except ProtosetError as exc:
+            raise ConfigError("authz.opa_envoy_protoset", str(exc)) from None
+    return BodyParsing(
+        skip=authz.skip_request_body_parse,
+        grpc=grpc,
+        max_bytes=authz.opa_envoy_max_body_bytes,
     )
 
 

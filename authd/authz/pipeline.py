@@ -52,7 +52,7 @@ from authd.check.model import (
     PolicyTrace,
     Reason,
 )
-from authd.check.opa_envoy_input import check_parsable
+from authd.check.opa_envoy_input import DEFAULT_BODY_PARSING, BodyParsing, check_parsable
 from authd.policy.base import Policy
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ class AuthzSettings:
     # plus only the ``extras`` named (authd.authz.opa_envoy_outcome).
     compat: str = "authd"
     extras: frozenset[str] = frozenset()
+    # How request bodies become parsed_body in OPA-Envoy mode (authd.check.opa_envoy_input).
+    body_parsing: BodyParsing = DEFAULT_BODY_PARSING
 
 
 class _LazyInput:
@@ -225,7 +227,8 @@ class Authorizer:
         identities = _NOBODY
         try:
             if self._opa_envoy:
-                check_parsable(ctx)  # what the plugin cannot parse it refuses, 400
+                # What the plugin cannot parse it refuses, 400.
+                check_parsable(ctx, self.settings.body_parsing)
             else:
                 ctx.normalized_path  # noqa: B018 (an ambiguous path is refused before any work)
             identities = await self._resolver.resolve(ctx)

@@ -239,8 +239,8 @@ _CONTEXT_DOCUMENT: _Members = {"attributes": _Object(_same, _CONTEXT_ATTRIBUTES)
 _OPA_ENVOY_PARSED: _Members = {
     "parsed_path": opa_envoy_parsed_path,
     "parsed_query": opa_envoy_parsed_query,
-    "parsed_body": lambda ctx: _null(opa_envoy_body(ctx)[0]),
-    "truncated_body": lambda ctx: opa_envoy_body(ctx)[1],
+    "parsed_body": lambda ctx: _body_member(ctx, 0),
+    "truncated_body": lambda ctx: _body_member(ctx, 1),
     "version": lambda ctx: VERSION,
     "source_principal": lambda ctx: ctx.source_principal or None,
 }
@@ -249,6 +249,12 @@ _OPA_ENVOY_CHECK_REQUEST_DOCUMENT: _Members = {
     **_OPA_ENVOY_PARSED,
 }
 _OPA_ENVOY_CONTEXT_DOCUMENT: _Members = {**_CONTEXT_DOCUMENT, **_OPA_ENVOY_PARSED}
+
+
+def _body_member(ctx: CheckContext, index: int) -> Any:
+    """``parsed_body`` (0) or ``truncated_body`` (1); absent when body parsing is skipped."""
+    body = opa_envoy_body(ctx)
+    return None if body is None else _null(body[index])
 
 
 def _null(value: Any) -> Any:

@@ -125,6 +125,8 @@ PARSERS: dict[str, Callable[[object], object]] = {
     "authz.opa_config": parse_path,
     "authz.skip_request_body_parse": parse_bool,
     "authz.grpc_reflection": parse_bool,
+    "authz.opa_envoy_protoset": parse_path,
+    "authz.opa_envoy_max_body_bytes": parse_int_at_least(1024),
     "txn_token.mint": parse_bool,
     "txn_token.workload_id": parse_spiffe_id,
     "txn_token.lifetime": parse_positive_duration,

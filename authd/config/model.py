@@ -179,8 +179,12 @@ class AuthzConfig:
     bundle_max_files: int = 10_000
     # The OPA config file OPA-Envoy runs with (authd.config.opa_config), read into Config.opa.
     opa_config: str = ""
-    skip_request_body_parse: bool = False
     grpc_reflection: bool = True
+    # OPA-Envoy mode's request bodies (authd.check.opa_envoy_input): the plugin's
+    # skip-request-body-parse and proto-descriptor, and authd's bound on a parsed body.
+    skip_request_body_parse: bool = False
+    opa_envoy_protoset: str = ""
+    opa_envoy_max_body_bytes: int = 1 << 20
 
     @property
     def compat(self) -> str:

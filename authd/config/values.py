@@ -196,6 +196,8 @@ def parse_int_at_least(minimum: int) -> Callable[[object], int]:
         if isinstance(value, str) and value.isdigit():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            if minimum not in words:
+                raise ValueError(f"must be an integer of at least {minimum}, not {value!r}")
             raise ValueError(f"must be a {words[minimum]} integer, not {value!r}")
         return value
 
