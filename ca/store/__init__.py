@@ -24,10 +24,12 @@ from ca.store.base import (
 from ca.store.durability import Durability, NotDurable
 from ca.store.records import (
     AUDIT_GENESIS_HASH,
+    AgentRecord,
     AuditRecord,
     AuthorityRecord,
     FederatedBundleRecord,
     IssuanceRecord,
+    JoinTokenRecord,
     RegistrationEntry,
     Revocation,
     Selector,
@@ -40,6 +42,7 @@ from ca.store.urls import SQLITE_SCHEME, is_shared, redact_url
 
 __all__ = [
     "AUDIT_GENESIS_HASH",
+    "AgentRecord",
     "AlreadyExists",
     "AuditDraft",
     "AuditRecord",
@@ -52,6 +55,7 @@ __all__ = [
     "Durability",
     "FederatedBundleRecord",
     "IssuanceRecord",
+    "JoinTokenRecord",
     "NotDurable",
     "NotFound",
     "RedisStore",

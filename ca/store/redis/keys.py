@@ -76,6 +76,8 @@ class KeyLayout:
         self.revocation_order = p + "order:revocations"
         self.audit = p + "audit"
         self.federated_bundles = p + "federated-bundles"
+        self.join_tokens = p + "join-tokens"
+        self.agents = p + "agents"
         self.changes = p + "changes"
 
     def sequence(self, name: str) -> str:
