@@ -40,7 +40,18 @@ __all__ = ["ENV_KEYS", "ENV_PREFIX", "PARSERS", "SECTIONS", "env_name", "unknown
 
 ENV_PREFIX = "AUTHD_"
 
-SECTIONS = ("ca", "store", "admin", "authz", "txn_token", "workload", "limits", "federation", "xds")
+SECTIONS = (
+    "ca",
+    "store",
+    "admin",
+    "authz",
+    "txn_token",
+    "workload",
+    "limits",
+    "federation",
+    "xds",
+    "agent",
+)
 
 # Every key, "section.key" or "key", with the parser that checks and converts its value.
 PARSERS: dict[str, Callable[[object], object]] = {
@@ -131,6 +142,18 @@ PARSERS: dict[str, Callable[[object], object]] = {
     "federation.min_refresh": parse_positive_duration,
     "federation.max_refresh": parse_positive_duration,
     "federation.trust_domains": parse_foreign_trust_domains,
+    "agent.attestation_address": parse_address,
+    "agent.node_api_address": parse_address,
+    "agent.svid_ttl": parse_positive_duration,
+    "agent.join_token_ttl": parse_positive_duration,
+    "agent.x509pop_ca_path": parse_path,
+    "agent.trust_bundle_path": parse_path,
+    "agent.insecure_bootstrap": parse_bool,
+    "agent.join_token": parse_str,
+    "agent.x509pop_cert_path": parse_path,
+    "agent.x509pop_key_path": parse_path,
+    "agent.sync_interval": parse_positive_duration,
+    "agent.metrics_address": parse_address,
 }
 
 

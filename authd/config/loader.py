@@ -19,6 +19,7 @@ from authd.config.errors import ConfigError
 from authd.config.keys import ENV_KEYS, ENV_PREFIX, PARSERS, SECTIONS, unknown_key
 from authd.config.model import (
     AdminConfig,
+    AgentConfig,
     AuthzConfig,
     CAConfig,
     Config,
@@ -139,6 +140,7 @@ def load_config(
         limits=LimitsConfig(**section("limits")),
         federation=FederationConfig(**section("federation")),
         xds=XdsConfig(**section("xds")),
+        agent=AgentConfig(**section("agent")),
         **top,
     )
     check_consistency(config, sources)

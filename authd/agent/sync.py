@@ -1,0 +1,161 @@
+"""What the agent fetches and when it renews (SPIRE's agent ``manager``).
+
+Every ``agent.sync_interval`` seconds: renew the agent SVID once half its life has passed,
+fetch this agent's entries and the bundle, and have every SVID that is due signed (no SVID,
+past its renewal time, or its entry changed). Keys are made here; the server only sees CSRs.
+While the server cannot be reached the cache keeps serving, and the next round that reaches
+it renews everything overdue at once. Network calls run in a worker thread; the cache is
+changed only on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from cryptography import x509
+
+from authd.agent.cache import AgentCache
+from authd.agent.client import AgentRefused, NodeClient, ServerUnavailable, make_csr
+from authd.agent.identity import AgentIdentity
+from authd.api.authd.agent.v1 import node_pb2
+from authd.ports.identity_source import WorkloadX509Svid
+from ca.bundle import TrustBundle
+from ca.clock import Clock
+from ca.keys import KeyType, PrivateKey
+from ca.spiffe_id import SpiffeId, TrustDomain
+from ca.store import RegistrationEntry, Selector
+
+__all__ = ["AgentSync", "entry_from_proto"]
+
+log = logging.getLogger("authd.agent")
+
+
+class AgentSync:
+    def __init__(
+        self,
+        client: NodeClient,
+        cache: AgentCache,
+        identity: AgentIdentity,
+        clock: Clock,
+        *,
+        trust_domain: TrustDomain,
+        save_identity: Callable[[AgentIdentity], None],
+        key_type: KeyType = KeyType.EC_P256,
+    ) -> None:
+        self._client = client
+        self._cache = cache
+        self.identity = identity
+        self._clock = clock
+        self._trust_domain = trust_domain
+        self._save_identity = save_identity
+        self._key_type = key_type
+        self.reachable = True
+        self.refused = ""
+        self.last_sync = 0.0
+
+    async def run(self, interval: float, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            await self.sync_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=interval)
+
+    async def sync_once(self) -> bool:
+        """One round; True if it reached the server. Never raises for the server's sake."""
+        try:
+            await self._round()
+        except ServerUnavailable as exc:
+            if self.reachable:
+                log.warning("server unreachable (%s); serving from the cache", exc)
+            self.reachable = False
+            return False
+        except AgentRefused as exc:
+            if self.refused != str(exc):
+                log.error("the server refuses this agent: %s", exc)
+            self.refused = str(exc)
+            return False
+        if not self.reachable:
+            log.info("server reachable again; renewed what was due")
+        self.reachable, self.refused, self.last_sync = True, "", self._clock.now()
+        return True
+
+    async def _round(self) -> None:
+        if self._clock.now() >= self.identity.renew_at:
+            await self._renew_agent()
+        creds = self.identity.credentials(self._cache.bundle.to_pem())
+        fetched = await asyncio.to_thread(self._client.fetch_entries, creds)
+        entries = [entry_from_proto(e) for e in fetched.entries]
+        self._cache.set_bundle(TrustBundle.parse(fetched.bundle_json, self._trust_domain))
+        self._cache.set_entries(entries)
+        due = self._cache.due()
+        if not due:
+            return
+        keys, requests = await asyncio.to_thread(self._csrs, due)
+        signed = await asyncio.to_thread(self._client.sign, creds, requests)
+        for entry_id, why in signed.refused.items():
+            log.warning("the server refused an SVID for entry %s: %s", entry_id, why)
+        by_id = {e.entry_id: e for e in due}
+        svids = []
+        for item in signed.svids:
+            entry = by_id.get(item.entry_id)
+            if entry is None:
+                continue
+            chain = tuple(x509.load_der_x509_certificate(der) for der in item.cert_chain)
+            issued_at = chain[0].not_valid_before_utc.timestamp()
+            svids.append(
+                WorkloadX509Svid(
+                    entry_id=entry.entry_id,
+                    entry_revision=entry.revision,
+                    spiffe_id=SpiffeId.parse(entry.spiffe_id),
+                    hint=entry.hint,
+                    chain=chain,
+                    private_key=keys[entry.entry_id],
+                    authority_id="",
+                    issued_at=issued_at,
+                    expires_at=float(item.expires_at),
+                    rotate_at=self._cache.renewal_time(self._clock.now(), item.expires_at),
+                )
+            )
+        self._cache.put(svids)
+
+    def _csrs(
+        self, entries: list[RegistrationEntry]
+    ) -> tuple[dict[str, PrivateKey], list[tuple[str, bytes]]]:
+        keys = {e.entry_id: self._key_type.generate() for e in entries}
+        return keys, [(e.entry_id, make_csr(keys[e.entry_id], e.spiffe_id)) for e in entries]
+
+    async def _renew_agent(self) -> None:
+        key = self._key_type.generate()
+        csr = make_csr(key)
+        creds = self.identity.credentials(self._cache.bundle.to_pem())
+        issued = await asyncio.to_thread(self._client.renew, creds, csr)
+        identity = AgentIdentity(
+            SpiffeId.parse(issued.spiffe_id),
+            issued.chain,
+            key,
+            issued.bundle_json,
+            self._clock.now(),
+        )
+        await asyncio.to_thread(self._save_identity, identity)
+        self.identity = identity
+        log.info("agent SVID renewed: serial %x", issued.chain[0].serial_number)
+
+
+def entry_from_proto(entry: node_pb2.Entry) -> RegistrationEntry:
+    selectors = tuple(Selector(*text.split(":", 1)) for text in entry.selectors if ":" in text)
+    return RegistrationEntry(
+        entry_id=entry.entry_id,
+        spiffe_id=entry.spiffe_id,
+        parent_id=entry.parent_id,
+        selectors=selectors,
+        x509_svid_ttl=entry.x509_svid_ttl,
+        jwt_svid_ttl=entry.jwt_svid_ttl,
+        dns_names=tuple(entry.dns_names),
+        federates_with=tuple(entry.federates_with),
+        hint=entry.hint,
+        expires_at=entry.expires_at,
+        revision=entry.revision,
+        created_at=entry.created_at,
+    )
