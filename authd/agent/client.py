@@ -11,6 +11,7 @@ refusal (evicted, banned, bad token) is ``AgentRefused``; anything else that fai
 
 from __future__ import annotations
 
+import _ssl
 import queue
 import socket
 import ssl
@@ -92,7 +93,8 @@ def bootstrap_roots(address: str, timeout: float = CALL_TIMEOUT) -> bytes:
         raise ServerUnavailable(f"cannot reach {address}: {exc}") from None
     if not chain:
         raise ServerUnavailable(f"{address} presented no certificate")
-    return chain[-1].public_bytes(ssl.ENCODING_PEM).encode("ascii")  # type: ignore[no-any-return]
+    top = x509.load_der_x509_certificate(chain[-1].public_bytes(_ssl.ENCODING_DER))
+    return top.public_bytes(serialization.Encoding.PEM)
 
 
 def _chain(ders: Sequence[bytes]) -> tuple[x509.Certificate, ...]:

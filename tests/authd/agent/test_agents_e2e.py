@@ -1,0 +1,74 @@
+"""A server and agents as separate processes: attestation, SVIDs through py-spiffe under each
+agent, a used join token refused, eviction revoking what the agent had signed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import spiffe
+
+from tests.support.agents import TRUST_DOMAIN, Agent, Server, wait_until
+
+WAIT = 30
+
+
+def start_agent(
+    workdir: Path, server: Server, agents: list[Agent], name: str, node: str
+) -> Agent:
+    token = server.join_token(f"spiffe://{TRUST_DOMAIN}/node/{node}")
+    agent = Agent(workdir / name, server, f'join_token = "{token}"')
+    agents.append(agent)
+    agent.start()
+    return agent
+
+
+def fetch_svid(agent: Agent) -> spiffe.X509Svid:
+    with spiffe.WorkloadApiClient(socket_path=agent.socket_url) as client:
+        return client.fetch_x509_svid()
+
+
+def test_workloads_under_two_agents_get_their_svids_through_py_spiffe(
+    workdir: Path, server: Server, agents: list[Agent]
+) -> None:
+    server.entry(f"spiffe://{TRUST_DOMAIN}/web", f"spiffe://{TRUST_DOMAIN}/node/a")
+    server.entry(f"spiffe://{TRUST_DOMAIN}/db", f"spiffe://{TRUST_DOMAIN}/node/b")
+    a = start_agent(workdir, server, agents, "a", "a")
+    b = start_agent(workdir, server, agents, "b", "b")
+
+    assert str(fetch_svid(a).spiffe_id) == f"spiffe://{TRUST_DOMAIN}/web"
+    assert str(fetch_svid(b).spiffe_id) == f"spiffe://{TRUST_DOMAIN}/db"
+    listed = server.agents()
+    assert sorted(str(x["node_id"]) for x in listed) == [
+        f"spiffe://{TRUST_DOMAIN}/node/a",
+        f"spiffe://{TRUST_DOMAIN}/node/b",
+    ]
+    assert all(str(x["agent_id"]).startswith(f"spiffe://{TRUST_DOMAIN}/authd/agent/join_token/")
+               for x in listed)  # fmt: skip
+    with spiffe.X509Source(socket_path=a.socket_url, timeout_in_seconds=WAIT) as source:
+        bundle = source.get_bundle_for_trust_domain(spiffe.TrustDomain(TRUST_DOMAIN))
+        assert bundle is not None and bundle.x509_authorities
+
+
+def test_a_used_join_token_is_refused(workdir: Path, server: Server, agents: list[Agent]) -> None:
+    token = server.join_token()
+    first = Agent(workdir / "first", server, f'join_token = "{token}"')
+    agents.append(first)
+    first.start()
+    again = Agent(workdir / "again", server, f'join_token = "{token}"')
+    agents.append(again)
+    again.start(wait=False)
+
+    assert again.wait_exit() == 1
+    assert "join token refused: unknown, expired or used already" in again.logs()
+
+
+def test_agent_metrics_say_how_long_it_can_serve_without_the_server(
+    workdir: Path, server: Server, agents: list[Agent]
+) -> None:
+    server.entry(f"spiffe://{TRUST_DOMAIN}/web", f"spiffe://{TRUST_DOMAIN}/node/a", "--x509-svid-ttl", "10m")
+    a = start_agent(workdir, server, agents, "a", "a")
+    fetch_svid(a)
+
+    metrics = wait_until("metrics", a.metrics)
+    assert metrics["authd_agent_cached_svids"] == 1
+    assert 0 < metrics["authd_agent_svid_budget_seconds"] <= 600
