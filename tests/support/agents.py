@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import subprocess
@@ -9,9 +10,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote
 
 from tests.support.daemon import AUTHD, Daemon, authd, cli_json
 from tests.support.ports import free_port
+from tests.support.store_replicas import ALLOW_WORKLOADS_POLICY
 
 T = TypeVar("T")
 TRUST_DOMAIN = "example.org"
@@ -41,6 +44,24 @@ class Server(Daemon):
             f'[agent]\nattestation_address = "{self.attestation_address}"\n'
             f'node_api_address = "{self.node_api_address}"\n{agent_extra}\n',
         )
+        policy = data_dir.parent / "policy.yaml"
+        policy.write_text(ALLOW_WORKLOADS_POLICY)
+        text = self.config.read_text()
+        self.http_address = text.split('http_address = "', 1)[1].split('"', 1)[0]
+        self.config.write_text(text.replace("[authz]\n", f'[authz]\npolicy_file = "{policy}"\n'))
+
+    def check(self, svid_pem: bytes) -> int:
+        """GET /orders/1 on the HTTP ext_authz as the workload whose SVID is ``svid_pem``."""
+        host, _, port = self.http_address.rpartition(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=5)
+        try:
+            headers = {"host": "api.example.com", "x-authd-peer-cert": quote(svid_pem.decode())}
+            connection.request("GET", "/orders/1", headers=headers)
+            response = connection.getresponse()
+            response.read()
+        finally:
+            connection.close()
+        return response.status
 
     def join_token(self, node_id: str = "", ttl: str = "") -> str:
         args = ["token", "generate"]

@@ -3,13 +3,16 @@ agent, a used join token refused, eviction revoking what the agent had signed.""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import spiffe
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.support.agents import TRUST_DOMAIN, Agent, Server, wait_until
 
 WAIT = 30
+PEM = Encoding.PEM
 
 
 def start_agent(
@@ -72,3 +75,26 @@ def test_agent_metrics_say_how_long_it_can_serve_without_the_server(
     metrics = wait_until("metrics", a.metrics)
     assert metrics["authd_agent_cached_svids"] == 1
     assert 0 < metrics["authd_agent_svid_budget_seconds"] <= 600
+
+
+def test_an_evicted_agents_workloads_are_refused_at_ext_authz_within_a_second(
+    workdir: Path, server: Server, agents: list[Agent]
+) -> None:
+    server.entry(f"spiffe://{TRUST_DOMAIN}/web", f"spiffe://{TRUST_DOMAIN}/node/a")
+    server.entry(f"spiffe://{TRUST_DOMAIN}/db", f"spiffe://{TRUST_DOMAIN}/node/b")
+    a = start_agent(workdir, server, agents, "a", "a")
+    b = start_agent(workdir, server, agents, "b", "b")
+    web, db = fetch_svid(a), fetch_svid(b)
+    assert server.check(web.cert_chain[0].public_bytes(PEM)) == 200
+    assert server.check(db.cert_chain[0].public_bytes(PEM)) == 200
+    agent_b = next(x for x in server.agents() if str(x["node_id"]).endswith("/node/b"))
+
+    evicting = server.cli("agent", "evict", str(agent_b["agent_id"])).stdout
+    evicted = time.monotonic()
+    wait_until("the evicted agent's workload to be refused",
+               lambda: server.check(db.cert_chain[0].public_bytes(PEM)) == 401, timeout=5)  # fmt: skip
+    assert time.monotonic() - evicted < 1.0
+    assert evicting.endswith("; 2 SVIDs revoked\n")  # the agent's own and its workload's
+    assert server.check(web.cert_chain[0].public_bytes(PEM)) == 200  # the other agent's: still
+    assert [x["node_id"] for x in server.agents()] == [f"spiffe://{TRUST_DOMAIN}/node/a"]
+    wait_until("agent b to hear it is refused", lambda: "refuses this agent" in b.logs())
