@@ -88,7 +88,7 @@ def bootstrap_roots(address: str, timeout: float = CALL_TIMEOUT) -> bytes:
             socket.create_connection((host, port), timeout=timeout) as raw,
             context.wrap_socket(raw) as tls,
         ):
-            chain = tls._sslobj.get_unverified_chain()  # type: ignore[union-attr]
+            chain = tls._sslobj.get_unverified_chain()  # type: ignore[attr-defined]
     except OSError as exc:
         raise ServerUnavailable(f"cannot reach {address}: {exc}") from None
     if not chain:

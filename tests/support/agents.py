@@ -112,7 +112,15 @@ class Agent:
     def start(self, *, wait: bool = True) -> None:
         self.log = open(self.directory / "agent.log", "a")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [*AUTHD, "agent", "run", "--config", str(self.config), "--data-dir", str(self.data_dir)],
+            [
+                *AUTHD,
+                "agent",
+                "run",
+                "--config",
+                str(self.config),
+                "--data-dir",
+                str(self.data_dir),
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             text=True,

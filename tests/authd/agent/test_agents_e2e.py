@@ -15,9 +15,7 @@ WAIT = 30
 PEM = Encoding.PEM
 
 
-def start_agent(
-    workdir: Path, server: Server, agents: list[Agent], name: str, node: str
-) -> Agent:
+def start_agent(workdir: Path, server: Server, agents: list[Agent], name: str, node: str) -> Agent:
     token = server.join_token(f"spiffe://{TRUST_DOMAIN}/node/{node}")
     agent = Agent(workdir / name, server, f'join_token = "{token}"')
     agents.append(agent)
@@ -68,7 +66,9 @@ def test_a_used_join_token_is_refused(workdir: Path, server: Server, agents: lis
 def test_agent_metrics_say_how_long_it_can_serve_without_the_server(
     workdir: Path, server: Server, agents: list[Agent]
 ) -> None:
-    server.entry(f"spiffe://{TRUST_DOMAIN}/web", f"spiffe://{TRUST_DOMAIN}/node/a", "--x509-svid-ttl", "10m")
+    server.entry(
+        f"spiffe://{TRUST_DOMAIN}/web", f"spiffe://{TRUST_DOMAIN}/node/a", "--x509-svid-ttl", "10m"
+    )
     a = start_agent(workdir, server, agents, "a", "a")
     fetch_svid(a)
 
@@ -91,8 +91,8 @@ def test_an_evicted_agents_workloads_are_refused_at_ext_authz_within_a_second(
 
     evicting = server.cli("agent", "evict", str(agent_b["agent_id"])).stdout
     evicted = time.monotonic()
-    wait_until("the evicted agent's workload to be refused",
-               lambda: server.check(db.cert_chain[0].public_bytes(PEM)) == 401, timeout=5)  # fmt: skip
+    db_pem = db.cert_chain[0].public_bytes(PEM)
+    wait_until("db to be refused", lambda: server.check(db_pem) == 401, timeout=5)
     assert time.monotonic() - evicted < 1.0
     assert evicting.endswith("; 2 SVIDs revoked\n")  # the agent's own and its workload's
     assert server.check(web.cert_chain[0].public_bytes(PEM)) == 200  # the other agent's: still
