@@ -48,6 +48,7 @@ class Server(Daemon):
         policy.write_text(ALLOW_WORKLOADS_POLICY)
         text = self.config.read_text()
         self.http_address = text.split('http_address = "', 1)[1].split('"', 1)[0]
+        self.grpc_address = text.split('grpc_address = "', 1)[1].split('"', 1)[0]
         self.config.write_text(text.replace("[authz]\n", f'[authz]\npolicy_file = "{policy}"\n'))
 
     def check(self, svid_pem: bytes) -> int:
@@ -71,10 +72,10 @@ class Server(Daemon):
             args += ["--ttl", ttl]
         return str(cli_json(self, *args)["token"])
 
-    def entry(self, spiffe_id: str, parent_id: str, *extra: str) -> str:
+    def entry(self, spiffe_id: str, parent_id: str, *extra: str, uid: int = ME) -> str:
         created = cli_json(
             self, "entry", "create", "--spiffe-id", spiffe_id, "--parent-id", parent_id,
-            "--selector", f"unix:uid:{ME}", *extra,
+            "--selector", f"unix:uid:{uid}", *extra,
         )  # fmt: skip
         return str(created["entry_id"] if "entry_id" in created else created["id"])
 
