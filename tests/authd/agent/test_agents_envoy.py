@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agents import TRUST_DOMAIN, Agent, Server, wait_until
-from tests.support.envoy import HOST, EchoUpstream, Envoy, request
+from tests.support.envoy import HOST, EchoUpstream, Envoy, Reply, request
 from tests.support.sidecars import (
     NOBODY,
     ServiceUser,
@@ -98,8 +98,11 @@ def test_workloads_of_two_agents_talk_mtls_through_envoy_on_the_agents_sds(
         envoys.append(client)
         outbound = client.listener_port("outbound")
 
-        reply = wait_until("a request through both sidecars",
-                           lambda: (r := request(outbound, "/orders/1")).status == 200 and r)  # fmt: skip
+        def through() -> Reply | None:
+            reply = request(outbound, "/orders/1")
+            return reply if reply.status == 200 else None
+
+        reply = wait_until("a request through both sidecars", through)
         assert xfcc(reply)["URI"] == CLIENT
         assert served_chain(orders, "default")[0].issuer == served_chain(client, CLIENT)[0].issuer
 
