@@ -160,3 +160,11 @@ def test_any_sign_request_ends_in_refusals_not_exceptions(
     agent = AgentRecord(f"{TD}/authd/agent/join_token/x", "join_token", NODE_A, "1", 0, 0)
     outcome = world.nodes.sign(agent, requests)
     assert outcome.signed == []
+
+
+def test_renewal_gives_a_new_agent_svid_and_records_its_serial(world: World) -> None:
+    agent, _ = world.attest()
+    world.clock.advance(300)
+    svid = world.nodes.renew(agent, csr_for(None))
+    assert str(svid.spiffe_id) == agent.agent_id and svid.serial != agent.serial
+    assert world.store.get_agent(agent.agent_id).serial == svid.serial
