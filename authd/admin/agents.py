@@ -33,10 +33,10 @@ class AgentOperations:
         return self._run(lambda nodes: nodes.list_agents())
 
     def evict(self, caller: AdminCaller, agent_id: str) -> int:
-        return self._run(lambda nodes: nodes.evict(agent_id, actor=caller.name))
+        return self._run(lambda nodes: nodes.evict(agent_id, actor=caller.actor))
 
     def ban(self, caller: AdminCaller, agent_id: str) -> int:
-        return self._run(lambda nodes: nodes.ban(agent_id, actor=caller.name))
+        return self._run(lambda nodes: nodes.ban(agent_id, actor=caller.actor))
 
     def _run(self, operation: Callable[[NodeAuthority], T]) -> T:
         if self._nodes is None:
