@@ -27,6 +27,7 @@ from authd.nodes import join_tokens, x509pop
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
 from ca.errors import AlreadyRevoked, InvalidRequest, InvalidSpiffeId
+from ca.keys import PublicKey, check_public_key
 from ca.revoker import Revoker
 from ca.spiffe_id import SpiffeId
 from ca.store import AgentRecord, JoinTokenRecord, NotFound, RegistrationEntry, Store
@@ -244,7 +245,7 @@ class NodeAuthority:
                     refused[entry_id] = f"the CSR names {named or 'no SPIFFE ID'}, not the entry's"
                     continue
                 svid = self._ca.sign_x509_svid(
-                    public_key_of_csr(csr),
+                    _public_key(request),
                     spiffe_id=SpiffeId.parse(entry.spiffe_id),
                     dns_names=entry.dns_names,
                     ttl=entry.x509_svid_ttl or None,
@@ -294,6 +295,14 @@ def _csr_spiffe_id(request: x509.CertificateSigningRequest) -> str:
         return ""
     uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
     return uris[0] if len(uris) == 1 else ""
+
+
+def _public_key(request: x509.CertificateSigningRequest) -> PublicKey:
+    """The key of a CSR ``load_csr`` has checked (its signature: proof of possession)."""
+    try:
+        return check_public_key(request.public_key())
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(f"CSR public key is not usable: {exc}") from None
 
 
 def _replace(record: AgentRecord, **changes: object) -> AgentRecord:
