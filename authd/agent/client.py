@@ -24,12 +24,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from authd.api.authd.agent.v1 import node_pb2, node_pb2_grpc
+from authd.nodeapi.servicer import NODE_API_TLS_NAME
 from authd.nodes import join_tokens, x509pop
 from authd.transport.sockets import parse_host_port
 from ca.keys import PrivateKey
 from ca.spiffe_id import SpiffeId
 
 __all__ = [
+    "NODE_API_TLS_NAME",
+    "AgentCredentials",
     "AgentRefused",
     "IssuedAgentSvid",
     "NodeClient",
@@ -38,7 +41,6 @@ __all__ = [
     "make_csr",
 ]
 
-NODE_API_TLS_NAME = "authd-server"  # the same as authd.nodeapi.servicer.NODE_API_TLS_NAME
 CALL_TIMEOUT = 10.0
 _REFUSALS = (
     grpc.StatusCode.PERMISSION_DENIED,
