@@ -33,6 +33,7 @@ from ca.spiffe_id import SpiffeId
 __all__ = [
     "NODE_API_TLS_NAME",
     "AgentCredentials",
+    "AgentDenied",
     "AgentRefused",
     "IssuedAgentSvid",
     "NodeClient",
@@ -51,6 +52,10 @@ _REFUSALS = (
 
 class AgentRefused(Exception):
     """The server refused the agent (bad or used token, evicted, banned): the message says."""
+
+
+class AgentDenied(AgentRefused):
+    """The server does not (or no longer) know this agent: evicted, banned, never attested."""
 
 
 class ServerUnavailable(Exception):
@@ -114,6 +119,8 @@ def _svid(message: node_pb2.AgentSvid) -> IssuedAgentSvid:
 
 def _failure(exc: grpc.RpcError, what: str) -> Exception:
     code = exc.code()
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return AgentDenied(f"{what} refused: {exc.details()}")
     if code in _REFUSALS:
         return AgentRefused(f"{what} refused: {exc.details()}")
     return ServerUnavailable(f"{what}: {code.name} {exc.details()}")

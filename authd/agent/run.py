@@ -89,6 +89,11 @@ class AgentProcess:
             self.clock,
             trust_domain=trust_domain,
             save_identity=lambda i: i.save(state_dir),
+            reattest=(
+                (lambda: self._attest(client))
+                if config.agent.x509pop_cert_path and not config.agent.join_token
+                else None
+            ),
         )
         await sync.sync_once()
         health = health_aio.HealthServicer()

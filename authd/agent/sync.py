@@ -19,7 +19,13 @@ from collections.abc import Callable
 from cryptography import x509
 
 from authd.agent.cache import AgentCache
-from authd.agent.client import AgentRefused, NodeClient, ServerUnavailable, make_csr
+from authd.agent.client import (
+    AgentDenied,
+    AgentRefused,
+    NodeClient,
+    ServerUnavailable,
+    make_csr,
+)
 from authd.agent.identity import AgentIdentity
 from authd.api.authd.agent.v1 import node_pb2
 from authd.ports.identity_source import WorkloadX509Svid
@@ -44,8 +50,12 @@ class AgentSync:
         *,
         trust_domain: TrustDomain,
         save_identity: Callable[[AgentIdentity], None],
+        reattest: Callable[[], AgentIdentity] | None = None,
         key_type: KeyType = KeyType.EC_P256,
     ) -> None:
+        """``reattest``: attest anew once the server denies this agent (x509pop can; a join
+        token cannot, it was used)."""
+        self._reattest = reattest
         self._client = client
         self._cache = cache
         self.identity = identity
@@ -72,6 +82,9 @@ class AgentSync:
                 log.warning("server unreachable (%s); serving from the cache", exc)
             self.reachable = False
             return False
+        except AgentDenied as exc:
+            await self._denied(str(exc))
+            return False
         except AgentRefused as exc:
             if self.refused != str(exc):
                 log.error("the server refuses this agent: %s", exc)
@@ -81,6 +94,26 @@ class AgentSync:
             log.info("server reachable again; renewed what was due")
         self.reachable, self.refused, self.last_sync = True, "", self._clock.now()
         return True
+
+    async def _denied(self, why: str) -> None:
+        """Evicted, banned or unknown: stop serving what the server no longer vouches for."""
+        if self.refused != why:
+            log.error("the server refuses this agent: %s", why)
+        self.refused = why
+        dropped = self._cache.svid_count
+        self._cache.set_entries([])
+        if dropped:
+            log.error("dropped %d cached SVIDs: the server no longer vouches for them", dropped)
+        if self._reattest is None:
+            return
+        try:
+            identity = await asyncio.to_thread(self._reattest)
+        except Exception as exc:  # the attestation's own refusal; retried next round
+            log.error("attesting again failed: %s", exc)
+            return
+        await asyncio.to_thread(self._save_identity, identity)
+        self.identity = identity
+        log.info("attested again as %s", identity.spiffe_id)
 
     async def _round(self) -> None:
         if self._clock.now() >= self.identity.renew_at:

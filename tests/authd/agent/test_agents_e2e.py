@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import spiffe
 from cryptography.hazmat.primitives.serialization import Encoding
+from spiffe.workloadapi.errors import FetchX509SvidError
 
 from tests.support.agents import TRUST_DOMAIN, Agent, Server, wait_until
 
@@ -97,4 +99,8 @@ def test_an_evicted_agents_workloads_are_refused_at_ext_authz_within_a_second(
     assert evicting.endswith("; 2 SVIDs revoked\n")  # the agent's own and its workload's
     assert server.check(web.cert_chain[0].public_bytes(PEM)) == 200  # the other agent's: still
     assert [x["node_id"] for x in server.agents()] == [f"spiffe://{TRUST_DOMAIN}/node/a"]
-    wait_until("agent b to hear it is refused", lambda: "refuses this agent" in b.logs())
+    # At its next round agent b hears it, and stops serving what the server no longer vouches for.
+    wait_until("agent b to drop its SVIDs", lambda: "dropped 1 cached SVIDs" in b.logs())
+    with pytest.raises(FetchX509SvidError):
+        fetch_svid(b)
+    assert str(fetch_svid(a).spiffe_id) == f"spiffe://{TRUST_DOMAIN}/web"
