@@ -33,6 +33,7 @@ class AgentCache:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._entries: dict[str, RegistrationEntry] = {}
         self._svids: dict[str, WorkloadX509Svid] = {}
+        self._federated: dict[str, TrustBundle] = {}
         self._signal = ChangeSignal()
 
     # --- what the workload servers ask ---------------------------------------------------
@@ -50,7 +51,9 @@ class AgentCache:
         return self._bundle
 
     def federated_bundles(self, entries: Iterable[RegistrationEntry]) -> dict[str, TrustBundle]:
-        return {}  # foreign bundles are not sent to agents yet
+        """The foreign bundles ``entries`` federate with, as the server last sent them."""
+        names = {name for entry in entries for name in entry.federates_with}
+        return {name: b for name, b in sorted(self._federated.items()) if name in names}
 
     def entries_for(self, selectors: Iterable[Selector]) -> list[RegistrationEntry]:
         """Entries whose selectors the workload has, that hold an unexpired SVID."""
@@ -104,6 +107,13 @@ class AgentCache:
     def set_bundle(self, bundle: TrustBundle) -> None:
         if bundle.to_jwks() != self._bundle.to_jwks():
             self._bundle = bundle
+            self._signal.bump()
+
+    def set_federated(self, bundles: dict[str, TrustBundle]) -> None:
+        if {k: b.to_jwks() for k, b in bundles.items()} != {
+            k: b.to_jwks() for k, b in self._federated.items()
+        }:
+            self._federated = dict(bundles)
             self._signal.bump()
 
     def set_entries(self, entries: Iterable[RegistrationEntry]) -> None:

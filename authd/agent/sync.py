@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from cryptography import x509
 
@@ -31,6 +31,7 @@ from authd.api.authd.agent.v1 import node_pb2
 from authd.ports.identity_source import WorkloadX509Svid
 from ca.bundle import TrustBundle
 from ca.clock import Clock
+from ca.errors import CAError
 from ca.keys import KeyType, PrivateKey
 from ca.spiffe_id import SpiffeId, TrustDomain
 from ca.store import RegistrationEntry, Selector
@@ -123,6 +124,7 @@ class AgentSync:
         entries = [entry_from_proto(e) for e in fetched.entries]
         self._cache.set_bundle(TrustBundle.parse(fetched.bundle_json, self._trust_domain))
         self._cache.set_entries(entries)
+        self._cache.set_federated(_foreign_bundles(fetched.federated_bundles))
         due = self._cache.due()
         if not due:
             return
@@ -177,6 +179,17 @@ class AgentSync:
         await asyncio.to_thread(self._save_identity, identity)
         self.identity = identity
         log.info("agent SVID renewed: serial %x", issued.chain[0].serial_number)
+
+
+def _foreign_bundles(sent: Mapping[str, str]) -> dict[str, TrustBundle]:
+    """The foreign bundles the server sent; one that does not parse is skipped, loudly."""
+    bundles: dict[str, TrustBundle] = {}
+    for name, text in sent.items():
+        try:
+            bundles[name] = TrustBundle.parse(text, TrustDomain.parse(name))
+        except (CAError, ValueError) as exc:
+            log.warning("the server's bundle of %s is unreadable, skipped: %s", name, exc)
+    return bundles
 
 
 def entry_from_proto(entry: node_pb2.Entry) -> RegistrationEntry:

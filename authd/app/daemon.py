@@ -222,7 +222,11 @@ class Daemon:
             self._bundle_endpoint = endpoint
         if self.nodes is not None:
             self._node_listeners = NodeListeners(
-                config, ca=self.ca, clock=self.clock, nodes=self.nodes
+                config,
+                ca=self.ca,
+                clock=self.clock,
+                nodes=self.nodes,
+                federated=self.federation.bundles,
             )
             await self._node_listeners.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)

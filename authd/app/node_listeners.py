@@ -23,6 +23,7 @@ from authd.app.errors import StartupError
 from authd.config.model import Config
 from authd.nodeapi.servicer import NODE_API_TLS_NAME, NodeApiService
 from authd.nodes.agents import NodeAuthority
+from authd.ports.bundle_view import ForeignBundles
 from authd.transport.grpc_options import grpc_server_options
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
@@ -63,8 +64,15 @@ def node_authority(
 
 class NodeListeners:
     def __init__(
-        self, config: Config, *, ca: CertificateAuthority, clock: Clock, nodes: NodeAuthority
+        self,
+        config: Config,
+        *,
+        ca: CertificateAuthority,
+        clock: Clock,
+        nodes: NodeAuthority,
+        federated: ForeignBundles | None = None,
     ) -> None:
+        self._federated = federated
         self._config = config
         self._ca = ca
         self._clock = clock
@@ -81,7 +89,7 @@ class NodeListeners:
             dns_name=NODE_API_TLS_NAME,
             requester=REQUESTER,
         )
-        service = NodeApiService(self._nodes, lambda: self._ca.bundle)
+        service = NodeApiService(self._nodes, lambda: self._ca.bundle, self._federated)
         limits = self._config.listener_limits()
         for address, mutual in (
             (config.attestation_address, False),

@@ -19,9 +19,11 @@ import grpc
 from authd.api.authd.agent.v1 import node_pb2, node_pb2_grpc
 from authd.nodes import join_tokens, x509pop
 from authd.nodes.agents import NodeAuthority, NodeRefused
+from authd.ports.bundle_view import ForeignBundles
 from authd.transport.tls_peer import client_chain
 from ca.bundle import TrustBundle
-from ca.errors import InvalidRequest
+from ca.errors import InvalidRequest, InvalidSpiffeId
+from ca.spiffe_id import TrustDomain
 from ca.store import AgentRecord, RegistrationEntry, StoreError
 from ca.x509svid import X509Svid
 
@@ -37,9 +39,15 @@ _T = TypeVar("_T")
 
 
 class NodeApiService(node_pb2_grpc.NodeServicer):
-    def __init__(self, authority: NodeAuthority, bundle: Callable[[], TrustBundle]) -> None:
+    def __init__(
+        self,
+        authority: NodeAuthority,
+        bundle: Callable[[], TrustBundle],
+        federated: ForeignBundles | None = None,
+    ) -> None:
         self._authority = authority
         self._bundle = bundle
+        self._federated = federated
 
     async def Attest(
         self,
@@ -93,7 +101,22 @@ class NodeApiService(node_pb2_grpc.NodeServicer):
         return node_pb2.FetchEntriesResponse(
             entries=[entry_to_proto(e) for e in entries],
             bundle_json=self._bundle().to_json(indent=None),
+            federated_bundles=self._federated_json(entries),
         )
+
+    def _federated_json(self, entries: list[RegistrationEntry]) -> dict[str, str]:
+        """The foreign bundles the entries federate with that the server trusts now."""
+        found: dict[str, str] = {}
+        if self._federated is None:
+            return found
+        for name in sorted({n for e in entries for n in e.federates_with}):
+            try:
+                bundle = self._federated.get(TrustDomain.parse(name))
+            except InvalidSpiffeId:
+                continue
+            if bundle is not None:
+                found[name] = bundle.to_json(indent=None)
+        return found
 
     async def SignX509Svids(
         self, request: node_pb2.SignX509SvidsRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -91,12 +91,21 @@ class Entry(_message.Message):
     def __init__(self, entry_id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_svid_ttl: _Optional[int] = ..., jwt_svid_ttl: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., federates_with: _Optional[_Iterable[str]] = ..., hint: _Optional[str] = ..., expires_at: _Optional[int] = ..., revision: _Optional[int] = ..., created_at: _Optional[int] = ...) -> None: ...
 
 class FetchEntriesResponse(_message.Message):
-    __slots__ = ("entries", "bundle_json")
+    __slots__ = ("entries", "bundle_json", "federated_bundles")
+    class FederatedBundlesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_JSON_FIELD_NUMBER: _ClassVar[int]
+    FEDERATED_BUNDLES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[Entry]
     bundle_json: str
-    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., bundle_json: _Optional[str] = ...) -> None: ...
+    federated_bundles: _containers.ScalarMap[str, str]
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., bundle_json: _Optional[str] = ..., federated_bundles: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SvidRequest(_message.Message):
     __slots__ = ("entry_id", "csr")
