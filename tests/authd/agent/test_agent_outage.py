@@ -11,13 +11,14 @@ import spiffe
 from tests.support.agents import TRUST_DOMAIN, Agent, Server, wait_until
 
 SVID_TTL = 20  # seconds: short, so renewal falls due during the outage
+AGENT_SVID_TTL = 40  # seconds: the agents' own SVIDs fall due soon after the server returns
 
 
 @pytest.fixture
 def pair(workdir: Path) -> Iterator[tuple[Server, list[Agent]]]:
     data = workdir / "server" / "data"
     data.mkdir(parents=True)
-    server = Server(data)
+    server = Server(data, agent_extra=f'svid_ttl = "{AGENT_SVID_TTL}s"')
     server.start()
     started: list[Agent] = []
     try:
@@ -66,3 +67,7 @@ def test_agents_keep_serving_through_an_outage_and_renew_when_the_server_returns
         assert renewed != old
         assert agent.metrics()["authd_agent_svid_budget_seconds"] > SVID_TTL / 2
         assert "server reachable again" in agent.logs()
+    for agent in agents:  # and over the renewed mutual TLS, the agents' own SVIDs renew
+        wait_until("the agent SVID renewed", lambda a=agent: "agent SVID renewed" in a.logs())
+    renewed = {a.logs().rsplit("agent SVID renewed: serial ", 1)[1].split()[0] for a in agents}
+    assert renewed == {str(a["serial"]) for a in server.agents()}
