@@ -91,6 +91,9 @@ class AgentSync:
                 log.error("the server refuses this agent: %s", exc)
             self.refused = str(exc)
             return False
+        except Exception:  # e.g. an answer that does not parse: keep serving, retry next round
+            log.exception("sync with the server failed; serving from the cache")
+            return False
         if not self.reachable:
             log.info("server reachable again; renewed what was due")
         self.reachable, self.refused, self.last_sync = True, "", self._clock.now()

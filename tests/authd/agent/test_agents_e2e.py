@@ -104,3 +104,20 @@ def test_an_evicted_agents_workloads_are_refused_at_ext_authz_within_a_second(
     with pytest.raises(FetchX509SvidError):
         fetch_svid(b)
     assert str(fetch_svid(a).spiffe_id) == f"spiffe://{TRUST_DOMAIN}/web"
+
+
+def test_a_restarted_agent_resumes_with_its_saved_svid_without_a_new_token(
+    workdir: Path, server: Server, agents: list[Agent]
+) -> None:
+    server.entry(f"spiffe://{TRUST_DOMAIN}/web", f"spiffe://{TRUST_DOMAIN}/node/a")
+    a = start_agent(workdir, server, agents, "a", "a")
+    before = fetch_svid(a)
+    key = a.data_dir / "agent" / "svid.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+
+    a.stop()
+    a.start()  # the same config: its join token is spent
+
+    assert "resuming as spiffe://example.org/authd/agent/join_token/" in a.logs()
+    assert fetch_svid(a).spiffe_id == before.spiffe_id
+    assert len(server.agents()) == 1
