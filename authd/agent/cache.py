@@ -9,8 +9,9 @@ expires; ``budget`` says how long that still is, for the operator's alert.
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from authd.ports.identity_source import WorkloadX509Svid
 from authd.workload.change_signal import ChangeSignal
@@ -23,6 +24,8 @@ from ca.store import RegistrationEntry, Selector
 
 __all__ = ["AgentCache"]
 
+MAX_CACHED_JWT_SVIDS = 10_000
+
 
 class AgentCache:
     """Entries, SVIDs and the bundle an agent serves (an ``IdentitySource``)."""
@@ -34,6 +37,9 @@ class AgentCache:
         self._entries: dict[str, RegistrationEntry] = {}
         self._svids: dict[str, WorkloadX509Svid] = {}
         self._federated: dict[str, TrustBundle] = {}
+        self._jwt: dict[tuple[str, tuple[str, ...]], tuple[JwtSvid, float]] = {}
+        # Set by AgentSync: (entry_id, audience) -> a token the server minted (in a thread).
+        self.jwt_minter: Callable[[str, list[str]], str] | None = None
         self._signal = ChangeSignal()
 
     # --- what the workload servers ask ---------------------------------------------------
@@ -79,8 +85,29 @@ class AgentCache:
     async def commit(self) -> None:
         return None  # the server logged each SVID before it sent it
 
-    def jwt_svid(self, entry: RegistrationEntry, audience: Sequence[str]) -> JwtSvid:
-        raise CAError("JWT-SVIDs are not served by an agent")
+    async def fetch_jwt_svid(self, entry: RegistrationEntry, audience: Sequence[str]) -> JwtSvid:
+        """From the cache until half its life has passed, else minted by the server."""
+        key = (entry.entry_id, tuple(sorted(audience)))
+        now = self._clock.now()
+        cached = self._jwt.get(key)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        if self.jwt_minter is None:
+            raise CAError("this agent cannot reach its server for JWT-SVIDs yet")
+        try:
+            token = await asyncio.to_thread(self.jwt_minter, entry.entry_id, list(audience))
+            svid = self.verify_jwt_svid(token, audience)
+        except CAError:
+            raise
+        except Exception as exc:  # the server's refusal or absence, named to the workload
+            raise CAError(f"cannot get a JWT-SVID now: {exc}") from None
+        if len(self._jwt) >= MAX_CACHED_JWT_SVIDS:
+            # Audiences are the caller's choice: the stale go first, then the oldest.
+            self._jwt = {k: v for k, v in self._jwt.items() if now < v[1]}
+            while len(self._jwt) >= MAX_CACHED_JWT_SVIDS:
+                del self._jwt[next(iter(self._jwt))]
+        self._jwt[key] = (svid, now + (svid.expiry - now) / 2)
+        return svid
 
     def verify_jwt_svid(self, token: str, audience: Sequence[str]) -> JwtSvid:
         bundle = self._bundle
@@ -107,6 +134,7 @@ class AgentCache:
     def set_bundle(self, bundle: TrustBundle) -> None:
         if bundle.to_jwks() != self._bundle.to_jwks():
             self._bundle = bundle
+            self._jwt.clear()  # never hand out a token signed by a key that left the bundle
             self._signal.bump()
 
     def set_federated(self, bundles: dict[str, TrustBundle]) -> None:
@@ -121,6 +149,7 @@ class AgentCache:
         if fresh == self._entries:
             return
         self._entries = fresh
+        self._jwt = {k: v for k, v in self._jwt.items() if k[0] in fresh}
         for entry_id in [e for e in self._svids if e not in fresh]:
             del self._svids[entry_id]
         self._signal.bump()

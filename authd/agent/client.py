@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 CALL_TIMEOUT = 10.0
+JWT_TIMEOUT = 3.0  # a workload waits on it
 _REFUSALS = (
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -214,6 +215,17 @@ class NodeClient:
             except grpc.RpcError as exc:
                 raise _failure(exc, "signing SVIDs") from None
         return response
+
+    def mint_jwt(self, agent: AgentCredentials, entry_id: str, audience: Sequence[str]) -> str:
+        with self._mtls(agent) as stub:
+            try:
+                response: node_pb2.MintJwtSvidResponse = stub.MintJwtSvid(
+                    node_pb2.MintJwtSvidRequest(entry_id=entry_id, audience=list(audience)),
+                    timeout=JWT_TIMEOUT,
+                )
+            except grpc.RpcError as exc:
+                raise _failure(exc, "minting a JWT-SVID") from None
+        return response.token
 
     def _mtls(self, agent: AgentCredentials) -> _StubContext:
         credentials = grpc.ssl_channel_credentials(

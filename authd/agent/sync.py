@@ -64,6 +64,7 @@ class AgentSync:
         self._trust_domain = trust_domain
         self._save_identity = save_identity
         self._key_type = key_type
+        cache.jwt_minter = self._mint_jwt
         self.reachable = True
         self.refused = ""
         self.last_sync = 0.0
@@ -98,6 +99,11 @@ class AgentSync:
             log.info("server reachable again; renewed what was due")
         self.reachable, self.refused, self.last_sync = True, "", self._clock.now()
         return True
+
+    def _mint_jwt(self, entry_id: str, audience: list[str]) -> str:
+        """In a worker thread, for the Workload API: the server mints, with our current SVID."""
+        creds = self.identity.credentials(self._cache.bundle.to_pem())
+        return self._client.mint_jwt(creds, entry_id, audience)
 
     async def _denied(self, why: str) -> None:
         """Evicted, banned or unknown: stop serving what the server no longer vouches for."""

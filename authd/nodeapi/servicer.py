@@ -134,6 +134,15 @@ class NodeApiService(node_pb2_grpc.NodeServicer):
             refused=outcome.refused,
         )
 
+    async def MintJwtSvid(
+        self, request: node_pb2.MintJwtSvidRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> node_pb2.MintJwtSvidResponse:
+        agent = await self._caller(context)
+        svid = await self._call(
+            context, self._authority.mint_jwt, agent, request.entry_id, list(request.audience)
+        )
+        return node_pb2.MintJwtSvidResponse(token=svid.token, expires_at=int(svid.expiry))
+
     # --- helpers ------------------------------------------------------------------------
 
     def _agent_svid(self, svid: X509Svid) -> node_pb2.AgentSvid:

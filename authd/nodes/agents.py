@@ -27,6 +27,7 @@ from authd.nodes import join_tokens, x509pop
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
 from ca.errors import AlreadyRevoked, InvalidRequest, InvalidSpiffeId
+from ca.jwtsvid import JwtSvid
 from ca.keys import PublicKey, check_public_key
 from ca.revoker import Revoker
 from ca.spiffe_id import SpiffeId
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 AGENT_PATH = "/authd/agent/"
 MAX_SIGN_REQUESTS = 1000  # CSRs in one SignX509Svids call
+MAX_AUDIENCES = 16
+MAX_AUDIENCE_LENGTH = 512
 KEY_COMPROMISE = "keyCompromise"
 
 
@@ -258,6 +261,21 @@ class NodeAuthority:
         if signed:
             self._ca.issuance_log.flush()  # revocable before it leaves the server
         return SignOutcome(signed, refused)
+
+    def mint_jwt(self, agent: AgentRecord, entry_id: str, audience: Sequence[str]) -> JwtSvid:
+        """A JWT-SVID of one of the agent's entries, for ``audience``."""
+        if not audience or len(audience) > MAX_AUDIENCES:
+            raise InvalidRequest(f"between 1 and {MAX_AUDIENCES} audiences")
+        if any(not a or len(a) > MAX_AUDIENCE_LENGTH for a in audience):
+            raise InvalidRequest(f"each audience 1 to {MAX_AUDIENCE_LENGTH} characters")
+        entry = next((e for e in self.entries(agent) if e.entry_id == entry_id), None)
+        if entry is None:
+            raise NodeRefused(f"entry {entry_id[:64]!r} is not an entry of this agent")
+        return self._ca.mint_jwt_svid(
+            spiffe_id=SpiffeId.parse(entry.spiffe_id),
+            audience=list(audience),
+            ttl=entry.jwt_svid_ttl or None,
+        )
 
     # --- helpers ------------------------------------------------------------------------
 

@@ -139,6 +139,10 @@ class SvidProvider:
     def verify_jwt_svid(self, token: str, audience: Sequence[str]) -> JwtSvid:
         return self._ca.verify_jwt_svid(token, audience)
 
+    async def fetch_jwt_svid(self, entry: RegistrationEntry, audience: Sequence[str]) -> JwtSvid:
+        """The port's form of :meth:`jwt_svid` (signed here, in memory)."""
+        return self.jwt_svid(entry, audience)
+
     def jwt_svid(self, entry: RegistrationEntry, audience: Sequence[str]) -> JwtSvid:
         """A JWT-SVID for ``entry`` and ``audience``, reused until half its life has passed."""
         key = (entry.entry_id, tuple(sorted(audience)))

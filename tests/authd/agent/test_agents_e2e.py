@@ -121,3 +121,18 @@ def test_a_restarted_agent_resumes_with_its_saved_svid_without_a_new_token(
     assert "resuming as spiffe://example.org/authd/agent/join_token/" in a.logs()
     assert fetch_svid(a).spiffe_id == before.spiffe_id
     assert len(server.agents()) == 1
+
+
+def test_a_workload_under_an_agent_gets_a_jwt_svid_the_server_minted(
+    workdir: Path, server: Server, agents: list[Agent]
+) -> None:
+    server.entry(f"spiffe://{TRUST_DOMAIN}/web", f"spiffe://{TRUST_DOMAIN}/node/a")
+    a = start_agent(workdir, server, agents, "a", "a")
+
+    with spiffe.WorkloadApiClient(socket_path=a.socket_url) as client:
+        svid = client.fetch_jwt_svid(audience={"orders"})
+        assert str(svid.spiffe_id) == f"spiffe://{TRUST_DOMAIN}/web"
+        again = client.fetch_jwt_svid(audience={"orders"})
+        assert again.token == svid.token  # cached at the agent until half its life
+        checked = client.validate_jwt_svid(svid.token, "orders")
+        assert str(checked.spiffe_id) == f"spiffe://{TRUST_DOMAIN}/web"

@@ -168,3 +168,17 @@ def test_renewal_gives_a_new_agent_svid_and_records_its_serial(world: World) -> 
     svid = world.nodes.renew(agent, csr_for(None))
     assert str(svid.spiffe_id) == agent.agent_id and svid.serial != agent.serial
     assert world.store.get_agent(agent.agent_id).serial == svid.serial
+
+
+def test_an_agent_mints_jwt_svids_only_for_its_own_entries(world: World) -> None:
+    world.entry("mine", "web", NODE_A)
+    world.entry("theirs", "db", f"{TD}/node/b")
+    agent, _ = world.attest()
+    svid = world.nodes.mint_jwt(agent, "mine", ["orders"])
+    assert str(svid.spiffe_id) == f"{TD}/web" and list(svid.audience) == ["orders"]
+    with pytest.raises(NodeRefused, match="not an entry of this agent"):
+        world.nodes.mint_jwt(agent, "theirs", ["orders"])
+    with pytest.raises(InvalidRequest, match="audiences"):
+        world.nodes.mint_jwt(agent, "mine", [])
+    with pytest.raises(InvalidRequest, match="each audience"):
+        world.nodes.mint_jwt(agent, "mine", ["x" * 513])

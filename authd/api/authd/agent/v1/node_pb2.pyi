@@ -145,3 +145,19 @@ class SignX509SvidsResponse(_message.Message):
     svids: _containers.RepeatedCompositeFieldContainer[SignedSvid]
     refused: _containers.ScalarMap[str, str]
     def __init__(self, svids: _Optional[_Iterable[_Union[SignedSvid, _Mapping]]] = ..., refused: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class MintJwtSvidRequest(_message.Message):
+    __slots__ = ("entry_id", "audience")
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    entry_id: str
+    audience: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, entry_id: _Optional[str] = ..., audience: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MintJwtSvidResponse(_message.Message):
+    __slots__ = ("token", "expires_at")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    expires_at: int
+    def __init__(self, token: _Optional[str] = ..., expires_at: _Optional[int] = ...) -> None: ...

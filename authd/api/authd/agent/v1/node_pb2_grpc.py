@@ -60,6 +60,11 @@ class NodeStub:
                 request_serializer=authd_dot_agent_dot_v1_dot_node__pb2.SignX509SvidsRequest.SerializeToString,
                 response_deserializer=authd_dot_agent_dot_v1_dot_node__pb2.SignX509SvidsResponse.FromString,
                 _registered_method=True)
+        self.MintJwtSvid = channel.unary_unary(
+                '/authd.agent.v1.Node/MintJwtSvid',
+                request_serializer=authd_dot_agent_dot_v1_dot_node__pb2.MintJwtSvidRequest.SerializeToString,
+                response_deserializer=authd_dot_agent_dot_v1_dot_node__pb2.MintJwtSvidResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -102,6 +107,13 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MintJwtSvid(self, request, context):
+        """A JWT-SVID for an entry of this agent (JWTs are signed by the server's JWT authority).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +136,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.SignX509Svids,
                     request_deserializer=authd_dot_agent_dot_v1_dot_node__pb2.SignX509SvidsRequest.FromString,
                     response_serializer=authd_dot_agent_dot_v1_dot_node__pb2.SignX509SvidsResponse.SerializeToString,
+            ),
+            'MintJwtSvid': grpc.unary_unary_rpc_method_handler(
+                    servicer.MintJwtSvid,
+                    request_deserializer=authd_dot_agent_dot_v1_dot_node__pb2.MintJwtSvidRequest.FromString,
+                    response_serializer=authd_dot_agent_dot_v1_dot_node__pb2.MintJwtSvidResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -240,6 +257,33 @@ class Node:
             '/authd.agent.v1.Node/SignX509Svids',
             authd_dot_agent_dot_v1_dot_node__pb2.SignX509SvidsRequest.SerializeToString,
             authd_dot_agent_dot_v1_dot_node__pb2.SignX509SvidsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MintJwtSvid(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.agent.v1.Node/MintJwtSvid',
+            authd_dot_agent_dot_v1_dot_node__pb2.MintJwtSvidRequest.SerializeToString,
+            authd_dot_agent_dot_v1_dot_node__pb2.MintJwtSvidResponse.FromString,
             options,
             channel_credentials,
             insecure,
