@@ -10,12 +10,13 @@ Three topologies run side by side, each its own authd, local IdP, orders and pay
 services (Python, stdlib) and three Envoys (--concurrency 1) with SVIDs over SDS: ext_authz
 in HTTP service mode at every Envoy (`http`), gRPC (`grpc`), or no authz filter (`none`,
 the baseline: same Envoys, same mTLS, same services). h2load (8 connections, h2c) calls the
-front door with a user's JWT from the local IdP; each request is checked three times
-(gateway, orders, payments). Runs alternate with the baseline (none, X, none, X, ..., none)
-and each X run is divided by the mean of the two none runs around it, since the machine's
-speed drifts. Columns: req/s (median of the runs), ratio to none (median), p50/p99 over all
-requests of the runs, authd's CPU per request (three checks) and per check, and the non-200
-answers (must be 0).
+front door with a user's JWT from the local IdP; each request is checked three times: at the
+gateway (verifying the JWT and minting a Txn-Token), at orders (verifying the Txn-Token and
+the mTLS peer, re-minting it narrowed to `pay`) and at payments (verifying it again). Runs
+alternate with the baseline (none, X, none, X, ..., none) and each X run is divided by the
+mean of the two none runs around it, since the machine's speed drifts. Columns: req/s
+(median of the runs), ratio to none (median), p50/p99 over all requests of the runs, authd's
+CPU per request (three checks) and per check, and the non-200 answers (must be 0).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from authd.demo.topology import Layout, Ports, Topology, free_port  # noqa: E402
 MODES = ("http", "grpc")
 CONNECTIONS = 8
 PATH = "/orders/42"
+SCOPE = "orders:read pay"  # what deploy/local/policy.yaml's payments hop wants
 
 
 @contextmanager
@@ -163,7 +165,9 @@ def main() -> None:
     try:
         with ExitStack() as stack:
             chains = {m: stack.enter_context(topology(tmp, m)) for m in ("none", *args.mode)}
-            token = {m: user_token(c.layout.ports.idp, "alice") for m, c in chains.items()}
+            token = {
+                m: user_token(c.layout.ports.idp, "alice", scope=SCOPE) for m, c in chains.items()
+            }
             for mode, chain in chains.items():
                 reply = call(
                     chain.layout.ports.front_door, PATH, {"authorization": f"Bearer {token[mode]}"}

@@ -20,13 +20,15 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from authd.app.errors import StartupError
 from authd.authz import assembly as authz_service
-from authd.authz.decision_log import DecisionLog
+from authd.authz.decision_log import DecisionLog, DecisionSink
 from authd.authz.metrics import AuthzMetrics
+from authd.authz.opa_log_sink import FanOut, OpaDecisionLog, build_opa_decision_log
 from authd.check.model import Reason
 from authd.config.model import Config
 from authd.extauthz.grpc_servicer import ExtAuthzService
 from authd.extauthz.http_service import HttpAuthzServer
 from authd.policy.base import PolicyError
+from authd.policy.bundle_policy import DownloadedBundle
 from authd.policy.reload import PolicyHolder
 from authd.ports.bundle_view import BundleView
 from authd.transport.grpc_options import grpc_server_options
@@ -76,6 +78,7 @@ class AuthzListeners:
         self._refusals = refusals
         self._policy: PolicyHolder | None = None
         self._decision_log: DecisionLog | None = None
+        self._opa_decision_log: OpaDecisionLog | None = None
         self._authz_server: NativeGrpcServer | grpc.aio.Server | None = None
         self._http_server: HttpAuthzServer | None = None
         self._metrics_server: WSGIServer | None = None
@@ -107,10 +110,11 @@ class AuthzListeners:
             )
             native.add_servicer(authorization, ext_authz)
             native.add_servicer(health_pb2.DESCRIPTOR.services_by_name["Health"], self._health)
-            native.add_servicer(
-                reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
-                reflection_aio.ReflectionServicer(reflection_names),
-            )
+            if authz.grpc_reflection:
+                native.add_servicer(
+                    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+                    reflection_aio.ReflectionServicer(reflection_names),
+                )
             for address, listen in (
                 (authz.grpc_address, native.listen_tcp),
                 (authz.grpc_socket, native.listen_unix),
@@ -131,7 +135,8 @@ class AuthzListeners:
         )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(ext_authz, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(reflection_names, server)
+        if authz.grpc_reflection:
+            reflection.enable_server_reflection(reflection_names, server)
         for address in (authz.grpc_address, authz.grpc_socket):
             if not address:
                 continue
@@ -180,18 +185,43 @@ class AuthzListeners:
                     "miss": getattr(policy.current, "cache_misses", 0),
                 },
             )
+        downloaded = self._policy.current
+        if isinstance(downloaded, DownloadedBundle):  # a bundle from a bundle server
+            self.metrics.add_source(
+                "authd_bundle_polls",
+                "bundle server polls by outcome (activated, refused, failed)",
+                lambda: {
+                    "activated": downloaded.activations,
+                    "refused": downloaded.refusals,
+                    "failed": downloaded.fetch_failures,
+                },
+            )
         if authz.decision_log:
             target = authz.decision_log
             if target != "-":
                 target = str(config.resolve_path(target))
             self._decision_log = DecisionLog.open(target)
+        sink: DecisionSink | None = self._decision_log
+        try:
+            self._opa_decision_log = build_opa_decision_log(config)
+        except (OSError, PolicyError) as exc:
+            raise StartupError(f"decision_logs: {exc}") from None
+        if self._opa_decision_log is not None:
+            opa_log = self._opa_decision_log
+            opa_log.start()
+            sink = opa_log if sink is None else FanOut(sink, opa_log)
+            self.metrics.add_source(
+                "authd_decision_logs",
+                "OPA-format decision events by what became of them",
+                opa_log.counters.snapshot,
+            )
         holder = self._policy
         authorizer = authz_service.build_authorizer(
             config,
             resolver=resolver,
             policy=lambda: holder.current,
             metrics=self.metrics,
-            decision_log=self._decision_log,
+            decision_log=sink,
             fresh=self._fresh,
             stale_reason=self._stale_reason,
         )
@@ -241,6 +271,8 @@ class AuthzListeners:
                     f"cannot serve metrics on {authz.metrics_address}: {exc.strerror}"
                 ) from None
         self._tasks.append(asyncio.create_task(holder.run()))
+        if source.background is not None:
+            self._tasks.append(asyncio.create_task(source.background()))
         if self._decision_log is not None:
             self._tasks.append(asyncio.create_task(self._flush_decision_log()))
         log.info(
@@ -272,3 +304,5 @@ class AuthzListeners:
             self._metrics_server.server_close()
         if self._decision_log is not None:
             self._decision_log.close()
+        if self._opa_decision_log is not None:
+            await asyncio.to_thread(self._opa_decision_log.close)

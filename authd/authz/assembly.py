@@ -7,12 +7,13 @@ both decide with exactly the same pieces.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from authd.authz.api_keys import ApiKeyStore
-from authd.authz.decision_log import DecisionLog
+from authd.authz.decision_log import DecisionSink
 from authd.authz.identity import (
     IdentityResolver,
     IdentitySettings,
@@ -53,6 +54,8 @@ class PolicySource:
 
     load: Callable[[], Policy]
     files: tuple[Path, ...]
+    # A task to run beside the listeners (e.g. polling a bundle server), if any.
+    background: Callable[[], Coroutine[Any, Any, None]] | None = None
 
 
 def policy_source(config: Config) -> PolicySource:
@@ -60,6 +63,14 @@ def policy_source(config: Config) -> PolicySource:
     results: ResultMapping = decision_from_result
     if authz.compat == "opa-envoy":
         results = opa_envoy_decision
+    if config.decision_logs.enabled:
+        from authd.authz.opa_log_sink import traced
+
+        results = traced(results)
+    if authz.policy_engine == "rego" and authz.rego_bundle:
+        from authd.policy.bundle_source import bundle_policy_source
+
+        return PolicySource(*bundle_policy_source(config, results))
     if authz.policy_engine == "rego":
         from authd.policy.rego import RegoPolicy
         from authd.policy.rego_offload import OffLoopRego
@@ -185,7 +196,7 @@ def build_authorizer(
     resolver: IdentityResolver,
     policy: Callable[[], Policy],
     metrics: AuthzMetrics | None = None,
-    decision_log: DecisionLog | None = None,
+    decision_log: DecisionSink | None = None,
     fresh: Callable[[], bool] = lambda: True,
     stale_reason: Callable[[], Reason] = lambda: Reason.STALE,
 ) -> Authorizer:

@@ -10,12 +10,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from authd.check.model import CheckContext
 
 if TYPE_CHECKING:
     from authd.check.model import Outcome
+
+
+class DecisionSink(Protocol):
+    """What the pipeline writes each decided check to (this log, or OPA's format)."""
+
+    def write(
+        self, ctx: CheckContext, outcome: Outcome, policy: str, elapsed: float, *, dry_run: bool
+    ) -> None: ...
 
 
 class DecisionLog:

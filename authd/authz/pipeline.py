@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from authd.authz.decision_log import DecisionLog
+from authd.authz.decision_log import DecisionSink
 from authd.authz.metrics import AuthzMetrics
 from authd.authz.opa_envoy_outcome import ExtraHeaders, opa_envoy_outcome
 from authd.authz.txn_tokens import TxnTokens, mints_here, user_scope
@@ -49,6 +49,7 @@ from authd.check.model import (
     Decision,
     Identities,
     Outcome,
+    PolicyTrace,
     Reason,
 )
 from authd.check.opa_envoy_input import check_parsable
@@ -139,6 +140,11 @@ def _unreadable_input(exc: Exception) -> MalformedRequest:
     return MalformedRequest("input", f"the input document cannot be built: {type(exc).__name__}")
 
 
+def logged_input(ctx: CheckContext, identities: Identities, opa_envoy: bool) -> dict[str, Any]:
+    """The whole input document a policy was given for ``ctx``, as decision logs record it."""
+    return _LazyInput(ctx, identities, opa_envoy)()
+
+
 def identity_document(identities: Identities) -> dict[str, Any]:
     """``input.authd``'s identities, for Rego policies: each one separately.
 
@@ -174,7 +180,7 @@ class Authorizer:
         resolver: Resolver,
         policy: Callable[[], Policy],
         settings: AuthzSettings | None = None,
-        decision_log: DecisionLog | None = None,
+        decision_log: DecisionSink | None = None,
         metrics: AuthzMetrics | None = None,
         fresh: Callable[[], bool] = lambda: True,
         stale_reason: Callable[[], Reason] = lambda: Reason.STALE,
@@ -233,7 +239,11 @@ class Authorizer:
                 decision = Decision(allowed=False, reason=reason, rule=problem.kind)
             else:
                 document = _LazyInput(ctx, identities, self._opa_envoy)
+                evaluating = time.perf_counter_ns()
                 decision = await policy.evaluate(ctx, identities, document)
+                if decision.trace is not None:  # OPA-format decision logs record the time
+                    eval_ns = time.perf_counter_ns() - evaluating
+                    decision.trace = PolicyTrace(decision.trace.result, eval_ns)
         except MalformedRequest as exc:
             decision = self._malformed(ctx, exc)
         txn = _TxnStep()

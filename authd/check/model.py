@@ -196,6 +196,15 @@ class EnvoyResponse:
     http_status: int = 403
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyTrace:
+    """What OPA-format decision logs record of an evaluation: the result as the policy
+    returned it (``UNDEFINED`` of ``authd.policy.result`` when undefined) and its duration."""
+
+    result: Any
+    eval_ns: int = 0
+
+
 @dataclass(slots=True)
 class Decision:
     """The policy's answer, in the vocabulary of OPA-Envoy results.
@@ -219,6 +228,8 @@ class Decision:
     txn_scope: tuple[str, ...] | None = None
     # Set by the OPA-Envoy result mapping (``authz.policy_compat = "opa-envoy"``).
     envoy: EnvoyResponse | None = None
+    # Set when OPA-format decision logs are on (``authd.authz.opa_log_trace``).
+    trace: PolicyTrace | None = None
 
 
 @dataclass(slots=True)

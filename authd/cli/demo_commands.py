@@ -44,7 +44,7 @@ def add_demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
             metavar="PORT",
             type=int,
             default=int(os.environ.get("AUTHD_DEMO_PORT_BASE", "0")),
-            help="ports PORT..PORT+9 on 127.0.0.1 ($AUTHD_DEMO_PORT_BASE; 0: free ports)",
+            help="ports PORT..PORT+10 on 127.0.0.1 ($AUTHD_DEMO_PORT_BASE; 0: free ports)",
         )
         parser.add_argument(
             "--authz",

@@ -2,7 +2,8 @@
 
 Modules: ``model`` (the frozen dataclasses), ``loader`` (file → env → overrides),
 ``keys`` (the key table), ``values`` (value parsers), ``durations``, ``consistency``
-(rules across keys), ``errors`` (``ConfigError``).
+(rules across keys), ``errors`` (``ConfigError``), ``opa_config`` (the OPA config file
+OPA-Envoy runs with, read into ``Config.opa``).
 """
 
 from authd.config.durations import format_duration, parse_duration

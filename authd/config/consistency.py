@@ -19,6 +19,8 @@ _MAX_UNIX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating N
 
 def check_consistency(config: Config, sources: Mapping[str, str]) -> None:
     """The rules that relate several keys."""
+    if (problem := config.decision_logs.problem()) is not None:
+        raise ConfigError(*problem, sources.get(problem[0]))
     ca = config.ca
     if ca.ca_ttl < _MIN_CA_TTL:
         raise ConfigError(
@@ -50,9 +52,23 @@ def check_consistency(config: Config, sources: Mapping[str, str]) -> None:
             sources.get("store.durability"),
         )
     authz = config.authz
-    if authz.policy_engine == "rego" and not authz.rego_files:
+    if authz.policy_engine == "rego" and not authz.rego_files and not authz.rego_bundle:
         raise ConfigError(
-            "authz.rego_files", "policy_engine 'rego' needs at least one .rego file", None
+            "authz.rego_files",
+            "policy_engine 'rego' needs at least one .rego file (or authz.rego_bundle)",
+            None,
+        )
+    if authz.rego_bundle and authz.policy_engine != "rego":
+        raise ConfigError(
+            "authz.rego_bundle",
+            f"a bundle needs policy_engine = 'rego', not {authz.policy_engine!r}",
+            sources.get("authz.rego_bundle"),
+        )
+    if authz.rego_bundle and authz.rego_files:
+        raise ConfigError(
+            "authz.rego_bundle",
+            "give either authz.rego_files or authz.rego_bundle, not both",
+            sources.get("authz.rego_bundle"),
         )
     server_id = config.admin.server_id(config.trust_domain)
     if SpiffeId.parse(server_id).trust_domain.name != config.trust_domain:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 
+from authd.config.decision_logs import parse_data_path, parse_labels, parse_service_url
 from authd.config.errors import ConfigError
 from authd.config.federation_values import parse_foreign_trust_domains
 from authd.config.model import KEY_TYPES, OPA_ENVOY_EXTRAS
@@ -50,6 +51,7 @@ SECTIONS = (
     "limits",
     "federation",
     "xds",
+    "decision_logs",
     "agent",
 )
 
@@ -115,6 +117,13 @@ PARSERS: dict[str, Callable[[object], object]] = {
     "authz.api_keys_file": parse_path,
     "authz.trust_principal_without_certificate": parse_bool,
     "authz.issuers": parse_issuers,
+    "authz.rego_bundle": parse_str,
+    "authz.bundle_max_size": parse_positive_int,
+    "authz.bundle_max_uncompressed_size": parse_positive_int,
+    "authz.bundle_max_files": parse_positive_int,
+    "authz.opa_config": parse_path,
+    "authz.skip_request_body_parse": parse_bool,
+    "authz.grpc_reflection": parse_bool,
     "txn_token.mint": parse_bool,
     "txn_token.workload_id": parse_spiffe_id,
     "txn_token.lifetime": parse_positive_duration,
@@ -142,6 +151,20 @@ PARSERS: dict[str, Callable[[object], object]] = {
     "federation.min_refresh": parse_positive_duration,
     "federation.max_refresh": parse_positive_duration,
     "federation.trust_domains": parse_foreign_trust_domains,
+    "decision_logs.file": parse_path,
+    "decision_logs.console": parse_bool,
+    "decision_logs.service_url": parse_service_url,
+    "decision_logs.service_token_path": parse_path,
+    "decision_logs.resource": parse_str,
+    "decision_logs.min_delay_seconds": parse_positive_duration,
+    "decision_logs.max_delay_seconds": parse_positive_duration,
+    "decision_logs.upload_size_limit_bytes": parse_int_at_least(1024),
+    "decision_logs.buffer_size_limit_bytes": parse_int_at_least(1024),
+    "decision_logs.queue_size": parse_positive_int,
+    "decision_logs.max_decisions_per_second": parse_non_negative_int,
+    "decision_logs.mask_decision": parse_data_path,
+    "decision_logs.drop_decision": parse_data_path,
+    "decision_logs.labels": parse_labels,
     "agent.attestation_address": parse_address,
     "agent.node_api_address": parse_address,
     "agent.svid_ttl": parse_positive_duration,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from authd.config.consistency import check_consistency
+from authd.config.decision_logs import DecisionLogSettings, decision_log_settings_from_opa
 from authd.config.errors import ConfigError
 from authd.config.keys import ENV_KEYS, ENV_PREFIX, PARSERS, SECTIONS, unknown_key
 from authd.config.model import (
@@ -30,6 +31,7 @@ from authd.config.model import (
     WorkloadConfig,
     XdsConfig,
 )
+from authd.config.opa_config import OpaSettings, authd_settings, load_opa_config
 
 __all__ = ["ENV_CONFIG_PATH", "default_data_dir", "load_config"]
 
@@ -101,6 +103,19 @@ def _read_overrides(overrides: Mapping[str, Any]) -> dict[str, tuple[object, str
     return raw
 
 
+def _decision_logs(values: dict[str, Any], opa: OpaSettings) -> DecisionLogSettings:
+    """``[decision_logs]``; without one, what the OPA config file's ``decision_logs`` says."""
+    if values or not opa.decision_logs:
+        return DecisionLogSettings(**values)
+    labels = {str(k): str(v) for k, v in opa.labels.items()}
+    try:
+        return decision_log_settings_from_opa(
+            dict(opa.decision_logs), dict(opa.services_document), labels=labels
+        )
+    except ConfigError as exc:
+        raise ConfigError(exc.key, exc.why, opa.source) from None
+
+
 def load_config(
     path: Path | None,
     env: Mapping[str, str] = os.environ,
@@ -122,12 +137,25 @@ def load_config(
             raise ConfigError(key, str(exc), source) from None
         sources[key] = source
 
+    data_dir_value: str = values.pop("data_dir", "")
+    data_dir = Path(data_dir_value).expanduser() if data_dir_value else default_data_dir(env)
+    opa = OpaSettings()
+    if values.get("authz.opa_config"):
+        opa_path = data_dir.absolute() / Path(values["authz.opa_config"]).expanduser()
+        opa = load_opa_config(opa_path, env)
+        for key, value in authd_settings(opa).items():
+            if key in values:
+                continue  # set in authd's own config: that wins
+            try:
+                values[key] = PARSERS[key](value)
+            except ValueError as exc:
+                raise ConfigError(key, f"{exc} (from the OPA config)", str(opa_path)) from None
+            sources[key] = str(opa_path)
+
     def section(name: str) -> dict[str, Any]:
         prefix = name + "."
         return {k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)}
 
-    data_dir_value: str = values.pop("data_dir", "")
-    data_dir = Path(data_dir_value).expanduser() if data_dir_value else default_data_dir(env)
     top = {k: v for k, v in values.items() if "." not in k}
     config = Config(
         data_dir=data_dir.absolute(),
@@ -140,6 +168,8 @@ def load_config(
         limits=LimitsConfig(**section("limits")),
         federation=FederationConfig(**section("federation")),
         xds=XdsConfig(**section("xds")),
+        decision_logs=_decision_logs(section("decision_logs"), opa),
+        opa=opa,
         agent=AgentConfig(**section("agent")),
         **top,
     )

@@ -11,6 +11,8 @@ from typing import Literal
 
 from cryptography import x509
 
+from authd.config.decision_logs import DecisionLogSettings
+from authd.config.opa_config import OpaSettings
 from authd.transport.limits import ListenerLimits
 from ca.store.durability import Durability
 
@@ -166,6 +168,15 @@ class AuthzConfig:
     api_keys_file: str = ""
     trust_principal_without_certificate: bool = True
     issuers: tuple[IssuerConfig, ...] = ()
+    # An OPA bundle (a path or an http(s) URL) instead of rego_files, and its bounds.
+    rego_bundle: str = ""
+    bundle_max_size: int = 64 * 1024 * 1024
+    bundle_max_uncompressed_size: int = 256 * 1024 * 1024
+    bundle_max_files: int = 10_000
+    # The OPA config file OPA-Envoy runs with (authd.config.opa_config), read into Config.opa.
+    opa_config: str = ""
+    skip_request_body_parse: bool = False
+    grpc_reflection: bool = True
 
     @property
     def compat(self) -> str:
@@ -282,6 +293,9 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     xds: XdsConfig = field(default_factory=XdsConfig)
+    decision_logs: DecisionLogSettings = field(default_factory=DecisionLogSettings)
+    # What authz.opa_config's file says (services, bundles, keys, decision_logs, labels).
+    opa: OpaSettings = field(default_factory=OpaSettings)
     agent: AgentConfig = field(default_factory=AgentConfig)
 
     def resolve_path(self, path: str | Path) -> Path:

@@ -7,12 +7,17 @@ import http.client
 import json
 import ssl
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from authd.authz.txn_tokens import b64url_sha256
 from authd.demo.processes import DemoError, wait_for
 
 HOST = "127.0.0.1"
@@ -64,9 +69,11 @@ def mtls(cert_dir: Path | None, bundle: Path) -> ssl.SSLContext:
     return context
 
 
-def user_token(idp_port: int, subject: str) -> str:
-    """A JWT for ``subject`` from the local IdP (deploy/local/services/idp.py)."""
-    url = f"http://{HOST}:{idp_port}/token?sub={subject}"
+def user_token(idp_port: int, subject: str, scope: str = "", x5t: str = "") -> str:
+    """A JWT for ``subject`` from the local IdP (deploy/local/services/idp.py), with
+    ``scope`` and bound to the certificate whose ``x5t#S256`` is ``x5t`` if given."""
+    query = {"sub": subject} | ({"scope": scope} if scope else {}) | ({"x5t": x5t} if x5t else {})
+    url = f"http://{HOST}:{idp_port}/token?{urllib.parse.urlencode(query)}"
     request = urllib.request.Request(url, method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (http only)
         return str(json.loads(response.read())["access_token"])
@@ -140,6 +147,23 @@ class AccessLogs:
         for decision in decisions:
             decision["hop"] = self.hop_of(decision["decision_id"]) or "?"
         return decisions
+
+
+def arrived(reply: Reply) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What reached orders and payments past their sidecars (deploy/local/services/arrived.py),
+    from orders' answer: end-user credential headers, and the Txn-Token's claims."""
+    doc = reply.json()
+    if not isinstance(doc, dict):
+        return {}, {}
+    payments = (doc.get("payments") or {}).get("body")
+    at_payments = payments.get("arrived") if isinstance(payments, dict) else None
+    return doc.get("arrived") or {}, at_payments or {}
+
+
+def certificate_thumbprint(pem: Path) -> str:
+    """RFC 8705's ``x5t#S256`` of the certificate in ``pem``: what binds a token to it."""
+    leaf = x509.load_pem_x509_certificates(pem.read_bytes())[0]
+    return b64url_sha256(leaf.public_bytes(Encoding.DER))
 
 
 def hop(decision: dict[str, Any]) -> str:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from authd.demo.processes import DemoError, ProcessTable, alive
@@ -34,9 +38,12 @@ def describe_up(topology: Topology) -> list[str]:
         f"state directory: {layout.state_dir}  (logs in logs/, decisions in logs/decisions.jsonl)",
         f"authd: CA + ext_authz ({mode}) on 127.0.0.1:{ports.authd_http} (HTTP) and "
         f":{ports.authd_grpc} (gRPC); data {layout.data_dir}",
-        f"local IdP: POST http://127.0.0.1:{ports.idp}/token?sub=NAME gives a user's JWT",
+        f"local IdP: POST http://127.0.0.1:{ports.idp}/token?sub=NAME[&scope=S][&x5t=T] "
+        "gives a user's JWT (scope 'orders:read pay' to reach payments)",
         f"API key (name {'demo-client'}): {layout.api_key_path}",
-        f"front door (gateway Envoy): http://127.0.0.1:{ports.front_door}/orders/ID",
+        f"front door (gateway Envoy, mints the Txn-Token): "
+        f"http://127.0.0.1:{ports.front_door}/orders/ID, "
+        f"https://127.0.0.1:{ports.front_door_tls}/orders/ID (client certificate optional)",
         f"orders sidecar (mTLS): 127.0.0.1:{ports.orders_inbound}; "
         f"payments sidecar (mTLS): 127.0.0.1:{ports.payments_inbound}",
     ]
@@ -49,6 +56,24 @@ def describe_up(topology: Topology) -> list[str]:
     return lines
 
 
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (a `kill`, a closing terminal's supervisor) stops the demo as Ctrl-C does:
+    through its cleanup, not around it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(
     state_dir: Path | None,
     port_base: int,
@@ -57,7 +82,20 @@ def run(
     envoy: Path | None,
     keep: bool,
 ) -> bool:
-    """Up, walk through every step, down; the state directory is removed unless ``keep``."""
+    """Up, walk through every step, down (also on Ctrl-C or SIGTERM); the state directory is
+    removed unless ``keep``."""
+    with _sigterm_as_ctrl_c():
+        return _run(state_dir, port_base, authz, deploy_dir, envoy, keep)
+
+
+def _run(
+    state_dir: Path | None,
+    port_base: int,
+    authz: str,
+    deploy_dir: Path | None,
+    envoy: Path | None,
+    keep: bool,
+) -> bool:
     made = state_dir is None
     directory = Path(tempfile.mkdtemp(prefix="authd-demo-")) if state_dir is None else state_dir
     topology: Topology | None = None

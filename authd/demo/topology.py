@@ -3,9 +3,10 @@ behind an Envoy sidecar whose SVID comes from authd over SDS; everything on 127.
 under one state directory.
 
     client ─▶ gateway Envoy ─mTLS─▶ orders sidecar ─▶ orders ─▶ orders sidecar ─mTLS─▶
-              (ext_authz: gateway)  (ext_authz: orders)          (outbound)
+              (ext_authz: gateway,  (ext_authz: orders,          (outbound)
+               mints the Txn-Token)  verifies it)
                                                        payments sidecar ─▶ payments
-                                                       (ext_authz: payments)
+                                                       (ext_authz: payments, verifies it)
 
 Each Envoy runs from its own hard link (or copy) of the Envoy binary, and authd attests it
 by that path and the uid (``unix:path``, ``unix:uid``): several Envoys of one uid on one
@@ -77,6 +78,7 @@ class Ports:
     orders_inbound: int
     orders_outbound: int
     payments_inbound: int
+    front_door_tls: int
 
     @classmethod
     def from_base(cls, base: int) -> Ports:
@@ -316,11 +318,12 @@ class Topology:
             common
             | {
                 "LISTEN_PORT": ports.front_door,
+                "TLS_PORT": ports.front_door_tls,
                 "PEER_PORT": ports.orders_inbound,
                 "PEER_SPIFFE_ID": spiffe_id("orders"),
-                "POLICY": "gateway",
+                "TRUST_DOMAIN": TRUST_DOMAIN,
             },
-            listen=[ports.front_door],
+            listen=[ports.front_door, ports.front_door_tls],
         )
 
     def _start_envoy(
@@ -337,7 +340,6 @@ class Topology:
             layout.deploy_dir / "envoy" / template,
             values | {"SERVICE": service, "ACCESS_LOG": layout.access_log(service)},
             authz=layout.authz,
-            rule_set=service,
             grpc_port=layout.ports.authd_grpc,
             next_hop=next_hop,
         )

@@ -437,6 +437,7 @@ def _copy_decision(decision: Decision) -> Decision:
         dynamic_metadata=copy.deepcopy(metadata) if metadata else {},
         txn_scope=decision.txn_scope,  # a tuple: shared safely
         envoy=decision.envoy,  # frozen: shared
+        trace=decision.trace,  # frozen: shared
     )
 
 

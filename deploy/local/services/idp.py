@@ -2,7 +2,10 @@
 
 GET /jwks is what authd's [[authz.issuers]] jwks_uri points at; POST /token?sub=alice
 answers with a JWT for that subject (issuer http://idp.authd.local, audience "api", ten
-minutes). It signs for anyone who asks: it stands in for a real IdP on 127.0.0.1 only.
+minutes). Optional query parameters: ``scope`` (the token's ``scope`` claim, space-separated,
+e.g. ``scope=orders:read+pay``) and ``x5t`` (binds the token to a client certificate, RFC
+8705: ``cnf.x5t#S256``, the base64url SHA-256 of the certificate's DER). It signs for anyone
+who asks: it stands in for a real IdP on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -46,12 +49,23 @@ class Idp(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         url = urllib.parse.urlsplit(self.path)
-        subject = urllib.parse.parse_qs(url.query).get("sub", [""])[0]
+        query = urllib.parse.parse_qs(url.query)
+        subject = query.get("sub", [""])[0]
         if url.path != "/token" or not subject:
-            self.reply(400, b'{"error": "POST /token?sub=NAME"}')
+            self.reply(400, b'{"error": "POST /token?sub=NAME[&scope=S][&x5t=THUMBPRINT]"}')
             return
         now = int(time.time())
-        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": subject, "iat": now, "exp": now + 600}
+        claims: dict[str, Any] = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": subject,
+            "iat": now,
+            "exp": now + 600,
+        }
+        if "scope" in query:
+            claims["scope"] = query["scope"][0]
+        if "x5t" in query:
+            claims["cnf"] = {"x5t#S256": query["x5t"][0]}
         token = jwt.encode(claims, self.server.key, algorithm="ES256", headers={"kid": KID})
         self.reply(200, json.dumps({"access_token": token, "token_type": "Bearer"}).encode())
 

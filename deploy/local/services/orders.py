@@ -14,8 +14,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-# What travels with the call to the next hop. x-request-id joins the hops' decision logs;
-# TXN-TOKEN: `txn-token` is the transaction token authd will mint at the front door.
+from arrived import arrived  # beside this file
+
+# What travels with the call to the next hop: `txn-token`, the transaction token authd minted
+# at the front door (or the narrower one orders' sidecar got from authd), which payments'
+# sidecar verifies; x-request-id joins the hops' access logs.
 FORWARDED = ("x-request-id", "txn-token")
 _local = threading.local()
 
@@ -41,6 +44,7 @@ class Orders(BaseHTTPRequestHandler):
                 "user": self.headers.get("x-authd-subject"),
                 "decision_id": self.headers.get("x-authd-decision-id"),
                 "payments": {"status": status, "body": payments},
+                "arrived": arrived(self.headers),
             },
         )
 

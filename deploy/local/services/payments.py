@@ -11,6 +11,8 @@ import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from arrived import arrived  # beside this file
+
 
 class Payments(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -28,6 +30,7 @@ class Payments(BaseHTTPRequestHandler):
                 "payment": {"order": parts[1], "status": "settled"},
                 "caller": self.headers.get("x-authd-caller"),
                 "decision_id": self.headers.get("x-authd-decision-id"),
+                "arrived": arrived(self.headers),
             },
         )
 

@@ -15,7 +15,14 @@ from envoy.service.auth.v3 import external_auth_pb2
 
 from authd.authz.pipeline import Authorizer, identity_document
 from authd.check.input_document import input_document
-from authd.check.model import CheckContext, Decision, EnvoyResponse, Identities, Reason
+from authd.check.model import (
+    CheckContext,
+    Decision,
+    EnvoyResponse,
+    Identities,
+    PolicyTrace,
+    Reason,
+)
 from authd.extauthz.grpc_servicer import context_from_check_request
 from authd.policy.rego import RegoPolicy, prune_input
 from authd.policy.rego_source import is_deterministic
@@ -239,6 +246,7 @@ def test_decision_copy_knows_every_field_of_decision() -> None:
         dynamic_metadata={"g": {"h": 1}},
         txn_scope=("pay",),
         envoy=EnvoyResponse(headers=(("i", "9"),)),
+        trace=PolicyTrace({"allowed": True}, 5),
     )
     fields = {field.name for field in dataclasses.fields(Decision)}
     assert fields == {
@@ -255,6 +263,7 @@ def test_decision_copy_knows_every_field_of_decision() -> None:
         "dynamic_metadata",
         "txn_scope",
         "envoy",
+        "trace",
     }, "Decision changed: update _copy_decision in authd/policy/rego.py and this test"
     copied = _copy_decision(original)
     assert copied == original
