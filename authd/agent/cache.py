@@ -13,6 +13,9 @@ import asyncio
 import random
 from collections.abc import Callable, Iterable, Sequence
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
 from authd.ports.identity_source import WorkloadX509Svid
 from authd.workload.change_signal import ChangeSignal
 from authd.workload.svids import rotation_time
@@ -37,6 +40,8 @@ class AgentCache:
         self._entries: dict[str, RegistrationEntry] = {}
         self._svids: dict[str, WorkloadX509Svid] = {}
         self._federated: dict[str, TrustBundle] = {}
+        self._distrusted: tuple[x509.Certificate, ...] = ()
+        self._distrusted_entries: set[str] = set()  # their SVIDs were signed by one of those
         self._jwt: dict[tuple[str, tuple[str, ...]], tuple[JwtSvid, float]] = {}
         # Set by AgentSync: (entry_id, audience) -> a token the server minted (in a thread).
         self.jwt_minter: Callable[[str, list[str]], str] | None = None
@@ -144,6 +149,19 @@ class AgentCache:
             self._federated = dict(bundles)
             self._signal.bump()
 
+    def set_distrusted(self, authorities: Sequence[x509.Certificate]) -> None:
+        """Tainted or revoked authorities: the SVIDs they signed fall due at once."""
+        distrusted = tuple(authorities)
+        if distrusted == self._distrusted:
+            return
+        self._distrusted = distrusted
+        self._distrusted_entries = {
+            entry_id
+            for entry_id, svid in self._svids.items()
+            if any(_issued_by(svid.chain[0], authority) for authority in distrusted)
+        }
+        self._jwt.clear()  # a JWT authority may have changed too: ask again
+
     def set_entries(self, entries: Iterable[RegistrationEntry]) -> None:
         fresh = {e.entry_id: e for e in entries}
         if fresh == self._entries:
@@ -160,7 +178,12 @@ class AgentCache:
         due = []
         for entry in self._entries.values():
             svid = self._svids.get(entry.entry_id)
-            if svid is None or now >= svid.rotate_at or svid.entry_revision != entry.revision:
+            if (
+                svid is None
+                or now >= svid.rotate_at
+                or svid.entry_revision != entry.revision
+                or entry.entry_id in self._distrusted_entries
+            ):
                 due.append(entry)
         return due
 
@@ -169,6 +192,7 @@ class AgentCache:
         for svid in svids:
             if svid.entry_id in self._entries:
                 self._svids[svid.entry_id] = svid
+                self._distrusted_entries.discard(svid.entry_id)
                 changed = True
         if changed:
             self._signal.bump()
@@ -182,3 +206,11 @@ class AgentCache:
 
     def earliest_expiry(self) -> float | None:
         return min((s.expires_at for s in self._svids.values()), default=None)
+
+
+def _issued_by(leaf: x509.Certificate, authority: x509.Certificate) -> bool:
+    try:
+        leaf.verify_directly_issued_by(authority)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True

@@ -134,6 +134,9 @@ class AgentSync:
         self._cache.set_bundle(TrustBundle.parse(fetched.bundle_json, self._trust_domain))
         self._cache.set_entries(entries)
         self._cache.set_federated(_foreign_bundles(fetched.federated_bundles))
+        self._cache.set_distrusted(
+            [x509.load_der_x509_certificate(der) for der in fetched.distrusted_authorities]
+        )
         due = self._cache.due()
         if not due:
             return

@@ -102,6 +102,7 @@ class NodeApiService(node_pb2_grpc.NodeServicer):
             entries=[entry_to_proto(e) for e in entries],
             bundle_json=self._bundle().to_json(indent=None),
             federated_bundles=self._federated_json(entries),
+            distrusted_authorities=self._authority.distrusted_authorities(),
         )
 
     def _federated_json(self, entries: list[RegistrationEntry]) -> dict[str, str]:

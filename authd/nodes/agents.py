@@ -262,6 +262,14 @@ class NodeAuthority:
             self._ca.issuance_log.flush()  # revocable before it leaves the server
         return SignOutcome(signed, refused)
 
+    def distrusted_authorities(self) -> list[bytes]:
+        """The X.509 authorities tainted or revoked (DER): agents re-issue what they signed."""
+        return [
+            r.certificate_der
+            for r in self._ca.authorities()
+            if r.kind == "x509" and (r.tainted or r.revoked)
+        ]
+
     def mint_jwt(self, agent: AgentRecord, entry_id: str, audience: Sequence[str]) -> JwtSvid:
         """A JWT-SVID of one of the agent's entries, for ``audience``."""
         if not audience or len(audience) > MAX_AUDIENCES:

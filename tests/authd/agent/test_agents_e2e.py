@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import spiffe
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from spiffe.workloadapi.errors import FetchX509SvidError
 
 from tests.support.agents import TRUST_DOMAIN, Agent, Server, wait_until
+from tests.support.daemon import cli_json
 
 WAIT = 30
 PEM = Encoding.PEM
@@ -136,3 +138,39 @@ def test_a_workload_under_an_agent_gets_a_jwt_svid_the_server_minted(
         assert again.token == svid.token  # cached at the agent until half its life
         checked = client.validate_jwt_svid(svid.token, "orders")
         assert str(checked.spiffe_id) == f"spiffe://{TRUST_DOMAIN}/web"
+
+
+def test_svids_an_agent_holds_from_a_tainted_authority_are_reissued_at_once(
+    workdir: Path, server: Server, agents: list[Agent]
+) -> None:
+    server.entry(f"spiffe://{TRUST_DOMAIN}/web", f"spiffe://{TRUST_DOMAIN}/node/a")
+    a = start_agent(workdir, server, agents, "a", "a")
+    before = fetch_svid(a).cert_chain[0]
+    (old,) = [x for x in cli_json(server, "ca", "show")["authorities"]
+              if x["kind"] == "x509" and x["state"] == "active"]  # fmt: skip
+
+    server.cli("authority", "prepare", "--kind", "x509")
+    # The prepared authority reaches the agent's bundle before it signs anything: the agent
+    # must trust the server's next node API certificate before the server presents it.
+    wait_until("the agent to hold the prepared authority", lambda: len(roots(a)) == 2)
+    server.cli("authority", "activate", "--kind", "x509")
+    server.cli("authority", "taint", "--kind", "x509", "--id", str(old["authority_id"]))
+
+    def reissued() -> x509.Certificate | None:
+        leaf = fetch_svid(a).cert_chain[0]
+        return leaf if leaf.serial_number != before.serial_number else None
+
+    after = wait_until("the SVID re-issued by the new authority", reissued)
+    assert after.issuer == before.issuer  # the same subject (O=authd) ...
+    aki = x509.AuthorityKeyIdentifier
+    assert (
+        after.extensions.get_extension_for_class(aki).value.key_identifier
+        != before.extensions.get_extension_for_class(aki).value.key_identifier
+    )  # ... but the new key
+
+
+def roots(agent: Agent) -> list[x509.Certificate]:
+    with spiffe.WorkloadApiClient(socket_path=agent.socket_url) as client:
+        bundles = client.fetch_x509_bundles()
+    bundle = bundles.get_bundle_for_trust_domain(spiffe.TrustDomain(TRUST_DOMAIN))
+    return list(bundle.x509_authorities) if bundle is not None else []

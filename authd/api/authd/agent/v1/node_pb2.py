@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61uthd/agent/v1/node.proto\x12\x0e\x61uthd.agent.v1\"e\n\rAttestRequest\x12.\n\x06params\x18\x01 \x01(\x0b\x32\x1c.authd.agent.v1.AttestParamsH\x00\x12\x1c\n\x12\x63hallenge_response\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04step\"U\n\x0c\x41ttestParams\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x12\n\njoin_token\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x65rtificates\x18\x03 \x03(\x0c\x12\x0b\n\x03\x63sr\x18\x04 \x01(\x0c\"X\n\x0e\x41ttestResponse\x12\x13\n\tchallenge\x18\x01 \x01(\x0cH\x00\x12)\n\x04svid\x18\x02 \x01(\x0b\x32\x19.authd.agent.v1.AgentSvidH\x00\x42\x06\n\x04step\"[\n\tAgentSvid\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x12\n\ncert_chain\x18\x02 \x03(\x0c\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\x12\x13\n\x0b\x62undle_json\x18\x04 \x01(\t\" \n\x11RenewAgentRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"=\n\x12RenewAgentResponse\x12\'\n\x04svid\x18\x01 \x01(\x0b\x32\x19.authd.agent.v1.AgentSvid\"\x15\n\x13\x46\x65tchEntriesRequest\"\xf2\x01\n\x05\x45ntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x11\n\tparent_id\x18\x03 \x01(\t\x12\x11\n\tselectors\x18\x04 \x03(\t\x12\x15\n\rx509_svid_ttl\x18\x05 \x01(\x03\x12\x14\n\x0cjwt_svid_ttl\x18\x06 \x01(\x03\x12\x11\n\tdns_names\x18\x07 \x03(\t\x12\x16\n\x0e\x66\x65\x64\x65rates_with\x18\x08 \x03(\t\x12\x0c\n\x04hint\x18\t \x01(\t\x12\x12\n\nexpires_at\x18\n \x01(\x03\x12\x10\n\x08revision\x18\x0b \x01(\x03\x12\x12\n\ncreated_at\x18\x0c \x01(\x03\"\xe3\x01\n\x14\x46\x65tchEntriesResponse\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.authd.agent.v1.Entry\x12\x13\n\x0b\x62undle_json\x18\x02 \x01(\t\x12U\n\x11\x66\x65\x64\x65rated_bundles\x18\x03 \x03(\x0b\x32:.authd.agent.v1.FetchEntriesResponse.FederatedBundlesEntry\x1a\x37\n\x15\x46\x65\x64\x65ratedBundlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\x0bSvidRequest\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\x0c\"F\n\nSignedSvid\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x12\n\ncert_chain\x18\x02 \x03(\x0c\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\"E\n\x14SignX509SvidsRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.authd.agent.v1.SvidRequest\"\xb7\x01\n\x15SignX509SvidsResponse\x12)\n\x05svids\x18\x01 \x03(\x0b\x32\x1a.authd.agent.v1.SignedSvid\x12\x43\n\x07refused\x18\x02 \x03(\x0b\x32\x32.authd.agent.v1.SignX509SvidsResponse.RefusedEntry\x1a.\n\x0cRefusedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x12MintJwtSvidRequest\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x03(\t\"8\n\x13MintJwtSvidResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\x32\xb9\x03\n\x04Node\x12K\n\x06\x41ttest\x12\x1d.authd.agent.v1.AttestRequest\x1a\x1e.authd.agent.v1.AttestResponse(\x01\x30\x01\x12S\n\nRenewAgent\x12!.authd.agent.v1.RenewAgentRequest\x1a\".authd.agent.v1.RenewAgentResponse\x12Y\n\x0c\x46\x65tchEntries\x12#.authd.agent.v1.FetchEntriesRequest\x1a$.authd.agent.v1.FetchEntriesResponse\x12\\\n\rSignX509Svids\x12$.authd.agent.v1.SignX509SvidsRequest\x1a%.authd.agent.v1.SignX509SvidsResponse\x12V\n\x0bMintJwtSvid\x12\".authd.agent.v1.MintJwtSvidRequest\x1a#.authd.agent.v1.MintJwtSvidResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61uthd/agent/v1/node.proto\x12\x0e\x61uthd.agent.v1\"e\n\rAttestRequest\x12.\n\x06params\x18\x01 \x01(\x0b\x32\x1c.authd.agent.v1.AttestParamsH\x00\x12\x1c\n\x12\x63hallenge_response\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04step\"U\n\x0c\x41ttestParams\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x12\n\njoin_token\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x65rtificates\x18\x03 \x03(\x0c\x12\x0b\n\x03\x63sr\x18\x04 \x01(\x0c\"X\n\x0e\x41ttestResponse\x12\x13\n\tchallenge\x18\x01 \x01(\x0cH\x00\x12)\n\x04svid\x18\x02 \x01(\x0b\x32\x19.authd.agent.v1.AgentSvidH\x00\x42\x06\n\x04step\"[\n\tAgentSvid\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x12\n\ncert_chain\x18\x02 \x03(\x0c\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\x12\x13\n\x0b\x62undle_json\x18\x04 \x01(\t\" \n\x11RenewAgentRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"=\n\x12RenewAgentResponse\x12\'\n\x04svid\x18\x01 \x01(\x0b\x32\x19.authd.agent.v1.AgentSvid\"\x15\n\x13\x46\x65tchEntriesRequest\"\xf2\x01\n\x05\x45ntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x11\n\tparent_id\x18\x03 \x01(\t\x12\x11\n\tselectors\x18\x04 \x03(\t\x12\x15\n\rx509_svid_ttl\x18\x05 \x01(\x03\x12\x14\n\x0cjwt_svid_ttl\x18\x06 \x01(\x03\x12\x11\n\tdns_names\x18\x07 \x03(\t\x12\x16\n\x0e\x66\x65\x64\x65rates_with\x18\x08 \x03(\t\x12\x0c\n\x04hint\x18\t \x01(\t\x12\x12\n\nexpires_at\x18\n \x01(\x03\x12\x10\n\x08revision\x18\x0b \x01(\x03\x12\x12\n\ncreated_at\x18\x0c \x01(\x03\"\x83\x02\n\x14\x46\x65tchEntriesResponse\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.authd.agent.v1.Entry\x12\x13\n\x0b\x62undle_json\x18\x02 \x01(\t\x12U\n\x11\x66\x65\x64\x65rated_bundles\x18\x03 \x03(\x0b\x32:.authd.agent.v1.FetchEntriesResponse.FederatedBundlesEntry\x12\x1e\n\x16\x64istrusted_authorities\x18\x04 \x03(\x0c\x1a\x37\n\x15\x46\x65\x64\x65ratedBundlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\x0bSvidRequest\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\x0c\"F\n\nSignedSvid\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x12\n\ncert_chain\x18\x02 \x03(\x0c\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\"E\n\x14SignX509SvidsRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.authd.agent.v1.SvidRequest\"\xb7\x01\n\x15SignX509SvidsResponse\x12)\n\x05svids\x18\x01 \x03(\x0b\x32\x1a.authd.agent.v1.SignedSvid\x12\x43\n\x07refused\x18\x02 \x03(\x0b\x32\x32.authd.agent.v1.SignX509SvidsResponse.RefusedEntry\x1a.\n\x0cRefusedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x12MintJwtSvidRequest\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x03(\t\"8\n\x13MintJwtSvidResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\x32\xb9\x03\n\x04Node\x12K\n\x06\x41ttest\x12\x1d.authd.agent.v1.AttestRequest\x1a\x1e.authd.agent.v1.AttestResponse(\x01\x30\x01\x12S\n\nRenewAgent\x12!.authd.agent.v1.RenewAgentRequest\x1a\".authd.agent.v1.RenewAgentResponse\x12Y\n\x0c\x46\x65tchEntries\x12#.authd.agent.v1.FetchEntriesRequest\x1a$.authd.agent.v1.FetchEntriesResponse\x12\\\n\rSignX509Svids\x12$.authd.agent.v1.SignX509SvidsRequest\x1a%.authd.agent.v1.SignX509SvidsResponse\x12V\n\x0bMintJwtSvid\x12\".authd.agent.v1.MintJwtSvidRequest\x1a#.authd.agent.v1.MintJwtSvidResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,23 +52,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENTRY']._serialized_start=539
   _globals['_ENTRY']._serialized_end=781
   _globals['_FETCHENTRIESRESPONSE']._serialized_start=784
-  _globals['_FETCHENTRIESRESPONSE']._serialized_end=1011
-  _globals['_FETCHENTRIESRESPONSE_FEDERATEDBUNDLESENTRY']._serialized_start=956
-  _globals['_FETCHENTRIESRESPONSE_FEDERATEDBUNDLESENTRY']._serialized_end=1011
-  _globals['_SVIDREQUEST']._serialized_start=1013
-  _globals['_SVIDREQUEST']._serialized_end=1057
-  _globals['_SIGNEDSVID']._serialized_start=1059
-  _globals['_SIGNEDSVID']._serialized_end=1129
-  _globals['_SIGNX509SVIDSREQUEST']._serialized_start=1131
-  _globals['_SIGNX509SVIDSREQUEST']._serialized_end=1200
-  _globals['_SIGNX509SVIDSRESPONSE']._serialized_start=1203
-  _globals['_SIGNX509SVIDSRESPONSE']._serialized_end=1386
-  _globals['_SIGNX509SVIDSRESPONSE_REFUSEDENTRY']._serialized_start=1340
-  _globals['_SIGNX509SVIDSRESPONSE_REFUSEDENTRY']._serialized_end=1386
-  _globals['_MINTJWTSVIDREQUEST']._serialized_start=1388
-  _globals['_MINTJWTSVIDREQUEST']._serialized_end=1444
-  _globals['_MINTJWTSVIDRESPONSE']._serialized_start=1446
-  _globals['_MINTJWTSVIDRESPONSE']._serialized_end=1502
-  _globals['_NODE']._serialized_start=1505
-  _globals['_NODE']._serialized_end=1946
+  _globals['_FETCHENTRIESRESPONSE']._serialized_end=1043
+  _globals['_FETCHENTRIESRESPONSE_FEDERATEDBUNDLESENTRY']._serialized_start=988
+  _globals['_FETCHENTRIESRESPONSE_FEDERATEDBUNDLESENTRY']._serialized_end=1043
+  _globals['_SVIDREQUEST']._serialized_start=1045
+  _globals['_SVIDREQUEST']._serialized_end=1089
+  _globals['_SIGNEDSVID']._serialized_start=1091
+  _globals['_SIGNEDSVID']._serialized_end=1161
+  _globals['_SIGNX509SVIDSREQUEST']._serialized_start=1163
+  _globals['_SIGNX509SVIDSREQUEST']._serialized_end=1232
+  _globals['_SIGNX509SVIDSRESPONSE']._serialized_start=1235
+  _globals['_SIGNX509SVIDSRESPONSE']._serialized_end=1418
+  _globals['_SIGNX509SVIDSRESPONSE_REFUSEDENTRY']._serialized_start=1372
+  _globals['_SIGNX509SVIDSRESPONSE_REFUSEDENTRY']._serialized_end=1418
+  _globals['_MINTJWTSVIDREQUEST']._serialized_start=1420
+  _globals['_MINTJWTSVIDREQUEST']._serialized_end=1476
+  _globals['_MINTJWTSVIDRESPONSE']._serialized_start=1478
+  _globals['_MINTJWTSVIDRESPONSE']._serialized_end=1534
+  _globals['_NODE']._serialized_start=1537
+  _globals['_NODE']._serialized_end=1978
 # @@protoc_insertion_point(module_scope)

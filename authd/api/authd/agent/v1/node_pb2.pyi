@@ -91,7 +91,7 @@ class Entry(_message.Message):
     def __init__(self, entry_id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., parent_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., x509_svid_ttl: _Optional[int] = ..., jwt_svid_ttl: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., federates_with: _Optional[_Iterable[str]] = ..., hint: _Optional[str] = ..., expires_at: _Optional[int] = ..., revision: _Optional[int] = ..., created_at: _Optional[int] = ...) -> None: ...
 
 class FetchEntriesResponse(_message.Message):
-    __slots__ = ("entries", "bundle_json", "federated_bundles")
+    __slots__ = ("entries", "bundle_json", "federated_bundles", "distrusted_authorities")
     class FederatedBundlesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,10 +102,12 @@ class FetchEntriesResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_JSON_FIELD_NUMBER: _ClassVar[int]
     FEDERATED_BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    DISTRUSTED_AUTHORITIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[Entry]
     bundle_json: str
     federated_bundles: _containers.ScalarMap[str, str]
-    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., bundle_json: _Optional[str] = ..., federated_bundles: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    distrusted_authorities: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., bundle_json: _Optional[str] = ..., federated_bundles: _Optional[_Mapping[str, str]] = ..., distrusted_authorities: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class SvidRequest(_message.Message):
     __slots__ = ("entry_id", "csr")
