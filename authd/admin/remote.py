@@ -21,13 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import grpc
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from authd.transport.tls_peer import client_chain
 from ca.certificate_authority import CertificateAuthority
 from ca.clock import Clock
 from ca.keys import KeyType
@@ -48,36 +47,6 @@ ADMIN_TLS_NAME = "authd-admin"
 ROTATE_AT = 0.5  # of the server SVID's lifetime
 ROTATION_CHECK_INTERVAL = 1.0  # seconds
 REQUESTER = "authd:remote-admin"  # the server SVID's requester in the issuance log
-
-
-def client_chain(auth_context: Mapping[str, Iterable[bytes]]) -> list[x509.Certificate] | None:
-    """The certificate chain (leaf first) a TLS client presented, from a call's auth context.
-
-    None when the call did not come over TLS. Only what the peer sent: it is not yet
-    verified, so nothing in it may be believed before the CA has checked the chain.
-    """
-    if b"ssl" not in list(auth_context.get("transport_security_type", ())):
-        return None
-    leaves = [cert for pem in auth_context.get("x509_pem_cert", ()) for cert in _certificates(pem)]
-    if len(leaves) != 1:
-        return []
-    leaf = leaves[0]
-    # grpc lists the intermediates the client sent; whether the leaf is among them differs
-    # between TLS stacks and sides, so it is dropped here and put first.
-    intermediates = [
-        cert
-        for pem in auth_context.get("x509_pem_cert_chain", ())
-        for cert in _certificates(pem)
-        if cert != leaf
-    ]
-    return [leaf, *intermediates]
-
-
-def _certificates(pem: bytes) -> list[x509.Certificate]:
-    try:
-        return x509.load_pem_x509_certificates(pem)
-    except ValueError:
-        return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +88,11 @@ class AdminServerSvid:
         spiffe_id: SpiffeId,
         *,
         key_type: KeyType = KeyType.EC_P256,
+        dns_name: str = ADMIN_TLS_NAME,
+        requester: str = REQUESTER,
     ) -> None:
+        self._dns_name = dns_name
+        self._requester = requester
         self._ca = ca
         self._clock = clock
         self._spiffe_id = spiffe_id
@@ -133,14 +106,15 @@ class AdminServerSvid:
     def current(self) -> ServerCertificate:
         return self._current
 
-    def credentials(self) -> grpc.ServerCredentials:
-        """TLS server credentials that require a client certificate and follow rotations."""
+    def credentials(self, *, require_client: bool = True) -> grpc.ServerCredentials:
+        """TLS server credentials that (by default) require a client certificate and follow
+        rotations."""
         with self._lock:
             self._fetched = current = self._current
         return grpc.dynamic_ssl_server_credentials(
             current.configuration(),
             self.fetch,  # type: ignore[arg-type]  # the stubs omit that None means "unchanged"
-            require_client_authentication=True,
+            require_client_authentication=require_client,
         )
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
@@ -186,8 +160,8 @@ class AdminServerSvid:
         svid = self._ca.sign_x509_svid(
             key.public_key(),
             spiffe_id=self._spiffe_id,
-            dns_names=[ADMIN_TLS_NAME],
-            requester=REQUESTER,
+            dns_names=[self._dns_name],
+            requester=self._requester,
         )
         return ServerCertificate(
             spiffe_id=str(svid.spiffe_id),

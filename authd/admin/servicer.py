@@ -17,6 +17,7 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 
 from authd.admin import proto
+from authd.admin.agents import AgentOperations
 from authd.admin.audit import AuditOperations
 from authd.admin.authorities import AuthorityOperations
 from authd.admin.callers import AdminCaller, AdminGate
@@ -37,6 +38,7 @@ from authd.admin.revocations import RevocationOperations
 from authd.admin.store_ops import StoreOperations
 from authd.admin.worker import OperationWorker
 from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
+from authd.nodes.agents import NodeAuthority
 from authd.transport.peercred import PeerCredGateway
 from authd.workload.registry import EntryRegistry
 from authd.workload.sds_stream import SdsStreamStatus
@@ -77,6 +79,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         sds_status: Callable[[], Sequence[SdsStreamStatus]] | None = None,
         federated_bundles: Callable[[], list[admin_pb2.FederatedBundle]] | None = None,
         xds_report: Callable[[], XdsReport] | None = None,
+        nodes: NodeAuthority | None = None,
     ) -> None:
         """``revocations`` is the daemon's list, the one ext_authz and the Workload API
         consult; without it the service keeps one of its own over the CA's store.
@@ -95,6 +98,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self._federated_bundles = federated_bundles
         self._xds_report = xds_report
         self._worker = OperationWorker()
+        self._agents = AgentOperations(nodes)
 
     def close(self) -> None:
         self._worker.close()
@@ -424,3 +428,49 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             audit_records=counts["audit"],
             forced=result.forced,
         )
+
+    # --- node agents ----------------------------------------------------------------------
+
+    async def CreateJoinToken(
+        self, request: admin_pb2.CreateJoinTokenRequest, context: Context
+    ) -> admin_pb2.CreateJoinTokenResponse:
+        token, expires_at = await self._serve(
+            context,
+            lambda caller: self._agents.create_join_token(caller, request.spiffe_id, request.ttl),
+        )
+        return admin_pb2.CreateJoinTokenResponse(token=token, expires_at=expires_at)
+
+    async def ListAgents(
+        self, request: admin_pb2.ListAgentsRequest, context: Context
+    ) -> admin_pb2.ListAgentsResponse:
+        agents = await self._serve(context, lambda _: self._agents.list())
+        return admin_pb2.ListAgentsResponse(
+            agents=[
+                admin_pb2.Agent(
+                    agent_id=a.agent_id,
+                    method=a.method,
+                    node_id=a.node_id,
+                    serial=a.serial,
+                    attested_at=a.attested_at,
+                    expires_at=a.expires_at,
+                    banned=a.banned,
+                )
+                for a in agents
+            ]
+        )
+
+    async def EvictAgent(
+        self, request: admin_pb2.EvictAgentRequest, context: Context
+    ) -> admin_pb2.EvictAgentResponse:
+        revoked = await self._serve(
+            context, lambda caller: self._agents.evict(caller, request.agent_id)
+        )
+        return admin_pb2.EvictAgentResponse(revoked=revoked)
+
+    async def BanAgent(
+        self, request: admin_pb2.BanAgentRequest, context: Context
+    ) -> admin_pb2.BanAgentResponse:
+        revoked = await self._serve(
+            context, lambda caller: self._agents.ban(caller, request.agent_id)
+        )
+        return admin_pb2.BanAgentResponse(revoked=revoked)

@@ -20,6 +20,7 @@ from authd.admin.store_ops import StoreOperations
 from authd.api.authd.admin.v1 import admin_pb2, admin_pb2_grpc
 from authd.app.errors import StartupError
 from authd.config.model import Config
+from authd.nodes.agents import NodeAuthority
 from authd.transport.grpc_options import grpc_server_options
 from authd.transport.peercred import PeerCredGateway
 from authd.transport.refusals import RefusalCallback
@@ -54,8 +55,10 @@ class AdminListeners:
         sds_status: Callable[[], Sequence[SdsStreamStatus]] | None = None,
         federated_bundles: Callable[[], list[admin_pb2.FederatedBundle]] | None = None,
         xds_report: Callable[[], XdsReport] | None = None,
+        nodes: NodeAuthority | None = None,
     ) -> None:
         self.config = config
+        self._nodes = nodes
         self._federated_bundles = federated_bundles
         self._store = store
         self._sds_status = sds_status
@@ -101,6 +104,7 @@ class AdminListeners:
             self._sds_status,
             self._federated_bundles,
             self._xds_report,
+            nodes=self._nodes,
         )
         admin_pb2_grpc.add_AdminServicer_to_server(self._admin_service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

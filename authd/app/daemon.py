@@ -35,6 +35,7 @@ from authd.app.errors import StartupError
 from authd.app.federation import Federation
 from authd.app.high_availability import HighAvailability, open_high_availability
 from authd.app.loop_dispatch import on_loop
+from authd.app.node_listeners import NodeListeners, node_authority
 from authd.app.refusals import ListenerRefusals
 from authd.app.replicas import change_feed_position, follow_store
 from authd.app.store_durability import check_store_durability
@@ -78,6 +79,7 @@ class Daemon:
         self.fast_path: NativeFastPath | None = None
         self.follower: ReplicaFollower | None = None
         self._bundle_endpoint: BundleEndpoint | None = None
+        self._node_listeners: NodeListeners | None = None
         self.federation: Federation | None = None
         self.trust: StoreTrust | None = None
         self.ha: HighAvailability | None = None
@@ -159,6 +161,9 @@ class Daemon:
             sequences=MIRRORED_SEQUENCES,
             on_adopted=lambda: self._reload_view(loop),
         )
+        self.nodes = node_authority(
+            config, ca=self.ca, store=self._store, revocations=self.revocations, clock=self.clock
+        )
         self._admin = AdminListeners(
             config,
             ca=self.ca,
@@ -171,6 +176,7 @@ class Daemon:
             sds_status=self._sds_status if config.workload.enabled else None,
             federated_bundles=self.federation.listing,
             xds_report=self._xds_report,
+            nodes=self.nodes,
         )
         await self._admin.start()
         self._authz = AuthzListeners(
@@ -222,6 +228,15 @@ class Daemon:
                     f"cannot serve the bundle endpoint on {config.ca.http_address}: {exc.strerror}"
                 ) from None
             self._bundle_endpoint = endpoint
+        if self.nodes is not None:
+            self._node_listeners = NodeListeners(
+                config,
+                ca=self.ca,
+                clock=self.clock,
+                nodes=self.nodes,
+                federated=self.federation.bundles,
+            )
+            await self._node_listeners.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(ADMIN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(EXT_AUTHZ_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -336,6 +351,8 @@ class Daemon:
             await self._workload.close()
         if self._bundle_endpoint is not None:
             await self._bundle_endpoint.close()
+        if self._node_listeners is not None:
+            await self._node_listeners.close()
         if self.federation is not None:
             await self.federation.close()
         if self._authz is not None:

@@ -37,7 +37,12 @@ async def start_workload(
     extra_services: Sequence[AddService] = (),
 ) -> WorkloadEndpoint:
     """Serve the workload endpoint; its SVIDs come from ``ca`` for ``entries``."""
-    svids = SvidProvider(ca, entries, clock, revocations=revocations, federated=federation)
+    # With node agents, an entry parented to an agent (or its node alias) is that agent's to
+    # serve: the server's own socket serves only the entries parented to the server.
+    own = str(ca.trust_domain.spiffe_id("/authd")) if config.agent.attestation_address else None
+    svids = SvidProvider(
+        ca, entries, clock, revocations=revocations, federated=federation, parent_id=own
+    )
     endpoint = WorkloadEndpoint(
         identities=svids,
         socket_path=config.workload_socket_path,

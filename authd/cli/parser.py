@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 
+from authd.cli.agent_commands import add_agent_commands
 from authd.cli.audit_commands import cmd_audit_log, cmd_audit_verify, cmd_svid_list
 from authd.cli.ca_commands import (
     cmd_authority_activate,
@@ -426,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sds_commands(commands, client)
     add_demo_parser(commands)
     add_xds_commands(commands, client)
+    add_agent_commands(commands, common, client)
     completion = commands.add_parser("completion", help="print a shell completion script")
     completion.add_argument("shell", choices=list(SHELLS), help="bash, zsh or fish")
     completion.set_defaults(func=cmd_completion, root_parser=parser)

@@ -52,6 +52,7 @@ SECTIONS = (
     "federation",
     "xds",
     "decision_logs",
+    "agent",
 )
 
 # Every key, "section.key" or "key", with the parser that checks and converts its value.
@@ -168,6 +169,18 @@ PARSERS: dict[str, Callable[[object], object]] = {
     "decision_logs.mask_decision": parse_data_path,
     "decision_logs.drop_decision": parse_data_path,
     "decision_logs.labels": parse_labels,
+    "agent.attestation_address": parse_address,
+    "agent.node_api_address": parse_address,
+    "agent.svid_ttl": parse_positive_duration,
+    "agent.join_token_ttl": parse_positive_duration,
+    "agent.x509pop_ca_path": parse_path,
+    "agent.trust_bundle_path": parse_path,
+    "agent.insecure_bootstrap": parse_bool,
+    "agent.join_token": parse_str,
+    "agent.x509pop_cert_path": parse_path,
+    "agent.x509pop_key_path": parse_path,
+    "agent.sync_interval": parse_positive_duration,
+    "agent.metrics_address": parse_address,
 }
 
 

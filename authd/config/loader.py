@@ -20,6 +20,7 @@ from authd.config.errors import ConfigError
 from authd.config.keys import ENV_KEYS, ENV_PREFIX, PARSERS, SECTIONS, unknown_key
 from authd.config.model import (
     AdminConfig,
+    AgentConfig,
     AuthzConfig,
     CAConfig,
     Config,
@@ -169,6 +170,7 @@ def load_config(
         xds=XdsConfig(**section("xds")),
         decision_logs=_decision_logs(section("decision_logs"), opa),
         opa=opa,
+        agent=AgentConfig(**section("agent")),
         **top,
     )
     check_consistency(config, sources)

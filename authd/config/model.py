@@ -21,6 +21,7 @@ __all__ = [
     "LOG_LEVELS",
     "OPA_ENVOY_EXTRAS",
     "AdminConfig",
+    "AgentConfig",
     "AuthzConfig",
     "CAConfig",
     "Config",
@@ -268,6 +269,24 @@ class FederationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """[agent]: node agents. The server listens on the two addresses; an agent dials them."""
+
+    attestation_address: str = ""  # host:port, server TLS: Node.Attest; "" = no agents
+    node_api_address: str = ""  # host:port, mutual TLS with the agent SVID
+    svid_ttl: int = 3600  # server: the agent SVIDs' lifetime
+    join_token_ttl: int = 600  # server: default lifetime of a join token
+    x509pop_ca_path: str = ""  # server: PEM roots node certificates must chain to
+    trust_bundle_path: str = ""  # agent: PEM roots the server's certificate must chain to
+    insecure_bootstrap: bool = False  # agent: trust the server's first certificate (tests)
+    join_token: str = ""  # agent: attest with this token
+    x509pop_cert_path: str = ""  # agent: attest with this node certificate (PEM chain) ...
+    x509pop_key_path: str = ""  # ... and its key
+    sync_interval: int = 5  # agent: fetch entries and renew what is due this often
+    metrics_address: str = ""  # agent: Prometheus /metrics on host:port
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration, validated. Durations are int seconds."""
 
@@ -286,6 +305,7 @@ class Config:
     decision_logs: DecisionLogSettings = field(default_factory=DecisionLogSettings)
     # What authz.opa_config's file says (services, bundles, keys, decision_logs, labels).
     opa: OpaSettings = field(default_factory=OpaSettings)
+    agent: AgentConfig = field(default_factory=AgentConfig)
 
     def resolve_path(self, path: str | Path) -> Path:
         """``path`` made absolute against ``data_dir`` (absolute paths are returned as is)."""

@@ -62,7 +62,7 @@ class IdentitySource(Protocol):
 
     The synchronous methods answer from memory (at most they sign one SVID); anything that
     may wait on storage or the network is a coroutine. ``ca.errors.CAError`` from
-    :meth:`x509_svid` or :meth:`jwt_svid` means that identity cannot be had now;
+    :meth:`x509_svid` or :meth:`fetch_jwt_svid` means that identity cannot be had now;
     ``ca.errors.VerificationError`` from :meth:`verify_jwt_svid` means the token is refused.
     """
 
@@ -99,8 +99,8 @@ class IdentitySource(Protocol):
         """
         ...
 
-    def jwt_svid(self, entry: RegistrationEntry, audience: Sequence[str]) -> JwtSvid:
-        """A JWT-SVID of ``entry`` for ``audience``."""
+    async def fetch_jwt_svid(self, entry: RegistrationEntry, audience: Sequence[str]) -> JwtSvid:
+        """A JWT-SVID of ``entry`` for ``audience`` (an agent may have to ask its server)."""
         ...
 
     def verify_jwt_svid(self, token: str, audience: Sequence[str]) -> JwtSvid:

@@ -61,7 +61,11 @@ class SvidProvider:
         rng: random.Random | None = None,
         revocations: Revoker | None = None,
         federated: ForeignBundles | None = None,
+        parent_id: str | None = None,
     ) -> None:
+        """``parent_id``: serve only entries with this parent (with node agents, the
+        server's own ID: the other entries are the agents' to serve)."""
+        self._parent_id = parent_id
         self._ca = ca
         self._federated = federated
         self._registry = registry
@@ -87,6 +91,8 @@ class SvidProvider:
     def entries_for(self, selectors: Iterable[Selector]) -> list[RegistrationEntry]:
         """The entries granted to a workload with ``selectors``, less revoked ones."""
         entries = self._registry.match(selectors)
+        if self._parent_id is not None:
+            entries = [e for e in entries if e.parent_id == self._parent_id]
         revocations = self._revocations
         if revocations is None:
             return entries
@@ -132,6 +138,10 @@ class SvidProvider:
 
     def verify_jwt_svid(self, token: str, audience: Sequence[str]) -> JwtSvid:
         return self._ca.verify_jwt_svid(token, audience)
+
+    async def fetch_jwt_svid(self, entry: RegistrationEntry, audience: Sequence[str]) -> JwtSvid:
+        """The port's form of :meth:`jwt_svid` (signed here, in memory)."""
+        return self.jwt_svid(entry, audience)
 
     def jwt_svid(self, entry: RegistrationEntry, audience: Sequence[str]) -> JwtSvid:
         """A JWT-SVID for ``entry`` and ``audience``, reused until half its life has passed."""

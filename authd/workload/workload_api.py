@@ -270,7 +270,9 @@ class WorkloadApiService(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                     f"no identity issued for {wanted}",
                 )
         try:
-            svids = [(entry, self._identities.jwt_svid(entry, audience)) for entry in entries]
+            svids = [
+                (entry, await self._identities.fetch_jwt_svid(entry, audience)) for entry in entries
+            ]
         except CAError as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return workload_pb2.JWTSVIDResponse(

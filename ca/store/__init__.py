@@ -25,10 +25,12 @@ from ca.store.base import (
 from ca.store.durability import Durability, NotDurable
 from ca.store.records import (
     AUDIT_GENESIS_HASH,
+    AgentRecord,
     AuditRecord,
     AuthorityRecord,
     FederatedBundleRecord,
     IssuanceRecord,
+    JoinTokenRecord,
     RegistrationEntry,
     Revocation,
     Selector,
@@ -41,6 +43,7 @@ from ca.store.urls import SQLITE_SCHEME, is_shared, redact_url
 
 __all__ = [
     "AUDIT_GENESIS_HASH",
+    "AgentRecord",
     "AlreadyExists",
     "AuditDraft",
     "AuditRecord",
@@ -54,6 +57,7 @@ __all__ = [
     "FederatedBundleRecord",
     "Fenced",
     "IssuanceRecord",
+    "JoinTokenRecord",
     "NotDurable",
     "NotFound",
     "RedisStore",

@@ -20,10 +20,12 @@ from typing import Any, Protocol, Self, TypedDict
 from ca.lease import Claim, Lease
 from ca.store.records import (
     AUDIT_GENESIS_HASH,
+    AgentRecord,
     AuditRecord,
     AuthorityRecord,
     FederatedBundleRecord,
     IssuanceRecord,
+    JoinTokenRecord,
     RegistrationEntry,
     Revocation,
     Selector,
@@ -344,6 +346,33 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def delete_federated_bundle(self, trust_domain: str) -> None:
         """Forget the bundle of ``trust_domain``; ``NotFound`` if there is none."""
+
+    # -- node agents ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def save_join_token(self, record: JoinTokenRecord) -> None:
+        """Keep a new join token; ``AlreadyExists`` if one with its hash is kept already."""
+
+    @abc.abstractmethod
+    def take_join_token(self, token_hash: str) -> JoinTokenRecord:
+        """Remove and return the join token with ``token_hash``, atomically: of two callers
+        only one gets it. ``NotFound`` if there is none (never made, or already used)."""
+
+    @abc.abstractmethod
+    def save_agent(self, record: AgentRecord) -> None:
+        """Insert or replace the agent ``record.agent_id``."""
+
+    @abc.abstractmethod
+    def get_agent(self, agent_id: str) -> AgentRecord:
+        """The agent ``agent_id``; ``NotFound`` if there is none."""
+
+    @abc.abstractmethod
+    def list_agents(self) -> list[AgentRecord]:
+        """Every attested agent, by SPIFFE ID."""
+
+    @abc.abstractmethod
+    def delete_agent(self, agent_id: str) -> None:
+        """Forget the agent ``agent_id``; ``NotFound`` if there is none."""
 
     # -- audit ---------------------------------------------------------------------------
 

@@ -130,6 +130,37 @@ class FederatedBundleRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class JoinTokenRecord:
+    """A join token an agent may attest with once before ``expires_at``.
+
+    ``token_hash`` is the SHA-256 (hex) of the token: the token itself is never stored.
+    ``node_id`` is the SPIFFE ID the token's agent answers to as a parent, besides its own.
+    """
+
+    token_hash: str
+    node_id: str
+    expires_at: int
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """An attested node agent: its SPIFFE ID, how it attested, its current SVID's serial.
+
+    ``node_id`` is an alias entries may name as their parent (from the join token), or "".
+    A ``banned`` agent may neither renew nor attest again; an evicted one is deleted.
+    """
+
+    agent_id: str
+    method: str
+    node_id: str
+    serial: str
+    attested_at: int
+    expires_at: int
+    banned: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class AuditRecord:
     """One link of the append-only audit chain; ``seq``, ``prev_hash`` and ``hash`` come from
     the store."""

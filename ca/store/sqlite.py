@@ -34,10 +34,12 @@ from ca.store.base import (
 from ca.store.durability import Durability, sqlite_synchronous
 from ca.store.records import (
     AUDIT_GENESIS_HASH,
+    AgentRecord,
     AuditRecord,
     AuthorityRecord,
     FederatedBundleRecord,
     IssuanceRecord,
+    JoinTokenRecord,
     RegistrationEntry,
     Revocation,
     Selector,
@@ -56,6 +58,7 @@ from ca.store.sqlite_rows import (
     selectors_from_json,
 )
 from ca.store.sqlite_schema import (
+    AGENT_COLUMNS,
     AUDIT_COLUMNS,
     AUTHORITY_COLUMNS,
     DUPLICATE_KEY_ERRORS,
@@ -64,13 +67,16 @@ from ca.store.sqlite_schema import (
     INSERT_AUDIT,
     INSERT_ENTRY,
     INSERT_ISSUANCE,
+    INSERT_JOIN_TOKEN,
     INSERT_REVOCATION,
     ISSUANCE_COLUMNS,
+    JOIN_TOKEN_COLUMNS,
     MIGRATIONS,
     NEXT_SEQUENCE,
     REVOCATION_COLUMNS,
     SCHEMA_VERSION,
     UPDATE_ENTRY,
+    UPSERT_AGENT,
     UPSERT_AUTHORITY,
     UPSERT_FEDERATED_BUNDLE,
     select,
@@ -506,6 +512,63 @@ class SQLiteStore(Store):
             if cursor.rowcount == 0:
                 raise NotFound(f"no bundle of trust domain {trust_domain!r}")
 
+    # -- node agents ---------------------------------------------------------------------
+
+    def save_join_token(self, record: JoinTokenRecord) -> None:
+        row = (record.token_hash, record.node_id, record.expires_at, record.created_at)
+        with self._transaction() as conn:
+            try:
+                conn.execute(INSERT_JOIN_TOKEN, row)
+            except sqlite3.IntegrityError as exc:
+                if exc.sqlite_errorname in DUPLICATE_KEY_ERRORS:
+                    raise AlreadyExists("that join token exists already") from None
+                raise
+
+    def take_join_token(self, token_hash: str) -> JoinTokenRecord:
+        with self._transaction() as conn:
+            row = conn.execute(
+                f"DELETE FROM join_tokens WHERE token_hash = ? RETURNING {JOIN_TOKEN_COLUMNS}",  # noqa: S608
+                (token_hash,),
+            ).fetchone()
+        if row is None:
+            raise NotFound("no such join token (never made, or used already)")
+        return JoinTokenRecord(*row)
+
+    def save_agent(self, record: AgentRecord) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                UPSERT_AGENT,
+                (
+                    record.agent_id,
+                    record.method,
+                    record.node_id,
+                    record.serial,
+                    record.attested_at,
+                    record.expires_at,
+                    int(record.banned),
+                ),
+            )
+
+    def get_agent(self, agent_id: str) -> AgentRecord:
+        with self._connection() as conn:
+            row = conn.execute(
+                select(AGENT_COLUMNS, "agents", "WHERE agent_id = ?"), (agent_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"no agent {agent_id!r}")
+        return _agent_from_row(row)
+
+    def list_agents(self) -> list[AgentRecord]:
+        with self._connection() as conn:
+            rows = conn.execute(select(AGENT_COLUMNS, "agents", "", "agent_id")).fetchall()
+        return [_agent_from_row(row) for row in rows]
+
+    def delete_agent(self, agent_id: str) -> None:
+        with self._transaction() as conn:
+            cursor = conn.execute("DELETE FROM agents WHERE agent_id = ?", (agent_id,))
+            if cursor.rowcount == 0:
+                raise NotFound(f"no agent {agent_id!r}")
+
     # -- audit ---------------------------------------------------------------------------
 
     def append_audit(
@@ -585,3 +648,16 @@ def _refuse_duplicate_selectors(conn: sqlite3.Connection, entry: RegistrationEnt
                 f"registration entry {other_id!r} already maps the same selectors under"
                 f" parent {entry.parent_id!r} to {entry.spiffe_id!r}"
             )
+
+
+def _agent_from_row(row: tuple[object, ...]) -> AgentRecord:
+    agent_id, method, node_id, serial, attested_at, expires_at, banned = row
+    return AgentRecord(
+        str(agent_id),
+        str(method),
+        str(node_id),
+        str(serial),
+        int(attested_at),  # type: ignore[call-overload]
+        int(expires_at),  # type: ignore[call-overload]
+        bool(banned),
+    )

@@ -91,6 +91,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             endpoint_url TEXT NOT NULL
         ) STRICT""",
     ),
+    (
+        """CREATE TABLE join_tokens (
+            token_hash TEXT PRIMARY KEY,
+            node_id TEXT NOT NULL,
+            expires_at INTEGER NOT NULL,
+            created_at INTEGER NOT NULL
+        ) STRICT""",
+        """CREATE TABLE agents (
+            agent_id TEXT PRIMARY KEY,
+            method TEXT NOT NULL,
+            node_id TEXT NOT NULL,
+            serial TEXT NOT NULL,
+            attested_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            banned INTEGER NOT NULL
+        ) STRICT""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -107,6 +124,8 @@ ENTRY_COLUMNS = (
 )
 REVOCATION_COLUMNS = "target_kind, target, reason, note, revoked_at, revoked_by"
 FEDERATED_BUNDLE_COLUMNS = "trust_domain, bundle_json, sequence, refreshed_at, endpoint_url"
+JOIN_TOKEN_COLUMNS = "token_hash, node_id, expires_at, created_at"  # noqa: S105 - names
+AGENT_COLUMNS = "agent_id, method, node_id, serial, attested_at, expires_at, banned"
 AUDIT_COLUMNS = "seq, time, actor, action, subject, details, prev_hash, hash"
 
 
@@ -133,6 +152,8 @@ INSERT_REVOCATION = insert("revocations", REVOCATION_COLUMNS)
 UPSERT_FEDERATED_BUNDLE = insert(
     "federated_bundles", FEDERATED_BUNDLE_COLUMNS, upsert_key="trust_domain"
 )
+INSERT_JOIN_TOKEN = insert("join_tokens", JOIN_TOKEN_COLUMNS)
+UPSERT_AGENT = insert("agents", AGENT_COLUMNS, upsert_key="agent_id")
 INSERT_AUDIT = insert("audit", AUDIT_COLUMNS)
 UPDATE_ENTRY = (
     "UPDATE entries SET spiffe_id = ?, parent_id = ?, selectors = ?, x509_svid_ttl = ?,"

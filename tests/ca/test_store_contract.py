@@ -25,12 +25,14 @@ from hypothesis import strategies as st
 from ca.audit import verify_chain
 from ca.store import (
     AUDIT_GENESIS_HASH,
+    AgentRecord,
     AlreadyExists,
     AuditDraft,
     AuthorityRecord,
     Conflict,
     FederatedBundleRecord,
     IssuanceRecord,
+    JoinTokenRecord,
     NotFound,
     RedisStore,
     RegistrationEntry,
@@ -651,6 +653,81 @@ def test_deleted_federated_bundle_is_gone(store: Store) -> None:
     store.save_federated_bundle(federated("b.org"))
     store.delete_federated_bundle("a.org")
     assert [r.trust_domain for r in store.list_federated_bundles()] == ["b.org"]
+
+
+# -- node agents -------------------------------------------------------------------------
+
+
+def join_token(token_hash: str = "ab" * 32, **changes: object) -> JoinTokenRecord:
+    record = JoinTokenRecord(
+        token_hash=token_hash,
+        node_id="spiffe://example.org/node/a",
+        expires_at=1_700_000_600,
+        created_at=1_700_000_000,
+    )
+    return dataclasses.replace(record, **changes)
+
+
+def agent(
+    agent_id: str = "spiffe://example.org/authd/agent/join_token/t", **changes: object
+) -> AgentRecord:
+    record = AgentRecord(
+        agent_id=agent_id,
+        method="join_token",
+        node_id="spiffe://example.org/node/a",
+        serial="1f",
+        attested_at=1_700_000_000,
+        expires_at=1_700_003_600,
+    )
+    return dataclasses.replace(record, **changes)
+
+
+def test_join_token_is_taken_once(store: Store, open_backend: Opener) -> None:
+    store.save_join_token(join_token())
+    store = reopen(store, open_backend)
+    assert store.take_join_token("ab" * 32) == join_token()
+    with pytest.raises(NotFound):
+        store.take_join_token("ab" * 32)
+
+
+def test_join_token_is_taken_by_one_of_many_concurrent_callers(store: Store) -> None:
+    store.save_join_token(join_token())
+
+    def take() -> bool:
+        try:
+            store.take_join_token("ab" * 32)
+        except NotFound:
+            return False
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sorted(pool.map(lambda _: take(), range(8))) == [False] * 7 + [True]
+
+
+def test_saving_the_same_join_token_twice_is_refused(store: Store) -> None:
+    store.save_join_token(join_token())
+    with pytest.raises(AlreadyExists):
+        store.save_join_token(join_token(node_id="spiffe://example.org/other"))
+
+
+def test_agent_is_returned_as_saved_and_replaced_on_save(
+    store: Store, open_backend: Opener
+) -> None:
+    store.save_agent(agent())
+    store.save_agent(agent(serial="20", banned=True))
+    store = reopen(store, open_backend)
+    assert store.get_agent(agent().agent_id) == agent(serial="20", banned=True)
+
+
+def test_agents_are_listed_by_id_and_deleted(store: Store) -> None:
+    for name in ("z", "a", "m"):
+        store.save_agent(agent(f"spiffe://example.org/authd/agent/x509pop/{name}"))
+    store.delete_agent("spiffe://example.org/authd/agent/x509pop/m")
+    assert [a.agent_id.rsplit("/", 1)[1] for a in store.list_agents()] == ["a", "z"]
+    with pytest.raises(NotFound):
+        store.delete_agent("spiffe://example.org/authd/agent/x509pop/m")
+    with pytest.raises(NotFound):
+        store.get_agent("spiffe://example.org/authd/agent/x509pop/m")
 
 
 # -- audit -------------------------------------------------------------------------------

@@ -16,10 +16,12 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from ca.store.base import StoreError
 from ca.store.records import (
+    AgentRecord,
     AuditRecord,
     AuthorityRecord,
     FederatedBundleRecord,
     IssuanceRecord,
+    JoinTokenRecord,
     RegistrationEntry,
     Revocation,
     Selector,
@@ -163,6 +165,8 @@ ENTRIES = RecordCodec(RegistrationEntry, "registration entry")
 REVOCATIONS = RecordCodec(Revocation, "revocation")
 AUDIT = RecordCodec(AuditRecord, "audit record")
 FEDERATED_BUNDLES = RecordCodec(FederatedBundleRecord, "federated bundle")
+JOIN_TOKENS = RecordCodec(JoinTokenRecord, "join token")
+AGENTS = RecordCodec(AgentRecord, "agent")
 
 
 def _sortable(value: int) -> str:

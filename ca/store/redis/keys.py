@@ -79,6 +79,8 @@ class KeyLayout:
         self.revocation_order = p + "order:revocations"
         self.audit = p + "audit"
         self.federated_bundles = p + "federated-bundles"
+        self.join_tokens = p + "join-tokens"
+        self.agents = p + "agents"
         self.changes = p + "changes"
         self.rotation_lease = p + "lease:rotation"
         self.rotation_fence = p + "fence:rotation"

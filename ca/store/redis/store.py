@@ -29,10 +29,12 @@ from ca.store.base import (
 )
 from ca.store.durability import Durability
 from ca.store.records import (
+    AgentRecord,
     AuditRecord,
     AuthorityRecord,
     FederatedBundleRecord,
     IssuanceRecord,
+    JoinTokenRecord,
     RegistrationEntry,
     Revocation,
     Selector,
@@ -41,10 +43,12 @@ from ca.store.records import (
 from ca.store.redis.audit import PAGE, RedisAuditChain
 from ca.store.redis.client import Pipe, RedisConnection, Write, reply_text
 from ca.store.redis.codec import (
+    AGENTS,
     AUTHORITIES,
     ENTRIES,
     FEDERATED_BUNDLES,
     ISSUANCES,
+    JOIN_TOKENS,
     MEMBER_TAIL,
     REVOCATIONS,
     ordered_member,
@@ -558,6 +562,45 @@ class RedisStore(Store):
         with self._redis.call() as client:
             if not client.hdel(self._keys.federated_bundles, trust_domain):
                 raise NotFound(f"no bundle of trust domain {trust_domain!r}")
+
+    # -- node agents ---------------------------------------------------------------------
+    # Hashes, not on the change feed: only the node API reads them, from the store.
+
+    def save_join_token(self, record: JoinTokenRecord) -> None:
+        value = JOIN_TOKENS.encode(record, "a join token")
+        with self._redis.call() as client:
+            if not client.hsetnx(self._keys.join_tokens, record.token_hash, value):
+                raise AlreadyExists("that join token exists already")
+
+    def take_join_token(self, token_hash: str) -> JoinTokenRecord:
+        with self._redis.call() as client:
+            stored = client.hget(self._keys.join_tokens, token_hash)
+            # HDEL answers 1 to exactly one caller: the one that used the token.
+            if stored is None or not client.hdel(self._keys.join_tokens, token_hash):
+                raise NotFound("no such join token (never made, or used already)")
+        return JOIN_TOKENS.decode(reply_text(stored))
+
+    def save_agent(self, record: AgentRecord) -> None:
+        value = AGENTS.encode(record, f"agent {record.agent_id!r}")
+        with self._redis.call() as client:
+            client.hset(self._keys.agents, record.agent_id, value)
+
+    def get_agent(self, agent_id: str) -> AgentRecord:
+        with self._redis.call() as client:
+            stored = client.hget(self._keys.agents, agent_id)
+        if stored is None:
+            raise NotFound(f"no agent {agent_id!r}")
+        return AGENTS.decode(reply_text(stored))
+
+    def list_agents(self) -> list[AgentRecord]:
+        with self._redis.call() as client:
+            stored = client.hvals(self._keys.agents)
+        return sorted((AGENTS.decode(reply_text(v)) for v in stored), key=lambda r: r.agent_id)
+
+    def delete_agent(self, agent_id: str) -> None:
+        with self._redis.call() as client:
+            if not client.hdel(self._keys.agents, agent_id):
+                raise NotFound(f"no agent {agent_id!r}")
 
     # -- audit ---------------------------------------------------------------------------
 

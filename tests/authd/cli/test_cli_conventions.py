@@ -32,6 +32,7 @@ WITHOUT_JSON = {
     "authd demo run",
     "authd demo up",
     "authd demo down",
+    "authd agent run",
 }
 
 

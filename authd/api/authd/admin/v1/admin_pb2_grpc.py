@@ -177,6 +177,26 @@ class AdminStub:
                 request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListXdsNodesRequest.SerializeToString,
                 response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListXdsNodesResponse.FromString,
                 _registered_method=True)
+        self.CreateJoinToken = channel.unary_unary(
+                '/authd.admin.v1.Admin/CreateJoinToken',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.CreateJoinTokenRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.CreateJoinTokenResponse.FromString,
+                _registered_method=True)
+        self.ListAgents = channel.unary_unary(
+                '/authd.admin.v1.Admin/ListAgents',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListAgentsRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListAgentsResponse.FromString,
+                _registered_method=True)
+        self.EvictAgent = channel.unary_unary(
+                '/authd.admin.v1.Admin/EvictAgent',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.EvictAgentRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.EvictAgentResponse.FromString,
+                _registered_method=True)
+        self.BanAgent = channel.unary_unary(
+                '/authd.admin.v1.Admin/BanAgent',
+                request_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.BanAgentRequest.SerializeToString,
+                response_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.BanAgentResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -387,6 +407,33 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateJoinToken(self, request, context):
+        """Node agents (README "Agents"): a single-use join token, the attested agents, and
+        evicting (forgotten; may attest again) or banning (may never again) one. Either way its
+        SVIDs and those it had signed for its workloads are revoked. Unknown agent: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAgents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvictAgent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BanAgent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -529,6 +576,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListXdsNodes,
                     request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListXdsNodesRequest.FromString,
                     response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListXdsNodesResponse.SerializeToString,
+            ),
+            'CreateJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJoinToken,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.CreateJoinTokenRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.CreateJoinTokenResponse.SerializeToString,
+            ),
+            'ListAgents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgents,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListAgentsRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'EvictAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvictAgent,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.EvictAgentRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.EvictAgentResponse.SerializeToString,
+            ),
+            'BanAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.BanAgent,
+                    request_deserializer=authd_dot_admin_dot_v1_dot_admin__pb2.BanAgentRequest.FromString,
+                    response_serializer=authd_dot_admin_dot_v1_dot_admin__pb2.BanAgentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1290,6 +1357,114 @@ class Admin:
             '/authd.admin.v1.Admin/ListXdsNodes',
             authd_dot_admin_dot_v1_dot_admin__pb2.ListXdsNodesRequest.SerializeToString,
             authd_dot_admin_dot_v1_dot_admin__pb2.ListXdsNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/CreateJoinToken',
+            authd_dot_admin_dot_v1_dot_admin__pb2.CreateJoinTokenRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.CreateJoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/ListAgents',
+            authd_dot_admin_dot_v1_dot_admin__pb2.ListAgentsRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvictAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/EvictAgent',
+            authd_dot_admin_dot_v1_dot_admin__pb2.EvictAgentRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.EvictAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BanAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authd.admin.v1.Admin/BanAgent',
+            authd_dot_admin_dot_v1_dot_admin__pb2.BanAgentRequest.SerializeToString,
+            authd_dot_admin_dot_v1_dot_admin__pb2.BanAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,
