@@ -9,6 +9,7 @@ from typing import Any
 from tests.support.envoy import HOST, TRUST_DOMAIN, Authd, Envoy, render, start_envoy
 
 FILTER_NAME = "authd.rbac"
+REVOKED_FILTER_NAME = "authd.rbac.revoked"
 
 
 def rbac_sidecar(
@@ -51,12 +52,20 @@ def applied_version(envoy: Envoy, filter_name: str = FILTER_NAME) -> str:
     return ""
 
 
-def served_version(authd: Authd) -> str:
-    """The RBAC config version authd serves now, from its metrics ("" if none)."""
+def served_version(authd: Authd, filter_name: str = FILTER_NAME) -> str:
+    """The version of ``filter_name``'s config authd serves now, from its metrics ("" if none)."""
     for line in authd.metrics().splitlines():
-        if line.startswith("authd_xds_config_info{"):
+        if line.startswith("authd_xds_config_info{") and f'filter="{filter_name}"' in line:
             return line.split('version="', 1)[1].split('"', 1)[0]
     return ""
+
+
+def config_bytes(authd: Authd, filter_name: str = FILTER_NAME) -> int:
+    """The size of ``filter_name``'s config authd serves now, from its metrics (0 if none)."""
+    for line in authd.metrics().splitlines():
+        if line.startswith("authd_xds_config_bytes{") and f'filter="{filter_name}"' in line:
+            return int(float(line.split()[-1]))
+    return 0
 
 
 def xds_status(authd: Authd) -> Any:
