@@ -32,6 +32,7 @@ from tests.support.rbac import (
     REVOKED_FILTER_NAME,
     applied_version,
     config_bytes,
+    in_step,
     rbac_sidecar,
     served_version,
 )
@@ -105,15 +106,6 @@ def sidecar(
     wait_for("the sidecar to apply authd's RBAC config", lambda: in_step(authd, envoy))
     yield envoy
     envoy.stop()
-
-
-def in_step(authd: Authd, envoy: Envoy) -> bool:
-    """Envoy enforces what authd serves, for both filters."""
-    for name in ("authd.rbac", REVOKED_FILTER_NAME):
-        version = served_version(authd, name)
-        if not version or applied_version(envoy, name) != version:
-            return False
-    return True
 
 
 def call(envoy: Envoy, svids: dict[str, Path], who: str, path: str, **kwargs: object) -> int:

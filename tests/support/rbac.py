@@ -71,3 +71,42 @@ def config_bytes(authd: Authd, filter_name: str = FILTER_NAME) -> int:
 def xds_status(authd: Authd) -> Any:
     """``authd xds status --json``."""
     return json.loads(authd.cli("xds", "status", "--json").stdout)
+
+
+def rbac_gateway(
+    tmp: Path,
+    *,
+    cert_dir: Path,
+    workload_socket: Path,
+    upstream_port: int,
+    authz_port: int,
+    policy: str,
+    access_log: Path,
+    name: str = "rbac-gateway",
+) -> Envoy:
+    """Envoy from deploy/envoy/gateway-rbac.yaml (TLS, client certificate optional)."""
+    config = render(
+        "gateway-rbac.yaml",
+        ADMIN_PORT=0,
+        CERT_DIR=cert_dir,
+        LISTEN_ADDRESS=HOST,
+        LISTEN_PORT=0,
+        UPSTREAM_ADDRESS=HOST,
+        UPSTREAM_PORT=upstream_port,
+        AUTHZ_ADDRESS=HOST,
+        AUTHZ_PORT=authz_port,
+        WORKLOAD_SOCKET=workload_socket,
+        POLICY=policy,
+        JWT_AUDIENCE=policy,
+        ACCESS_LOG=access_log,
+    )
+    return start_envoy(config, tmp, name)
+
+
+def in_step(authd: Authd, envoy: Envoy) -> bool:
+    """Envoy enforces what authd serves, for both filters."""
+    for name in (FILTER_NAME, REVOKED_FILTER_NAME):
+        version = served_version(authd, name)
+        if not version or applied_version(envoy, name) != version:
+            return False
+    return True
