@@ -11,6 +11,7 @@ HTTP filters, so the cost of each filter shows (every listener answers with a
 
     none      router only (no authz): the baseline
     rules     the rules filter (authd.rbac) alone
+    revoked   the revocation filter (authd.rbac.revoked) alone
     rbac      header_mutation + the revocation filter + the rules filter, no ext_authz
     native    the full sidecar: the above + ext_authz (disabled per request by the RBAC
               metadata, as on every natively decided request)
@@ -72,6 +73,7 @@ from tests.support.rbac_rules import MANY_CALLER, many_callers_policy  # noqa: E
 VARIANTS: dict[str, tuple[str, ...]] = {
     "none": (),
     "rules": (FILTER_NAME,),
+    "revoked": (REVOKED_FILTER_NAME,),
     "rbac": ("envoy.filters.http.header_mutation", REVOKED_FILTER_NAME, FILTER_NAME),
 }
 ROUTER = "envoy.filters.http.router"
@@ -112,7 +114,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,1000,10000")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    measured = ["native", "rbac", "rules"]
+    measured = ["native", "rbac", "rules", "revoked"]
     h2load_bin = ensure_h2load()
     tmp = short_tmpdir()
     shim = build_client_cert_shim(tmp)
@@ -232,15 +234,16 @@ def print_table(rows: list[dict[str, Any]], rounds: int) -> None:
     print()
     print(
         "| callers | none req/s | native | rbac (no ext_authz) | rules filter alone "
+        "| revocation filter alone "
         "| rules push | policy write → enforced | revocation push | revoke → 403 "
         "| Envoy RSS | ext_authz checks |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         again = " (rules pushed again!)" if r["rules_pushed_again"] else ""
         print(
             f"| {r['size']:,} | {r['none']:,.0f} | {r['native']:.2f} | {r['rbac']:.2f} "
-            f"| {r['rules']:.2f} | {r['push']:,} B | {r['enforce']:.2f} s "
+            f"| {r['rules']:.2f} | {r['revoked']:.2f} | {r['push']:,} B | {r['enforce']:.2f} s "
             f"| {r['revoke_push']:,} B | {r['revoke'] * 1000:.0f} ms "
             f"({r['revoke_cli']:.2f} s with the CLI){again} | {r['rss']:.0f} MiB | {r['asked']} |"
         )
