@@ -65,9 +65,11 @@ def gateway(
         policy="gateway",
         access_log=tmp / "access.log",
     )
-    wait_for("the gateway to apply authd's configs", lambda: in_step(authd, envoy))
-    yield envoy
-    envoy.stop()
+    try:
+        wait_for("the gateway to apply authd's configs", lambda: in_step(authd, envoy))
+        yield envoy
+    finally:
+        envoy.stop()
 
 
 def no_certificate(svids: dict[str, Path]) -> ssl.SSLContext:

@@ -103,9 +103,11 @@ def sidecar(
         policy="orders",
         access_log=tmp / "access.log",
     )
-    wait_for("the sidecar to apply authd's RBAC config", lambda: in_step(authd, envoy))
-    yield envoy
-    envoy.stop()
+    try:
+        wait_for("the sidecar to apply authd's RBAC config", lambda: in_step(authd, envoy))
+        yield envoy
+    finally:
+        envoy.stop()
 
 
 def call(envoy: Envoy, svids: dict[str, Path], who: str, path: str, **kwargs: object) -> int:
@@ -230,6 +232,10 @@ def test_a_revoked_spiffe_id_is_refused_natively(
         authd, REVOKED_FILTER_NAME
     )
     assert 0 < config_bytes(authd, REVOKED_FILTER_NAME) < config_bytes(authd)
+    gauge = next(
+        line for line in authd.metrics().splitlines() if line.startswith("authd_xds_revocation_")
+    )
+    assert float(gauge.split()[-1]) == config_bytes(authd, REVOKED_FILTER_NAME)
     assert call(sidecar, svids, "web", "/stock") == 200  # everyone else as before
 
 

@@ -79,9 +79,11 @@ def sidecar(
         policy="s",
         access_log=tmp / "access.log",
     )
-    wait_for("the revocation filter", lambda: in_step(authd, envoy, REVOKED_FILTER_NAME))
-    yield envoy
-    envoy.stop()
+    try:
+        wait_for("the revocation filter", lambda: in_step(authd, envoy, REVOKED_FILTER_NAME))
+        yield envoy
+    finally:
+        envoy.stop()
 
 
 REVOKED: list[str] = []  # across the sizes, in order (module-scoped daemon)
