@@ -12,7 +12,8 @@ HTTP filters, so the cost of each filter shows (every listener answers with a
     none      router only (no authz): the baseline
     rules     the rules filter (authd.rbac) alone
     revoked   the revocation filter (authd.rbac.revoked) alone
-    rbac      header_mutation + the revocation filter + the rules filter, no ext_authz
+    rbac      the early header mutation + the revocation filter + the rules filter, no
+              ext_authz
     native    the full sidecar: the above + ext_authz (disabled per request by the RBAC
               metadata, as on every natively decided request)
 
@@ -74,8 +75,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "none": (),
     "rules": (FILTER_NAME,),
     "revoked": (REVOKED_FILTER_NAME,),
-    "rbac": ("envoy.filters.http.header_mutation", REVOKED_FILTER_NAME, FILTER_NAME),
+    "rbac": (REVOKED_FILTER_NAME, FILTER_NAME),
 }
+# Listeners that keep the sidecar's early header mutation (x-authd-* of the client removed).
+EARLY_MUTATION = ("rbac",)
 ROUTER = "envoy.filters.http.router"
 
 
@@ -96,6 +99,8 @@ def with_variants(config_text: str) -> str:
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
         hcm["stat_prefix"] = name
         hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] in (*kept, ROUTER)]
+        if name not in EARLY_MUTATION:
+            hcm.pop("early_header_mutation_extensions", None)
         config["static_resources"]["listeners"].append(listener)
     return yaml.safe_dump(config)
 
