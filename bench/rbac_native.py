@@ -2,29 +2,46 @@
 
 Run on purpose, never as a timed test (it installs h2load with apt-get if it is missing):
 
-    python bench/rbac_native.py [--seconds 4] [--sizes 10,1000,10000]
+    python bench/rbac_native.py [--seconds 3] [--rounds 3] [--sizes 10,1000,10000]
 
 One `authd run` with `[xds] enabled` and one Envoy (`--concurrency 1`) from
-deploy/envoy/sidecar-rbac.yaml with a second, identical mTLS listener that has no RBAC and no
-ext_authz ("none"). For each size the policy gets that many rules, one per caller SPIFFE ID
-(`allow GET /orders/{id}`), authd recompiles and pushes it over ECDS, and h2load (8
-connections, TLS, HTTP/2) loads both listeners, presenting one of the callers' SVIDs (built
-into h2load with bench/client_cert_shim.c). The identity map is a hash map, so which caller
-calls does not change the cost; the number of callers changes the tree Envoy holds.
+deploy/envoy/sidecar-rbac.yaml, plus listeners that are the same mTLS listener with fewer
+HTTP filters, so the cost of each filter shows (every listener answers with a
+`direct_response` 200: the bench measures Envoy's authz cost, not an upstream's):
 
-Reported per size: req/s native and none, their ratio, the push (bytes of the RBAC config),
-the time from writing the policy to Envoy enforcing it (authd's YAML parse, compile,
-validation, push, Envoy's ACK), Envoy's RSS, and whether authd was asked at all (it must not
-be: every request is decided natively).
+    none      router only (no authz): the baseline
+    rules     the rules filter (authd.rbac) alone
+    revoked   the revocation filter (authd.rbac.revoked) alone
+    rbac      the early header mutation + the revocation filter + the rules filter, no
+              ext_authz
+    native    the full sidecar: the above + ext_authz (disabled per request by the RBAC
+              metadata, as on every natively decided request)
+    skip      the full sidecar, ext_authz disabled on the route (ExtAuthzPerRoute): the filter
+              is built for each request but returns at once
+
+For each size the policy gets that many rules, one per caller SPIFFE ID (`allow GET
+/orders/{id}`), authd recompiles and pushes it over ECDS, and h2load (8 connections, TLS,
+HTTP/2) loads the listeners presenting one of the callers' SVIDs (built into h2load with
+bench/client_cert_shim.c). The machine's speed drifts, so, as bench/extauthz.py does, each
+listener runs in rounds interleaved with the baseline (none, X, none, Y, none, ...): each run
+is divided by the mean of the two baseline runs around it; the ratio is the median of those.
+
+Reported per size: the ratios, the rules push (bytes), the time from writing the policy to
+Envoy enforcing it (authd's YAML parse, compile, validation, push, Envoy's ACK); then one
+caller is revoked: the revocation push (bytes) and the time from `authd revoke` returning to
+Envoy refusing that caller with 403; Envoy's RSS; and how many requests authd was asked
+(it must be 0: every request is decided natively).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -38,44 +55,67 @@ from tests.support.envoy import (  # noqa: E402
     HOST,
     EchoUpstream,
     authd_config,
+    mtls_context,
+    request,
     short_tmpdir,
     start_authd,
     start_envoy,
     wait_for,
 )
-from tests.support.rbac import applied_version, rbac_sidecar, served_version  # noqa: E402
+from tests.support.rbac import (  # noqa: E402
+    FILTER_NAME,
+    REVOKED_FILTER_NAME,
+    applied_version,
+    config_bytes,
+    rbac_sidecar,
+    served_version,
+)
+from tests.support.rbac_rules import MANY_CALLER, many_callers_policy  # noqa: E402
 
-CALLER = "spiffe://example.org/caller/{}"
+# Listener name → the HTTP filters it keeps (by name; the router always).
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "rules": (FILTER_NAME,),
+    "revoked": (REVOKED_FILTER_NAME,),
+    "rbac": (REVOKED_FILTER_NAME, FILTER_NAME),
+}
+# Listeners that keep the sidecar's early header mutation (x-authd-* of the client removed).
+EARLY_MUTATION = ("rbac",)
+EXT_AUTHZ = "envoy.filters.http.ext_authz"
+EXT_AUTHZ_PER_ROUTE = (
+    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+)
+ROUTER = "envoy.filters.http.router"
 
 
-def policy(size: int) -> str:
-    rules = "".join(
-        f'      - {{name: c{i}, effect: allow, methods: [GET], paths: ["/orders/{{id}}"], '
-        f'callers: ["{CALLER.format(i)}"]}}\n'
-        for i in range(size)
-    )
-    return "version: 1\ndefault_rule_set: s\nrule_sets:\n  s:\n    rules:\n" + rules
-
-
-def with_plain_listener(config_text: str) -> str:
-    """The sidecar config plus listener "plain": the same mTLS listener, router only; both
-    advertise h2 over ALPN (h2load speaks HTTP/2)."""
+def with_variants(config_text: str) -> str:
+    """The sidecar config ("native"), plus one listener per VARIANTS entry; all advertise h2
+    over ALPN (h2load speaks HTTP/2) and answer 200 themselves."""
     config = yaml.safe_load(config_text)
     inbound = config["static_resources"]["listeners"][0]
     tls = inbound["filter_chains"][0]["transport_socket"]["typed_config"]
     tls["common_tls_context"]["alpn_protocols"] = ["h2", "http/1.1"]
-    # Envoy answers itself: the bench measures Envoy's authz cost, not an upstream's.
     route = inbound["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
     route["virtual_hosts"][0]["routes"][0].pop("route")
     route["virtual_hosts"][0]["routes"][0]["direct_response"] = {"status": 200}
-    plain = copy.deepcopy(inbound)
-    plain["name"] = "plain"
-    hcm = plain["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["stat_prefix"] = "plain"
-    hcm["http_filters"] = [
-        f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.router"
-    ]
-    config["static_resources"]["listeners"].append(plain)
+    inbound["name"] = "native"
+    for name, kept in VARIANTS.items():
+        listener: dict[str, Any] = copy.deepcopy(inbound)
+        listener["name"] = name
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["stat_prefix"] = name
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] in (*kept, ROUTER)]
+        if name not in EARLY_MUTATION:
+            hcm.pop("early_header_mutation_extensions", None)
+        config["static_resources"]["listeners"].append(listener)
+    # "skip": the full sidecar, its route disabling ext_authz (ExtAuthzPerRoute disabled).
+    skip: dict[str, Any] = copy.deepcopy(inbound)
+    skip["name"] = "skip"
+    hcm = skip["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["stat_prefix"] = "skip"
+    route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
+    route["typed_per_filter_config"][EXT_AUTHZ] = {"@type": EXT_AUTHZ_PER_ROUTE, "disabled": True}
+    config["static_resources"]["listeners"].append(skip)
     return yaml.safe_dump(config)
 
 
@@ -88,10 +128,12 @@ def rss_mib(pid: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="10,1000,10000")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    measured = ["native", "skip", "rbac", "rules", "revoked"]
     h2load_bin = ensure_h2load()
     tmp = short_tmpdir()
     shim = build_client_cert_shim(tmp)
@@ -99,12 +141,15 @@ def main() -> None:
         sys.exit("this bench needs gcc to build bench/client_cert_shim.c")
     upstream = EchoUpstream()
     authd = start_authd(
-        tmp / "d", authd_config() + "\n[xds]\nenabled = true\n", files={"policy.yaml": policy(1)}
+        tmp / "d",
+        authd_config() + "\n[xds]\nenabled = true\n",
+        files={"policy.yaml": many_callers_policy(1)},
     )
     envoy = None
     rows = []
     try:
-        caller_dir = authd.mint_x509(CALLER.format(0), tmp / "caller")
+        caller_dir = authd.mint_x509(MANY_CALLER.format(0), tmp / "caller")
+        revoked_dirs = {s: authd.mint_x509(MANY_CALLER.format(s - 1), tmp / f"r{s}") for s in sizes}
         sidecar = rbac_sidecar(
             tmp / "envoy",
             cert_dir=caller_dir,
@@ -114,7 +159,7 @@ def main() -> None:
             policy="s",
             access_log=Path("/dev/null"),
         )
-        config = with_plain_listener(sidecar.config_path.read_text())
+        config = with_variants(sidecar.config_path.read_text())
         sidecar.stop()
         envoy = start_envoy(config, tmp / "envoy2", "bench")
         env = {
@@ -122,10 +167,26 @@ def main() -> None:
             "AUTHD_BENCH_CLIENT_KEY": str(caller_dir / "svid.key"),
             "LD_PRELOAD": str(shim),
         }
+
+        def load(name: str, size: int, run: int) -> float:
+            port = envoy.listener_port(name)
+            result = h2load(
+                h2load_bin,
+                f"https://{HOST}:{port}/orders/7",
+                connections=8,
+                seconds=args.seconds,
+                headers={},
+                log_file=tmp / f"{name}-{size}-{run}.log",
+                env=env,
+            )
+            if result.ok != result.requests:
+                raise RuntimeError(f"{name}: {result.requests - result.ok} requests not 200")
+            return result.rps
+
         for size in sizes:
             before = served_version(authd)
             started = time.monotonic()
-            (authd.data_dir / "policy.yaml").write_text(policy(size))
+            (authd.data_dir / "policy.yaml").write_text(many_callers_policy(size))
             version = wait_for(
                 "authd to recompile",
                 lambda old=before: (v := served_version(authd)) not in ("", old) and v,
@@ -137,39 +198,45 @@ def main() -> None:
                 timeout=300,
             )
             enforce = time.monotonic() - started
-            push = int(
-                next(
-                    float(line.split()[-1])
-                    for line in authd.metrics().splitlines()
-                    if line.startswith("authd_xds_config_bytes ")
-                )
-            )
+            push = config_bytes(authd)
             checks = authd.checks_total()
-            loads = {}
-            for name in ("inbound", "plain"):
-                port = envoy.listener_port(name)
-                loads[name] = h2load(
-                    h2load_bin,
-                    f"https://{HOST}:{port}/orders/7",
-                    connections=8,
-                    seconds=args.seconds,
-                    headers={},
-                    log_file=tmp / f"{name}-{size}.log",
-                    env=env,
-                )
-            native, none = loads["inbound"], loads["plain"]
+            baseline = [load("none", size, 0)]
+            ratios: dict[str, list[float]] = {name: [] for name in measured}
+            rps: dict[str, list[float]] = {name: [] for name in measured}
+            for run in range(args.rounds):
+                for name in measured:
+                    value = load(name, size, run)
+                    baseline.append(load("none", size, run))
+                    rps[name].append(value)
+                    ratios[name].append(value / ((baseline[-2] + baseline[-1]) / 2))
+            asked = authd.checks_total() - checks
+            # Revoke one caller: the time from `authd revoke` returning to a 403 in Envoy.
+            caller = MANY_CALLER.format(size - 1)
+            port = envoy.listener_port("native")
+            context = mtls_context(revoked_dirs[size])
+            assert request(port, "/orders/7", context=context).status == 200
+            cli_started = time.monotonic()
+            authd.cli("revoke", "spiffe-id", caller, "--reason", "key-compromise")
+            revoked_at = time.monotonic()
+            while request(port, "/orders/7", context=context).status != 403:
+                if time.monotonic() - revoked_at > 60:
+                    raise RuntimeError("the revocation never reached Envoy")
+            refused = time.monotonic()
             rows.append(
-                (
-                    size,
-                    native.rps,
-                    none.rps,
-                    native.rps / none.rps,
-                    native.ok == native.requests,
-                    push,
-                    enforce,
-                    rss_mib(envoy.process.pid),
-                    authd.checks_total() - checks,
-                )
+                {
+                    "size": size,
+                    "none": statistics.median(baseline),
+                    **{f"{n}_rps": statistics.median(rps[n]) for n in measured},
+                    **{n: statistics.median(ratios[n]) for n in measured},
+                    "push": push,
+                    "enforce": enforce,
+                    "revoke_push": config_bytes(authd, REVOKED_FILTER_NAME),
+                    "revoke": refused - revoked_at,
+                    "revoke_cli": refused - cli_started,
+                    "rules_pushed_again": served_version(authd) != version,
+                    "rss": rss_mib(envoy.process.pid),
+                    "asked": asked,
+                }
             )
             print(f"  {size} callers done", flush=True)
     finally:
@@ -177,16 +244,29 @@ def main() -> None:
             envoy.stop()
         authd.stop()
         upstream.close()
+    print_table(rows, args.rounds)
+
+
+def print_table(rows: list[dict[str, Any]], rounds: int) -> None:
+    print()
+    print(f"Ratios of no-authz throughput (median of {rounds} interleaved rounds):")
     print()
     print(
-        "| callers | native req/s | none req/s | ratio | all 200 | push bytes "
-        "| policy write → enforced | Envoy RSS | ext_authz checks |"
+        "| callers | none req/s | native | ext_authz off by route "
+        "| rbac (no ext_authz) | rules filter alone "
+        "| revocation filter alone "
+        "| rules push | policy write → enforced | revocation push | revoke → 403 "
+        "| Envoy RSS | ext_authz checks |"
     )
-    print("|---:|---:|---:|---:|---|---:|---:|---:|---:|")
-    for size, nrps, prps, ratio, ok, push, enforce, rss, checks in rows:
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        again = " (rules pushed again!)" if r["rules_pushed_again"] else ""
         print(
-            f"| {size:,} | {nrps:,.0f} | {prps:,.0f} | {ratio:.2f} | {'yes' if ok else 'NO'} "
-            f"| {push:,} | {enforce:.2f} s | {rss:.0f} MiB | {checks:.0f} |"
+            f"| {r['size']:,} | {r['none']:,.0f} | {r['native']:.2f} | {r['skip']:.2f} "
+            f"| {r['rbac']:.2f} "
+            f"| {r['rules']:.2f} | {r['revoked']:.2f} | {r['push']:,} B | {r['enforce']:.2f} s "
+            f"| {r['revoke_push']:,} B | {r['revoke'] * 1000:.0f} ms "
+            f"({r['revoke_cli']:.2f} s with the CLI){again} | {r['rss']:.0f} MiB | {r['asked']} |"
         )
 
 

@@ -202,6 +202,10 @@ def native_policy_to_proto(report: XdsReport) -> admin_pb2.ExplainNativePolicyRe
             )
             for r in compiled.routing
         )
+    if report.revocations is not None:
+        message.revoked_filter_name = report.revocations.filter_name
+        message.revoked_version = report.revocations.version
+        message.revoked_config_bytes = len(report.revocations.payload)
     return message
 
 
@@ -225,6 +229,16 @@ def xds_nodes_to_proto(report: XdsReport, now: float) -> admin_pb2.ListXdsNodesR
                 nacked_version=node.nacked_version,
                 lag_seconds=report.lag(node, now),
                 opened_at=int(node.opened_at),
+                serving_version=report.serving(node),
             )
         )
+    for compiled in (report.compiled, report.revocations):
+        if compiled is not None:
+            message.resources.append(
+                admin_pb2.XdsResource(
+                    filter_name=compiled.filter_name,
+                    version=compiled.version,
+                    config_bytes=len(compiled.payload),
+                )
+            )
     return message

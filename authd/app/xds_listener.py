@@ -4,6 +4,8 @@ The publisher compiles the policy in force (``AuthzListeners.policy``) with the 
 of the daemon's revoker: a revoked SPIFFE ID is denied in Envoy, a revoked entry's SPIFFE ID
 is always handed to ext_authz (only authd knows which serials the entry was issued). It
 recompiles at once on every revocation change and within ``interval`` of a policy reload.
+With ``[xds] revoked_filter_name`` (the default) the revoked SPIFFE IDs go into that second,
+small filter instead, so a revocation pushes only it.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class NativeFastPath:
             rule_set=config.xds.rule_set,
             credential_headers=credential_headers(config),
             everything_to_extauthz="authz.dry_run is on" if config.authz.dry_run else "",
+            revoked_filter_name=config.xds.revoked_filter_name,
         )
         self._servicer: ExtensionConfigDiscovery | None = None
         self._task: asyncio.Task[None] | None = None
@@ -91,9 +94,11 @@ class NativeFastPath:
         self._task = asyncio.create_task(self.publisher.run())
         current = self.publisher.current
         log.info(
-            "native fast path: RBAC filter %r over ECDS on the workload socket, config %s",
+            "native fast path: RBAC filter %r over ECDS on the workload socket, config %s; "
+            "revocation filter %r",
             self.publisher.filter_name,
             current.version if current is not None else "(none: refused, see above)",
+            self.publisher.revoked_filter_name or "(none: revocations in the rules filter)",
         )
 
     def report(self) -> XdsReport:
@@ -104,6 +109,8 @@ class NativeFastPath:
             compiled_at=publisher.compiled_at,
             last_refusal=publisher.last_refusal,
             nodes=tuple(self.status()),
+            revocations=publisher.revocations,
+            revocations_at=publisher.revocations_at,
         )
 
     def status(self) -> list[XdsNodeStatus]:

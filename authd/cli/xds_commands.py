@@ -16,7 +16,23 @@ if TYPE_CHECKING:
 def node_state(node: admin_pb2.XdsNode, version: str) -> str:
     if node.last_nack and node.nacked_version == node.sent_version:
         return "refused"
+    if node.serving_version:  # a daemon that says what it serves this stream
+        version = node.serving_version
     return "in step" if node.acked_version == version else "awaiting ack"
+
+
+def missing_filters(reply: admin_pb2.ListXdsNodesResponse) -> dict[str, list[str]]:
+    """Per node id: the filters authd serves that no stream of that node asks for (a
+    sidecar without the revocation filter does not enforce revocations natively)."""
+    served = {r.filter_name for r in reply.resources}
+    asked: dict[str, set[str]] = {}
+    for node in reply.nodes:
+        asked.setdefault(node.node_id, set()).update(node.resource_names)
+    return {
+        node_id: sorted(served - names)
+        for node_id, names in asked.items()
+        if names & served and served - names
+    }
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
@@ -41,6 +57,9 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
                 "config_bytes": reply.config_bytes,
                 "identities": reply.identities,
                 "revoked": reply.revoked,
+                "revoked_filter_name": reply.revoked_filter_name,
+                "revoked_version": reply.revoked_version,
+                "revoked_config_bytes": reply.revoked_config_bytes,
                 "last_refusal": reply.last_refusal,
                 "rules": rules,
             }
@@ -51,6 +70,11 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         f"native fast path: {state}; config {reply.version or '-'} ({reply.config_bytes} bytes, "
         f"{reply.identities} identities, {reply.revoked} revoked)"
     )
+    if reply.revoked_filter_name:
+        print(
+            f"revocation filter {reply.revoked_filter_name}: config {reply.revoked_version} "
+            f"({reply.revoked_config_bytes} bytes, {reply.revoked} revoked)"
+        )
     if reply.last_refusal:
         print(f"last config refused by authd: {reply.last_refusal}")
     if not rules:
@@ -73,6 +97,7 @@ def cmd_xds_status(args: argparse.Namespace) -> int:
             "uid": n.uid,
             "resource_names": list(n.resource_names),
             "state": node_state(n, reply.version),
+            "serving_version": n.serving_version,
             "sent_version": n.sent_version,
             "acked_version": n.acked_version,
             "nacks": n.nacks,
@@ -83,19 +108,36 @@ def cmd_xds_status(args: argparse.Namespace) -> int:
         }
         for n in reply.nodes
     ]
+    resources = [
+        {"filter_name": r.filter_name, "version": r.version, "config_bytes": r.config_bytes}
+        for r in reply.resources
+    ]
+    missing = missing_filters(reply)
     if args.json:
-        print_json({"enabled": reply.enabled, "version": reply.version, "nodes": nodes})
+        print_json(
+            {
+                "enabled": reply.enabled,
+                "version": reply.version,
+                "resources": resources,
+                "nodes": nodes,
+                "missing_filters": missing,
+            }
+        )
         return 0
     if not reply.enabled:
         print("this daemon does not serve the native fast path ([xds] enabled = false)")
         return 0
-    print(f"serving RBAC config {reply.version or '-'}")
+    for r in resources or [{"filter_name": "RBAC", "version": reply.version, "config_bytes": 0}]:
+        size = f"{r['config_bytes']} bytes"
+        print(f"serving {r['filter_name']} config {r['version'] or '-'} ({size})")
     if not nodes:
         print("no Envoy is connected over ECDS")
         return 0
+    nodes.sort(key=lambda n: (n["node_id"], n["resource_names"]))
     rows = [
         [
             n["node_id"] or "(no node id)",
+            ",".join(n["resource_names"]) or "-",
             f"{n['pid']}/{n['uid']}",
             n["state"],
             n["acked_version"] or "-",
@@ -105,8 +147,13 @@ def cmd_xds_status(args: argparse.Namespace) -> int:
         ]
         for n in nodes
     ]
-    headers = ["NODE", "PID/UID", "STATE", "APPLIED", "LAG", "SINCE", "LAST NACK"]
+    headers = ["NODE", "FILTER", "PID/UID", "STATE", "APPLIED", "LAG", "SINCE", "LAST NACK"]
     print("\n".join(table(headers, rows)))
+    for node_id, names in sorted(missing.items()):
+        print(
+            f"warning: node {node_id or '(no node id)'} does not ask for {', '.join(names)}: "
+            "revoked SPIFFE IDs are not refused natively there (see README)"
+        )
     return 0
 
 

@@ -78,6 +78,7 @@ def check_consistency(config: Config, sources: Mapping[str, str]) -> None:
             sources.get("admin.server_spiffe_id"),
         )
     _check_federation(config, sources)
+    _check_xds(config, sources)
     for key, socket_path in (
         ("admin.socket_path", config.admin_socket_path),
         ("workload.socket_path", config.workload_socket_path),
@@ -121,3 +122,13 @@ def _check_federation(config: Config, sources: Mapping[str, str]) -> None:
                 f"{foreign.trust_domain} is our own trust domain, not a foreign one",
                 sources.get("federation.trust_domains"),
             )
+
+
+def _check_xds(config: Config, sources: Mapping[str, str]) -> None:
+    xds = config.xds
+    if xds.revoked_filter_name and xds.revoked_filter_name == xds.filter_name:
+        raise ConfigError(
+            "xds.revoked_filter_name",
+            f"must differ from xds.filter_name ({xds.filter_name!r}): two filters, two names",
+            sources.get("xds.revoked_filter_name") or sources.get("xds.filter_name"),
+        )

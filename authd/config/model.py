@@ -223,6 +223,8 @@ class XdsConfig:
     enabled: bool = False
     filter_name: str = "authd.rbac"  # the ECDS resource name the Envoy filter asks for
     rule_set: str = ""  # "" means the policy's default_rule_set
+    # The revocation filter's ECDS resource name ("": revoked IDs go into the rules filter).
+    revoked_filter_name: str = "authd.rbac.revoked"
 
 
 @dataclass(frozen=True, slots=True)

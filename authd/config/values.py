@@ -160,6 +160,11 @@ def parse_filter_name(value: object) -> str:
     return text
 
 
+def parse_optional_filter_name(value: object) -> str:
+    """An Envoy filter name, or "" (the feature it names is off)."""
+    return parse_filter_name(value) if parse_str(value) else ""
+
+
 def parse_header_list(value: object) -> tuple[str, ...]:
     return tuple(parse_header_name(v) for v in parse_str_list(value))
 

@@ -2,12 +2,15 @@
 
 Served on authd's workload socket, next to SDS: a sidecar Envoy already reaches it there,
 and the kernel says who connected (the peer-credential gateway; a connection that bypassed
-it is PERMISSION_DENIED). Each stream is state of the world (``authd.xds.stream``): the one
-resource is a ``TypedExtensionConfig`` named ``[xds] filter_name`` holding the RBAC config
-of ``RbacPublisher``; any other name is left out (Envoy keeps waiting for it). Every new
-config is pushed on every open stream; an ACK records the version each node enforces, a
-NACK is logged with Envoy's reason and that node keeps enforcing its last accepted version.
-Incremental (delta) xDS is not served: one resource, so state of the world costs the same.
+it is PERMISSION_DENIED). Each stream is state of the world (``authd.xds.stream``): the
+resources are ``TypedExtensionConfig``s named ``[xds] filter_name`` (the rules) and
+``[xds] revoked_filter_name`` (the revocation filter), from ``RbacPublisher``; any other name
+is left out (Envoy keeps waiting for it). Envoy opens one stream per filter; a stream asking
+for several names gets them all in one response, its version the resources' versions joined
+by "+". A new config is pushed on the streams that asked for it, and only on those; an ACK
+records the version each node enforces, a NACK is logged with Envoy's reason and that node
+keeps enforcing its last accepted version. Incremental (delta) xDS is not served: one
+resource per stream, so state of the world costs the same.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from envoy.service.extension.v3 import config_discovery_pb2_grpc
 from google.protobuf import any_pb2
 
 from authd.transport.peercred import PeerCredentials, PeerCredGateway
-from authd.xds.publisher import RbacPublisher
+from authd.xds.publisher import RbacPublisher, served_version
 from authd.xds.stream import XdsNodeStatus, XdsStream
 
 __all__ = ["TYPED_EXTENSION_CONFIG_URL", "ExtensionConfigDiscovery"]
@@ -56,16 +59,15 @@ class ExtensionConfigDiscovery(config_discovery_pb2_grpc.ExtensionConfigDiscover
         self._closing.set()
 
     def _response(self, names: tuple[str, ...], nonce: str = "") -> tuple[Any, str]:
-        compiled = self._publisher.current
+        served = self._publisher.resources()
+        chosen = [served[name] for name in names if name in served]
         response = discovery_pb2.DiscoveryResponse(type_url=TYPED_EXTENSION_CONFIG_URL, nonce=nonce)
-        if compiled is None or compiled.filter_name not in names:
-            response.version_info = ""
-            return response, ""
-        packed = any_pb2.Any()
-        packed.Pack(compiled.config, deterministic=True)
-        response.resources.append(packed)
-        response.version_info = compiled.version
-        return response, compiled.version
+        for compiled in chosen:
+            packed = any_pb2.Any()
+            packed.Pack(compiled.config, deterministic=True)
+            response.resources.append(packed)
+        response.version_info = served_version(served, names)
+        return response, response.version_info
 
     async def _caller(self, context: Context) -> PeerCredentials:
         creds = self._gateway.peer_credentials(context)
@@ -123,11 +125,12 @@ class ExtensionConfigDiscovery(config_discovery_pb2_grpc.ExtensionConfigDiscover
                     must_answer = stream.on_request(request, time.time())
                     if nacked:
                         log.warning(
-                            "ECDS: node %r (pid %d) refused RBAC config %s, keeps %s: %s",
+                            "ECDS: node %r (pid %d) refused %s config %s, keeps %s: %s",
                             stream.node_id,
                             creds.pid,
+                            ",".join(stream.names or ()),
                             stream.nacked_version,
-                            stream.acked_version or "its default (deny all)",
+                            stream.acked_version or "its default_config",
                             stream.last_nack,
                         )
                     elif request.response_nonce and request.response_nonce == stream.nonce:

@@ -7,6 +7,10 @@ daemon's revoker), so a revoked SPIFFE ID reaches every connected Envoy within o
 Compiling runs in a worker thread (a large identity map takes a while); every result is
 validated (``rbac_validation``) before it is installed, and one that fails is logged and
 never served: the previous config stays in force.
+
+With a ``revoked_filter_name``, revoked SPIFFE IDs are not compiled into the rules filter but
+into a second, small one (``revoked_filter``): a revocation recompiles and pushes that alone,
+on the loop and before any recompile of the rules, so its cost does not grow with the policy.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from typing import Any
 from authd.policy.rules import RulesPolicy
 from authd.xds.rbac_compiler import CompiledRbac, compile_rbac
 from authd.xds.rbac_validation import InvalidRbacConfig, validate_rbac
+from authd.xds.revoked_filter import compile_revoked
 
-__all__ = ["RbacInputs", "RbacPublisher"]
+__all__ = ["RbacInputs", "RbacPublisher", "served_version"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,11 @@ def compile_inputs(inputs: RbacInputs, filter_name: str) -> CompiledRbac:
     )
 
 
+def served_version(served: dict[str, CompiledRbac], names: tuple[str, ...]) -> str:
+    """The version of what a stream asking for ``names`` is served ("" if nothing of it)."""
+    return "+".join(served[name].version for name in names if name in served)
+
+
 class RbacPublisher:
     """Holds the compiled RBAC config and tells waiting streams when it changes."""
 
@@ -76,8 +86,10 @@ class RbacPublisher:
         interval: float = 0.2,
         compile_config: Callable[[RbacInputs, str], CompiledRbac] = compile_inputs,
         validate: Callable[[Any], None] = validate_rbac,
+        revoked_filter_name: str = "",
     ) -> None:
         self.filter_name = filter_name
+        self.revoked_filter_name = revoked_filter_name
         self._policy = policy
         self._revoked = revoked
         self._rule_set = rule_set
@@ -88,6 +100,10 @@ class RbacPublisher:
         self._validate = validate
         self.current: CompiledRbac | None = None
         self.compiled_at = 0.0
+        # The revocation filter's config (None without a revoked_filter_name).
+        self.revocations: CompiledRbac | None = None
+        self.revocations_at = 0.0
+        self._revoked_ids: frozenset[str] | None = None
         self.generation = 0
         self.refused = 0
         self.last_refusal = ""
@@ -95,8 +111,21 @@ class RbacPublisher:
         self._dirty = asyncio.Event()
         self._changed = asyncio.Event()
 
-    def inputs(self) -> RbacInputs:
-        revoked, to_extauthz = self._revoked()
+    def resources(self) -> dict[str, CompiledRbac]:
+        """The configs served, by ECDS resource (filter) name."""
+        served = {}
+        if self.current is not None:
+            served[self.filter_name] = self.current
+        if self.revocations is not None:
+            served[self.revoked_filter_name] = self.revocations
+        return served
+
+    def inputs(self, revoked: frozenset[str] | None = None) -> RbacInputs:
+        """What the rules filter is compiled from (revoked IDs only without a revocation
+        filter)."""
+        all_revoked, to_extauthz = self._revoked()
+        if revoked is None:
+            revoked = frozenset() if self.revoked_filter_name else all_revoked
         return RbacInputs(
             policy=self._policy(),
             rule_set=self._rule_set,
@@ -110,11 +139,42 @@ class RbacPublisher:
         """Revocations changed: recompile now (called on the loop, from the revoker)."""
         self._dirty.set()
 
+    def refresh_revocations(self) -> bool:
+        """Recompile the revocation filter if the revoked IDs changed (on the loop: it is
+        small); True if a new config of it is in force."""
+        if not self.revoked_filter_name:
+            return False
+        revoked, _ = self._revoked()
+        if revoked == self._revoked_ids:
+            return False
+        started = time.monotonic()
+        try:
+            compiled = compile_revoked(revoked, filter_name=self.revoked_filter_name)
+            self._validate(compiled.config)
+        except Exception as exc:
+            self.refused += 1
+            self.last_refusal = f"revocation filter: {exc}"
+            log.exception("xds: compiling the revocation filter failed, keeping the last")
+            return False
+        finally:
+            self._revoked_ids = revoked
+        self.install(compiled)
+        log.info(
+            "xds: revocation filter %s (%d bytes, %d revoked) compiled in %.1f ms",
+            compiled.version,
+            len(compiled.payload),
+            compiled.revoked,
+            (time.monotonic() - started) * 1000,
+        )
+        return True
+
     async def refresh(self) -> bool:
-        """Recompile if the inputs changed; True if a new config is in force."""
+        """Recompile what changed (the revocation filter first); True if a new config is in
+        force."""
+        revoked = self.refresh_revocations()
         inputs = self.inputs()
         if inputs == self._inputs:
-            return False
+            return revoked
         started = time.monotonic()
         try:
             compiled = await asyncio.to_thread(self._compile, inputs, self.filter_name)
@@ -124,16 +184,16 @@ class RbacPublisher:
             self.refused += 1
             self.last_refusal = str(exc)
             log.error("xds: not pushing the compiled RBAC config, keeping the last: %s", exc)
-            return False
+            return revoked
         except Exception:
             self._inputs = inputs
             self.refused += 1
             self.last_refusal = "the compiler failed (see the log)"
             log.exception("xds: compiling the RBAC config failed, keeping the last")
-            return False
+            return revoked
         self._inputs = inputs
         if self.current is not None and compiled.version == self.current.version:
-            return False
+            return revoked
         self.install(compiled)
         log.info(
             "xds: RBAC config %s (%d bytes, %d identities, %d revoked) compiled in %.0f ms",
@@ -146,9 +206,14 @@ class RbacPublisher:
         return True
 
     def install(self, compiled: CompiledRbac) -> None:
-        """Serve ``compiled`` from now on and wake every stream."""
-        self.current = compiled
-        self.compiled_at = time.time()
+        """Serve ``compiled`` (the rules filter's or the revocation filter's, by its name)
+        from now on and wake every stream."""
+        if self.revoked_filter_name and compiled.filter_name == self.revoked_filter_name:
+            self.revocations = compiled
+            self.revocations_at = time.time()
+        else:
+            self.current = compiled
+            self.compiled_at = time.time()
         self.generation += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()

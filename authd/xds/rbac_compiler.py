@@ -46,7 +46,7 @@ from xds.core.v3 import extension_pb2 as xds_extension_pb2
 from xds.type.matcher.v3 import matcher_pb2, string_pb2
 
 from authd.policy.rules_evaluator import Callers, Methods, Paths, Rule, RuleSet
-from authd.xds.rbac_paths import UNSAFE_CONTAINS, UNSAFE_SUFFIXES, PathPattern, parse_path_pattern
+from authd.xds.rbac_paths import UNSAFE_REGEX, PathPattern, parse_path_pattern
 
 __all__ = [
     "EXTAUTHZ_PREFIX",
@@ -174,11 +174,8 @@ def _unsafe_path_predicate() -> Any:
     not_rooted = matcher_pb2.Matcher.MatcherList.Predicate(
         not_matcher=_predicate(":path", prefix="/")
     )
-    return _any_of(
-        [not_rooted]
-        + [_predicate(":path", contains=text) for text in UNSAFE_CONTAINS]
-        + [_predicate(":path", suffix=text) for text in UNSAFE_SUFFIXES]
-    )
+    # Two predicates, not one per unsafe substring: each reads (copies) :path again.
+    return _any_of([not_rooted, _predicate(":path", **_regex(UNSAFE_REGEX))])
 
 
 def _list(entries: Sequence[tuple[Any, Any]], on_no_match: Any) -> Any:

@@ -17,7 +17,14 @@ from typing import Final, Literal
 
 from authd.check.request_path import decode_unreserved
 
-__all__ = ["UNSAFE_CONTAINS", "UNSAFE_SUFFIXES", "PathPattern", "parse_path_pattern"]
+__all__ = [
+    "UNSAFE_CONTAINS",
+    "UNSAFE_REGEX",
+    "UNSAFE_SUFFIXES",
+    "PathPattern",
+    "is_unsafe_path",
+    "parse_path_pattern",
+]
 
 _TEMPLATE_VAR: Final = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 # RE2 reads "\" + punctuation as that character; letters and digits stay as they are.
@@ -31,6 +38,26 @@ UNSAFE_SUFFIXES: Final = ("/.", "/..")
 
 def _re2_literal(text: str) -> str:
     return "".join(c if c.isalnum() and c.isascii() else "\\" + c for c in text)
+
+
+# The same test as one RE2 regex over the whole raw path (Envoy full-matches): one read of
+# ``:path`` and one pass over it per request, not one copy and scan per substring.
+UNSAFE_REGEX: Final = (
+    r"[\s\S]*(?:"
+    + "|".join(_re2_literal(text) for text in UNSAFE_CONTAINS)
+    + r")[\s\S]*|[\s\S]*(?:"
+    + "|".join(_re2_literal(text) for text in UNSAFE_SUFFIXES)
+    + ")"
+)
+
+
+def is_unsafe_path(path: str) -> bool:
+    """Could the raw ``path`` normalise to another path than it spells? (The definition.)"""
+    return (
+        not path.startswith("/")
+        or any(text in path for text in UNSAFE_CONTAINS)
+        or path.endswith(UNSAFE_SUFFIXES)
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from google.protobuf import json_format
 from authd.policy.rules import RulesPolicy
 from authd.xds.rbac_compiler import CompiledRbac, compile_rbac
 from authd.xds.rbac_validation import validate_rbac
+from authd.xds.stream import XdsNodeStatus
 from tests.support.ecds import InProcessEcds
 from tests.support.envoy import (
     WEB,
@@ -100,13 +101,18 @@ def test_a_refused_config_leaves_the_last_good_one_enforcing(
     validate_rbac(bad.config)  # authd's own check lets it through: only Envoy can refuse
     ecds.push(bad)
 
+    def rules_stream() -> XdsNodeStatus | None:
+        # The sidecar opens one stream per filter; this test serves the rules filter only.
+        return next((n for n in ecds.status() if n.names == (good.filter_name,)), None)
+
     def refused() -> str | None:
-        nodes = ecds.status()
-        return nodes[0].last_nack if nodes and nodes[0].nacked_version == bad.version else None
+        node = rules_stream()
+        return node.last_nack if node is not None and node.nacked_version == bad.version else None
 
     reason = wait_for("Envoy's NACK", refused)
     assert "invalid repetition size" in reason
-    node = ecds.status()[0]
+    node = rules_stream()
+    assert node is not None
     assert node.acked_version == good.version
     # (Envoy 1.40's config_dump lists the refused config's version and body for ECDS; what
     # it enforces is the last one it ACKed, as the requests below show.)

@@ -28,7 +28,14 @@ from tests.support.envoy import (
     start_authd,
     wait_for,
 )
-from tests.support.rbac import applied_version, rbac_sidecar, served_version
+from tests.support.rbac import (
+    REVOKED_FILTER_NAME,
+    applied_version,
+    config_bytes,
+    in_step,
+    rbac_sidecar,
+    served_version,
+)
 
 POLICY = """\
 version: 1
@@ -96,14 +103,11 @@ def sidecar(
         policy="orders",
         access_log=tmp / "access.log",
     )
-    wait_for("the sidecar to apply authd's RBAC config", lambda: in_step(authd, envoy))
-    yield envoy
-    envoy.stop()
-
-
-def in_step(authd: Authd, envoy: Envoy) -> bool:
-    version = served_version(authd)
-    return bool(version) and applied_version(envoy) == version
+    try:
+        wait_for("the sidecar to apply authd's RBAC config", lambda: in_step(authd, envoy))
+        yield envoy
+    finally:
+        envoy.stop()
 
 
 def call(envoy: Envoy, svids: dict[str, Path], who: str, path: str, **kwargs: object) -> int:
@@ -183,11 +187,20 @@ def test_operators_see_where_rules_run_and_which_envoys_are_in_step(
     assert runs["web-reports-for-acme"] == "ext_authz"
     assert explain["enabled"] and explain["version"] == served_version(authd)
     status = json.loads(authd.cli("xds", "status", "--json").stdout)
-    (node,) = status["nodes"]
-    assert node["state"] == "in step"
-    assert node["acked_version"] == status["version"] == applied_version(sidecar)
-    assert node["lag_seconds"] == 0
-    assert "in step" in authd.cli("xds", "status").stdout
+    # One stream per filter: the rules and the revocation filter, each in step.
+    nodes = {tuple(node["resource_names"]): node for node in status["nodes"]}
+    assert set(nodes) == {("authd.rbac",), (REVOKED_FILTER_NAME,)}
+    assert {n["state"] for n in nodes.values()} == {"in step"}
+    assert {n["lag_seconds"] for n in nodes.values()} == {0}
+    rules = nodes[("authd.rbac",)]
+    assert rules["acked_version"] == status["version"] == applied_version(sidecar)
+    revoked = nodes[(REVOKED_FILTER_NAME,)]
+    assert revoked["acked_version"] == applied_version(sidecar, REVOKED_FILTER_NAME)
+    assert revoked["acked_version"] == served_version(authd, REVOKED_FILTER_NAME)
+    assert {r["filter_name"] for r in status["resources"]} == {"authd.rbac", REVOKED_FILTER_NAME}
+    assert status["missing_filters"] == {}
+    text = authd.cli("xds", "status").stdout
+    assert "in step" in text and REVOKED_FILTER_NAME in text
 
 
 def test_a_policy_update_is_enforced(authd: Authd, sidecar: Envoy, svids: dict[str, Path]) -> None:
@@ -205,6 +218,7 @@ def test_a_revoked_spiffe_id_is_refused_natively(
     authd: Authd, sidecar: Envoy, svids: dict[str, Path]
 ) -> None:
     assert call(sidecar, svids, "admin", "/anything") == 200
+    rules = served_version(authd)
     authd.cli("revoke", "spiffe-id", ADMIN, "--reason", "key-compromise")
     before = authd.checks_total()
     wait_for(
@@ -212,6 +226,17 @@ def test_a_revoked_spiffe_id_is_refused_natively(
         lambda: call(sidecar, svids, "admin", "/anything") == 403,
     )
     assert authd.checks_total() == before
+    # Only the revocation filter changed: the rules filter was not recompiled nor pushed.
+    assert served_version(authd) == rules == applied_version(sidecar)
+    assert applied_version(sidecar, REVOKED_FILTER_NAME) == served_version(
+        authd, REVOKED_FILTER_NAME
+    )
+    assert 0 < config_bytes(authd, REVOKED_FILTER_NAME) < config_bytes(authd)
+    gauge = next(
+        line for line in authd.metrics().splitlines() if line.startswith("authd_xds_revocation_")
+    )
+    assert float(gauge.split()[-1]) == config_bytes(authd, REVOKED_FILTER_NAME)
+    assert call(sidecar, svids, "web", "/stock") == 200  # everyone else as before
 
 
 def test_envoy_keeps_enforcing_without_authd_and_catches_up(

@@ -64,3 +64,18 @@ def rules_yaml(draw: st.DrawFn) -> str:
             parts.append("authenticated: true")
         lines.append("      - {" + ", ".join(parts) + "}\n")
     return policy("".join(lines) or "      []\n").replace("rules:\n      []", "rules: []")
+
+
+MANY_CALLER = "spiffe://example.org/caller/{}"
+
+
+def many_callers_policy(size: int, rule_set: str = "s") -> str:
+    """``size`` rules, one per caller ``MANY_CALLER``: ``allow GET /orders/{id}``."""
+    rules = "".join(
+        f'      - {{name: c{i}, effect: allow, methods: [GET], paths: ["/orders/{{id}}"], '
+        f'callers: ["{MANY_CALLER.format(i)}"]}}\n'
+        for i in range(size)
+    )
+    return (
+        f"version: 1\ndefault_rule_set: {rule_set}\nrule_sets:\n  {rule_set}:\n    rules:\n" + rules
+    )

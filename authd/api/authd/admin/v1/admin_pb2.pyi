@@ -575,7 +575,7 @@ class ExplainNativePolicyRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ExplainNativePolicyResponse(_message.Message):
-    __slots__ = ("enabled", "version", "filter_name", "config_bytes", "identities", "revoked", "rules", "last_refusal")
+    __slots__ = ("enabled", "version", "filter_name", "config_bytes", "identities", "revoked", "rules", "last_refusal", "revoked_filter_name", "revoked_version", "revoked_config_bytes")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FILTER_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -584,6 +584,9 @@ class ExplainNativePolicyResponse(_message.Message):
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
     LAST_REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FILTER_NAME_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_CONFIG_BYTES_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     version: str
     filter_name: str
@@ -592,7 +595,10 @@ class ExplainNativePolicyResponse(_message.Message):
     revoked: int
     rules: _containers.RepeatedCompositeFieldContainer[NativeRuleRouting]
     last_refusal: str
-    def __init__(self, enabled: _Optional[bool] = ..., version: _Optional[str] = ..., filter_name: _Optional[str] = ..., config_bytes: _Optional[int] = ..., identities: _Optional[int] = ..., revoked: _Optional[int] = ..., rules: _Optional[_Iterable[_Union[NativeRuleRouting, _Mapping]]] = ..., last_refusal: _Optional[str] = ...) -> None: ...
+    revoked_filter_name: str
+    revoked_version: str
+    revoked_config_bytes: int
+    def __init__(self, enabled: _Optional[bool] = ..., version: _Optional[str] = ..., filter_name: _Optional[str] = ..., config_bytes: _Optional[int] = ..., identities: _Optional[int] = ..., revoked: _Optional[int] = ..., rules: _Optional[_Iterable[_Union[NativeRuleRouting, _Mapping]]] = ..., last_refusal: _Optional[str] = ..., revoked_filter_name: _Optional[str] = ..., revoked_version: _Optional[str] = ..., revoked_config_bytes: _Optional[int] = ...) -> None: ...
 
 class NativeRuleRouting(_message.Message):
     __slots__ = ("rule_set", "rule", "line", "effect", "native", "why")
@@ -615,17 +621,29 @@ class ListXdsNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListXdsNodesResponse(_message.Message):
-    __slots__ = ("enabled", "version", "nodes")
+    __slots__ = ("enabled", "version", "nodes", "resources")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     version: str
     nodes: _containers.RepeatedCompositeFieldContainer[XdsNode]
-    def __init__(self, enabled: _Optional[bool] = ..., version: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[XdsNode, _Mapping]]] = ...) -> None: ...
+    resources: _containers.RepeatedCompositeFieldContainer[XdsResource]
+    def __init__(self, enabled: _Optional[bool] = ..., version: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[XdsNode, _Mapping]]] = ..., resources: _Optional[_Iterable[_Union[XdsResource, _Mapping]]] = ...) -> None: ...
+
+class XdsResource(_message.Message):
+    __slots__ = ("filter_name", "version", "config_bytes")
+    FILTER_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    filter_name: str
+    version: str
+    config_bytes: int
+    def __init__(self, filter_name: _Optional[str] = ..., version: _Optional[str] = ..., config_bytes: _Optional[int] = ...) -> None: ...
 
 class XdsNode(_message.Message):
-    __slots__ = ("node_id", "cluster", "pid", "uid", "resource_names", "sent_version", "acked_version", "nacks", "last_nack", "nacked_version", "lag_seconds", "opened_at")
+    __slots__ = ("node_id", "cluster", "pid", "uid", "resource_names", "sent_version", "acked_version", "nacks", "last_nack", "nacked_version", "lag_seconds", "opened_at", "serving_version")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -638,6 +656,7 @@ class XdsNode(_message.Message):
     NACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
     LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
     OPENED_AT_FIELD_NUMBER: _ClassVar[int]
+    SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     cluster: str
     pid: int
@@ -650,7 +669,8 @@ class XdsNode(_message.Message):
     nacked_version: str
     lag_seconds: float
     opened_at: int
-    def __init__(self, node_id: _Optional[str] = ..., cluster: _Optional[str] = ..., pid: _Optional[int] = ..., uid: _Optional[int] = ..., resource_names: _Optional[_Iterable[str]] = ..., sent_version: _Optional[str] = ..., acked_version: _Optional[str] = ..., nacks: _Optional[int] = ..., last_nack: _Optional[str] = ..., nacked_version: _Optional[str] = ..., lag_seconds: _Optional[float] = ..., opened_at: _Optional[int] = ...) -> None: ...
+    serving_version: str
+    def __init__(self, node_id: _Optional[str] = ..., cluster: _Optional[str] = ..., pid: _Optional[int] = ..., uid: _Optional[int] = ..., resource_names: _Optional[_Iterable[str]] = ..., sent_version: _Optional[str] = ..., acked_version: _Optional[str] = ..., nacks: _Optional[int] = ..., last_nack: _Optional[str] = ..., nacked_version: _Optional[str] = ..., lag_seconds: _Optional[float] = ..., opened_at: _Optional[int] = ..., serving_version: _Optional[str] = ...) -> None: ...
 
 class CreateJoinTokenRequest(_message.Message):
     __slots__ = ("spiffe_id", "ttl")
