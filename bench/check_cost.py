@@ -416,6 +416,11 @@ def run_worker(tree: Path, row: dict[str, str], args: argparse.Namespace) -> flo
         if done.returncode != 0:
             raise SystemExit(f"{tree} {row}: the worker failed\n{done.stderr[-4000:]}")
         if args.measure == "callgrind":
+            if args.profile_out:
+                keep = Path(args.profile_out).with_suffix(
+                    f".{tree.name}.{row['transport']}.{row['scenario']}.{row['stage']}.callgrind"
+                )
+                keep.write_bytes(out.read_bytes())
             return _instructions(out) / args.checks
         if args.measure == "cprofile":
             _print_profile(profile, args.checks, args.top)
@@ -463,7 +468,11 @@ def main() -> None:
     parser.add_argument("--measure", choices=("time", "callgrind", "cprofile"), default="time")
     parser.add_argument("--repeat", type=int, default=5, help="time: best of this many runs")
     parser.add_argument("--top", type=int, default=40, help="cprofile: functions shown")
-    parser.add_argument("--profile-out", default="", help="cprofile: keep the pstats files")
+    parser.add_argument(
+        "--profile-out",
+        default="",
+        help="cprofile, callgrind: keep each row's file as PROFILE_OUT.TREE.ROW.pstats/.callgrind",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

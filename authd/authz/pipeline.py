@@ -318,11 +318,15 @@ class Authorizer:
         s = self.settings
         # A transaction minted here is known by its txn everywhere, from this decision on.
         decision_id = txn.txn if txn.token and txn.minting else self._new_decision_id()
-        metadata: dict[str, Any] = {
-            key: value
-            for key, value in decision.dynamic_metadata.items()
-            if key not in AUTHD_METADATA_KEYS
-        }
+        metadata: dict[str, Any] = (
+            {
+                key: value
+                for key, value in decision.dynamic_metadata.items()
+                if key not in AUTHD_METADATA_KEYS
+            }
+            if decision.dynamic_metadata
+            else {}
+        )
         metadata["decision_id"] = decision_id
         metadata["reason"] = str(decision.reason)
         if decision.rule:

@@ -8,6 +8,7 @@ Envoy's ``status_on_error`` / ``failure_mode_allow`` decide.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -37,7 +38,10 @@ def context_from_check_request(request: Any) -> CheckContext:
     http = attributes.request.http
     source = attributes.source
     address = source.address.socket_address
-    headers = check_request_headers(http) or {}
+    # The message's own map (a read-only Mapping to everything after): not copied per check.
+    headers: Mapping[str, str] = http.headers
+    if not headers:
+        headers = check_request_headers(http) or {}
     body = http.raw_body or http.body.encode("utf-8")
     return CheckContext(
         method=http.method,
