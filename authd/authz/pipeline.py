@@ -228,7 +228,10 @@ class Authorizer:
                 reason = self._stale_reason()
                 rule = "store" if reason == Reason.STORE_REGRESSED else "revocations"
                 decision = Decision(allowed=False, reason=reason, rule=rule, http_status=503)
-            elif (problem := self._refused_credential(identities)) is not None:
+            elif (
+                identities.problems
+                and (problem := self._refused_credential(identities)) is not None
+            ):
                 reason = Reason.REVOKED if problem.revoked else Reason.INVALID_CREDENTIALS
                 decision = Decision(allowed=False, reason=reason, rule=problem.kind)
             else:

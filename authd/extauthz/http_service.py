@@ -169,6 +169,7 @@ class HttpCheckProtocol(asyncio.Protocol):
     def __init__(self, server: HttpAuthzServer) -> None:
         self._server = server
         self._limits = server.limits
+        self._max_head = self._head_limit()
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
@@ -223,7 +224,7 @@ class HttpCheckProtocol(asyncio.Protocol):
             self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
-            if self._in_head and self._head_bytes > self._head_limit():
+            if self._in_head and self._head_bytes > self._max_head:
                 raise Refused(431, "header_too_large")
         except Refused as refused:
             self._refuse(refused)
@@ -305,8 +306,10 @@ class HttpCheckProtocol(asyncio.Protocol):
         if not self._busy:
             self._next()
         # Most checks are answered within _next: reading pauses only for one that waits
-        # (pausing and resuming for each check costs two system calls).
-        self._update_reading()
+        # (pausing and resuming for each check costs two system calls). One answered already
+        # updated the reading state (_answer).
+        if self._busy or self._queue:
+            self._update_reading()
 
     # -- checks, one at a time per connection, answered in order ---------------------------
 

@@ -131,11 +131,13 @@ class GrpcConnection(asyncio.Protocol):
                     self._on_event(event)
         finally:
             self._batching = False
-        self.write_out()
-        if self.h2.closed:
+        h2 = self.h2
+        if h2.output:
+            self.write_out()
+        if h2.closed:
             self._linger()
             return
-        if self.h2.frame_waiting:
+        if h2._buffer and h2.frame_waiting:  # nothing buffered: no frame waits (no call)
             if not self._frames_waiting and self._transport is not None:
                 self._frames_waiting = True
                 self._transport.pause_reading()
