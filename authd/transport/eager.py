@@ -140,7 +140,11 @@ class EagerTask(Generic[T]):
                 if previous is not None:
                     enter_task(loop, previous)
         except StopIteration as stop:
-            self._finish(stop.value, None)
+            if self._must_cancel:
+                self._finish(stop.value, None)
+            else:  # _finish's usual case, without the call
+                self._finished = True
+                self._on_done(stop.value, None)
         except (KeyboardInterrupt, SystemExit) as error:
             self._finish(None, error)
             raise

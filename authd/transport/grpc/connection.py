@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import struct
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any, Protocol
 
 import grpc
@@ -222,9 +223,13 @@ class GrpcConnection(asyncio.Protocol):
             return
         self.h2.acknowledge_received_data(call.id, call.held)
         call.held = 0
-        message = self._single_message(call)
-        if message is None:
-            return
+        body = call.body
+        if len(body) > 5 and _MESSAGE_PREFIX.unpack_from(body) == (0, len(body) - 5):
+            message = bytes(body[5:])  # the usual: one whole uncompressed message
+        else:
+            message = self._single_message(call)
+            if message is None:
+                return
         try:
             request = method.deserialize(message)
         except DecodeError:
@@ -239,7 +244,7 @@ class GrpcConnection(asyncio.Protocol):
         except Exception as exc:
             self._call_done(call, None, exc)
             return
-        call.task = run_eagerly(coroutine, lambda result, exc: self._call_done(call, result, exc))
+        call.task = run_eagerly(coroutine, partial(self._call_done, call))
 
     def _single_message(self, call: Call) -> bytes | None:
         body = call.body
