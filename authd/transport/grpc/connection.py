@@ -227,9 +227,10 @@ class GrpcConnection(asyncio.Protocol):
         if len(body) > 5 and _MESSAGE_PREFIX.unpack_from(body) == (0, len(body) - 5):
             message = bytes(body[5:])  # the usual: one whole uncompressed message
         else:
-            message = self._single_message(call)
-            if message is None:
+            single = self._single_message(call)
+            if single is None:
                 return
+            message = single
         try:
             request = method.deserialize(message)
         except DecodeError:
