@@ -509,7 +509,9 @@ def main() -> None:
             args.scenario[0],
             args.stage[0],
         )
-        result = asyncio.run(_worker(args))
+        import uvloop  # what `authd run` runs on
+
+        result = uvloop.run(_worker(args))
         print(json.dumps(result))
         return
     if not args.checks:
