@@ -74,6 +74,7 @@ trust_domain = "example.org"
 grpc_address = "127.0.0.1:0"
 http_address = "127.0.0.1:{http_port}"
 http_path_prefix = "/check"
+metrics_address = "127.0.0.1:{metrics_port}"
 policy_engine = "rules"
 policy_file = "policy.yaml"
 jwt_svid_audiences = ["{audience}"]
@@ -257,7 +258,9 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="check-cost-"))
     (tmp / "policy.yaml").write_text(RULES)
     http_port = _free_port()
-    (tmp / "authd.toml").write_text(CONFIG.format(http_port=http_port, audience=AUDIENCE))
+    (tmp / "authd.toml").write_text(
+        CONFIG.format(http_port=http_port, metrics_port=_free_port(), audience=AUDIENCE)
+    )
     config = load_config(tmp / "authd.toml", env={}, overrides={"data_dir": str(tmp)})
     daemon = Daemon(config)
     await daemon.start()
