@@ -199,6 +199,7 @@ class HttpCheckProtocol(asyncio.Protocol):
         self._server = server
         self._limits = server.limits
         self._max_head = self._head_limit()
+        self._max_headers = self._limits.max_header_list_size
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
@@ -286,7 +287,7 @@ class HttpCheckProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self._limits.max_header_list_size:
+        if self._header_bytes > self._max_headers:
             raise Refused(431, "header_too_large")
         key = _header_names.get(name)
         if key is None:
@@ -374,7 +375,9 @@ class HttpCheckProtocol(asyncio.Protocol):
             self._closing = True
             transport.close()
             return
-        self._update_reading()
+        # _update_reading without the call when nothing changes (nothing is queued here).
+        if (self._writing_paused or self._closing) != self._reading_paused:
+            self._update_reading()
         self._arm_idle()
 
     # -- limits ------------------------------------------------------------------------------
