@@ -204,6 +204,18 @@ class Authorizer:
         self._identity_headers = [s.caller_header, s.subject_header, s.decision_id_header]
         self._strip = [*self._identity_headers, *s.remove_headers]
         check_names(self._strip)  # once: the checks add only the policy's names
+        # _allow's names to remove when it set only authd's own headers: by (caller, user).
+        self._removes = {
+            (caller, user): tuple(
+                h
+                for h in self._strip
+                if h != s.decision_id_header
+                and not (caller and h == s.caller_header)
+                and not (user and h == s.subject_header)
+            )
+            for caller in (False, True)
+            for user in (False, True)
+        }
         self._txn_header = txn_tokens.settings.header if txn_tokens is not None else ""
         self._prefix = os.urandom(4).hex()
         self._counter = 0
@@ -237,7 +249,10 @@ class Authorizer:
                 reason = self._stale_reason()
                 rule = "store" if reason == Reason.STORE_REGRESSED else "revocations"
                 decision = Decision(allowed=False, reason=reason, rule=rule, http_status=503)
-            elif (problem := self._refused_credential(identities)) is not None:
+            elif (
+                identities.problems
+                and (problem := self._refused_credential(identities)) is not None
+            ):
                 reason = Reason.REVOKED if problem.revoked else Reason.INVALID_CREDENTIALS
                 decision = Decision(allowed=False, reason=reason, rule=problem.kind)
             else:
@@ -249,8 +264,13 @@ class Authorizer:
                     decision.trace = PolicyTrace(decision.trace.result, eval_ns)
         except MalformedRequest as exc:
             decision = self._malformed(ctx, exc)
-        txn = _TxnStep()
-        if self._txn_tokens is not None:
+        tokens = self._txn_tokens
+        if tokens is None or (
+            identities.txn_token is None and not mints_here(ctx, tokens.settings)
+        ):
+            txn = _NO_TXN  # nothing to mint, narrow or carry: the step would change nothing
+        else:
+            txn = _TxnStep()
             decision = self._txn_step(ctx, identities, decision, txn)
         if self._opa_envoy and not (decision.envoy is None and self._authd_answers(decision)):
             outcome = opa_envoy_outcome(
@@ -331,11 +351,15 @@ class Authorizer:
         s = self.settings
         # A transaction minted here is known by its txn everywhere, from this decision on.
         decision_id = txn.txn if txn.token and txn.minting else self._new_decision_id()
-        metadata: dict[str, Any] = {
-            key: value
-            for key, value in decision.dynamic_metadata.items()
-            if key not in AUTHD_METADATA_KEYS
-        }
+        metadata: dict[str, Any] = (
+            {
+                key: value
+                for key, value in decision.dynamic_metadata.items()
+                if key not in AUTHD_METADATA_KEYS
+            }
+            if decision.dynamic_metadata
+            else {}
+        )
         metadata["decision_id"] = decision_id
         metadata["reason"] = str(decision.reason)
         if decision.rule:
@@ -403,7 +427,10 @@ class Authorizer:
         headers.update(decision.headers)
         if txn.token:
             headers[self._txn_header] = txn.token
-        remove = [h for h in self._strip if h not in headers]
+        if decision.headers or txn.token:
+            remove = [h for h in self._strip if h not in headers]
+        else:  # only authd's own headers were set: which to remove is known in advance
+            remove = list(self._removes[caller is not None, identities.user is not None])
         if txn.minting and not txn.token:
             remove.append(self._txn_header)  # a client's own Txn-Token never enters the mesh
         remove.extend(decision.request_headers_to_remove)
@@ -429,6 +456,11 @@ class _TxnStep:
         self.minting = False
         self.txn = ""
         self.token = ""
+
+
+# The step of a check with no Txn-Token to mint or carry (never written to: only _txn_step
+# writes, and it gets a fresh one).
+_NO_TXN = _TxnStep()
 
 
 def _widened(decision: Decision, than: str) -> Decision:

@@ -7,16 +7,43 @@ HTTP-service adapter from Envoy's HTTP request; everything after that sees only 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 from urllib.parse import parse_qs
 
 from authd.check.request_path import normalize_path, path_without_query
 from ca.spiffe_id import SpiffeId
 
 _EMPTY: Mapping[str, str] = {}
+T = TypeVar("T")
+
+
+class _once(Generic[T]):  # a decorator, lower-case like functools.cached_property
+    """An attribute computed on first use and then kept in the instance's ``__dict__``.
+
+    ``functools.cached_property`` without its lock (3.11 takes an RLock on every first use):
+    a CheckContext belongs to the one check that reads it. A computation that raises keeps
+    nothing, so it raises again on the next use.
+    """
+
+    __slots__ = ("_compute", "_name")
+
+    def __init__(self, compute: Callable[[Any], T]) -> None:
+        self._compute = compute
+        self._name = compute.__name__
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> _once[T]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> T: ...
+
+    def __get__(self, instance: object | None, owner: type | None = None) -> T | _once[T]:
+        if instance is None:
+            return self
+        value = instance.__dict__[self._name] = self._compute(instance)
+        return value
 
 
 class CheckContext:
@@ -67,12 +94,15 @@ class CheckContext:
         # The raw envoy.service.auth.v3.CheckRequest when the check came over gRPC.
         self.check_request = check_request
 
-    @cached_property
+    @_once
     def path_only(self) -> str:
         """The path without query string or fragment, as sent."""
-        return path_without_query(self.path)
+        path = self.path
+        if "?" in path or "#" in path:
+            return path_without_query(path)
+        return path
 
-    @cached_property
+    @_once
     def normalized_path(self) -> str:
         """``path_only`` normalised (``authd.check.request_path``): what policies match.
 
@@ -80,7 +110,7 @@ class CheckContext:
         """
         return normalize_path(self.path_only)
 
-    @cached_property
+    @_once
     def query(self) -> dict[str, list[str]]:
         _, _, query = self.path.partition("?")
         return parse_qs(query.split("#", 1)[0], keep_blank_values=True)

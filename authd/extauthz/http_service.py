@@ -133,14 +133,43 @@ def _opa_envoy_http_response(outcome: Outcome, envoy: EnvoyResponse) -> bytes:
     return _status_line(outcome.status) + text.encode("ascii") + body
 
 
+_ALLOW_CACHE_SIZE = 256
+# The usual allow replies, by their headers after the first (the decision id's, which is the
+# one value that changes from check to check) and the names to remove: (head, tail) bytes
+# around that first value.
+_allow_replies: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
+
+
 def http_response(outcome: Outcome) -> bytes:
     """The reply for ``outcome``. Its headers are sendable: the pipeline checked or encoded
     every name and value (``authd.check.header_values.sendable_outcome``), the one place that
     does, identically for both transports; a non-ASCII value would still fail to encode."""
     if outcome.envoy is not None:
         return _opa_envoy_http_response(outcome, outcome.envoy)
+    if outcome.allowed and not outcome.decision.response_headers_to_add:
+        headers = tuple(outcome.upstream_headers.items())
+        if headers and headers[0][1] == outcome.decision_id:
+            # The reply is the same bytes around the decision id for the same caller, rule
+            # and names to remove.
+            key = (headers[0][0], headers[1:], tuple(outcome.remove_headers))
+            parts = _allow_replies.get(key)
+            if parts is None:
+                if len(_allow_replies) >= _ALLOW_CACHE_SIZE:
+                    _allow_replies.clear()
+                name = headers[0][0]
+                rest = _plain_response(outcome, dict(headers[1:]))
+                head = b"HTTP/1.1 200 OK\r\n" + f"{name}: ".encode("ascii")
+                parts = _allow_replies[key] = (head, b"\r\n" + rest[len(_OK_LINE) :])
+            return parts[0] + outcome.decision_id.encode("ascii") + parts[1]
+    return _plain_response(outcome, outcome.upstream_headers)
+
+
+_OK_LINE = b"HTTP/1.1 200 OK\r\n"
+
+
+def _plain_response(outcome: Outcome, headers: dict[str, str]) -> bytes:
+    """``http_response`` with ``headers`` as the upstream headers of an allow."""
     if outcome.allowed:
-        headers = outcome.upstream_headers
         removed = ",".join(outcome.remove_headers)
         text = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
         if removed:
@@ -169,6 +198,8 @@ class HttpCheckProtocol(asyncio.Protocol):
     def __init__(self, server: HttpAuthzServer) -> None:
         self._server = server
         self._limits = server.limits
+        self._max_head = self._head_limit()
+        self._max_headers = self._limits.max_header_list_size
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
@@ -223,7 +254,7 @@ class HttpCheckProtocol(asyncio.Protocol):
             self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
-            if self._in_head and self._head_bytes > self._head_limit():
+            if self._in_head and self._head_bytes > self._max_head:
                 raise Refused(431, "header_too_large")
         except Refused as refused:
             self._refuse(refused)
@@ -256,7 +287,7 @@ class HttpCheckProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self._limits.max_header_list_size:
+        if self._header_bytes > self._max_headers:
             raise Refused(431, "header_too_large")
         key = _header_names.get(name)
         if key is None:
@@ -305,8 +336,10 @@ class HttpCheckProtocol(asyncio.Protocol):
         if not self._busy:
             self._next()
         # Most checks are answered within _next: reading pauses only for one that waits
-        # (pausing and resuming for each check costs two system calls).
-        self._update_reading()
+        # (pausing and resuming for each check costs two system calls). One answered already
+        # updated the reading state (_answer).
+        if self._busy or self._queue:
+            self._update_reading()
 
     # -- checks, one at a time per connection, answered in order ---------------------------
 
@@ -342,7 +375,9 @@ class HttpCheckProtocol(asyncio.Protocol):
             self._closing = True
             transport.close()
             return
-        self._update_reading()
+        # _update_reading without the call when nothing changes (nothing is queued here).
+        if (self._writing_paused or self._closing) != self._reading_paused:
+            self._update_reading()
         self._arm_idle()
 
     # -- limits ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import struct
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any, Protocol
 
 import grpc
@@ -131,11 +132,13 @@ class GrpcConnection(asyncio.Protocol):
                     self._on_event(event)
         finally:
             self._batching = False
-        self.write_out()
-        if self.h2.closed:
+        h2 = self.h2
+        if h2.output:
+            self.write_out()
+        if h2.closed:
             self._linger()
             return
-        if self.h2.frame_waiting:
+        if h2._buffer and h2.frame_waiting:  # nothing buffered: no frame waits (no call)
             if not self._frames_waiting and self._transport is not None:
                 self._frames_waiting = True
                 self._transport.pause_reading()
@@ -220,9 +223,14 @@ class GrpcConnection(asyncio.Protocol):
             return
         self.h2.acknowledge_received_data(call.id, call.held)
         call.held = 0
-        message = self._single_message(call)
-        if message is None:
-            return
+        body = call.body
+        if len(body) > 5 and _MESSAGE_PREFIX.unpack_from(body) == (0, len(body) - 5):
+            message = bytes(body[5:])  # the usual: one whole uncompressed message
+        else:
+            single = self._single_message(call)
+            if single is None:
+                return
+            message = single
         try:
             request = method.deserialize(message)
         except DecodeError:
@@ -237,7 +245,7 @@ class GrpcConnection(asyncio.Protocol):
         except Exception as exc:
             self._call_done(call, None, exc)
             return
-        call.task = run_eagerly(coroutine, lambda result, exc: self._call_done(call, result, exc))
+        call.task = run_eagerly(coroutine, partial(self._call_done, call))
 
     def _single_message(self, call: Call) -> bytes | None:
         body = call.body

@@ -83,6 +83,9 @@ class H2Connection(Sending):
         self.limits = limits = limits or ListenerLimits()
         self._on_refusal = on_refusal
         self._out: list[bytes] = []
+        # What waits to be written (the same list as data_to_send empties): a user checks it
+        # before calling data_to_send.
+        self.output = self._out
         self._events: list[Event] = []
         self._buffer = b""
         self._pos = 0  # where the unread part of _buffer starts
