@@ -67,6 +67,7 @@ class NativeFastPath:
             credential_headers=credential_headers(config),
             everything_to_extauthz="authz.dry_run is on" if config.authz.dry_run else "",
             revoked_filter_name=config.xds.revoked_filter_name,
+            native_only=config.xds.native_only,
         )
         self._servicer: ExtensionConfigDiscovery | None = None
         self._task: asyncio.Task[None] | None = None
@@ -134,6 +135,7 @@ def explain_without_xds(config: Config, policy: object) -> XdsReport:
         to_extauthz=frozenset(),
         credential_headers=credential_headers(config),
         everything_to_extauthz="authz.dry_run is on" if config.authz.dry_run else "",
+        native_only=config.xds.native_only,
     )
     return XdsReport(
         enabled=False,

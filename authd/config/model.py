@@ -225,6 +225,8 @@ class XdsConfig:
     rule_set: str = ""  # "" means the policy's default_rule_set
     # The revocation filter's ECDS resource name ("": revoked IDs go into the rules filter).
     revoked_filter_name: str = "authd.rbac.revoked"
+    # Sidecars without ext_authz: what would go to ext_authz is compiled as a deny.
+    native_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
