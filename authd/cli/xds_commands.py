@@ -64,6 +64,18 @@ def routing_row(rule: admin_pb2.NativeRuleRouting, native_only: bool) -> dict[st
     }
 
 
+def unserved_filters(reply: admin_pb2.ListXdsNodesResponse) -> dict[str, list[str]]:
+    """Per node id: the filters it asks for that authd does not serve (that Envoy keeps their
+    default_config: the shipped rules filters deny everything). A sidecar without ext_authz
+    (``authd.rbac.native_only``) against an authd with ``[xds] native_only`` off, or the
+    other way round, shows here."""
+    served = {r.filter_name for r in reply.resources}
+    asked: dict[str, set[str]] = {}
+    for node in reply.nodes:
+        asked.setdefault(node.node_id, set()).update(node.resource_names)
+    return {node_id: sorted(names - served) for node_id, names in asked.items() if names - served}
+
+
 def cmd_policy_explain(args: argparse.Namespace) -> int:
     reply = ask(args, "ExplainNativePolicy", admin_pb2.ExplainNativePolicyRequest())
     rules = [routing_row(r, reply.native_only) for r in reply.rules]
@@ -138,6 +150,7 @@ def cmd_xds_status(args: argparse.Namespace) -> int:
         for r in reply.resources
     ]
     missing = missing_filters(reply)
+    unserved = unserved_filters(reply)
     if args.json:
         print_json(
             {
@@ -146,6 +159,7 @@ def cmd_xds_status(args: argparse.Namespace) -> int:
                 "resources": resources,
                 "nodes": nodes,
                 "missing_filters": missing,
+                "unserved_filters": unserved,
                 "native_only": reply.native_only,
                 "denied_rules": [routing_row(r, True) for r in reply.denied_rules],
             }
@@ -184,6 +198,12 @@ def cmd_xds_status(args: argparse.Namespace) -> int:
         print(
             f"warning: node {node_id or '(no node id)'} does not ask for {', '.join(names)}: "
             "revoked SPIFFE IDs are not refused natively there (see README)"
+        )
+    for node_id, names in sorted(unserved.items()):
+        print(
+            f"warning: node {node_id or '(no node id)'} asks for {', '.join(names)}, which "
+            "this daemon does not serve: that Envoy keeps the filter's default config there "
+            "(deny all in the shipped configs); see [xds] native_only"
         )
     return 0
 

@@ -19,6 +19,8 @@ from envoy.config.rbac.v3 import rbac_pb2 as rbac_config_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from authd.config.errors import ConfigError
+from authd.config.loader import load_config
 from authd.policy.rules import RulesPolicy
 from authd.policy.rules_evaluator import RuleSet
 from authd.xds.publisher import warn_native_only
@@ -125,3 +127,14 @@ def test_native_only_decides_as_the_normal_tree_or_denies(
     else:
         assert got == expected
     assert not [a for a in actions(rbac_matcher(only.config)) if a.name.startswith("extauthz")]
+
+
+def test_the_key_names_the_rules_filter_apart_and_refuses_a_dry_run() -> None:
+    config = load_config(None, env={}, overrides={"xds.enabled": True, "xds.native_only": True})
+    assert config.xds.served_filter_name == "authd.rbac.native_only"
+    assert load_config(None, env={}).xds.served_filter_name == "authd.rbac"
+    with pytest.raises(ConfigError, match="dry run"):
+        load_config(None, env={}, overrides={"xds.native_only": True, "authz.dry_run": True})
+    clash = {"xds.native_only": True, "xds.revoked_filter_name": "authd.rbac.native_only"}
+    with pytest.raises(ConfigError, match="two names"):
+        load_config(None, env={}, overrides=clash)
