@@ -18,6 +18,10 @@ HTTP filters, so the cost of each filter shows (every listener answers with a
               metadata, as on every natively decided request)
     skip      the full sidecar, ext_authz disabled on the route (ExtAuthzPerRoute): the filter
               is built for each request but returns at once
+    native-only  deploy/envoy/sidecar-rbac-only.yaml (the revocation filter, the rules filter,
+              no ext_authz), fed by a second `authd run` with `[xds] native_only = true` (one
+              authd serves one mode); its filters are renamed apart from the first authd's
+              (`bench.native_only.revoked`) so the Envoy holds no two ECDS filters of a name
 
 For each size the policy gets that many rules, one per caller SPIFFE ID (`allow GET
 /orders/{id}`), authd recompiles and pushes it over ECDS, and h2load (8 connections, TLS,
@@ -29,8 +33,9 @@ is divided by the mean of the two baseline runs around it; the ratio is the medi
 Reported per size: the ratios, the rules push (bytes), the time from writing the policy to
 Envoy enforcing it (authd's YAML parse, compile, validation, push, Envoy's ACK); then one
 caller is revoked: the revocation push (bytes) and the time from `authd revoke` returning to
-Envoy refusing that caller with 403; Envoy's RSS; and how many requests authd was asked
-(it must be 0: every request is decided natively).
+Envoy refusing that caller with 403 (the native sidecar, then the native-only one, whose
+authd is told second); Envoy's RSS; and how many requests authd was asked (it must be 0:
+every request is decided natively).
 """
 
 from __future__ import annotations
@@ -64,9 +69,11 @@ from tests.support.envoy import (  # noqa: E402
 )
 from tests.support.rbac import (  # noqa: E402
     FILTER_NAME,
+    NATIVE_ONLY_FILTER_NAME,
     REVOKED_FILTER_NAME,
     applied_version,
     config_bytes,
+    rbac_only_sidecar,
     rbac_sidecar,
     served_version,
 )
@@ -86,6 +93,42 @@ EXT_AUTHZ_PER_ROUTE = (
     "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
 )
 ROUTER = "envoy.filters.http.router"
+NATIVE_ONLY = "native-only"
+NATIVE_ONLY_REVOKED = "bench.native_only.revoked"
+NATIVE_ONLY_XDS = "authd_xds_native_only"
+
+
+def answering_200(listener: dict[str, Any]) -> None:
+    """Advertise h2 over ALPN (h2load speaks HTTP/2) and answer 200 from Envoy itself."""
+    tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]
+    tls["common_tls_context"]["alpn_protocols"] = ["h2", "http/1.1"]
+    route = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+    route["virtual_hosts"][0]["routes"][0].pop("route")
+    route["virtual_hosts"][0]["routes"][0]["direct_response"] = {"status": 200}
+
+
+def with_native_only(config_text: str, native_only_text: str) -> str:
+    """``config_text`` plus the inbound listener of sidecar-rbac-only.yaml ("native-only"),
+    its ECDS on a cluster of its own (the second authd), its revocation filter renamed."""
+    config = yaml.safe_load(config_text)
+    other = yaml.safe_load(native_only_text)
+    listener = other["static_resources"]["listeners"][0]
+    listener["name"] = NATIVE_ONLY
+    answering_200(listener)
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["stat_prefix"] = "native_only"
+    for http_filter in hcm["http_filters"]:
+        if http_filter["name"] == REVOKED_FILTER_NAME:
+            http_filter["name"] = NATIVE_ONLY_REVOKED
+        discovery = http_filter.get("config_discovery")
+        if discovery:
+            source = discovery["config_source"]["api_config_source"]
+            source["grpc_services"][0]["envoy_grpc"]["cluster_name"] = NATIVE_ONLY_XDS
+    xds = next(c for c in other["static_resources"]["clusters"] if c["name"] == "authd_xds")
+    xds["name"] = xds["load_assignment"]["cluster_name"] = NATIVE_ONLY_XDS
+    config["static_resources"]["listeners"].append(listener)
+    config["static_resources"]["clusters"].append(xds)
+    return yaml.safe_dump(config)
 
 
 def with_variants(config_text: str) -> str:
@@ -93,11 +136,7 @@ def with_variants(config_text: str) -> str:
     over ALPN (h2load speaks HTTP/2) and answer 200 themselves."""
     config = yaml.safe_load(config_text)
     inbound = config["static_resources"]["listeners"][0]
-    tls = inbound["filter_chains"][0]["transport_socket"]["typed_config"]
-    tls["common_tls_context"]["alpn_protocols"] = ["h2", "http/1.1"]
-    route = inbound["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
-    route["virtual_hosts"][0]["routes"][0].pop("route")
-    route["virtual_hosts"][0]["routes"][0]["direct_response"] = {"status": 200}
+    answering_200(inbound)
     inbound["name"] = "native"
     for name, kept in VARIANTS.items():
         listener: dict[str, Any] = copy.deepcopy(inbound)
@@ -133,7 +172,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,1000,10000")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    measured = ["native", "skip", "rbac", "rules", "revoked"]
+    measured = ["native", NATIVE_ONLY, "skip", "rbac", "rules", "revoked"]
     h2load_bin = ensure_h2load()
     tmp = short_tmpdir()
     shim = build_client_cert_shim(tmp)
@@ -143,6 +182,12 @@ def main() -> None:
     authd = start_authd(
         tmp / "d",
         authd_config() + "\n[xds]\nenabled = true\n",
+        files={"policy.yaml": many_callers_policy(1)},
+    )
+    only = start_authd(
+        tmp / "d2",
+        authd_config() + "\n[xds]\nenabled = true\nnative_only = true\n"
+        f'revoked_filter_name = "{NATIVE_ONLY_REVOKED}"\n',
         files={"policy.yaml": many_callers_policy(1)},
     )
     envoy = None
@@ -159,8 +204,18 @@ def main() -> None:
             policy="s",
             access_log=Path("/dev/null"),
         )
-        config = with_variants(sidecar.config_path.read_text())
         sidecar.stop()
+        only_sidecar = rbac_only_sidecar(
+            tmp / "envoy-only",
+            cert_dir=caller_dir,
+            workload_socket=only.data_dir / "workload.sock",
+            app_port=upstream.port,
+            access_log=Path("/dev/null"),
+        )
+        only_sidecar.stop()
+        config = with_native_only(
+            with_variants(sidecar.config_path.read_text()), only_sidecar.config_path.read_text()
+        )
         envoy = start_envoy(config, tmp / "envoy2", "bench")
         env = {
             "AUTHD_BENCH_CLIENT_CERT": str(caller_dir / "svid.pem"),
@@ -185,8 +240,10 @@ def main() -> None:
 
         for size in sizes:
             before = served_version(authd)
+            only_before = served_version(only, NATIVE_ONLY_FILTER_NAME)
             started = time.monotonic()
             (authd.data_dir / "policy.yaml").write_text(many_callers_policy(size))
+            (only.data_dir / "policy.yaml").write_text(many_callers_policy(size))
             version = wait_for(
                 "authd to recompile",
                 lambda old=before: (v := served_version(authd)) not in ("", old) and v,
@@ -198,8 +255,21 @@ def main() -> None:
                 timeout=300,
             )
             enforce = time.monotonic() - started
+            only_version = wait_for(
+                "the native-only authd to recompile",
+                lambda old=only_before: (
+                    (v := served_version(only, NATIVE_ONLY_FILTER_NAME)) not in ("", old) and v
+                ),
+                timeout=300,
+            )
+            wait_for(
+                "Envoy to apply the native-only config",
+                lambda new=only_version: applied_version(envoy, NATIVE_ONLY_FILTER_NAME) == new,
+                timeout=300,
+            )
             push = config_bytes(authd)
-            checks = authd.checks_total()
+            only_push = config_bytes(only, NATIVE_ONLY_FILTER_NAME)
+            checks = authd.checks_total() + only.checks_total()
             baseline = [load("none", size, 0)]
             ratios: dict[str, list[float]] = {name: [] for name in measured}
             rps: dict[str, list[float]] = {name: [] for name in measured}
@@ -209,7 +279,7 @@ def main() -> None:
                     baseline.append(load("none", size, run))
                     rps[name].append(value)
                     ratios[name].append(value / ((baseline[-2] + baseline[-1]) / 2))
-            asked = authd.checks_total() - checks
+            asked = authd.checks_total() + only.checks_total() - checks
             # Revoke one caller: the time from `authd revoke` returning to a 403 in Envoy.
             caller = MANY_CALLER.format(size - 1)
             port = envoy.listener_port("native")
@@ -222,6 +292,15 @@ def main() -> None:
                 if time.monotonic() - revoked_at > 60:
                     raise RuntimeError("the revocation never reached Envoy")
             refused = time.monotonic()
+            # The same on the native-only sidecar, revoked at its own authd.
+            port = envoy.listener_port(NATIVE_ONLY)
+            assert request(port, "/orders/7", context=context).status == 200
+            only.cli("revoke", "spiffe-id", caller, "--reason", "key-compromise")
+            only_revoked_at = time.monotonic()
+            while request(port, "/orders/7", context=context).status != 403:
+                if time.monotonic() - only_revoked_at > 60:
+                    raise RuntimeError("the revocation never reached the native-only filter")
+            only_refused = time.monotonic()
             rows.append(
                 {
                     "size": size,
@@ -229,6 +308,8 @@ def main() -> None:
                     **{f"{n}_rps": statistics.median(rps[n]) for n in measured},
                     **{n: statistics.median(ratios[n]) for n in measured},
                     "push": push,
+                    "only_push": only_push,
+                    "only_revoke": only_refused - only_revoked_at,
                     "enforce": enforce,
                     "revoke_push": config_bytes(authd, REVOKED_FILTER_NAME),
                     "revoke": refused - revoked_at,
@@ -243,6 +324,7 @@ def main() -> None:
         if envoy is not None:
             envoy.stop()
         authd.stop()
+        only.stop()
         upstream.close()
     print_table(rows, args.rounds)
 
@@ -252,22 +334,28 @@ def print_table(rows: list[dict[str, Any]], rounds: int) -> None:
     print(f"Ratios of no-authz throughput (median of {rounds} interleaved rounds):")
     print()
     print(
-        "| callers | none req/s | native | ext_authz off by route "
+        "| callers | none req/s | native | native-only | ext_authz off by route "
         "| rbac (no ext_authz) | rules filter alone "
         "| revocation filter alone "
         "| rules push | policy write → enforced | revocation push | revoke → 403 "
         "| Envoy RSS | ext_authz checks |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         again = " (rules pushed again!)" if r["rules_pushed_again"] else ""
         print(
-            f"| {r['size']:,} | {r['none']:,.0f} | {r['native']:.2f} | {r['skip']:.2f} "
+            f"| {r['size']:,} | {r['none']:,.0f} | {r['native']:.2f} | {r[NATIVE_ONLY]:.2f} "
+            f"| {r['skip']:.2f} "
             f"| {r['rbac']:.2f} "
             f"| {r['rules']:.2f} | {r['revoked']:.2f} | {r['push']:,} B | {r['enforce']:.2f} s "
             f"| {r['revoke_push']:,} B | {r['revoke'] * 1000:.0f} ms "
-            f"({r['revoke_cli']:.2f} s with the CLI){again} | {r['rss']:.0f} MiB | {r['asked']} |"
+            f"({r['revoke_cli']:.2f} s with the CLI; native-only "
+            f"{r['only_revoke'] * 1000:.0f} ms){again} | {r['rss']:.0f} MiB | {r['asked']} |"
         )
+    print()
+    print(
+        "native-only rules push: " + ", ".join(f"{r['size']:,}: {r['only_push']:,} B" for r in rows)
+    )
 
 
 if __name__ == "__main__":

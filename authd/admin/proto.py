@@ -9,6 +9,7 @@ from authd.admin.issuance import IssuedSvid
 from authd.admin.store_ops import StoreState
 from authd.api.authd.admin.v1 import admin_pb2
 from authd.workload.sds_stream import SdsStreamStatus
+from authd.xds.rbac_compiler import RuleRouting
 from authd.xds.report import XdsReport
 from ca.audit import AuditVerdict
 from ca.revocation_view import RevocationReason
@@ -180,28 +181,25 @@ def store_state_to_proto(state: StoreState) -> admin_pb2.ShowStoreResponse:
     )
 
 
+def _rule_routing(r: RuleRouting) -> admin_pb2.NativeRuleRouting:
+    return admin_pb2.NativeRuleRouting(
+        rule_set=r.rule_set, rule=r.rule, line=r.line, effect=r.effect, native=r.native, why=r.why
+    )
+
+
 def native_policy_to_proto(report: XdsReport) -> admin_pb2.ExplainNativePolicyResponse:
     compiled = report.compiled
     message = admin_pb2.ExplainNativePolicyResponse(
         enabled=report.enabled, last_refusal=report.last_refusal
     )
     if compiled is not None:
+        message.native_only = compiled.native_only
         message.version = compiled.version
         message.filter_name = compiled.filter_name
         message.config_bytes = len(compiled.payload)
         message.identities = compiled.identities
         message.revoked = compiled.revoked
-        message.rules.extend(
-            admin_pb2.NativeRuleRouting(
-                rule_set=r.rule_set,
-                rule=r.rule,
-                line=r.line,
-                effect=r.effect,
-                native=r.native,
-                why=r.why,
-            )
-            for r in compiled.routing
-        )
+        message.rules.extend(_rule_routing(r) for r in compiled.routing)
     if report.revocations is not None:
         message.revoked_filter_name = report.revocations.filter_name
         message.revoked_version = report.revocations.version
@@ -214,6 +212,9 @@ def xds_nodes_to_proto(report: XdsReport, now: float) -> admin_pb2.ListXdsNodesR
         enabled=report.enabled,
         version=report.compiled.version if report.compiled is not None else "",
     )
+    if report.compiled is not None and report.compiled.native_only:
+        message.native_only = True
+        message.denied_rules.extend(_rule_routing(r) for r in report.compiled.denied_rules())
     for node in report.nodes:
         message.nodes.append(
             admin_pb2.XdsNode(

@@ -59,14 +59,16 @@ class NativeFastPath:
     ) -> None:
         self._revocations = revocations
         self._entries = entries
+        self._native_only = config.xds.native_only
         self.publisher = RbacPublisher(
-            filter_name=config.xds.filter_name,
+            filter_name=config.xds.served_filter_name,
             policy=policy,
             revoked=self._revoked,
             rule_set=config.xds.rule_set,
             credential_headers=credential_headers(config),
             everything_to_extauthz="authz.dry_run is on" if config.authz.dry_run else "",
             revoked_filter_name=config.xds.revoked_filter_name,
+            native_only=config.xds.native_only,
         )
         self._servicer: ExtensionConfigDiscovery | None = None
         self._task: asyncio.Task[None] | None = None
@@ -95,10 +97,11 @@ class NativeFastPath:
         current = self.publisher.current
         log.info(
             "native fast path: RBAC filter %r over ECDS on the workload socket, config %s; "
-            "revocation filter %r",
+            "revocation filter %r%s",
             self.publisher.filter_name,
             current.version if current is not None else "(none: refused, see above)",
             self.publisher.revoked_filter_name or "(none: revocations in the rules filter)",
+            "; native only: what would go to ext_authz is denied" if self._native_only else "",
         )
 
     def report(self) -> XdsReport:
@@ -134,10 +137,11 @@ def explain_without_xds(config: Config, policy: object) -> XdsReport:
         to_extauthz=frozenset(),
         credential_headers=credential_headers(config),
         everything_to_extauthz="authz.dry_run is on" if config.authz.dry_run else "",
+        native_only=config.xds.native_only,
     )
     return XdsReport(
         enabled=False,
-        compiled=compile_inputs(inputs, config.xds.filter_name),
+        compiled=compile_inputs(inputs, config.xds.served_filter_name),
         compiled_at=0.0,
         last_refusal="",
         nodes=(),

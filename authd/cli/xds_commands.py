@@ -35,19 +35,50 @@ def missing_filters(reply: admin_pb2.ListXdsNodesResponse) -> dict[str, list[str
     }
 
 
+NATIVE_ONLY_NOTE = (
+    "[xds] native_only is on: no ext_authz behind RBAC; what would go to it is denied "
+    "(requests with a credential header or without a client certificate, paths that need "
+    "normalising, a revoked entry's SPIFFE ID, and what the rules below marked DENIED decide)"
+)
+
+
+def denied_line(rule: admin_pb2.NativeRuleRouting) -> str:
+    return (
+        f"warning: {rule.effect} rule {rule.rule!r} ({rule.rule_set} line {rule.line}) needs "
+        f"ext_authz ({rule.why}): [xds] native_only denies the requests it would decide"
+    )
+
+
+def routing_row(rule: admin_pb2.NativeRuleRouting, native_only: bool) -> dict[str, Any]:
+    runs = "native" if rule.native else "DENIED (native_only)" if native_only else "ext_authz"
+    why = rule.why
+    if native_only and not rule.native:
+        why = f"needs ext_authz: {why}"
+    return {
+        "rule_set": rule.rule_set,
+        "rule": rule.rule,
+        "line": rule.line,
+        "effect": rule.effect,
+        "runs": runs,
+        "why": why,
+    }
+
+
+def unserved_filters(reply: admin_pb2.ListXdsNodesResponse) -> dict[str, list[str]]:
+    """Per node id: the filters it asks for that authd does not serve (that Envoy keeps their
+    default_config: the shipped rules filters deny everything). A sidecar without ext_authz
+    (``authd.rbac.native_only``) against an authd with ``[xds] native_only`` off, or the
+    other way round, shows here."""
+    served = {r.filter_name for r in reply.resources}
+    asked: dict[str, set[str]] = {}
+    for node in reply.nodes:
+        asked.setdefault(node.node_id, set()).update(node.resource_names)
+    return {node_id: sorted(names - served) for node_id, names in asked.items() if names - served}
+
+
 def cmd_policy_explain(args: argparse.Namespace) -> int:
     reply = ask(args, "ExplainNativePolicy", admin_pb2.ExplainNativePolicyRequest())
-    rules = [
-        {
-            "rule_set": r.rule_set,
-            "rule": r.rule,
-            "line": r.line,
-            "effect": r.effect,
-            "runs": "native" if r.native else "ext_authz",
-            "why": r.why,
-        }
-        for r in reply.rules
-    ]
+    rules = [routing_row(r, reply.native_only) for r in reply.rules]
     if args.json:
         print_json(
             {
@@ -61,6 +92,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
                 "revoked_version": reply.revoked_version,
                 "revoked_config_bytes": reply.revoked_config_bytes,
                 "last_refusal": reply.last_refusal,
+                "native_only": reply.native_only,
                 "rules": rules,
             }
         )
@@ -77,6 +109,8 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         )
     if reply.last_refusal:
         print(f"last config refused by authd: {reply.last_refusal}")
+    if reply.native_only:
+        print(NATIVE_ONLY_NOTE)
     if not rules:
         print("no rules compiled (no rules file, or its rule set is unknown)")
         return 0
@@ -84,6 +118,9 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         [r["rule_set"], r["rule"], str(r["line"]), r["effect"], r["runs"], r["why"]] for r in rules
     ]
     print("\n".join(table(["RULE SET", "RULE", "LINE", "EFFECT", "RUNS IN", "WHY"], rows)))
+    for rule in reply.rules if reply.native_only else ():
+        if not rule.native:
+            print(denied_line(rule))
     return 0
 
 
@@ -113,6 +150,7 @@ def cmd_xds_status(args: argparse.Namespace) -> int:
         for r in reply.resources
     ]
     missing = missing_filters(reply)
+    unserved = unserved_filters(reply)
     if args.json:
         print_json(
             {
@@ -121,6 +159,9 @@ def cmd_xds_status(args: argparse.Namespace) -> int:
                 "resources": resources,
                 "nodes": nodes,
                 "missing_filters": missing,
+                "unserved_filters": unserved,
+                "native_only": reply.native_only,
+                "denied_rules": [routing_row(r, True) for r in reply.denied_rules],
             }
         )
         return 0
@@ -130,6 +171,10 @@ def cmd_xds_status(args: argparse.Namespace) -> int:
     for r in resources or [{"filter_name": "RBAC", "version": reply.version, "config_bytes": 0}]:
         size = f"{r['config_bytes']} bytes"
         print(f"serving {r['filter_name']} config {r['version'] or '-'} ({size})")
+    if reply.native_only:
+        print(NATIVE_ONLY_NOTE)
+        for rule in reply.denied_rules:
+            print(denied_line(rule))
     if not nodes:
         print("no Envoy is connected over ECDS")
         return 0
@@ -153,6 +198,12 @@ def cmd_xds_status(args: argparse.Namespace) -> int:
         print(
             f"warning: node {node_id or '(no node id)'} does not ask for {', '.join(names)}: "
             "revoked SPIFFE IDs are not refused natively there (see README)"
+        )
+    for node_id, names in sorted(unserved.items()):
+        print(
+            f"warning: node {node_id or '(no node id)'} asks for {', '.join(names)}, which "
+            "this daemon does not serve: that Envoy keeps the filter's default config there "
+            "(deny all in the shipped configs); see [xds] native_only"
         )
     return 0
 

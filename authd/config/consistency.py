@@ -126,9 +126,17 @@ def _check_federation(config: Config, sources: Mapping[str, str]) -> None:
 
 def _check_xds(config: Config, sources: Mapping[str, str]) -> None:
     xds = config.xds
-    if xds.revoked_filter_name and xds.revoked_filter_name == xds.filter_name:
+    if xds.revoked_filter_name in (xds.filter_name, xds.served_filter_name):
         raise ConfigError(
             "xds.revoked_filter_name",
-            f"must differ from xds.filter_name ({xds.filter_name!r}): two filters, two names",
+            f"must differ from the rules filter ({xds.served_filter_name!r}): two filters, "
+            "two names",
             sources.get("xds.revoked_filter_name") or sources.get("xds.filter_name"),
+        )
+    if xds.native_only and config.authz.dry_run:
+        raise ConfigError(
+            "xds.native_only",
+            "a dry run (authz.dry_run) needs ext_authz to log and allow; native_only denies "
+            "every request that would reach it",
+            sources.get("xds.native_only"),
         )

@@ -142,6 +142,7 @@ PARSERS: dict[str, Callable[[object], object]] = {
     "xds.filter_name": parse_filter_name,
     "xds.rule_set": parse_str,
     "xds.revoked_filter_name": parse_optional_filter_name,
+    "xds.native_only": parse_bool,
     "limits.max_connections": parse_positive_int,
     "limits.idle_timeout": parse_positive_duration,
     "limits.max_header_list_size": parse_int_at_least(1024),

@@ -28,7 +28,7 @@ from authd.xds.rbac_compiler import CompiledRbac, compile_rbac
 from authd.xds.rbac_validation import InvalidRbacConfig, validate_rbac
 from authd.xds.revoked_filter import compile_revoked
 
-__all__ = ["RbacInputs", "RbacPublisher", "served_version"]
+__all__ = ["RbacInputs", "RbacPublisher", "served_version", "warn_native_only"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class RbacInputs:
     to_extauthz: frozenset[str]
     credential_headers: tuple[str, ...]
     everything_to_extauthz: str
+    native_only: bool = False
 
 
 def compile_inputs(inputs: RbacInputs, filter_name: str) -> CompiledRbac:
@@ -63,12 +64,31 @@ def compile_inputs(inputs: RbacInputs, filter_name: str) -> CompiledRbac:
         to_extauthz=inputs.to_extauthz,
         credential_headers=inputs.credential_headers,
         everything_to_extauthz=reason,
+        native_only=inputs.native_only,
     )
 
 
 def served_version(served: dict[str, CompiledRbac], names: tuple[str, ...]) -> str:
     """The version of what a stream asking for ``names`` is served ("" if nothing of it)."""
     return "+".join(served[name].version for name in names if name in served)
+
+
+def warn_native_only(compiled: CompiledRbac) -> None:
+    """``[xds] native_only``: one warning line per rule that needs ext_authz (denied)."""
+    if not compiled.native_only:
+        return
+    for rule in compiled.denied_rules():
+        log.warning(
+            "xds: native_only: %s rule %r (%s line %d) needs ext_authz (%s): the requests "
+            "it would decide are denied",
+            rule.effect,
+            rule.rule,
+            rule.rule_set,
+            rule.line,
+            rule.why,
+        )
+    if not compiled.routing:
+        log.warning("xds: native_only: no rule is compiled natively: every request is denied")
 
 
 class RbacPublisher:
@@ -87,6 +107,7 @@ class RbacPublisher:
         compile_config: Callable[[RbacInputs, str], CompiledRbac] = compile_inputs,
         validate: Callable[[Any], None] = validate_rbac,
         revoked_filter_name: str = "",
+        native_only: bool = False,
     ) -> None:
         self.filter_name = filter_name
         self.revoked_filter_name = revoked_filter_name
@@ -95,6 +116,7 @@ class RbacPublisher:
         self._rule_set = rule_set
         self._headers = tuple(credential_headers)
         self._everything = everything_to_extauthz
+        self._native_only = native_only
         self._interval = interval
         self._compile = compile_config
         self._validate = validate
@@ -133,6 +155,7 @@ class RbacPublisher:
             to_extauthz=to_extauthz,
             credential_headers=self._headers,
             everything_to_extauthz=self._everything,
+            native_only=self._native_only,
         )
 
     def mark_dirty(self) -> None:
@@ -203,6 +226,7 @@ class RbacPublisher:
             compiled.revoked,
             (time.monotonic() - started) * 1000,
         )
+        warn_native_only(compiled)
         return True
 
     def install(self, compiled: CompiledRbac) -> None:

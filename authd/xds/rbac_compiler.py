@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -50,6 +50,7 @@ from authd.xds.rbac_paths import UNSAFE_REGEX, PathPattern, parse_path_pattern
 
 __all__ = [
     "EXTAUTHZ_PREFIX",
+    "NATIVE_ONLY_PREFIX",
     "CompiledRbac",
     "RuleRouting",
     "compile_rbac",
@@ -58,6 +59,8 @@ __all__ = [
 EXTAUTHZ_PREFIX: Final = "extauthz:"
 REVOKED_ACTION: Final = "deny:revoked-spiffe-id"
 NO_MATCH_ACTION: Final = "deny:no_matching_rule"
+# ``[xds] native_only``: what would have gone to ext_authz is denied, named after why.
+NATIVE_ONLY_PREFIX: Final = "deny:native_only:"
 _NATIVE_KEYS: Final = frozenset({"methods", "paths", "callers", "authenticated"})
 _WHY_NOT_NATIVE: Final = {
     "hosts": "hosts: the matcher tree reads identity, method and path only",
@@ -98,6 +101,11 @@ class CompiledRbac:
     routing: tuple[RuleRouting, ...]
     identities: int  # entries of the identity map
     revoked: int
+    native_only: bool = False  # every ext_authz hand-over compiled as a deny
+
+    def denied_rules(self) -> tuple[RuleRouting, ...]:
+        """With ``native_only``: the rules that need ext_authz, so what they decide is denied."""
+        return tuple(r for r in self.routing if not r.native) if self.native_only else ()
 
 
 # --- matcher building blocks ------------------------------------------------------------
@@ -115,6 +123,13 @@ def _header_input(name: str) -> Any:
 
 def _uri_san_input() -> Any:
     return _typed("uri-san", ssl_inputs_pb2.UriSanInput())
+
+
+def _native_only(name: str) -> str:
+    """``name`` as ``[xds] native_only`` compiles it: an ext_authz hand-over is a deny."""
+    if name.startswith(EXTAUTHZ_PREFIX):
+        return NATIVE_ONLY_PREFIX + name[len(EXTAUTHZ_PREFIX) :]
+    return name
 
 
 def _action(name: str) -> Any:
@@ -327,6 +342,8 @@ def _leaf(rules: Sequence[_NativeRule], branch: _Branch) -> str:
 
 # --- the tree ---------------------------------------------------------------------------
 
+_Act = Callable[[str], Any]  # an action's name → its OnMatch
+
 
 def _path_order(patterns: Iterable[PathPattern]) -> list[PathPattern]:
     unique = {(p.kind, p.value): p for p in patterns}.values()
@@ -338,17 +355,19 @@ def _path_order(patterns: Iterable[PathPattern]) -> list[PathPattern]:
     return exact + prefixes + templates
 
 
-def _path_level(rules: Sequence[_NativeRule], identity: str | None, method: str | None) -> Any:
+def _path_level(
+    rules: Sequence[_NativeRule], identity: str | None, method: str | None, act: _Act
+) -> Any:
     live = [r for r in rules if _callers_truth(r, _Branch(identity, method, None, ())) is not _T.NO]
     live = [r for r in live if _methods_truth(r, _Branch(identity, method, None, ())) is not _T.NO]
     patterns = _path_order(p for r in live for p in r.paths or ())
-    none_matched = _action(_leaf(live, _Branch(identity, method, None, tuple(patterns))))
+    none_matched = act(_leaf(live, _Branch(identity, method, None, tuple(patterns))))
     if not patterns:
         return None, none_matched
     entries = []
     for index, pattern in enumerate(patterns):
         branch = _Branch(identity, method, pattern, tuple(patterns[:index]))
-        entries.append((_path_predicate(pattern), _action(_leaf(live, branch))))
+        entries.append((_path_predicate(pattern), act(_leaf(live, branch))))
     return _list(entries, none_matched), None
 
 
@@ -356,12 +375,12 @@ def _on(matcher: Any, action: Any) -> Any:
     return _nested(matcher) if matcher is not None else action
 
 
-def _method_level(rules: Sequence[_NativeRule], identity: str | None) -> Any:
+def _method_level(rules: Sequence[_NativeRule], identity: str | None, act: _Act) -> Any:
     methods = sorted({m for r in rules if r.methods is not None for m in r.methods})
-    other = _on(*_path_level(rules, identity, None))
+    other = _on(*_path_level(rules, identity, None, act))
     if not methods:
         return other
-    branches = {m: _on(*_path_level(rules, identity, m)) for m in methods}
+    branches = {m: _on(*_path_level(rules, identity, m, act)) for m in methods}
     return _nested(_tree(_header_input(":method"), branches, other))
 
 
@@ -376,13 +395,13 @@ def _relevant(
     return [rule for _, rule in found]
 
 
-def _guards(credential_headers: Sequence[str]) -> list[tuple[Any, Any]]:
+def _guards(credential_headers: Sequence[str], act: _Act) -> list[tuple[Any, Any]]:
     """Before any rule: a credential header or a path that may normalise otherwise."""
-    reason = _action(f"{EXTAUTHZ_PREFIX}credential header")
+    reason = act(f"{EXTAUTHZ_PREFIX}credential header")
     entries = [
         (_predicate(h, safe_regex=xds_regex("[\\s\\S]*")), reason) for h in credential_headers
     ]
-    path = _action(f"{EXTAUTHZ_PREFIX}path needs normalising")
+    path = act(f"{EXTAUTHZ_PREFIX}path needs normalising")
     return [*entries, (_unsafe_path_predicate(), path)]
 
 
@@ -395,13 +414,21 @@ def compile_rbac(
     to_extauthz: Iterable[str] = (),
     credential_headers: Sequence[str] = ("authorization",),
     everything_to_extauthz: str = "",
+    native_only: bool = False,
 ) -> CompiledRbac:
     """Compile ``rule_set`` into the RBAC filter config named ``filter_name``.
 
     ``revoked`` SPIFFE IDs are denied before anything else; ``to_extauthz`` ones always go
     to ext_authz. ``everything_to_extauthz`` (a reason) sends every request that is not
     revoked to ext_authz: another policy engine, no rules file, a dry run.
+
+    ``native_only`` (``[xds] native_only``, a sidecar without ext_authz): every request
+    that would go to ext_authz is denied instead (``deny:native_only:<why>``), fail closed.
     """
+
+    def act(name: str) -> Any:
+        return _action(_native_only(name) if native_only else name)
+
     revoked_ids = sorted(set(revoked))
     extauthz_ids = sorted(set(to_extauthz) - set(revoked_ids))
     headers = sorted({h.lower() for h in credential_headers if h})
@@ -430,10 +457,10 @@ def compile_rbac(
     for spiffe_id in revoked_ids:
         revoked_branches[spiffe_id] = _action(REVOKED_ACTION)
     for spiffe_id in extauthz_ids:
-        revoked_branches[spiffe_id] = _action(f"{EXTAUTHZ_PREFIX}entry revoked")
+        revoked_branches[spiffe_id] = act(f"{EXTAUTHZ_PREFIX}entry revoked")
     named_branches: dict[str, Any] = {}
     if everything_to_extauthz:
-        below_revoked = _action(f"{EXTAUTHZ_PREFIX}{everything_to_extauthz}")
+        below_revoked = act(f"{EXTAUTHZ_PREFIX}{everything_to_extauthz}")
     else:
         # An index by exact caller keeps this linear in the rules, not quadratic.
         by_id: dict[str, list[tuple[int, _NativeRule]]] = {}
@@ -447,20 +474,20 @@ def compile_rbac(
         for spiffe_id in sorted(by_id):
             if spiffe_id not in revoked_branches:
                 named_branches[spiffe_id] = _method_level(
-                    _relevant(spiffe_id, by_id, unscoped), spiffe_id
+                    _relevant(spiffe_id, by_id, unscoped), spiffe_id, act
                 )
         anyone = [rule for _, rule in unscoped]
-        any_peer = _method_level(anyone, None)
+        any_peer = _method_level(anyone, None, act)
         prefixes = sorted({p for r in rules if r.callers is not None for p in r.callers.prefixes})
         if prefixes:
-            below = {p: _method_level(anyone, p) for p in prefixes}
+            below = {p: _method_level(anyone, p, act) for p in prefixes}
             any_peer = _nested(_prefix_tree(_uri_san_input(), below, any_peer))
-        no_peer = _action(f"{EXTAUTHZ_PREFIX}no SPIFFE peer")
+        no_peer = act(f"{EXTAUTHZ_PREFIX}no SPIFFE peer")
         peer_present = _predicate_uri_san_prefix("spiffe://")
         identities = _list([(peer_present, any_peer)], no_peer)
         if named_branches:
             identities = _tree(_uri_san_input(), named_branches, _nested(identities))
-        below_revoked = _nested(_list(_guards(headers), _nested(identities)))
+        below_revoked = _nested(_list(_guards(headers, act), _nested(identities)))
     if revoked_branches:
         root = _tree(_uri_san_input(), revoked_branches, below_revoked)
     elif below_revoked.HasField("matcher"):
@@ -480,6 +507,7 @@ def compile_rbac(
         routing=tuple(routing),
         identities=len(revoked_branches) + len(named_branches),
         revoked=len(revoked_ids),
+        native_only=native_only,
     )
 
 

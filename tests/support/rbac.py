@@ -110,3 +110,31 @@ def in_step(authd: Authd, envoy: Envoy) -> bool:
         if not version or applied_version(envoy, name) != version:
             return False
     return True
+
+
+NATIVE_ONLY_FILTER_NAME = "authd.rbac.native_only"
+
+
+def rbac_only_sidecar(
+    tmp: Path,
+    *,
+    cert_dir: Path,
+    workload_socket: Path,
+    app_port: int,
+    access_log: Path,
+    name: str = "rbac-only-sidecar",
+) -> Envoy:
+    """Envoy from deploy/envoy/sidecar-rbac-only.yaml: the two RBAC filters, no ext_authz."""
+    config = render(
+        "sidecar-rbac-only.yaml",
+        ADMIN_PORT=0,
+        CERT_DIR=cert_dir,
+        TRUST_DOMAIN=TRUST_DOMAIN,
+        INBOUND_ADDRESS=HOST,
+        INBOUND_PORT=0,
+        APP_ADDRESS=HOST,
+        APP_PORT=app_port,
+        WORKLOAD_SOCKET=workload_socket,
+        ACCESS_LOG=access_log,
+    )
+    return start_envoy(config, tmp, name)

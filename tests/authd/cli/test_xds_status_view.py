@@ -4,7 +4,7 @@ and a node without the revocation filter named (it does not refuse revoked IDs n
 from __future__ import annotations
 
 from authd.api.authd.admin.v1 import admin_pb2
-from authd.cli.xds_commands import missing_filters, node_state
+from authd.cli.xds_commands import missing_filters, node_state, unserved_filters
 
 RULES, REVOKED = "authd.rbac", "authd.rbac.revoked"
 
@@ -42,3 +42,9 @@ def test_each_stream_is_in_step_with_its_own_resource() -> None:
         nacked_version="v1",
     )
     assert node_state(refused, "r1") == "refused"
+
+
+def test_a_node_asking_for_a_filter_authd_does_not_serve_is_named() -> None:
+    # A native-only sidecar against an authd with [xds] native_only off: it finds no config.
+    answer = reply(("only", "authd.rbac.native_only"), ("only", REVOKED), ("both", RULES))
+    assert unserved_filters(answer) == {"only": ["authd.rbac.native_only"]}

@@ -575,7 +575,7 @@ class ExplainNativePolicyRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ExplainNativePolicyResponse(_message.Message):
-    __slots__ = ("enabled", "version", "filter_name", "config_bytes", "identities", "revoked", "rules", "last_refusal", "revoked_filter_name", "revoked_version", "revoked_config_bytes")
+    __slots__ = ("enabled", "version", "filter_name", "config_bytes", "identities", "revoked", "rules", "last_refusal", "revoked_filter_name", "revoked_version", "revoked_config_bytes", "native_only")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FILTER_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -587,6 +587,7 @@ class ExplainNativePolicyResponse(_message.Message):
     REVOKED_FILTER_NAME_FIELD_NUMBER: _ClassVar[int]
     REVOKED_VERSION_FIELD_NUMBER: _ClassVar[int]
     REVOKED_CONFIG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NATIVE_ONLY_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     version: str
     filter_name: str
@@ -598,7 +599,8 @@ class ExplainNativePolicyResponse(_message.Message):
     revoked_filter_name: str
     revoked_version: str
     revoked_config_bytes: int
-    def __init__(self, enabled: _Optional[bool] = ..., version: _Optional[str] = ..., filter_name: _Optional[str] = ..., config_bytes: _Optional[int] = ..., identities: _Optional[int] = ..., revoked: _Optional[int] = ..., rules: _Optional[_Iterable[_Union[NativeRuleRouting, _Mapping]]] = ..., last_refusal: _Optional[str] = ..., revoked_filter_name: _Optional[str] = ..., revoked_version: _Optional[str] = ..., revoked_config_bytes: _Optional[int] = ...) -> None: ...
+    native_only: bool
+    def __init__(self, enabled: _Optional[bool] = ..., version: _Optional[str] = ..., filter_name: _Optional[str] = ..., config_bytes: _Optional[int] = ..., identities: _Optional[int] = ..., revoked: _Optional[int] = ..., rules: _Optional[_Iterable[_Union[NativeRuleRouting, _Mapping]]] = ..., last_refusal: _Optional[str] = ..., revoked_filter_name: _Optional[str] = ..., revoked_version: _Optional[str] = ..., revoked_config_bytes: _Optional[int] = ..., native_only: _Optional[bool] = ...) -> None: ...
 
 class NativeRuleRouting(_message.Message):
     __slots__ = ("rule_set", "rule", "line", "effect", "native", "why")
@@ -621,16 +623,20 @@ class ListXdsNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListXdsNodesResponse(_message.Message):
-    __slots__ = ("enabled", "version", "nodes", "resources")
+    __slots__ = ("enabled", "version", "nodes", "resources", "native_only", "denied_rules")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    NATIVE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    DENIED_RULES_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     version: str
     nodes: _containers.RepeatedCompositeFieldContainer[XdsNode]
     resources: _containers.RepeatedCompositeFieldContainer[XdsResource]
-    def __init__(self, enabled: _Optional[bool] = ..., version: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[XdsNode, _Mapping]]] = ..., resources: _Optional[_Iterable[_Union[XdsResource, _Mapping]]] = ...) -> None: ...
+    native_only: bool
+    denied_rules: _containers.RepeatedCompositeFieldContainer[NativeRuleRouting]
+    def __init__(self, enabled: _Optional[bool] = ..., version: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[XdsNode, _Mapping]]] = ..., resources: _Optional[_Iterable[_Union[XdsResource, _Mapping]]] = ..., native_only: _Optional[bool] = ..., denied_rules: _Optional[_Iterable[_Union[NativeRuleRouting, _Mapping]]] = ...) -> None: ...
 
 class XdsResource(_message.Message):
     __slots__ = ("filter_name", "version", "config_bytes")
