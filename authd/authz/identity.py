@@ -291,10 +291,7 @@ class IdentityResolver:
         """Verify (or recall verifying) the URL-encoded PEM chain Envoy sent."""
         key = (encoded, bundle.sequence)
         cached = self.peer_cache.get(key)
-        # (a result of our own trust domain, the usual one, needs no call to stay trusted)
-        if cached is not None and (
-            getattr(cached, "foreign", None) is None or self._still_trusted(cached)
-        ):
+        if cached is not None and self._still_trusted(cached):
             return cached
         now = self._clock.now()
         result: _PeerResult
@@ -420,10 +417,7 @@ class IdentityResolver:
         cached = self.token_cache.get(
             (digest, header, audience, bundle.sequence, self._jwks_generation())
         )
-        # (a result of our own trust domain, the usual one, needs no call to stay trusted)
-        if cached is not None and (
-            getattr(cached, "foreign", None) is None or self._still_trusted(cached)
-        ):
+        if cached is not None and self._still_trusted(cached):
             return cached
         result, expires_at = await self._verify_token(header, token, audience, bundle)
         # The generation is read again: a refetch during verification (unknown kid) gave

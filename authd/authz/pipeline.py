@@ -204,18 +204,6 @@ class Authorizer:
         self._identity_headers = [s.caller_header, s.subject_header, s.decision_id_header]
         self._strip = [*self._identity_headers, *s.remove_headers]
         check_names(self._strip)  # once: the checks add only the policy's names
-        # _allow's names to remove when it set only authd's own headers: by (caller, user).
-        self._removes = {
-            (caller, user): tuple(
-                h
-                for h in self._strip
-                if h != s.decision_id_header
-                and not (caller and h == s.caller_header)
-                and not (user and h == s.subject_header)
-            )
-            for caller in (False, True)
-            for user in (False, True)
-        }
         self._txn_header = txn_tokens.settings.header if txn_tokens is not None else ""
         self._prefix = os.urandom(4).hex()
         self._counter = 0
@@ -427,10 +415,7 @@ class Authorizer:
         headers.update(decision.headers)
         if txn.token:
             headers[self._txn_header] = txn.token
-        if decision.headers or txn.token:
-            remove = [h for h in self._strip if h not in headers]
-        else:  # only authd's own headers were set: which to remove is known in advance
-            remove = list(self._removes[caller is not None, identities.user is not None])
+        remove = [h for h in self._strip if h not in headers]
         if txn.minting and not txn.token:
             remove.append(self._txn_header)  # a client's own Txn-Token never enters the mesh
         remove.extend(decision.request_headers_to_remove)

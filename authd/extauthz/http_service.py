@@ -133,43 +133,14 @@ def _opa_envoy_http_response(outcome: Outcome, envoy: EnvoyResponse) -> bytes:
     return _status_line(outcome.status) + text.encode("ascii") + body
 
 
-_ALLOW_CACHE_SIZE = 256
-# The usual allow replies, by their headers after the first (the decision id's, which is the
-# one value that changes from check to check) and the names to remove: (head, tail) bytes
-# around that first value.
-_allow_replies: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
-
-
 def http_response(outcome: Outcome) -> bytes:
     """The reply for ``outcome``. Its headers are sendable: the pipeline checked or encoded
     every name and value (``authd.check.header_values.sendable_outcome``), the one place that
     does, identically for both transports; a non-ASCII value would still fail to encode."""
     if outcome.envoy is not None:
         return _opa_envoy_http_response(outcome, outcome.envoy)
-    if outcome.allowed and not outcome.decision.response_headers_to_add:
-        headers = tuple(outcome.upstream_headers.items())
-        if headers and headers[0][1] == outcome.decision_id:
-            # The reply is the same bytes around the decision id for the same caller, rule
-            # and names to remove.
-            key = (headers[0][0], headers[1:], tuple(outcome.remove_headers))
-            parts = _allow_replies.get(key)
-            if parts is None:
-                if len(_allow_replies) >= _ALLOW_CACHE_SIZE:
-                    _allow_replies.clear()
-                name = headers[0][0]
-                rest = _plain_response(outcome, dict(headers[1:]))
-                head = b"HTTP/1.1 200 OK\r\n" + f"{name}: ".encode("ascii")
-                parts = _allow_replies[key] = (head, b"\r\n" + rest[len(_OK_LINE) :])
-            return parts[0] + outcome.decision_id.encode("ascii") + parts[1]
-    return _plain_response(outcome, outcome.upstream_headers)
-
-
-_OK_LINE = b"HTTP/1.1 200 OK\r\n"
-
-
-def _plain_response(outcome: Outcome, headers: dict[str, str]) -> bytes:
-    """``http_response`` with ``headers`` as the upstream headers of an allow."""
     if outcome.allowed:
+        headers = outcome.upstream_headers
         removed = ",".join(outcome.remove_headers)
         text = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
         if removed:
