@@ -8,7 +8,7 @@ match and a small cache; the detailed diagnosis runs only for bad input.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ca.errors import InvalidSpiffeId
@@ -59,6 +59,11 @@ class SpiffeId:
 
     trust_domain: TrustDomain
     path: str
+    # The text, built once: a check turns the caller's ID into text several times.
+    _text: str = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_text", f"{SCHEME_PREFIX}{self.trust_domain.name}{self.path}")
 
     @staticmethod
     def parse(text: str) -> SpiffeId:
@@ -75,7 +80,7 @@ class SpiffeId:
         return bool(self.path)
 
     def __str__(self) -> str:
-        return f"{SCHEME_PREFIX}{self.trust_domain.name}{self.path}"
+        return self._text
 
 
 @lru_cache(maxsize=4096)

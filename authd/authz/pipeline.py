@@ -203,8 +203,9 @@ class Authorizer:
         self._id_header = s.decision_id_header
         self._identity_headers = [s.caller_header, s.subject_header, s.decision_id_header]
         self._strip = [*self._identity_headers, *s.remove_headers]
-        check_names(self._strip)  # once: the checks add only the policy's names
         self._txn_header = txn_tokens.settings.header if txn_tokens is not None else ""
+        # Once: the checks add only the policy's names.
+        check_names([*self._strip, self._txn_header] if self._txn_header else self._strip)
         self._prefix = os.urandom(4).hex()
         self._counter = 0
         self._opa_envoy = s.compat == "opa-envoy"
@@ -271,7 +272,9 @@ class Authorizer:
             )
             outcome = sendable_opa_envoy_outcome(outcome)
         else:
-            outcome = sendable_outcome(self._outcome(decision, identities, txn), self._id_header)
+            outcome = self._outcome(decision, identities, txn)
+            if not _authd_values_only(outcome):
+                outcome = sendable_outcome(outcome, self._id_header)
         elapsed = time.perf_counter() - started
         if self._metrics is not None:
             self._metrics.observe(ctx.transport, outcome, elapsed)
@@ -430,6 +433,21 @@ class Authorizer:
             dynamic_metadata=metadata,
             txn=txn.txn,
         )
+
+
+def _authd_values_only(outcome: Outcome) -> bool:
+    """An allow whose headers are all authd's own values, sendable by construction: the
+    decision id (hex), SPIFFE IDs (their syntax admits no space, control or non-ASCII
+    character) and a Txn-Token authd minted (base64url and dots); names checked at start.
+    A subject, or anything the policy added, goes through ``sendable_outcome``."""
+    decision = outcome.decision
+    return (
+        outcome.allowed
+        and outcome.identities.user is None
+        and not decision.headers
+        and not decision.response_headers_to_add
+        and not decision.request_headers_to_remove
+    )
 
 
 class _TxnStep:

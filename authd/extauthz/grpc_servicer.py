@@ -33,6 +33,9 @@ _DENIED = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
 _UNAUTHENTICATED = status_pb2.Status(code=code_pb2.UNAUTHENTICATED)
 
 
+_NO_EXTENSIONS: Mapping[str, str] = {}
+
+
 def context_from_check_request(request: Any) -> CheckContext:
     attributes = request.attributes
     http = attributes.request.http
@@ -43,6 +46,9 @@ def context_from_check_request(request: Any) -> CheckContext:
     if not headers:
         headers = check_request_headers(http) or {}
     body = http.raw_body or http.body.encode("utf-8")
+    # Most routes set none: a plain empty dict then answers the pipeline's few lookups
+    # faster than the message's map.
+    extensions: Mapping[str, str] = attributes.context_extensions or _NO_EXTENSIONS
     return CheckContext(
         method=http.method,
         host=http.host,
@@ -54,7 +60,7 @@ def context_from_check_request(request: Any) -> CheckContext:
         source_certificate=source.certificate,
         source_address=f"{address.address}:{address.port_value}" if address.address else "",
         destination_principal=attributes.destination.principal,
-        context_extensions=attributes.context_extensions,
+        context_extensions=extensions,
         protocol=http.protocol,
         scheme=http.scheme,
         request_id=http.id,

@@ -191,6 +191,8 @@ class HttpCheckProtocol(asyncio.Protocol):
         # set again for the rest, so an answer only writes down a new deadline.
         self._idle: asyncio.TimerHandle | None = None
         self._idle_deadline: float | None = None
+        # The loop, kept: asking for the running one costs a getpid() system call each time.
+        self._loop = asyncio.get_running_loop()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -317,7 +319,8 @@ class HttpCheckProtocol(asyncio.Protocol):
     def _next(self) -> None:
         while self._queue and not self._busy:
             self._busy = True
-            run_eagerly(self._server.authorizer.check(self._queue.popleft()), self._answer)
+            check = self._server.authorizer.check(self._queue.popleft())
+            run_eagerly(check, self._answer, self._loop)
 
     def _answer(self, outcome: Outcome | None, error: BaseException | None) -> None:
         self._busy = False
@@ -380,7 +383,7 @@ class HttpCheckProtocol(asyncio.Protocol):
                 transport.resume_reading()
 
     def _arm_idle(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._idle_deadline = deadline = loop.time() + self._limits.idle_timeout
         if self._idle is None:
             self._idle = loop.call_at(deadline, self._idle_expired)
@@ -396,7 +399,7 @@ class HttpCheckProtocol(asyncio.Protocol):
         deadline = self._idle_deadline
         if deadline is None or self._transport is None or self._busy or self._queue:
             return  # a check in flight: its answer sets the next deadline
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if loop.time() < deadline:
             self._idle = loop.call_at(deadline, self._idle_expired)
             return

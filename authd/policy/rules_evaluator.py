@@ -50,8 +50,24 @@ class RequestView:
         self.at = ctx.context_extensions.get("at") or ctx.destination_principal or None
 
 
+# Hosts seen (a route serves few), so most checks skip the string work; bounded, since the
+# Host header is the caller's to choose.
+_HOSTS_KEPT = 1024
+_hosts: dict[str, str] = {}
+
+
 def normalize_host(host: str) -> str:
     """Lower-case, without ``:port`` and without a trailing dot."""
+    known = _hosts.get(host)
+    if known is not None:
+        return known
+    normalized = _normalize_host(host)
+    if len(_hosts) < _HOSTS_KEPT:
+        _hosts[host] = normalized
+    return normalized
+
+
+def _normalize_host(host: str) -> str:
     host = host.lower()
     if ":" in host:
         if host.startswith("["):

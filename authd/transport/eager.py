@@ -196,13 +196,17 @@ class EagerTask(Generic[T]):
 
 
 def run_eagerly(
-    coro: Coroutine[Any, Any, T], done: Callable[[T | None, BaseException | None], None]
+    coro: Coroutine[Any, Any, T],
+    done: Callable[[T | None, BaseException | None], None],
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> EagerTask[T] | None:
     """Call ``done(result, None)`` or ``done(None, exc)`` when ``coro`` finishes.
 
-    ``coro`` runs in an ``EagerTask``. Returns that task if ``coro`` had to wait (cancel it
-    to cancel the coroutine), or None if ``coro`` is already finished.
+    ``coro`` runs in an ``EagerTask`` on ``loop`` (default: the running loop; a connection
+    passes the one it runs on, since asking costs a getpid() system call per check). Returns
+    that task if ``coro`` had to wait (cancel it to cancel the coroutine), or None if
+    ``coro`` is already finished.
     """
-    task = EagerTask(coro, done, asyncio.get_running_loop())
+    task = EagerTask(coro, done, loop or asyncio.get_running_loop())
     task._step(None)  # the first step, now
     return None if task._finished else task

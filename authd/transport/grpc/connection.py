@@ -68,11 +68,13 @@ class GrpcConnection(asyncio.Protocol):
         self.going_away = False
         self.closed = False
         self.last_busy = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = f"ipv{6 if ':' in peer[0] else 4}:{peer[0]}:{peer[1]}"
@@ -86,7 +88,7 @@ class GrpcConnection(asyncio.Protocol):
             self._linger()
             return
         server.connections.add(self)
-        self.last_busy = asyncio.get_running_loop().time()
+        self.last_busy = self._loop.time()
         self.write_out()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -245,7 +247,7 @@ class GrpcConnection(asyncio.Protocol):
         except Exception as exc:
             self._call_done(call, None, exc)
             return
-        call.task = run_eagerly(coroutine, partial(self._call_done, call))
+        call.task = run_eagerly(coroutine, partial(self._call_done, call), self._loop)
 
     def _single_message(self, call: Call) -> bytes | None:
         body = call.body
