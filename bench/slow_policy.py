@@ -10,9 +10,13 @@ channel (``GET /cheap``, a rule decided in microseconds), and, in the loaded row
 caller on another channel sends Checks whose rule takes rego-cpp about ``--slow-ms`` (each
 with a new query value, so the decision cache never answers it). Rows:
 
+    inline       both callers, rego_workers = 0: every evaluation on the event loop (once)
     alone        the cheap caller alone (rego_workers = 4): the baseline
-    inline       both callers, rego_workers = 0: every evaluation on the event loop
     off-loop     both callers, rego_workers = 4: the slow policy's evaluations on threads
+
+``--rounds`` alone and off-loop rows alternate (and a last alone row closes), and each
+off-loop row's p99 is divided by the mean of the two alone rows around it: the machine's load
+moves between rows, and a ratio of neighbours is what can be compared.
 
 For the cheap caller: Checks done, p50, p99 and max latency (ms); for the slow caller:
 Checks done. One slow Check is sent before measuring, so the off-loop row measures the
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
 import sys
@@ -106,7 +111,9 @@ async def measure(port: int, seconds: float, with_slow: bool) -> tuple[list[floa
     return cheap, len(slow)
 
 
-def run_row(tmp: Path, name: str, workers: int, size: int, seconds: float, with_slow: bool) -> str:
+def run_row(
+    tmp: Path, name: str, workers: int, size: int, seconds: float, with_slow: bool
+) -> tuple[str, float]:
     extra = f'rego_files = ["authz.rego"]\nrego_workers = {workers}'
     config = authd_config(decision_log="", extra=extra)
     config = config.replace('policy_engine = "rules"', 'policy_engine = "rego"')
@@ -118,34 +125,48 @@ def run_row(tmp: Path, name: str, workers: int, size: int, seconds: float, with_
         authd.stop()
     cuts = statistics.quantiles(cheap, n=100, method="inclusive")
     ms = [cuts[49] * 1000, cuts[98] * 1000, max(cheap) * 1000]
-    return (
+    line = (
         f"{name:<10} {workers:>7} {len(cheap):>11} {ms[0]:>8.2f} {ms[1]:>8.2f} {ms[2]:>8.2f}"
-        f" {slow_done if with_slow else '-':>10}"
+        f" {slow_done if with_slow else '-':>10} {os.getloadavg()[0]:>5.2f}"
     )
+    return line, ms[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5, help="per row")
     parser.add_argument("--slow-ms", type=float, default=50, help="the slow rule's cost")
+    parser.add_argument("--rounds", type=int, default=3, help="alone and off-loop rows, alternated")
     args = parser.parse_args()
     size = calibrate(args.slow_ms)
     print(f"slow rule: numbers.range(1, {size}) (about {args.slow_ms:g} ms here)")
     tmp = Path(tempfile.mkdtemp(prefix="authd-slow-"))
-    rows = []
+    plan = [("inline", 0, True)]
+    for _ in range(args.rounds):
+        plan += [("alone", 4, False), ("off-loop", 4, True)]
+    plan.append(("alone", 4, False))
+    rows: list[str] = []
+    p99: dict[str, list[float]] = {"alone": [], "off-loop": []}
     try:
-        for name, workers, with_slow in (
-            ("alone", 4, False),
-            ("inline", 0, True),
-            ("off-loop", 4, True),
-        ):
-            rows.append(run_row(tmp, name, workers, size, args.seconds, with_slow))
-            print(rows[-1], flush=True)
+        for name, workers, with_slow in plan:
+            line, row_p99 = run_row(tmp, name, workers, size, args.seconds, with_slow)
+            rows.append(line)
+            p99.setdefault(name, []).append(row_p99)
+            print(line, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print()
-    print("row        workers cheap done  p50 ms   p99 ms   max ms  slow done")
+    print("row        workers cheap done  p50 ms   p99 ms   max ms  slow done  load")
     print("\n".join(rows))
+    # Each off-loop row against the mean of the two alone rows around it (this machine is
+    # shared: its load moves between rows).
+    alone, off = p99["alone"], p99["off-loop"]
+    ratios = [off[i] / ((alone[i] + alone[i + 1]) / 2) for i in range(len(off))]
+    print()
+    print(
+        f"cheap caller's p99, off-loop / alone around it: "
+        f"{' '.join(f'{r:.2f}' for r in ratios)} (median {statistics.median(ratios):.2f})"
+    )
 
 
 if __name__ == "__main__":
