@@ -19,7 +19,9 @@ what is written, so what is measured is authd's own work per Check, transport co
 pipeline, and nothing of the kernel or of other processes.
 
 Scenarios: ``mtls`` (the caller's leaf in ``source.certificate`` / ``x-authd-peer-cert``, as
-``deploy/envoy/sidecar-*.yaml`` send it) and ``jwt`` (a JWT-SVID bearer token). Stages:
+``deploy/envoy/sidecar-*.yaml`` send it), ``jwt`` (a JWT-SVID bearer token) and ``rego`` (the
+``jwt`` request, decided by ``deploy/policy/authz.rego`` with ``policy_engine = "rego"``, as
+``bench/extauthz.py --scenario rego`` does; not part of the default rows). Stages:
 ``full`` (bytes in, bytes out) and ``pipeline`` (``Authorizer.check`` alone, on the
 CheckContext the full path built); ``transport`` is their difference.
 
@@ -258,9 +260,15 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="check-cost-"))
     (tmp / "policy.yaml").write_text(RULES)
     http_port = _free_port()
-    (tmp / "authd.toml").write_text(
-        CONFIG.format(http_port=http_port, metrics_port=_free_port(), audience=AUDIENCE)
-    )
+    config_text = CONFIG.format(http_port=http_port, metrics_port=_free_port(), audience=AUDIENCE)
+    if args.scenario == "rego":
+        rego = Path(__file__).resolve().parents[1] / "deploy" / "policy" / "authz.rego"
+        (tmp / "authz.rego").write_text(rego.read_text())
+        config_text = config_text.replace(
+            'policy_engine = "rules"\npolicy_file = "policy.yaml"',
+            'policy_engine = "rego"\nrego_files = ["authz.rego"]',
+        )
+    (tmp / "authd.toml").write_text(config_text)
     config = load_config(tmp / "authd.toml", env={}, overrides={"data_dir": str(tmp)})
     daemon = Daemon(config)
     await daemon.start()
@@ -271,7 +279,7 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
         )
         leaf_pem = svid.leaf.public_bytes(serialization.Encoding.PEM).decode()
         token = ""
-        if args.scenario == "jwt":
+        if args.scenario in ("jwt", "rego"):
             token = daemon.ca.mint_jwt_svid(
                 spiffe_id=SpiffeId.parse(CALLER), audience=[AUDIENCE]
             ).token
@@ -392,8 +400,9 @@ def _answers(transport: str, written: list[bytes]) -> tuple[int, int]:
     data = b"".join(written)
     if transport == "http":
         return data.count(b"HTTP/1.1 "), data.count(b"HTTP/1.1 200")
-    # gRPC: count the DATA frames carrying a CheckResponse whose status code is OK (0): the
-    # status field is absent when it is 0, so count responses with an ok_response (field 2).
+    # gRPC: count the DATA frames carrying a CheckResponse whose status code is OK (0).
+    from envoy.service.auth.v3 import external_auth_pb2
+
     answers = allowed = 0
     offset = 0
     while offset + 9 <= len(data):
@@ -404,7 +413,7 @@ def _answers(transport: str, written: list[bytes]) -> tuple[int, int]:
         if kind == 0 and len(payload) > 5:
             answers += 1
             message = payload[5:]
-            if b"\x12" in message[:8] and not message.startswith(b"\x0a\x02\x08"):
+            if external_auth_pb2.CheckResponse.FromString(message).status.code == 0:
                 allowed += 1
     return answers, allowed
 
@@ -493,7 +502,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tree", action="append", type=Path, help="source tree (repeat)")
     parser.add_argument("--transport", action="append", choices=("grpc", "http"))
-    parser.add_argument("--scenario", action="append", choices=("mtls", "jwt"))
+    parser.add_argument("--scenario", action="append", choices=("mtls", "jwt", "rego"))
     parser.add_argument("--stage", action="append", choices=("full", "pipeline"))
     parser.add_argument("--checks", type=int, default=0, help="checks per row")
     parser.add_argument("--measure", choices=("time", "callgrind", "cprofile"), default="time")

@@ -205,10 +205,12 @@ def sendable_opa_envoy_outcome(outcome: Outcome) -> Outcome:
     if envoy is None:
         return outcome
     try:
-        checked = replace(
-            envoy,
-            headers=_pairs(envoy.headers),
-            response_headers_to_add=_pairs(envoy.response_headers_to_add),
+        headers = _pairs(envoy.headers)
+        added = _pairs(envoy.response_headers_to_add)
+        checked = (
+            envoy
+            if headers is envoy.headers and added is envoy.response_headers_to_add
+            else replace(envoy, headers=headers, response_headers_to_add=added)
         )
         check_names(envoy.request_headers_to_remove)
         outcome.upstream_headers = field_values(outcome.upstream_headers)
@@ -220,6 +222,6 @@ def sendable_opa_envoy_outcome(outcome: Outcome) -> Outcome:
         refused.deny_body = ""
         refused.envoy = EnvoyResponse()
         return refused
-    if checked != envoy:
+    if checked is not envoy:
         outcome.envoy = checked
     return outcome

@@ -63,8 +63,14 @@ def _split_path(path: str) -> tuple[str, str]:
 
 
 def opa_envoy_parsed_path(ctx: CheckContext) -> list[str]:
-    raw_path, _ = _split_path(ctx.path)
-    return _unescape(raw_path, "path", plus_is_space=False).lstrip("/").split("/")
+    """Parsed once per check (``check_parsable`` first, the document after); not to be
+    changed by the caller."""
+    cached: list[str] | None = ctx.__dict__.get("_opa_envoy_parsed_path")
+    if cached is None:
+        raw_path, _ = _split_path(ctx.path)
+        cached = _unescape(raw_path, "path", plus_is_space=False).lstrip("/").split("/")
+        ctx.__dict__["_opa_envoy_parsed_path"] = cached
+    return cached
 
 
 def _parse_query(query: str, what: str, max_fields: int | None = None) -> dict[str, list[str]]:
@@ -75,8 +81,13 @@ def _parse_query(query: str, what: str, max_fields: int | None = None) -> dict[s
 
 
 def opa_envoy_parsed_query(ctx: CheckContext) -> dict[str, list[str]]:
-    _, raw_query = _split_path(ctx.path)
-    return _parse_query(raw_query, "query", MAX_FORM_FIELDS)
+    """Parsed once per check, as ``opa_envoy_parsed_path``."""
+    cached: dict[str, list[str]] | None = ctx.__dict__.get("_opa_envoy_parsed_query")
+    if cached is None:
+        _, raw_query = _split_path(ctx.path)
+        cached = _parse_query(raw_query, "query", MAX_FORM_FIELDS)
+        ctx.__dict__["_opa_envoy_parsed_query"] = cached
+    return cached
 
 
 def _truncated_by_length(ctx: CheckContext, length: int) -> bool:
