@@ -18,10 +18,9 @@ HTTP filters, so the cost of each filter shows (every listener answers with a
               metadata, as on every natively decided request)
     skip      the full sidecar, ext_authz disabled on the route (ExtAuthzPerRoute): the filter
               is built for each request but returns at once
-    native-only  deploy/envoy/sidecar-rbac-only.yaml (the revocation filter, the rules filter,
-              no ext_authz), fed by a second `authd run` with `[xds] native_only = true` (one
-              authd serves one mode); its filters are renamed apart from the first authd's
-              (`bench.native_only.revoked`) so the Envoy holds no two ECDS filters of a name
+    native-only  deploy/envoy/sidecar-rbac-only.yaml (the early header mutation and one RBAC
+              filter, revocations in it; no ext_authz), fed by a second `authd run` with
+              `[xds] native_only = true` (one authd serves one mode)
 
 For each size the policy gets that many rules, one per caller SPIFFE ID (`allow GET
 /orders/{id}`), authd recompiles and pushes it over ECDS, and h2load (8 connections, TLS,
@@ -94,7 +93,6 @@ EXT_AUTHZ_PER_ROUTE = (
 )
 ROUTER = "envoy.filters.http.router"
 NATIVE_ONLY = "native-only"
-NATIVE_ONLY_REVOKED = "bench.native_only.revoked"
 NATIVE_ONLY_XDS = "authd_xds_native_only"
 
 
@@ -109,7 +107,7 @@ def answering_200(listener: dict[str, Any]) -> None:
 
 def with_native_only(config_text: str, native_only_text: str) -> str:
     """``config_text`` plus the inbound listener of sidecar-rbac-only.yaml ("native-only"),
-    its ECDS on a cluster of its own (the second authd), its revocation filter renamed."""
+    its ECDS on a cluster of its own (the second authd)."""
     config = yaml.safe_load(config_text)
     other = yaml.safe_load(native_only_text)
     listener = other["static_resources"]["listeners"][0]
@@ -118,8 +116,6 @@ def with_native_only(config_text: str, native_only_text: str) -> str:
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["stat_prefix"] = "native_only"
     for http_filter in hcm["http_filters"]:
-        if http_filter["name"] == REVOKED_FILTER_NAME:
-            http_filter["name"] = NATIVE_ONLY_REVOKED
         discovery = http_filter.get("config_discovery")
         if discovery:
             source = discovery["config_source"]["api_config_source"]
@@ -186,8 +182,7 @@ def main() -> None:
     )
     only = start_authd(
         tmp / "d2",
-        authd_config() + "\n[xds]\nenabled = true\nnative_only = true\n"
-        f'revoked_filter_name = "{NATIVE_ONLY_REVOKED}"\n',
+        authd_config() + "\n[xds]\nenabled = true\nnative_only = true\n",
         files={"policy.yaml": many_callers_policy(1)},
     )
     envoy = None
