@@ -185,12 +185,24 @@ def test_explain_and_status_name_the_rules_denied(authd: Authd, sidecar: Envoy) 
     assert "revocations: in the rules filter" in status_text
 
 
-def test_a_revoked_caller_is_refused_natively(
-    authd: Authd, sidecar: Envoy, svids: dict[str, Path]
+def test_a_revoked_caller_is_refused_in_the_one_filter_and_back_when_lifted(
+    authd: Authd, sidecar: Envoy, svids: dict[str, Path], tmp: Path
 ) -> None:
     assert call(sidecar, svids, "admin", "/x") == 200
     before = authd.checks_total()
-    authd.cli("revoke", "spiffe-id", ADMIN, "--reason", "key-compromise")
+    version = served_version(authd, NATIVE_ONLY_FILTER_NAME)
+    authd.cli("revoke", "spiffe-id", ADMIN, "--reason", "certificate-hold")
     wait_for("the revocation to reach Envoy", lambda: call(sidecar, svids, "admin", "/x") == 403)
+    entry = access_log_entry(tmp / "access.log", "rbac", "deny:revoked-spiffe-id")
+    assert entry["peer"] == ADMIN
+    # The rules filter itself carries it, re-assembled around its cached rules.
+    assert served_version(authd, NATIVE_ONLY_FILTER_NAME) != version
+    assert applied_version(sidecar, NATIVE_ONLY_FILTER_NAME) != version
+    assert "re-assembled around the cached rules" in authd.stderr_path.read_text()
     assert call(sidecar, svids, "web", "/orders/7") == 200
-    assert authd.checks_total() == before
+    assert call(sidecar, svids, "intruder", "/orders/7") == 403
+    authd.cli("unrevoke", "spiffe-id", ADMIN)
+    wait_for("the lift to reach Envoy", lambda: call(sidecar, svids, "admin", "/x") == 200)
+    wait_for("the first config back", lambda: in_step(authd, sidecar))
+    assert served_version(authd, NATIVE_ONLY_FILTER_NAME) == version  # the same bytes again
+    assert authd.checks_total() == before  # nothing reached ext_authz
