@@ -18,10 +18,11 @@ HTTP filters, so the cost of each filter shows (every listener answers with a
               metadata, as on every natively decided request)
     skip      the full sidecar, ext_authz disabled on the route (ExtAuthzPerRoute): the filter
               is built for each request but returns at once
-    native-only  deploy/envoy/sidecar-rbac-only.yaml (the revocation filter, the rules filter,
-              no ext_authz), fed by a second `authd run` with `[xds] native_only = true` (one
-              authd serves one mode); its filters are renamed apart from the first authd's
-              (`bench.native_only.revoked`) so the Envoy holds no two ECDS filters of a name
+    native-only  deploy/envoy/sidecar-rbac-only.yaml (the early header mutation and one RBAC
+              filter, revocations in it; no ext_authz), fed by a second `authd run` with
+              `[xds] native_only = true` (one authd serves one mode)
+    native-only-bare  the same without the early header mutation (the x-authd-* strip): the
+              RBAC filter alone, as the native-only authd compiles it
 
 For each size the policy gets that many rules, one per caller SPIFFE ID (`allow GET
 /orders/{id}`), authd recompiles and pushes it over ECDS, and h2load (8 connections, TLS,
@@ -34,14 +35,17 @@ Reported per size: the ratios, the rules push (bytes), the time from writing the
 Envoy enforcing it (authd's YAML parse, compile, validation, push, Envoy's ACK); then one
 caller is revoked: the revocation push (bytes) and the time from `authd revoke` returning to
 Envoy refusing that caller with 403 (the native sidecar, then the native-only one, whose
-authd is told second); Envoy's RSS; and how many requests authd was asked (it must be 0:
-every request is decided natively).
+authd is told second and re-assembles its one filter around the cached rules); Envoy's RSS;
+and how many requests authd was asked (it must be 0: every request is decided natively).
+A second table gives the native-only figures alone; the load average is printed before and
+after (the machine may be shared: note it next to the figures).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -94,7 +98,7 @@ EXT_AUTHZ_PER_ROUTE = (
 )
 ROUTER = "envoy.filters.http.router"
 NATIVE_ONLY = "native-only"
-NATIVE_ONLY_REVOKED = "bench.native_only.revoked"
+NATIVE_ONLY_BARE = "native-only-bare"
 NATIVE_ONLY_XDS = "authd_xds_native_only"
 
 
@@ -109,7 +113,8 @@ def answering_200(listener: dict[str, Any]) -> None:
 
 def with_native_only(config_text: str, native_only_text: str) -> str:
     """``config_text`` plus the inbound listener of sidecar-rbac-only.yaml ("native-only"),
-    its ECDS on a cluster of its own (the second authd), its revocation filter renamed."""
+    its ECDS on a cluster of its own (the second authd), and the same listener without the
+    early header mutation ("native-only-bare")."""
     config = yaml.safe_load(config_text)
     other = yaml.safe_load(native_only_text)
     listener = other["static_resources"]["listeners"][0]
@@ -118,15 +123,18 @@ def with_native_only(config_text: str, native_only_text: str) -> str:
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["stat_prefix"] = "native_only"
     for http_filter in hcm["http_filters"]:
-        if http_filter["name"] == REVOKED_FILTER_NAME:
-            http_filter["name"] = NATIVE_ONLY_REVOKED
         discovery = http_filter.get("config_discovery")
         if discovery:
             source = discovery["config_source"]["api_config_source"]
             source["grpc_services"][0]["envoy_grpc"]["cluster_name"] = NATIVE_ONLY_XDS
     xds = next(c for c in other["static_resources"]["clusters"] if c["name"] == "authd_xds")
     xds["name"] = xds["load_assignment"]["cluster_name"] = NATIVE_ONLY_XDS
-    config["static_resources"]["listeners"].append(listener)
+    bare: dict[str, Any] = copy.deepcopy(listener)
+    bare["name"] = NATIVE_ONLY_BARE
+    bare_hcm = bare["filter_chains"][0]["filters"][0]["typed_config"]
+    bare_hcm["stat_prefix"] = "native_only_bare"
+    bare_hcm.pop("early_header_mutation_extensions")
+    config["static_resources"]["listeners"] += [listener, bare]
     config["static_resources"]["clusters"].append(xds)
     return yaml.safe_dump(config)
 
@@ -172,7 +180,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,1000,10000")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    measured = ["native", NATIVE_ONLY, "skip", "rbac", "rules", "revoked"]
+    measured = ["native", NATIVE_ONLY, NATIVE_ONLY_BARE, "skip", "rbac", "rules", "revoked"]
+    load_before = os.getloadavg()
     h2load_bin = ensure_h2load()
     tmp = short_tmpdir()
     shim = build_client_cert_shim(tmp)
@@ -186,8 +195,7 @@ def main() -> None:
     )
     only = start_authd(
         tmp / "d2",
-        authd_config() + "\n[xds]\nenabled = true\nnative_only = true\n"
-        f'revoked_filter_name = "{NATIVE_ONLY_REVOKED}"\n',
+        authd_config() + "\n[xds]\nenabled = true\nnative_only = true\n",
         files={"policy.yaml": many_callers_policy(1)},
     )
     envoy = None
@@ -310,6 +318,7 @@ def main() -> None:
                     "push": push,
                     "only_push": only_push,
                     "only_revoke": only_refused - only_revoked_at,
+                    "only_revoke_push": config_bytes(only, NATIVE_ONLY_FILTER_NAME),
                     "enforce": enforce,
                     "revoke_push": config_bytes(authd, REVOKED_FILTER_NAME),
                     "revoke": refused - revoked_at,
@@ -327,6 +336,14 @@ def main() -> None:
         only.stop()
         upstream.close()
     print_table(rows, args.rounds)
+    print_native_only(rows)
+    print()
+    print(
+        "load average (1, 5, 15 min): before "
+        + ", ".join(f"{x:.2f}" for x in load_before)
+        + "; after "
+        + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    )
 
 
 def print_table(rows: list[dict[str, Any]], rounds: int) -> None:
@@ -334,28 +351,39 @@ def print_table(rows: list[dict[str, Any]], rounds: int) -> None:
     print(f"Ratios of no-authz throughput (median of {rounds} interleaved rounds):")
     print()
     print(
-        "| callers | none req/s | native | native-only | ext_authz off by route "
-        "| rbac (no ext_authz) | rules filter alone "
+        "| callers | none req/s | native | native-only | native-only, no early header mutation "
+        "| ext_authz off by route | rbac (no ext_authz) | rules filter alone "
         "| revocation filter alone "
         "| rules push | policy write → enforced | revocation push | revoke → 403 "
         "| Envoy RSS | ext_authz checks |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         again = " (rules pushed again!)" if r["rules_pushed_again"] else ""
         print(
             f"| {r['size']:,} | {r['none']:,.0f} | {r['native']:.2f} | {r[NATIVE_ONLY]:.2f} "
-            f"| {r['skip']:.2f} "
-            f"| {r['rbac']:.2f} "
+            f"| {r[NATIVE_ONLY_BARE]:.2f} | {r['skip']:.2f} | {r['rbac']:.2f} "
             f"| {r['rules']:.2f} | {r['revoked']:.2f} | {r['push']:,} B | {r['enforce']:.2f} s "
             f"| {r['revoke_push']:,} B | {r['revoke'] * 1000:.0f} ms "
-            f"({r['revoke_cli']:.2f} s with the CLI; native-only "
-            f"{r['only_revoke'] * 1000:.0f} ms){again} | {r['rss']:.0f} MiB | {r['asked']} |"
+            f"({r['revoke_cli']:.2f} s with the CLI){again} | {r['rss']:.0f} MiB | {r['asked']} |"
         )
+
+
+def print_native_only(rows: list[dict[str, Any]]) -> None:
+    print()
+    print("Native-only (one RBAC filter, revocations in it, no ext_authz) against no authz:")
     print()
     print(
-        "native-only rules push: " + ", ".join(f"{r['size']:,}: {r['only_push']:,} B" for r in rows)
+        "| callers | none req/s | native-only req/s | native-only | no early header mutation "
+        "| rules push | revocation push | revoke → 403 |"
     )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['size']:,} | {r['none']:,.0f} | {r[NATIVE_ONLY + '_rps']:,.0f} "
+            f"| {r[NATIVE_ONLY]:.2f} | {r[NATIVE_ONLY_BARE]:.2f} | {r['only_push']:,} B "
+            f"| {r['only_revoke_push']:,} B | {r['only_revoke'] * 1000:.0f} ms |"
+        )
 
 
 if __name__ == "__main__":

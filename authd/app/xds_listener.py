@@ -5,7 +5,9 @@ of the daemon's revoker: a revoked SPIFFE ID is denied in Envoy, a revoked entry
 is always handed to ext_authz (only authd knows which serials the entry was issued). It
 recompiles at once on every revocation change and within ``interval`` of a policy reload.
 With ``[xds] revoked_filter_name`` (the default) the revoked SPIFFE IDs go into that second,
-small filter instead, so a revocation pushes only it.
+small filter instead, so a revocation pushes only it; with ``[xds] native_only`` they always
+go into the rules filter (``XdsConfig.served_revoked_filter_name``): that sidecar runs one
+RBAC filter, and a revocation re-assembles the rules config around the cached rules.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class NativeFastPath:
             rule_set=config.xds.rule_set,
             credential_headers=credential_headers(config),
             everything_to_extauthz="authz.dry_run is on" if config.authz.dry_run else "",
-            revoked_filter_name=config.xds.revoked_filter_name,
+            revoked_filter_name=config.xds.served_revoked_filter_name,
             native_only=config.xds.native_only,
         )
         self._servicer: ExtensionConfigDiscovery | None = None

@@ -42,6 +42,10 @@ NATIVE_ONLY_NOTE = (
 )
 
 
+# Without a revocation filter (always with native_only): revoked IDs are in the rules filter.
+REVOCATIONS_IN_RULES = "revocations: in the rules filter"
+
+
 def denied_line(rule: admin_pb2.NativeRuleRouting) -> str:
     return (
         f"warning: {rule.effect} rule {rule.rule!r} ({rule.rule_set} line {rule.line}) needs "
@@ -107,6 +111,8 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
             f"revocation filter {reply.revoked_filter_name}: config {reply.revoked_version} "
             f"({reply.revoked_config_bytes} bytes, {reply.revoked} revoked)"
         )
+    elif reply.enabled or reply.native_only:
+        print(f"{REVOCATIONS_IN_RULES} ({reply.revoked} revoked)")
     if reply.last_refusal:
         print(f"last config refused by authd: {reply.last_refusal}")
     if reply.native_only:
@@ -172,6 +178,7 @@ def cmd_xds_status(args: argparse.Namespace) -> int:
         size = f"{r['config_bytes']} bytes"
         print(f"serving {r['filter_name']} config {r['version'] or '-'} ({size})")
     if reply.native_only:
+        print(REVOCATIONS_IN_RULES)
         print(NATIVE_ONLY_NOTE)
         for rule in reply.denied_rules:
             print(denied_line(rule))

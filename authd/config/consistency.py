@@ -126,7 +126,16 @@ def _check_federation(config: Config, sources: Mapping[str, str]) -> None:
 
 def _check_xds(config: Config, sources: Mapping[str, str]) -> None:
     xds = config.xds
-    if xds.revoked_filter_name in (xds.filter_name, xds.served_filter_name):
+    if xds.native_only and xds.revoked_filter_name and "xds.revoked_filter_name" in sources:
+        raise ConfigError(
+            "xds.revoked_filter_name",
+            "native_only puts revoked SPIFFE IDs into the rules filter (one RBAC filter, as in "
+            "deploy/envoy/sidecar-rbac-only.yaml), so there is no revocation filter to name: "
+            'remove the key or set it to ""',
+            sources["xds.revoked_filter_name"],
+        )
+    revoked = xds.served_revoked_filter_name
+    if revoked and revoked in (xds.filter_name, xds.served_filter_name):
         raise ConfigError(
             "xds.revoked_filter_name",
             f"must differ from the rules filter ({xds.served_filter_name!r}): two filters, "

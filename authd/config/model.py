@@ -225,8 +225,9 @@ class XdsConfig:
     rule_set: str = ""  # "" means the policy's default_rule_set
     # The revocation filter's ECDS resource name ("": revoked IDs go into the rules filter).
     revoked_filter_name: str = "authd.rbac.revoked"
-    # Sidecars without ext_authz: what would go to ext_authz is compiled as a deny, and the
-    # rules filter is served as "<filter_name>.native_only" (see served_filter_name).
+    # Sidecars without ext_authz: what would go to ext_authz is compiled as a deny, the
+    # rules filter is served as "<filter_name>.native_only" (see served_filter_name), and
+    # revocations go into it (see served_revoked_filter_name).
     native_only: bool = False
 
     @property
@@ -234,6 +235,13 @@ class XdsConfig:
         """The rules filter's ECDS name: with ``native_only`` a name of its own, so an Envoy
         config and an authd that disagree about ext_authz find no config (deny all)."""
         return f"{self.filter_name}.native_only" if self.native_only else self.filter_name
+
+    @property
+    def served_revoked_filter_name(self) -> str:
+        """The revocation filter's ECDS name, "" when revoked IDs go into the rules filter:
+        always with ``native_only``, whose sidecar runs one RBAC filter (each filter in the
+        chain costs every request more than a revocation's recompile costs once)."""
+        return "" if self.native_only else self.revoked_filter_name
 
 
 @dataclass(frozen=True, slots=True)

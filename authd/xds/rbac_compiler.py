@@ -25,7 +25,10 @@ and the ext_authz filter runs only when it starts with ``extauthz:``
 (``filter_enabled_metadata``; ``deploy/envoy/sidecar-rbac.yaml``).
 
 The output is deterministic: maps and lists are built in sorted order and serialised with
-``deterministic=True``, so the same rules give the same bytes and the same version.
+``deterministic=True``, so the same rules give the same bytes and the same version. Nothing
+below the revoked map depends on the revocations (a revoked ID keeps its unreachable branch
+in the identity map): its bytes are kept (``RulesPart``), and ``rbac_revocations`` puts
+other revocations around them without compiling the rules again.
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ __all__ = [
     "NATIVE_ONLY_PREFIX",
     "CompiledRbac",
     "RuleRouting",
+    "RulesPart",
     "compile_rbac",
+    "revoked_branches",
 ]
 
 EXTAUTHZ_PREFIX: Final = "extauthz:"
@@ -91,6 +96,18 @@ class RuleRouting:
 
 
 @dataclass(frozen=True, slots=True)
+class RulesPart:
+    """What a compile gives that no revocation changes: the matcher below the revoked map.
+
+    Kept so a change of the revocations alone re-assembles the config around these bytes
+    (``authd.xds.rbac_revocations``) instead of compiling the rules again.
+    """
+
+    below: bytes  # the serialised OnMatch below the revoked map (deterministic)
+    named: frozenset[str]  # the SPIFFE IDs of the identity map below it
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledRbac:
     """The RBAC filter config for ECDS, its bytes, version and the routing of each rule."""
 
@@ -102,6 +119,7 @@ class CompiledRbac:
     identities: int  # entries of the identity map
     revoked: int
     native_only: bool = False  # every ext_authz hand-over compiled as a deny
+    rules_part: RulesPart | None = None  # None: not re-assembled on a revocation
 
     def denied_rules(self) -> tuple[RuleRouting, ...]:
         """With ``native_only``: the rules that need ext_authz, so what they decide is denied."""
@@ -405,6 +423,26 @@ def _guards(credential_headers: Sequence[str], act: _Act) -> list[tuple[Any, Any
     return [*entries, (_unsafe_path_predicate(), path)]
 
 
+def _native_only_act(native_only: bool) -> _Act:
+    def act(name: str) -> Any:
+        return _action(_native_only(name) if native_only else name)
+
+    return act
+
+
+def revoked_branches(
+    revoked: Iterable[str], to_extauthz: Iterable[str], *, native_only: bool
+) -> dict[str, Any]:
+    """The revoked map's entries: each revoked SPIFFE ID denied, each revoked entry's SPIFFE ID
+    handed to ext_authz (denied with ``native_only``), keyed by SPIFFE ID."""
+    revoked_ids = set(revoked)
+    act = _native_only_act(native_only)
+    branches = {spiffe_id: _action(REVOKED_ACTION) for spiffe_id in sorted(revoked_ids)}
+    for spiffe_id in sorted(set(to_extauthz) - revoked_ids):
+        branches[spiffe_id] = act(f"{EXTAUTHZ_PREFIX}entry revoked")
+    return branches
+
+
 def compile_rbac(
     rule_set: RuleSet | None,
     *,
@@ -426,11 +464,8 @@ def compile_rbac(
     that would go to ext_authz is denied instead (``deny:native_only:<why>``), fail closed.
     """
 
-    def act(name: str) -> Any:
-        return _action(_native_only(name) if native_only else name)
-
-    revoked_ids = sorted(set(revoked))
-    extauthz_ids = sorted(set(to_extauthz) - set(revoked_ids))
+    act = _native_only_act(native_only)
+    revoked_ids = set(revoked)
     headers = sorted({h.lower() for h in credential_headers if h})
     rules: list[_NativeRule] = []
     routing: list[RuleRouting] = []
@@ -453,11 +488,9 @@ def compile_rbac(
     if rule_set is None and not everything_to_extauthz:
         everything_to_extauthz = f"no rule set {rule_set_name!r}"
 
-    revoked_branches: dict[str, Any] = {}
-    for spiffe_id in revoked_ids:
-        revoked_branches[spiffe_id] = _action(REVOKED_ACTION)
-    for spiffe_id in extauthz_ids:
-        revoked_branches[spiffe_id] = act(f"{EXTAUTHZ_PREFIX}entry revoked")
+    # Nothing below the revoked map depends on the revocations (a revoked ID's own branch
+    # stays, unreachable), so a revocation alone can re-assemble the config around it.
+    revoked_map = revoked_branches(revoked_ids, to_extauthz, native_only=native_only)
     named_branches: dict[str, Any] = {}
     if everything_to_extauthz:
         below_revoked = act(f"{EXTAUTHZ_PREFIX}{everything_to_extauthz}")
@@ -472,10 +505,9 @@ def compile_rbac(
             for spiffe_id in callers.exact if callers is not None else ():
                 by_id.setdefault(spiffe_id, []).append((index, native_rule))
         for spiffe_id in sorted(by_id):
-            if spiffe_id not in revoked_branches:
-                named_branches[spiffe_id] = _method_level(
-                    _relevant(spiffe_id, by_id, unscoped), spiffe_id, act
-                )
+            named_branches[spiffe_id] = _method_level(
+                _relevant(spiffe_id, by_id, unscoped), spiffe_id, act
+            )
         anyone = [rule for _, rule in unscoped]
         any_peer = _method_level(anyone, None, act)
         prefixes = sorted({p for r in rules if r.callers is not None for p in r.callers.prefixes})
@@ -488,8 +520,8 @@ def compile_rbac(
         if named_branches:
             identities = _tree(_uri_san_input(), named_branches, _nested(identities))
         below_revoked = _nested(_list(_guards(headers, act), _nested(identities)))
-    if revoked_branches:
-        root = _tree(_uri_san_input(), revoked_branches, below_revoked)
+    if revoked_map:
+        root = _tree(_uri_san_input(), revoked_map, below_revoked)
     elif below_revoked.HasField("matcher"):
         root = below_revoked.matcher
     else:  # one action for everything: a list, as a matcher must match on something
@@ -505,9 +537,13 @@ def compile_rbac(
         payload=payload,
         version=version,
         routing=tuple(routing),
-        identities=len(revoked_branches) + len(named_branches),
+        identities=len(revoked_map.keys() | named_branches.keys()),
         revoked=len(revoked_ids),
         native_only=native_only,
+        rules_part=RulesPart(
+            below=below_revoked.SerializeToString(deterministic=True),
+            named=frozenset(named_branches),
+        ),
     )
 
 

@@ -1,8 +1,8 @@
 """Native-only mode through a real Envoy: `[xds] native_only`, no ext_authz in the chain.
 
 One authd (``[xds] enabled``, ``native_only``) and one sidecar from
-deploy/envoy/sidecar-rbac-only.yaml (the revocation filter and the rules filter over ECDS,
-no ext_authz filter). What ext_authz would have decided is denied in Envoy; authd's
+deploy/envoy/sidecar-rbac-only.yaml (one RBAC filter over ECDS, revocations in it, no
+ext_authz filter). What ext_authz would have decided is denied in Envoy; authd's
 ``authd_checks_total`` never moves, as nothing can reach it.
 """
 
@@ -87,11 +87,8 @@ def svids(authd: Authd, tmp: Path) -> dict[str, Path]:
 
 
 def in_step(authd: Authd, envoy: Envoy) -> bool:
-    for name in (NATIVE_ONLY_FILTER_NAME, REVOKED_FILTER_NAME):
-        version = served_version(authd, name)
-        if not version or applied_version(envoy, name) != version:
-            return False
-    return True
+    version = served_version(authd, NATIVE_ONLY_FILTER_NAME)
+    return bool(version) and applied_version(envoy, NATIVE_ONLY_FILTER_NAME) == version
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +114,14 @@ def call(envoy: Envoy, svids: dict[str, Path], who: str, path: str, **kwargs: ob
     return request(port, path, context=mtls_context(svids[who]), **kwargs).status  # type: ignore[arg-type]
 
 
-def test_the_sidecar_has_no_ext_authz_filter(sidecar: Envoy) -> None:
+def test_the_sidecar_has_one_rbac_filter_and_no_ext_authz(authd: Authd, sidecar: Envoy) -> None:
     dump = sidecar.admin("/config_dump?resource=dynamic_listeners") + sidecar.admin(
         "/config_dump?resource=static_listeners"
     )
     assert "ext_authz" not in dump
-    assert "authd.rbac.native_only" in dump
+    assert NATIVE_ONLY_FILTER_NAME in dump
+    assert REVOKED_FILTER_NAME not in dump
+    assert [r["filter_name"] for r in xds_status(authd)["resources"]] == [NATIVE_ONLY_FILTER_NAME]
 
 
 def test_an_allowed_caller_gets_through_and_another_is_refused(
@@ -171,23 +170,39 @@ def test_explain_and_status_name_the_rules_denied(authd: Authd, sidecar: Envoy) 
         "admin-anything": "native",
         "end-users-read-reports": "DENIED (native_only)",
     }
+    assert explain["revoked_filter_name"] == ""
     text = authd.cli("policy", "explain").stdout
     assert "native_only is on" in text
+    assert "revocations: in the rules filter" in text
     assert "warning: allow rule 'end-users-read-reports'" in text
     status = xds_status(authd)
     assert status["native_only"] is True
     assert [r["rule"] for r in status["denied_rules"]] == ["end-users-read-reports"]
     assert status["unserved_filters"] == {}
     assert FILTER_NAME not in {r["filter_name"] for r in status["resources"]}
-    assert "end-users-read-reports" in authd.cli("xds", "status").stdout
+    status_text = authd.cli("xds", "status").stdout
+    assert "end-users-read-reports" in status_text
+    assert "revocations: in the rules filter" in status_text
 
 
-def test_a_revoked_caller_is_refused_natively(
-    authd: Authd, sidecar: Envoy, svids: dict[str, Path]
+def test_a_revoked_caller_is_refused_in_the_one_filter_and_back_when_lifted(
+    authd: Authd, sidecar: Envoy, svids: dict[str, Path], tmp: Path
 ) -> None:
     assert call(sidecar, svids, "admin", "/x") == 200
     before = authd.checks_total()
-    authd.cli("revoke", "spiffe-id", ADMIN, "--reason", "key-compromise")
+    version = served_version(authd, NATIVE_ONLY_FILTER_NAME)
+    authd.cli("revoke", "spiffe-id", ADMIN, "--reason", "certificate-hold")
     wait_for("the revocation to reach Envoy", lambda: call(sidecar, svids, "admin", "/x") == 403)
+    entry = access_log_entry(tmp / "access.log", "rbac", "deny:revoked-spiffe-id")
+    assert entry["peer"] == ADMIN
+    # The rules filter itself carries it, re-assembled around its cached rules.
+    assert served_version(authd, NATIVE_ONLY_FILTER_NAME) != version
+    assert applied_version(sidecar, NATIVE_ONLY_FILTER_NAME) != version
+    assert "re-assembled around the cached rules" in authd.stderr_path.read_text()
     assert call(sidecar, svids, "web", "/orders/7") == 200
-    assert authd.checks_total() == before
+    assert call(sidecar, svids, "intruder", "/orders/7") == 403
+    authd.cli("unrevoke", "spiffe-id", ADMIN)
+    wait_for("the lift to reach Envoy", lambda: call(sidecar, svids, "admin", "/x") == 200)
+    wait_for("the first config back", lambda: in_step(authd, sidecar))
+    assert served_version(authd, NATIVE_ONLY_FILTER_NAME) == version  # the same bytes again
+    assert authd.checks_total() == before  # nothing reached ext_authz

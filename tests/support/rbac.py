@@ -124,7 +124,8 @@ def rbac_only_sidecar(
     access_log: Path,
     name: str = "rbac-only-sidecar",
 ) -> Envoy:
-    """Envoy from deploy/envoy/sidecar-rbac-only.yaml: the two RBAC filters, no ext_authz."""
+    """Envoy from deploy/envoy/sidecar-rbac-only.yaml: one RBAC filter (revocations in it), no
+    ext_authz."""
     config = render(
         "sidecar-rbac-only.yaml",
         ADMIN_PORT=0,

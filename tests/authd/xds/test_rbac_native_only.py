@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -135,6 +136,27 @@ def test_the_key_names_the_rules_filter_apart_and_refuses_a_dry_run() -> None:
     assert load_config(None, env={}).xds.served_filter_name == "authd.rbac"
     with pytest.raises(ConfigError, match="dry run"):
         load_config(None, env={}, overrides={"xds.native_only": True, "authz.dry_run": True})
-    clash = {"xds.native_only": True, "xds.revoked_filter_name": "authd.rbac.native_only"}
     with pytest.raises(ConfigError, match="two names"):
-        load_config(None, env={}, overrides=clash)
+        load_config(None, env={}, overrides={"xds.revoked_filter_name": "authd.rbac"})
+
+
+def test_native_only_folds_revocations_into_the_rules_filter() -> None:
+    only = {"xds.enabled": True, "xds.native_only": True}
+    config = load_config(None, env={}, overrides=only)
+    assert config.xds.served_revoked_filter_name == ""
+    assert load_config(None, env={}).xds.served_revoked_filter_name == "authd.rbac.revoked"
+    # "" says what native_only does anyway: allowed.
+    emptied = load_config(None, env={}, overrides={**only, "xds.revoked_filter_name": ""})
+    assert emptied.xds.served_revoked_filter_name == ""
+
+
+def test_native_only_refuses_a_revocation_filter_named_by_the_operator(tmp_path: Path) -> None:
+    named = {"xds.native_only": True, "xds.revoked_filter_name": "authd.rbac.revoked"}
+    with pytest.raises(ConfigError, match="no revocation filter to name") as refused:
+        load_config(None, env={}, overrides=named)
+    assert refused.value.key == "xds.revoked_filter_name"
+    toml = tmp_path / "authd.toml"
+    toml.write_text('[xds]\nnative_only = true\nrevoked_filter_name = "x.revoked"\n')
+    with pytest.raises(ConfigError) as refused:
+        load_config(toml, env={})
+    assert str(toml) in str(refused.value) and 'set it to ""' in str(refused.value)
