@@ -11,12 +11,17 @@ caller on another channel sends Checks whose rule takes rego-cpp about ``--slow-
 with a new query value, so the decision cache never answers it). Rows:
 
     inline       both callers, rego_workers = 0: every evaluation on the event loop (once)
-    alone        the cheap caller alone (rego_workers = 4): the baseline
-    off-loop     both callers, rego_workers = 4: the slow policy's evaluations on threads
+    alone        the cheap caller alone (rego_workers = 4)
+    beside       the cheap caller and a *paced* caller making as many checks as the slow
+                 one does (one per --slow-ms), each a new input decided in microseconds,
+                 also by the worker processes: the baseline (another caller, no slow policy)
+    off-loop     both callers, rego_workers = 4: the slow policy's evaluations in the
+                 worker processes
 
-``--rounds`` alone and off-loop rows alternate (and a last alone row closes), and each
-off-loop row's p99 is divided by the mean of the two alone rows around it: the machine's load
-moves between rows, and a ratio of neighbours is what can be compared.
+``--rounds`` rounds of alone, beside and off-loop rows (and a last alone and beside row
+close), and each off-loop row's p99 is divided by the mean of the two beside (and alone)
+rows around it: the machine's load moves between rows, and a ratio of neighbours is what can
+be compared. For the second caller: checks done.
 
 For the cheap caller: Checks done, p50, p99 and max latency (ms); for the slow caller:
 Checks done. One slow Check is sent before measuring, so the off-loop row measures the
@@ -54,6 +59,8 @@ default allow := false
 
 allow if input.parsed_path[0] == "cheap"
 
+allow if input.parsed_path[0] == "paced"
+
 allow if {{
 	input.parsed_path[0] == "slow"
 	n := to_number(input.parsed_query.n[0])
@@ -84,7 +91,12 @@ def check_request(path: str) -> external_auth_pb2.CheckRequest:
 
 
 async def caller(
-    port: int, path: str, stop: float, latencies: list[float], vary: bool = False
+    port: int,
+    path: str,
+    stop: float,
+    latencies: list[float],
+    vary: bool = False,
+    pace: float = 0.0,
 ) -> None:
     async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
         check = external_auth_pb2_grpc.AuthorizationStub(channel).Check
@@ -96,23 +108,28 @@ async def caller(
             answer = await check(check_request(target), timeout=30)
             latencies.append(time.perf_counter() - started)
             assert answer.status.code == 0, answer
+            if pace:
+                await asyncio.sleep(pace)
 
 
-async def measure(port: int, seconds: float, with_slow: bool) -> tuple[list[float], int]:
+async def measure(port: int, seconds: float, second: str, pace: float) -> tuple[list[float], int]:
     # One slow check first: it takes an off-loop policy off the loop.
     await caller(port, "/slow", time.perf_counter() + 0.001, [], vary=True)
     cheap: list[float] = []
     slow: list[float] = []
     stop = time.perf_counter() + seconds
     tasks = [caller(port, "/cheap", stop, cheap)]
-    if with_slow:
+    if second == "slow":
         tasks.append(caller(port, "/slow", stop, slow, vary=True))
+    elif second == "paced":
+        # As many checks as the slow caller makes, each a new input, each cheap.
+        tasks.append(caller(port, "/paced", stop, slow, vary=True, pace=pace))
     await asyncio.gather(*tasks)
     return cheap, len(slow)
 
 
 def run_row(
-    tmp: Path, name: str, workers: int, size: int, seconds: float, with_slow: bool
+    tmp: Path, name: str, workers: int, size: int, seconds: float, second: str, pace: float
 ) -> tuple[str, float]:
     extra = f'rego_files = ["authz.rego"]\nrego_workers = {workers}'
     config = authd_config(decision_log="", extra=extra)
@@ -120,14 +137,14 @@ def run_row(
     config = config.replace('policy_file = "policy.yaml"\n', "").replace('decision_log = ""\n', "")
     authd = start_authd(tmp / name, config, files={"authz.rego": POLICY.format(size=size)})
     try:
-        cheap, slow_done = asyncio.run(measure(authd.grpc_port, seconds, with_slow))
+        cheap, slow_done = asyncio.run(measure(authd.grpc_port, seconds, second, pace))
     finally:
         authd.stop()
     cuts = statistics.quantiles(cheap, n=100, method="inclusive")
     ms = [cuts[49] * 1000, cuts[98] * 1000, max(cheap) * 1000]
     line = (
         f"{name:<10} {workers:>7} {len(cheap):>11} {ms[0]:>8.2f} {ms[1]:>8.2f} {ms[2]:>8.2f}"
-        f" {slow_done if with_slow else '-':>10} {os.getloadavg()[0]:>5.2f}"
+        f" {slow_done if second else '-':>10} {os.getloadavg()[0]:>5.2f}"
     )
     return line, ms[1]
 
@@ -141,32 +158,35 @@ def main() -> None:
     size = calibrate(args.slow_ms)
     print(f"slow rule: numbers.range(1, {size}) (about {args.slow_ms:g} ms here)")
     tmp = Path(tempfile.mkdtemp(prefix="authd-slow-"))
-    plan = [("inline", 0, True)]
+    pace = args.slow_ms / 1000
+    plan = [("inline", 0, "slow")]
     for _ in range(args.rounds):
-        plan += [("alone", 4, False), ("off-loop", 4, True)]
-    plan.append(("alone", 4, False))
+        plan += [("alone", 4, ""), ("beside", 4, "paced"), ("off-loop", 4, "slow")]
+    plan += [("alone", 4, ""), ("beside", 4, "paced")]
     rows: list[str] = []
-    p99: dict[str, list[float]] = {"alone": [], "off-loop": []}
+    p99: dict[str, list[float]] = {}
     try:
-        for name, workers, with_slow in plan:
-            line, row_p99 = run_row(tmp, name, workers, size, args.seconds, with_slow)
+        for name, workers, second in plan:
+            line, row_p99 = run_row(tmp, name, workers, size, args.seconds, second, pace)
             rows.append(line)
             p99.setdefault(name, []).append(row_p99)
             print(line, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print()
-    print("row        workers cheap done  p50 ms   p99 ms   max ms  slow done  load")
+    print("row        workers cheap done  p50 ms   p99 ms   max ms    2nd done  load")
     print("\n".join(rows))
-    # Each off-loop row against the mean of the two alone rows around it (this machine is
-    # shared: its load moves between rows).
-    alone, off = p99["alone"], p99["off-loop"]
-    ratios = [off[i] / ((alone[i] + alone[i + 1]) / 2) for i in range(len(off))]
+    # Each off-loop row against the mean of the rows of the same kind around it (this
+    # machine is shared: its load moves between rows).
+    off = p99["off-loop"]
     print()
-    print(
-        f"cheap caller's p99, off-loop / alone around it: "
-        f"{' '.join(f'{r:.2f}' for r in ratios)} (median {statistics.median(ratios):.2f})"
-    )
+    for baseline in ("beside", "alone"):
+        around = p99[baseline]
+        ratios = [off[i] / ((around[i] + around[i + 1]) / 2) for i in range(len(off))]
+        print(
+            f"cheap caller's p99, off-loop / {baseline} around it: "
+            f"{' '.join(f'{r:.2f}' for r in ratios)} (median {statistics.median(ratios):.2f})"
+        )
 
 
 if __name__ == "__main__":
