@@ -19,10 +19,11 @@ from hypothesis import strategies as st
 
 from authd.policy.rules import RulesPolicy
 from authd.policy.rules_evaluator import RuleSet
-from authd.xds.publisher import RbacInputs, RbacPublisher, compile_inputs
+from authd.xds.publisher import RbacPublisher, compile_inputs
 from authd.xds.rbac_compiler import REVOKED_ACTION, CompiledRbac, compile_rbac
 from authd.xds.rbac_revocations import with_revocations
 from authd.xds.rbac_validation import InvalidRbacConfig, validate_rbac
+from tests.support.rbac_compiler import CountingCompiler
 from tests.support.rbac_matcher import evaluate, rbac_matcher
 from tests.support.rbac_rules import ADMIN, IDS, WEB, policy, rules_yaml
 
@@ -112,23 +113,12 @@ def test_only_the_revoked_map_is_validated_and_a_bad_one_is_refused() -> None:
         with_revocations(base, revoked=[""], to_extauthz=[])
 
 
-class Counting:
-    """The real compiler, counting its calls."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, inputs: RbacInputs, filter_name: str) -> CompiledRbac:
-        self.calls += 1
-        return compile_inputs(inputs, filter_name)
-
-
 def test_the_publisher_reassembles_when_only_revocations_change() -> None:
     async def scenario() -> None:
         revoked: set[str] = set()
         entries: set[str] = set()
         policies = [RulesPolicy.from_text(RULES, "t.yaml")]
-        compiler = Counting()
+        compiler = CountingCompiler()
         publisher = RbacPublisher(
             filter_name="authd.rbac.native_only",
             policy=lambda: policies[-1],

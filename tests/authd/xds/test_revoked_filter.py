@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 
 from authd.policy.rules import RulesPolicy
-from authd.xds.publisher import RbacInputs, RbacPublisher, compile_inputs, served_version
+from authd.xds.publisher import RbacPublisher, served_version
 from authd.xds.rbac_compiler import REVOKED_ACTION, CompiledRbac
 from authd.xds.revoked_filter import PASS_ACTION, compile_revoked
+from tests.support.rbac_compiler import CountingCompiler
 from tests.support.rbac_matcher import evaluate, rbac_matcher
 from tests.support.rbac_rules import policy
 
@@ -55,20 +56,11 @@ def test_the_config_is_deterministic_and_grows_with_the_revocations_only() -> No
     assert compile_revoked(ids[:1], filter_name="r").version != one.version
 
 
-class Counting:
-    """The real compiler, counting its calls (a revocation must not reach it)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, inputs: RbacInputs, filter_name: str) -> CompiledRbac:
-        self.calls += 1
-        return compile_inputs(inputs, filter_name)
-
-
-def publisher_with(revoked: set[str], revoked_filter_name: str) -> tuple[RbacPublisher, Counting]:
+def publisher_with(
+    revoked: set[str], revoked_filter_name: str
+) -> tuple[RbacPublisher, CountingCompiler]:
     rules = RulesPolicy.from_text(RULES, "t.yaml")
-    compiler = Counting()
+    compiler = CountingCompiler()
     publisher = RbacPublisher(
         filter_name="authd.rbac",
         policy=lambda: rules,
