@@ -59,6 +59,8 @@ __all__ = [
     "RulesPart",
     "compile_rbac",
     "revoked_branches",
+    "revoked_map_matcher",
+    "root_without_revocations",
 ]
 
 EXTAUTHZ_PREFIX: Final = "extauthz:"
@@ -443,6 +445,20 @@ def revoked_branches(
     return branches
 
 
+def revoked_map_matcher(branches: dict[str, Any], below: Any | None) -> Any:
+    """The root matcher with revocations: ``branches`` on the peer's URI SAN, ``below`` when
+    none matches (None: left out, for the re-assembly that frames ``below`` itself)."""
+    return _tree(_uri_san_input(), branches, below)
+
+
+def root_without_revocations(below: Any) -> Any:
+    """The root matcher with no revocation: what is below, or, for one action for
+    everything, a list (a matcher must match on something)."""
+    if below.HasField("matcher"):
+        return below.matcher
+    return _list([(_predicate_uri_san_prefix("spiffe://"), below)], below)
+
+
 def compile_rbac(
     rule_set: RuleSet | None,
     *,
@@ -520,12 +536,11 @@ def compile_rbac(
         if named_branches:
             identities = _tree(_uri_san_input(), named_branches, _nested(identities))
         below_revoked = _nested(_list(_guards(headers, act), _nested(identities)))
-    if revoked_map:
-        root = _tree(_uri_san_input(), revoked_map, below_revoked)
-    elif below_revoked.HasField("matcher"):
-        root = below_revoked.matcher
-    else:  # one action for everything: a list, as a matcher must match on something
-        root = _list([(_predicate_uri_san_prefix("spiffe://"), below_revoked)], below_revoked)
+    root = (
+        revoked_map_matcher(revoked_map, below_revoked)
+        if revoked_map
+        else root_without_revocations(below_revoked)
+    )
     config = rbac_pb2.RBAC(matcher=root)
     typed = extension_pb2.TypedExtensionConfig(name=filter_name)
     typed.typed_config.Pack(config, deterministic=True)

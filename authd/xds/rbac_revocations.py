@@ -24,18 +24,15 @@ from xds.type.matcher.v3 import matcher_pb2
 
 from authd.xds.rbac_compiler import (
     CompiledRbac,
-    _list,
-    _predicate_uri_san_prefix,
-    _tree,
-    _uri_san_input,
     revoked_branches,
+    revoked_map_matcher,
+    root_without_revocations,
 )
 from authd.xds.rbac_validation import validate_rbac
 
 __all__ = ["with_revocations"]
 
 _ON_NO_MATCH: Final = matcher_pb2.Matcher.DESCRIPTOR.fields_by_name["on_no_match"].number
-_ON_MATCH_MATCHER: Final = matcher_pb2.Matcher.OnMatch.DESCRIPTOR.fields_by_name["matcher"].number
 _RBAC_MATCHER: Final = rbac_pb2.RBAC.DESCRIPTOR.fields_by_name["matcher"].number
 _ANY_TYPE_URL: Final = any_pb2.Any.DESCRIPTOR.fields_by_name["type_url"].number
 _ANY_VALUE: Final = any_pb2.Any.DESCRIPTOR.fields_by_name["value"].number
@@ -60,32 +57,13 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def _nested_matcher(on_match: bytes) -> bytes | None:
-    """The Matcher inside a serialised OnMatch, or None if it holds an action."""
-    tag = _varint(_ON_MATCH_MATCHER << 3 | 2)
-    if not on_match.startswith(tag):
-        return None
-    length, index = 0, len(tag)
-    for shift in range(0, 64, 7):
-        byte = on_match[index]
-        index += 1
-        length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            break
-    return on_match[index:] if len(on_match) - index == length else None
-
-
 def _root(branches: dict[str, Any], below: bytes) -> bytes:
     """The root Matcher's bytes, shaped as ``compile_rbac`` shapes it."""
     if branches:
         # Deterministic serialisation writes fields by number: the tree, then on_no_match.
-        tree = _tree(_uri_san_input(), branches, None)  # on_no_match left out
+        tree = revoked_map_matcher(branches, None)  # on_no_match framed here
         return bytes(tree.SerializeToString(deterministic=True)) + _field(_ON_NO_MATCH, below)
-    inner = _nested_matcher(below)
-    if inner is not None:
-        return inner
-    action = matcher_pb2.Matcher.OnMatch.FromString(below)  # one action for everything
-    root = _list([(_predicate_uri_san_prefix("spiffe://"), action)], action)
+    root = root_without_revocations(matcher_pb2.Matcher.OnMatch.FromString(below))
     return bytes(root.SerializeToString(deterministic=True))
 
 
@@ -105,7 +83,7 @@ def with_revocations(
     revoked_ids = frozenset(revoked)
     branches = revoked_branches(revoked_ids, to_extauthz, native_only=compiled.native_only)
     if branches:
-        validate(rbac_pb2.RBAC(matcher=_tree(_uri_san_input(), branches, None)))
+        validate(rbac_pb2.RBAC(matcher=revoked_map_matcher(branches, None)))
     rbac = _field(_RBAC_MATCHER, _root(branches, part.below))
     packed = _field(_ANY_TYPE_URL, _RBAC_TYPE_URL) + _field(_ANY_VALUE, rbac)
     name = compiled.filter_name.encode()
