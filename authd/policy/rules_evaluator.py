@@ -50,9 +50,11 @@ class RequestView:
         self.at = ctx.context_extensions.get("at") or ctx.destination_principal or None
 
 
-# Hosts seen (a route serves few), so most checks skip the string work; bounded, since the
-# Host header is the caller's to choose.
+# Hosts seen (a route serves few), so most checks skip the string work; bounded in number
+# and length, since the Host header is the caller's to choose (a DNS name is at most 253
+# characters, and a port and brackets add a few).
 _HOSTS_KEPT = 1024
+_HOST_KEPT_LENGTH = 270
 _hosts: dict[str, str] = {}
 
 
@@ -62,7 +64,7 @@ def normalize_host(host: str) -> str:
     if known is not None:
         return known
     normalized = _normalize_host(host)
-    if len(_hosts) < _HOSTS_KEPT:
+    if len(_hosts) < _HOSTS_KEPT and len(host) <= _HOST_KEPT_LENGTH:
         _hosts[host] = normalized
     return normalized
 
