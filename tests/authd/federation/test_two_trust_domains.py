@@ -57,15 +57,22 @@ def _bundle(data_dir: Path, out: Path) -> str:
 
 def _x509_bundle(socket: Path, trust_domain: str) -> list[x509.Certificate] | None:
     """The foreign bundle as the X.509 bundle stream and the X.509-SVID stream (its
-    ``federated_bundles``) both give it; None until both have it, and they must agree."""
+    ``federated_bundles``) both give it; None until both have it, and they must agree.
+
+    The bundle stream is read before and after the SVID stream: when the two reads differ,
+    the bundle changed in between (a poll landed) and the answer is None, to be asked again;
+    when they are the same, the SVID stream must carry that same bundle."""
     td = spiffe.TrustDomain(trust_domain)
     with spiffe.WorkloadApiClient(socket_path=f"unix://{socket}") as client:
-        streamed = client.fetch_x509_bundles().get_bundle_for_trust_domain(td)
+        before = client.fetch_x509_bundles().get_bundle_for_trust_domain(td)
         with_svid = client.fetch_x509_context().x509_bundle_set.get_bundle_for_trust_domain(td)
-    if streamed is None or with_svid is None:
+        after = client.fetch_x509_bundles().get_bundle_for_trust_domain(td)
+    if before is None or with_svid is None or after is None:
         return None
-    assert set(streamed.x509_authorities) == set(with_svid.x509_authorities)
-    return list(streamed.x509_authorities)
+    if set(before.x509_authorities) != set(after.x509_authorities):
+        return None
+    assert set(before.x509_authorities) == set(with_svid.x509_authorities)
+    return list(before.x509_authorities)
 
 
 class Pair:
