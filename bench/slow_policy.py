@@ -14,14 +14,16 @@ with a new query value, so the decision cache never answers it). Rows:
     alone        the cheap caller alone (rego_workers = 4)
     beside       the cheap caller and a *paced* caller making as many checks as the slow
                  one does (one per --slow-ms), each a new input decided in microseconds,
-                 also by the worker processes: the baseline (another caller, no slow policy)
-    off-loop     both callers, rego_workers = 4: the slow policy's evaluations in the
-                 worker processes
+                 also on the worker threads: the baseline (another caller, no slow policy)
+    off-loop     both callers, rego_workers = 4: the slow policy's evaluations on the
+                 worker threads, kept on their own CPUs (rego_worker_cpus = "auto")
+    unpinned     the same, with the worker threads free to run on any CPU
+                 (rego_worker_cpus = "all"): how authd ran before the workers were pinned
 
-``--rounds`` rounds of alone, beside and off-loop rows (and a last alone and beside row
-close), and each off-loop row's p99 is divided by the mean of the two beside (and alone)
-rows around it: the machine's load moves between rows, and a ratio of neighbours is what can
-be compared. For the second caller: checks done.
+``--rounds`` rounds of alone, beside, off-loop and unpinned rows (and a last alone and
+beside row close), and each off-loop and unpinned row's p99 is divided by the mean of the
+two beside (and alone) rows around it: the machine's load moves between rows, and a ratio
+of neighbours is what can be compared.
 
 For the cheap caller: Checks done, p50, p99 and max latency (ms); for the slow caller:
 Checks done. One slow Check is sent before measuring, so the off-loop row measures the
@@ -131,7 +133,8 @@ async def measure(port: int, seconds: float, second: str, pace: float) -> tuple[
 def run_row(
     tmp: Path, name: str, workers: int, size: int, seconds: float, second: str, pace: float
 ) -> tuple[str, float]:
-    extra = f'rego_files = ["authz.rego"]\nrego_workers = {workers}'
+    cpus = "all" if name == "unpinned" else "auto"
+    extra = f'rego_files = ["authz.rego"]\nrego_workers = {workers}\nrego_worker_cpus = "{cpus}"'
     config = authd_config(decision_log="", extra=extra)
     config = config.replace('policy_engine = "rules"', 'policy_engine = "rego"')
     config = config.replace('policy_file = "policy.yaml"\n', "").replace('decision_log = ""\n', "")
@@ -161,7 +164,8 @@ def main() -> None:
     pace = args.slow_ms / 1000
     plan = [("inline", 0, "slow")]
     for _ in range(args.rounds):
-        plan += [("alone", 4, ""), ("beside", 4, "paced"), ("off-loop", 4, "slow")]
+        plan += [("alone", 4, ""), ("beside", 4, "paced")]
+        plan += [("off-loop", 4, "slow"), ("unpinned", 4, "slow")]
     plan += [("alone", 4, ""), ("beside", 4, "paced")]
     rows: list[str] = []
     p99: dict[str, list[float]] = {}
@@ -178,15 +182,15 @@ def main() -> None:
     print("\n".join(rows))
     # Each off-loop row against the mean of the rows of the same kind around it (this
     # machine is shared: its load moves between rows).
-    off = p99["off-loop"]
-    print()
-    for baseline in ("beside", "alone"):
-        around = p99[baseline]
-        ratios = [off[i] / ((around[i] + around[i + 1]) / 2) for i in range(len(off))]
-        print(
-            f"cheap caller's p99, off-loop / {baseline} around it: "
-            f"{' '.join(f'{r:.2f}' for r in ratios)} (median {statistics.median(ratios):.2f})"
-        )
+    for loaded in ("off-loop", "unpinned"):
+        off = p99[loaded]
+        for baseline in ("beside", "alone"):
+            around = p99[baseline]
+            ratios = [off[i] / ((around[i] + around[i + 1]) / 2) for i in range(len(off))]
+            print(
+                f"cheap caller's p99, {loaded} / {baseline} around it: "
+                f"{' '.join(f'{r:.2f}' for r in ratios)} (median {statistics.median(ratios):.2f})"
+            )
 
 
 if __name__ == "__main__":

@@ -155,6 +155,8 @@ class AuthzConfig:
     rego_entrypoint: str = "envoy/authz/allow"
     rego_decision_cache: int = 4096
     rego_workers: int = 4
+    # "auto", "all" or a CPU list ("1", "2-3"): where the Rego worker threads run.
+    rego_worker_cpus: str = "auto"
     opa_url: str = "http://127.0.0.1:8181"
     opa_path: str = "envoy/authz/allow"
     opa_timeout_ms: int = 500

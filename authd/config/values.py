@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from authd.config.cpus import CPU_WORDS, format_cpu_list, parse_cpu_list
 from authd.config.durations import parse_duration
 from authd.config.model import LOG_LEVELS, IssuerConfig
 from authd.transport.sockets import parse_host_port
@@ -26,6 +27,14 @@ def parse_str(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a string, not {type(value).__name__}")
     return value
+
+
+def parse_cpus(value: object) -> str:
+    """``auto``, ``all`` or a CPU list (``0-1,6``), as the canonical list."""
+    text = parse_str(value).strip()
+    if text in CPU_WORDS:
+        return text
+    return format_cpu_list(parse_cpu_list(text))
 
 
 def parse_path(value: object) -> str:

@@ -72,6 +72,38 @@ def test_unit_keeps_other_processes_visible_for_attestation() -> None:
     assert setting("ProtectHome") == "read-only"
 
 
+def expand_syscalls(analyze: str, words: list[str]) -> set[str]:
+    """System call names, with each ``@group`` (and the groups it holds) expanded by
+    ``systemd-analyze syscall-filter``."""
+    names: set[str] = set()
+    for word in words:
+        if not word.startswith("@"):
+            names.add(word)
+            continue
+        listing = subprocess.run(
+            [analyze, "syscall-filter", word], capture_output=True, text=True, check=True
+        ).stdout.splitlines()[1:]  # the first line is the group's own name
+        members = [line.strip() for line in listing if line.strip()]
+        names |= expand_syscalls(analyze, [m for m in members if not m.startswith("#")])
+    return names
+
+
+def test_unit_lets_the_rego_workers_set_themselves_apart() -> None:
+    """The SystemCallFilter lines merged as systemd merges them (the first, an allow list,
+    sets the mode; each later ``~`` line removes, each later plain line adds back): the
+    workers' priority and CPU calls (authd.policy.rego_offload) stay allowed."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze is not None, "systemd-analyze is missing: apt-get install systemd"
+    allowed: set[str] = set()
+    for value in settings()["SystemCallFilter"]:
+        if value.startswith("~"):
+            allowed -= expand_syscalls(analyze, value[1:].split())
+        else:
+            allowed |= expand_syscalls(analyze, value.split())
+    assert "mount" not in allowed and "setrlimit" not in allowed  # still a tight filter
+    assert {"setpriority", "sched_setaffinity", "sched_setscheduler"} <= allowed
+
+
 def analyzable_unit(tmp_path: Path) -> Path:
     """The unit with ExecStart pointing at this environment's ``authd``, so verify finds it."""
     authd = Path(sys.executable).parent / "authd"
