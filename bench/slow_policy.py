@@ -180,7 +180,7 @@ def main() -> None:
     print()
     print("row        workers cheap done  p50 ms   p99 ms   max ms    2nd done  load")
     print("\n".join(rows))
-    # Each off-loop row against the mean of the rows of the same kind around it (this
+    # Each loaded row against the mean of the rows of the same kind around it (this
     # machine is shared: its load moves between rows).
     for loaded in ("off-loop", "unpinned"):
         off = p99[loaded]

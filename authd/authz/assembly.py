@@ -76,7 +76,7 @@ def policy_source(config: Config) -> PolicySource:
         return PolicySource(*bundle_policy_source(config, results))
     if authz.policy_engine == "rego":
         from authd.policy.rego import RegoPolicy
-        from authd.policy.rego_offload import OffLoopRego, available_cpus, worker_cpus
+        from authd.policy.rego_offload import configured_off_loop
 
         files = tuple(config.resolve_path(f) for f in authz.rego_files)
 
@@ -87,8 +87,7 @@ def policy_source(config: Config) -> PolicySource:
                 decision_cache=authz.rego_decision_cache,
                 results=results,
             )
-            cpus = worker_cpus(authz.rego_worker_cpus, available_cpus())
-            return OffLoopRego(policy, workers=authz.rego_workers, cpus=cpus)
+            return configured_off_loop(policy, authz)
 
         return PolicySource(load_rego, files)
     if authz.policy_engine == "opa":

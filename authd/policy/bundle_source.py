@@ -68,7 +68,7 @@ def bundle_policy_source(
 ) -> tuple[Callable[[], Policy], tuple[Any, ...], Background | None]:
     """(loader, files to watch, background task) for the configured bundle."""
     from authd.policy.rego import RegoPolicy
-    from authd.policy.rego_offload import OffLoopRego, available_cpus, worker_cpus
+    from authd.policy.rego_offload import configured_off_loop
 
     authz = config.authz
 
@@ -82,8 +82,7 @@ def bundle_policy_source(
             decision_cache=authz.rego_decision_cache,
             results=results,
         )
-        cpus = worker_cpus(authz.rego_worker_cpus, available_cpus())
-        return OffLoopRego(policy, workers=authz.rego_workers, cpus=cpus)
+        return configured_off_loop(policy, authz)
 
     location = authz.rego_bundle
     if not location.startswith(("http://", "https://")):

@@ -10,17 +10,18 @@ time (a preemption is not the policy's cost). Once one has taken more than
 ``INLINE_BUDGET``, the policy goes off the loop for good (until it is reloaded): decision
 cache hits are still answered on the loop, every miss is evaluated on one of ``workers``
 threads through regopy's own calls, which release the GIL for the whole of rego-cpp's
-evaluation, so the loop and the other workers run meanwhile. The workers run at a lower
-CPU priority (``WORKER_NICENESS``): on a busy machine the loop's thread, which serves every
-transport and every cheap check, gets the CPU first, and the slow policy's checks take
-longer instead. The first slow evaluation is the one that still holds the loop. At most
+evaluation, so the loop and the other workers run meanwhile. The workers run apart from
+the loop (below): on a busy machine the loop's thread, which serves every transport and
+every cheap check, gets the CPU first, and the slow policy's checks take longer instead.
+The first slow evaluation is the one that still holds the loop. At most
 ``workers`` evaluations run at once; a cheap one waits behind slow ones only when all
 workers are busy. ``workers = 0`` keeps every evaluation inline. The threads are shared by
 every policy of the process with the same workers and CPUs (a reload starts none).
 
-The workers also run apart (``worker_cpus``): on their own CPUs (by default the last quarter
+Apart (``worker_cpus``) means: on their own CPUs (by default the last quarter
 of the CPUs authd may use, at least one, when it may use two or more), and there only when
-those CPUs have nothing else to run (SCHED_IDLE). Measured on a 2-core box
+those CPUs have nothing else to run (SCHED_IDLE); when they are not kept on their own CPUs,
+at nice +10 (``WORKER_NICENESS``). Measured on a 2-core box
 (``bench/slow_policy.py``): a worker free to move shares whichever CPU the loop thread and
 its callers wake up on, and a cheap caller's p99 was 2-3 times the one beside a cheap second
 caller, at nice +10 (SCHED_IDLE alone, 3-4 times; a shorter scheduler slice for the loop
@@ -43,6 +44,7 @@ from typing import Any, Final, TypeVar
 
 from authd.check.model import CheckContext, Decision, Identities
 from authd.config.cpus import format_cpu_list, parse_cpu_list
+from authd.config.model import AuthzConfig
 from authd.policy.base import InputDocument, PolicyError
 from authd.policy.rego import RegoPolicy
 
@@ -121,6 +123,13 @@ def _pool(workers: int, cpus: frozenset[int] | None) -> ThreadPoolExecutor:
                 initargs=(cpus, threading.Lock()),
             )
         return pool
+
+
+def configured_off_loop(policy: RegoPolicy, authz: AuthzConfig) -> OffLoopRego:
+    """``policy`` with the workers and CPUs of ``authz.rego_workers`` and
+    ``authz.rego_worker_cpus`` (PolicyError when none of those CPUs may be used)."""
+    cpus = worker_cpus(authz.rego_worker_cpus, available_cpus())
+    return OffLoopRego(policy, workers=authz.rego_workers, cpus=cpus)
 
 
 class OffLoopRego:
